@@ -1,0 +1,39 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = {}
+exec(Path(__file__).with_name("dalle_pytorch").joinpath("version.py").read_text(), version)
+
+setup(
+    name="dalle-pytorch",
+    version=version["__version__"],
+    description="DALL-E in PyTorch: discrete VAE + transformer, with exact and fast cached inference",
+    long_description=Path(__file__).with_name("README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    packages=find_packages(exclude=["tests", "tests.*", "benchmarks"]),
+    package_data={"dalle_pytorch": ["data/*.txt.gz", "data/LICENSE-CLIP-BPE", "demo/*"]},
+    include_package_data=True,
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.4",
+        "einops>=0.6",
+        "rotary-embedding-torch",
+        "axial-positional-embedding",
+        "pillow",
+        "tqdm",
+        "safetensors>=0.4",
+        "tokenizers",
+        "regex",
+        "ftfy",
+    ],
+    extras_require={
+        "test": ["pytest", "hypothesis"],
+        "webdataset": ["webdataset"],
+        "wandb": ["wandb"],
+        "tensorboard": ["tensorboard"],
+        "deepspeed": ["deepspeed"],
+    },
+    entry_points={"console_scripts": ["dalle-convert=dalle_pytorch.convert:main"]},
+)
