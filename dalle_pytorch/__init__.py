@@ -1,0 +1,1 @@
+from dalle_pytorch.version import __version__
