@@ -1,0 +1,105 @@
+"""Inference state for cached generation: preallocated, written in place, never concatenated.
+
+Dimensions: B cache rows (batch), H heads, S max_len (positions the cache holds), D dim_head,
+F image grid side, C token-shift channels.
+
+One `InferenceCache` per generate call holds, for every depth index of the transformer:
+- a `KVCache`: keys and values (B, H, S, D) of that layer's attention, rotary already applied;
+- for token-shift models, two `ShiftCache`s (attention branch, feed-forward branch): a ring of the
+  last F normalised inputs (B, F, C), i.e. exactly the row above and the token to the left that
+  the shift of the next token reads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class KVCache:
+    k: torch.Tensor  # (B, H, S, D)
+    v: torch.Tensor  # (B, H, S, D)
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+    def write_prefix(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store positions 0..n-1.  k, v: (B, H, n, D)."""
+        n = k.shape[2]
+        self.k[:, :, :n].copy_(k)
+        self.v[:, :, :n].copy_(v)
+
+    def write(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store one position.  pos: 0-d long tensor; k, v: (B, H, 1, D)."""
+        self.k.index_copy_(2, pos.view(1), k)
+        self.v.index_copy_(2, pos.view(1), v)
+
+
+@dataclass
+class ShiftCache:
+    ring: torch.Tensor  # (B, F, C): slot (position % F) holds that position's shifted channels
+
+
+@dataclass
+class InferenceCache:
+    """All per-layer state of one cached generation.  Build it with `DALLE.setup_cache`."""
+
+    kv: list  # [KVCache] per depth index
+    shift_attn: list  # [ShiftCache | None] per depth index
+    shift_ff: list  # [ShiftCache | None] per depth index
+    length: int = 0  # positions filled so far (0..length-1)
+    max_len: int = field(default=0)
+
+    @classmethod
+    def allocate(cls, *, depth: int, batch: int, heads: int, dim_head: int, max_len: int,
+                 shift_channels: int | None, fmap_size: int, device, dtype) -> "InferenceCache":
+        def zeros(*shape):
+            return torch.zeros(*shape, device=device, dtype=dtype)
+
+        kv = [KVCache(zeros(batch, heads, max_len, dim_head), zeros(batch, heads, max_len, dim_head)) for _ in range(depth)]
+        if shift_channels:
+            sa = [ShiftCache(zeros(batch, fmap_size, shift_channels)) for _ in range(depth)]
+            sf = [ShiftCache(zeros(batch, fmap_size, shift_channels)) for _ in range(depth)]
+        else:
+            sa, sf = [None] * depth, [None] * depth
+        return cls(kv=kv, shift_attn=sa, shift_ff=sf, length=0, max_len=max_len)
+
+    @property
+    def batch(self) -> int:
+        return self.kv[0].k.shape[0]
+
+    def tensors(self):
+        for kv in self.kv:
+            yield kv.k
+            yield kv.v
+        for s in self.shift_attn + self.shift_ff:
+            if s is not None:
+                yield s.ring
+
+    def reset(self) -> None:
+        """Forget every position (the buffers are kept and zeroed)."""
+        for t in self.tensors():
+            t.zero_()
+        self.length = 0
+
+    def copy_rows_from(self, other: "InferenceCache", index: torch.Tensor) -> None:
+        """Fill this cache's rows from `other`'s rows `index` (B,) for the positions `other` holds.
+
+        This is how a prefix computed once per caption is shared by all images of that caption
+        (and how a null-text prefix is shared by all null rows): compute on the unique rows,
+        then copy into the full batch.
+        """
+        n = other.length
+        for dst, src in zip(self.kv, other.kv):
+            dst.k[:, :, :n].copy_(src.k[index, :, :n])
+            dst.v[:, :, :n].copy_(src.v[index, :, :n])
+        for dst_list, src_list in ((self.shift_attn, other.shift_attn), (self.shift_ff, other.shift_ff)):
+            for dst, src in zip(dst_list, src_list):
+                if dst is not None:
+                    dst.ring.copy_(src.ring[index])
+        self.length = n
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())

@@ -1,0 +1,481 @@
+"""DALLE: caption tokens followed by image codes, modelled by one decoder-only transformer.
+
+Dimensions: b batch, T text_seq_len, I image_seq_len = F*F, c model dim, V total_tokens
+(text vocabulary incl. one pad id per text position, then image codes).
+
+Sequence (N = T + 1 + I positions, the last one never fed):
+    <bos>=0, caption ids (a 0 in the caption becomes the pad id of its position), image codes.
+Position i < T predicts text, position i >= T predicts image codes (logits masked accordingly).
+"""
+from __future__ import annotations
+
+from math import sqrt
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from dalle_pytorch.cache import InferenceCache
+from dalle_pytorch.sampling import check_sampling_args, sample
+from dalle_pytorch.transformer import Transformer
+
+
+class SharedEmbedding(nn.Module):
+    """Embedding rows [start, end) of a Linear's weight (share_input_output_emb).
+
+    The Linear is not registered here (it lives in to_logits), so no weight is stored twice.
+    """
+
+    def __init__(self, linear: nn.Linear, start: int, end: int):
+        super().__init__()
+        self._linear = [linear]
+        self.start, self.end = start, end
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._linear[0].weight[self.start : self.end]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+
+class AxialPositionalEmbedding(nn.Module):
+    """Learned image positions as a sum of a row and a column embedding (parameters weights.0/1)."""
+
+    def __init__(self, dim: int, fmap_size: int):
+        super().__init__()
+        self.fmap_size = fmap_size
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.randn(1, fmap_size, 1, dim)), nn.Parameter(torch.randn(1, 1, fmap_size, dim))]
+        )
+
+    def table(self) -> torch.Tensor:
+        """(F*F, c): the embedding of every grid position in raster order."""
+        return (self.weights[0] + self.weights[1]).reshape(self.fmap_size**2, -1)
+
+
+class DALLE(nn.Module):
+    """DALL-E transformer over a frozen VAE's codes (DALLE-pytorch 1.6 constructor and methods).
+
+    Extra keyword arguments beyond DALLE-pytorch: ff_mult, conv_kernel_size, conv_dilation,
+    conv_variant ('up_left' = DALLE-pytorch >= 1.5, 'centred' = <= 1.4), sparse_block_size,
+    sparse_num_local_blocks, sparse_num_random_blocks, sparse_seed.
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        vae: nn.Module,
+        num_text_tokens: int = 10000,
+        text_seq_len: int = 256,
+        depth: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        reversible: bool = False,
+        attn_dropout: float = 0.0,
+        ff_dropout: float = 0,
+        sparse_attn=False,
+        attn_types=None,
+        loss_img_weight: float = 7,
+        stable: bool = False,
+        sandwich_norm: bool = False,
+        shift_tokens: bool = True,
+        rotary_emb: bool = True,
+        shared_attn_ids=None,
+        shared_ff_ids=None,
+        share_input_output_emb: bool = False,
+        optimize_for_inference: bool = False,
+        ff_mult: int = 4,
+        conv_kernel_size: int = 5,
+        conv_dilation: int = 1,
+        conv_variant: str = "up_left",
+        sparse_block_size: int = 16,
+        sparse_num_local_blocks: int = 4,
+        sparse_num_random_blocks: int | None = None,
+        sparse_seed: int = 0,
+    ):
+        super().__init__()
+        for attr in ("image_size", "num_tokens", "num_layers", "channels", "get_codebook_indices", "decode"):
+            if not hasattr(vae, attr):
+                raise ValueError(f"vae must be a DiscreteVAE-like module; it has no '{attr}'")
+        if attn_types is None and sparse_attn is True:
+            attn_types = ("sparse",)  # DALLE-pytorch's boolean switch for block-sparse layers
+        if isinstance(attn_types, str):
+            attn_types = (attn_types,)
+        self.config = dict(
+            dim=dim, num_text_tokens=num_text_tokens, text_seq_len=text_seq_len, depth=depth, heads=heads,
+            dim_head=dim_head, reversible=reversible, attn_dropout=attn_dropout, ff_dropout=ff_dropout,
+            attn_types=list(attn_types) if attn_types is not None else None, loss_img_weight=loss_img_weight,
+            stable=stable, sandwich_norm=sandwich_norm, shift_tokens=shift_tokens, rotary_emb=rotary_emb,
+            shared_attn_ids=list(shared_attn_ids) if shared_attn_ids is not None else None,
+            shared_ff_ids=list(shared_ff_ids) if shared_ff_ids is not None else None,
+            share_input_output_emb=share_input_output_emb, optimize_for_inference=optimize_for_inference,
+            ff_mult=ff_mult, conv_kernel_size=conv_kernel_size, conv_dilation=conv_dilation,
+            conv_variant=conv_variant, sparse_block_size=sparse_block_size,
+            sparse_num_local_blocks=sparse_num_local_blocks, sparse_num_random_blocks=sparse_num_random_blocks,
+            sparse_seed=sparse_seed,
+        )
+
+        self.fmap_size = vae.image_size // (2**vae.num_layers)
+        self.image_seq_len = self.fmap_size**2
+        self.text_seq_len = text_seq_len
+        self.text_len = text_seq_len + 1  # with <bos>
+        self.num_user_text_tokens = num_text_tokens
+        self.num_text_tokens = num_text_tokens + text_seq_len  # a unique pad id per text position
+        self.num_image_tokens = vae.num_tokens
+        self.total_tokens = self.num_text_tokens + self.num_image_tokens
+        self.total_seq_len = text_seq_len + self.image_seq_len  # positions fed to the transformer
+        self.loss_img_weight = loss_img_weight
+        self.stable = stable
+        self.rotary_emb = rotary_emb
+
+        self.vae = vae
+        for p in self.vae.parameters():
+            p.requires_grad = False  # the VAE is frozen
+
+        self.transformer = Transformer(
+            dim=dim, depth=depth, text_len=self.text_len, fmap_size=self.fmap_size, heads=heads,
+            dim_head=dim_head, ff_mult=ff_mult, reversible=reversible, attn_dropout=attn_dropout,
+            ff_dropout=ff_dropout, attn_types=attn_types, stable=stable, sandwich_norm=sandwich_norm,
+            shift_tokens=shift_tokens, rotary_emb=rotary_emb, shared_attn_ids=shared_attn_ids,
+            shared_ff_ids=shared_ff_ids, optimize_for_inference=optimize_for_inference,
+            conv_kernel_size=conv_kernel_size, conv_dilation=conv_dilation, conv_variant=conv_variant,
+            sparse_block_size=sparse_block_size, sparse_num_local_blocks=sparse_num_local_blocks,
+            sparse_num_random_blocks=sparse_num_random_blocks, sparse_seed=sparse_seed,
+        )
+        self.to_logits = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, self.total_tokens))
+        if share_input_output_emb:
+            self.text_emb = SharedEmbedding(self.to_logits[1], 0, self.num_text_tokens)
+            self.image_emb = SharedEmbedding(self.to_logits[1], self.num_text_tokens, self.total_tokens)
+        else:
+            self.text_emb = nn.Embedding(self.num_text_tokens, dim)
+            self.image_emb = nn.Embedding(self.num_image_tokens, dim)
+        if not rotary_emb:
+            self.text_pos_emb = nn.Embedding(self.text_len, dim)
+            self.image_pos_emb = AxialPositionalEmbedding(dim, self.fmap_size)
+
+    # -- input checks --------------------------------------------------------------------------------
+
+    def _check_text(self, text: torch.Tensor, name: str = "text") -> torch.Tensor:
+        if not isinstance(text, torch.Tensor) or text.dim() != 2:
+            raise ValueError(f"{name} must be a (batch, {self.text_seq_len}) tensor of token ids, got "
+                             f"{type(text).__name__}{tuple(text.shape) if isinstance(text, torch.Tensor) else ''}")
+        if text.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ValueError(f"{name} must hold integer token ids, got dtype {text.dtype}")
+        if text.shape[1] != self.text_seq_len:
+            raise ValueError(f"{name} must have length text_seq_len={self.text_seq_len}, got {text.shape[1]}")
+        if text.numel() and (int(text.min()) < 0 or int(text.max()) >= self.num_user_text_tokens):
+            raise ValueError(f"{name} token ids must be in [0, {self.num_user_text_tokens}) (num_text_tokens), "
+                             f"got min {int(text.min())}, max {int(text.max())}")
+        return text.long()
+
+    def _check_image(self, image: torch.Tensor, batch: int) -> torch.Tensor:
+        """Raw pixels (b, c, H, W) in [0, 1] are encoded by the VAE; codes (b, n) are checked."""
+        if image.shape[0] != batch:
+            raise ValueError(f"image batch {image.shape[0]} does not match text batch {batch}")
+        if image.dim() == 4:
+            c, size = self.vae.channels, self.vae.image_size
+            if tuple(image.shape[1:]) != (c, size, size):
+                raise ValueError(f"images must have shape (b, {c}, {size}, {size}), got {tuple(image.shape)}")
+            return self.vae.get_codebook_indices(image)
+        if image.dim() != 2 or image.dtype.is_floating_point:
+            raise ValueError(f"image must be pixels (b, c, H, W) or integer codes (b, n), got {tuple(image.shape)} {image.dtype}")
+        if image.shape[1] > self.image_seq_len:
+            raise ValueError(f"image codes have length {image.shape[1]} > image_seq_len={self.image_seq_len}")
+        if image.numel() and (int(image.min()) < 0 or int(image.max()) >= self.num_image_tokens):
+            raise ValueError(f"image codes must be in [0, {self.num_image_tokens}), got min {int(image.min())}, max {int(image.max())}")
+        return image.long()
+
+    # -- embeddings and head ---------------------------------------------------------------------------
+
+    def text_ids(self, text: torch.Tensor) -> torch.Tensor:
+        """(b, T) user ids (0 = pad) -> (b, T + 1) model ids: <bos> first, each pad its own id."""
+        pad_ids = torch.arange(self.text_seq_len, device=text.device) + self.num_user_text_tokens
+        return F.pad(torch.where(text == 0, pad_ids, text), (1, 0), value=0)
+
+    def embed_text(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """ids: (b, n) model ids at positions start..start+n-1 -> (b, n, c)."""
+        x = self.text_emb(ids)
+        if not self.rotary_emb:
+            x = x + self.text_pos_emb.weight[start : start + ids.shape[1]]
+        return x
+
+    def embed_image(self, codes: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """codes: (b, m) at grid positions start..start+m-1 -> (b, m, c)."""
+        x = self.image_emb(codes)
+        if not self.rotary_emb:
+            x = x + self.image_pos_emb.table()[start : start + codes.shape[1]]
+        return x
+
+    def _transform(self, tokens: torch.Tensor, cache: InferenceCache | None = None, masked: bool | None = None):
+        if self.stable:
+            tokens = tokens * 0.1 + tokens.detach() * 0.9  # scale the embedding gradient by 0.1
+        out = self.transformer(tokens, cache=cache, masked=masked)
+        if self.stable:
+            out = out / out.amax(dim=-1, keepdim=True).detach()
+        return out
+
+    def logits_mask(self, positions: torch.Tensor) -> torch.Tensor:
+        """(n, V) bool: True where a logit is forbidden (text positions predict text, image positions codes)."""
+        is_img_pos = positions[:, None] >= self.text_seq_len
+        is_img_tok = torch.arange(self.total_tokens, device=positions.device) >= self.num_text_tokens
+        return is_img_pos != is_img_tok[None, :]
+
+    def _logits(self, out: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        logits = self.to_logits(out)
+        return logits.masked_fill(self.logits_mask(positions), -torch.finfo(logits.dtype).max)
+
+    # -- training / scoring -------------------------------------------------------------------------
+
+    def forward(self, text: torch.Tensor, image: torch.Tensor | None = None, return_loss: bool = False,
+                null_cond_prob: float = 0.0, masked: bool | None = None):
+        """text: (b, T) ids (0 = pad); image: pixels (b, c, H, W) in [0, 1] or codes (b, n <= I).
+
+        Returns logits (b, n, V) (n = T + 1 + image length, at most T + I), or the loss
+        (CE_text + loss_img_weight * CE_img) / (loss_img_weight + 1) with return_loss=True.
+        null_cond_prob: probability of dropping each caption (classifier-free guidance training).
+        masked: force dense masked attention (True) or the sparse kernels (False) for this call.
+        """
+        text = self._check_text(text)
+        b = text.shape[0]
+        if not 0.0 <= null_cond_prob <= 1.0:
+            raise ValueError(f"null_cond_prob must be in [0, 1], got {null_cond_prob}")
+        if null_cond_prob > 0:
+            keep = torch.rand(b, device=text.device) >= null_cond_prob
+            text = text * keep[:, None]  # a new tensor: the caller's text is untouched
+        ids = self.text_ids(text)
+        tokens = self.embed_text(ids)
+        codes = None
+        if image is not None and image.numel() > 0:
+            codes = self._check_image(image, b)
+            tokens = torch.cat((tokens, self.embed_image(codes)), dim=1)
+        if tokens.shape[1] > self.total_seq_len:
+            tokens = tokens[:, :-1]  # the last code is only ever a target
+        out = self._transform(tokens, masked=masked)
+        logits = self._logits(out, torch.arange(tokens.shape[1], device=tokens.device))
+        if not return_loss:
+            return logits
+        if codes is None or codes.shape[1] != self.image_seq_len:
+            raise ValueError(f"return_loss needs a whole image (pixels or {self.image_seq_len} codes)")
+        labels = torch.cat((ids[:, 1:], codes + self.num_text_tokens), dim=1)
+        T = self.text_seq_len
+        loss_text = F.cross_entropy(logits[:, :T].transpose(1, 2), labels[:, :T])
+        loss_img = F.cross_entropy(logits[:, T:].transpose(1, 2), labels[:, T:])
+        return (loss_text + self.loss_img_weight * loss_img) / (self.loss_img_weight + 1)
+
+    # -- cached inference -----------------------------------------------------------------------------
+
+    def setup_cache(self, batch: int, max_len: int | None = None) -> InferenceCache:
+        """Preallocate the inference state for `batch` rows and up to `max_len` positions."""
+        t = self.transformer
+        param = self.to_logits[1].weight
+        return InferenceCache.allocate(
+            depth=t.depth, batch=batch, heads=t.heads, dim_head=t.dim_head,
+            max_len=max_len or self.total_seq_len, shift_channels=t.shift_cache_channels,
+            fmap_size=self.fmap_size, device=param.device, dtype=param.dtype,
+        )
+
+    def prefill(self, ids: torch.Tensor, codes: torch.Tensor | None, cache: InferenceCache) -> torch.Tensor:
+        """Run positions 0..n-1 (model text ids (b, <= T+1), then codes (b, m)) into `cache`.
+
+        Returns the logits of the last position (b, V).
+        """
+        tokens = self.embed_text(ids)
+        if codes is not None and codes.shape[1] > 0:
+            tokens = torch.cat((tokens, self.embed_image(codes)), dim=1)
+        out = self._transform(tokens, cache=cache)
+        n = tokens.shape[1]
+        return self._logits(out[:, -1:], torch.tensor([n - 1], device=ids.device))[:, 0]
+
+    def decode_step(self, token: torch.Tensor, pos: torch.Tensor, cache: InferenceCache, image: bool = True):
+        """Feed one token at position `pos` (0-d long tensor) and return the next logits (b, V).
+
+        token: (b,) image code (image=True) or model text id.  Shapes never depend on `pos`.
+        """
+        if image:
+            x = self.image_emb(token[:, None])
+            if not self.rotary_emb:
+                x = x + self.image_pos_emb.table().index_select(0, (pos - self.text_len).view(1))
+        else:
+            x = self.text_emb(token[:, None])
+            if not self.rotary_emb:
+                x = x + self.text_pos_emb.weight.index_select(0, pos.view(1))
+        if self.stable:
+            x = x * 0.1 + x.detach() * 0.9
+        out = self.transformer.step(x, pos, cache)
+        if self.stable:
+            out = out / out.amax(dim=-1, keepdim=True).detach()
+        return self._logits(out, pos.view(1))[:, 0]
+
+    # -- generation -------------------------------------------------------------------------------------
+
+    def _prime_codes(self, img, num_init_img_tokens, batch):
+        if img is None:
+            if num_init_img_tokens:
+                raise ValueError("num_init_img_tokens needs img (the image whose first codes prime generation)")
+            return None
+        n = int(0.4375 * self.image_seq_len) if num_init_img_tokens is None else int(num_init_img_tokens)
+        if not 0 <= n < self.image_seq_len:
+            raise ValueError(f"num_init_img_tokens must be in [0, image_seq_len={self.image_seq_len}), got {n}")
+        if img.dim() != 4 or img.shape[0] not in (1, batch):
+            raise ValueError(f"img must be (1 or {batch}, c, H, W) pixels in [0, 1], got {tuple(img.shape)}")
+        codes = self._check_image(img, img.shape[0])[:, :n]
+        return codes.expand(batch, n) if codes.shape[0] == 1 else codes
+
+    @torch.inference_mode()
+    def generate_images(
+        self,
+        text: torch.Tensor,
+        *,
+        clip: nn.Module | None = None,
+        filter_thres: float = 0.5,
+        top_p: float | None = None,
+        temperature: float = 1.0,
+        img: torch.Tensor | None = None,
+        num_init_img_tokens: int | None = None,
+        cond_scale: float = 1.0,
+        null_text: torch.Tensor | None = None,
+        use_cache: bool = True,
+        num_images: int = 1,
+        generator: torch.Generator | None = None,
+        return_codes: bool = False,
+        progress: bool = False,
+        compile: bool = False,
+    ):
+        """Sample images for captions.
+
+        text: (b, T) ids.  Returns images (b * num_images, c, H, W) in [0, 1] (rows grouped by
+        caption: caption 0's images first), or codes (b * num_images, I) with return_codes=True;
+        with `clip`, returns (images, scores) where scores (b * num_images,) are CLIP similarities.
+        cond_scale: classifier-free guidance, logits = null + (cond - null) * cond_scale (>= 0;
+        1 = no guidance); the conditional and null rows run as one batch. null_text: (1 or b, T)
+        caption for the null rows (a negative prompt); default the empty caption.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            codes = self._generate_codes(text, filter_thres, top_p, temperature, img, num_init_img_tokens,
+                                         cond_scale, null_text, use_cache, num_images, generator, progress, compile)
+            if return_codes:
+                return codes
+            images = self.vae.decode(codes).clamp(0.0, 1.0)
+            if clip is not None:
+                rows = text.long().repeat_interleave(num_images, dim=0)
+                return images, clip(rows, images)
+            return images
+        finally:
+            self.train(was_training)
+
+    def _generate_codes(self, text, filter_thres, top_p, temperature, img, num_init_img_tokens,
+                        cond_scale, null_text, use_cache, num_images, generator, progress, compile):
+        text = self._check_text(text)
+        check_sampling_args(filter_thres, top_p, temperature)
+        if not cond_scale >= 0:
+            raise ValueError(f"cond_scale must be >= 0 (1 = no guidance), got {cond_scale}")
+        if int(num_images) != num_images or num_images < 1:
+            raise ValueError(f"num_images must be a positive integer, got {num_images}")
+        b, device = text.shape[0], text.device
+        guided = cond_scale != 1.0
+        if null_text is not None:
+            if not guided:
+                raise ValueError("null_text only has an effect with cond_scale != 1")
+            null_text = self._check_text(null_text.to(device), "null_text")
+            if null_text.shape[0] not in (1, b):
+                raise ValueError(f"null_text batch must be 1 or {b}, got {null_text.shape[0]}")
+            null_text = null_text.expand(b, -1)
+        else:
+            null_text = torch.zeros_like(text)
+        prime = self._prime_codes(img, num_init_img_tokens, b)
+
+        # unique rows (one per caption, then one per null caption) and their expansion to all rows
+        unique_text = torch.cat((text, null_text)) if guided else text
+        rows = b * num_images
+        expand = torch.arange(b, device=device).repeat_interleave(num_images)
+        if guided:
+            expand = torch.cat((expand, expand + b))
+        unique_prime = None if prime is None else (torch.cat((prime, prime)) if guided else prime)
+        start = 0 if prime is None else prime.shape[1]
+
+        codes = torch.zeros(rows, self.image_seq_len, dtype=torch.long, device=device)
+        if prime is not None:
+            codes[:, :start] = prime[expand[:rows]]
+        ids = self.text_ids(unique_text)
+
+        def combine(logits):  # (R or 2R, V) -> guided image logits (R, num_image_tokens)
+            img_logits = logits[:, self.num_text_tokens :]
+            if not guided:
+                return img_logits
+            cond, null = img_logits[:rows], img_logits[rows:]
+            return null + (cond - null) * cond_scale
+
+        steps = range(start, self.image_seq_len)
+        bar = tqdm(steps, desc="image tokens", disable=not progress, leave=False)
+        if use_cache:
+            prefix = self.setup_cache(unique_text.shape[0], self.text_len + start)
+            last = self.prefill(ids, unique_prime, prefix)[expand]
+            cache = self.setup_cache(expand.shape[0])
+            cache.copy_rows_from(prefix, expand)
+            del prefix
+            step_fn = torch.compile(self.decode_step, dynamic=False) if compile else self.decode_step
+            positions = torch.arange(self.text_len + self.image_seq_len, device=device)
+            for t in bar:
+                code = sample(combine(last), filter_thres=filter_thres, top_p=top_p, temperature=temperature, generator=generator)
+                codes[:, t] = code
+                if t + 1 < self.image_seq_len:
+                    token = torch.cat((code, code)) if guided else code
+                    last = step_fn(token, positions[self.text_len + t], cache)
+        else:
+            all_ids = ids[expand]
+            for t in bar:
+                cur = torch.cat((codes[:, :t], codes[:, :t])) if guided else codes[:, :t]
+                tokens = torch.cat((self.embed_text(all_ids), self.embed_image(cur)), dim=1)
+                out = self._transform(tokens)
+                last = self._logits(out[:, -1:], torch.tensor([tokens.shape[1] - 1], device=device))[:, 0]
+                codes[:, t] = sample(combine(last), filter_thres=filter_thres, top_p=top_p, temperature=temperature, generator=generator)
+        return codes
+
+    @torch.inference_mode()
+    def generate_texts(self, tokenizer, text: str | None = None, *, filter_thres: float = 0.5,
+                       temperature: float = 1.0, use_cache: bool = True, generator: torch.Generator | None = None):
+        """Continue a caption (or start one) up to text_seq_len tokens.
+
+        Returns (tokens (1, T) with pads as 0, [decoded caption]).
+        """
+        check_sampling_args(filter_thres, None, temperature)
+        was_training = self.training
+        self.eval()
+        try:
+            device = self.to_logits[1].weight.device
+            prompt = tokenizer.encode(text) if text else []
+            if len(prompt) > self.text_seq_len:
+                raise ValueError(f"text is {len(prompt)} tokens, longer than text_seq_len={self.text_seq_len}")
+            if any(t < 0 or t >= self.num_user_text_tokens for t in prompt):
+                raise ValueError(f"the tokenizer produced ids outside [0, {self.num_user_text_tokens}); "
+                                 "is it the tokenizer the model was trained with?")
+            ids = torch.tensor([[0] + prompt], dtype=torch.long, device=device)  # <bos> + prompt
+
+            def pick(logits):
+                return sample(logits[:, : self.num_text_tokens], filter_thres=filter_thres, temperature=temperature, generator=generator)
+
+            n0 = ids.shape[1]
+            if use_cache and n0 < self.text_len:
+                cache = self.setup_cache(1, self.text_len)
+                last = self.prefill(ids, None, cache)
+                positions = torch.arange(self.text_len, device=device)
+                for pos in range(n0, self.text_len):
+                    tok = pick(last)
+                    ids = torch.cat((ids, tok[:, None]), dim=1)
+                    if pos + 1 < self.text_len:
+                        last = self.decode_step(tok, positions[pos], cache, image=False)
+            else:
+                for pos in range(n0, self.text_len):
+                    out = self._transform(self.embed_text(ids))
+                    last = self._logits(out[:, -1:], torch.tensor([pos - 1], device=device))[:, 0]
+                    ids = torch.cat((ids, pick(last)[:, None]), dim=1)
+            tokens = ids[:, 1:]
+            tokens = torch.where(tokens >= self.num_user_text_tokens, torch.zeros_like(tokens), tokens)
+            return tokens, [tokenizer.decode(tokens[0])]
+        finally:
+            self.train(was_training)
