@@ -7,9 +7,10 @@ One remapper for every layout DALLE-pytorch has written:
 - reversible: `transformer.layers.blocks.{i}.f.net...` / `.g.net...`;
 - shared layers: one tensor saved under every layer that uses it (we keep one, after checking
   the copies are equal);
-- share_input_output_emb: `text_emb.linear` / `image_emb.linear` duplicate `to_logits.1` (dropped);
+- share_input_output_emb: `text_emb.linear` / `image_emb.linear` duplicate `to_logits.1` (checked equal, then dropped);
 - the rotary table `transformer.pos_emb` (derived from the config here: checked, then dropped).
 conv_like changed its window in 1.5: older checkpoints get conv_variant='centred'.
+Old releases lacked the shift_tokens / rotary_emb switches: `layout_hparams` reads them from the key layout.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class CheckpointError(ValueError):
 
 
 def parse_version(version) -> tuple[int, ...]:
+    """'1.6.6' -> (1, 6, 6); None or a string without digits -> (0,)."""
     if version is None:
         return (0,)
     parts = re.findall(r"\d+", str(version))
@@ -76,7 +78,10 @@ def remap_state_dict(weights: dict, transformer) -> dict:
     """Map a DALLE-pytorch DALLE state dict onto this package's names.
 
     transformer: our Transformer built from the same config (it says which depth uses which
-    shared attention / feed-forward module).  Raises CheckpointError on conflicting copies.
+    shared attention / feed-forward module).  Raises CheckpointError on conflicting copies of a
+    shared layer, and when `text_emb.linear.*` / `image_emb.linear.*` (share_input_output_emb)
+    are not exact copies of `to_logits.1.*`.  Keys it does not understand are passed through
+    unchanged so that a strict key check reports them.
     """
     out: dict[str, torch.Tensor] = {}
 
@@ -111,7 +116,13 @@ def remap_state_dict(weights: dict, transformer) -> dict:
         elif key == "transformer.pos_emb":
             continue  # checked by check_rotary_table
         elif key.startswith(("text_emb.linear.", "image_emb.linear.")):
-            continue  # views of to_logits.1 (share_input_output_emb); checked by the caller
+            # share_input_output_emb: a second copy of to_logits.1; dropped once it is seen to be one
+            twin = "to_logits.1." + key.split(".linear.", 1)[1]
+            if twin not in weights or weights[twin].shape != value.shape or not torch.equal(weights[twin], value):
+                raise CheckpointError(f"'{key}' should be a copy of '{twin}' (share_input_output_emb) but "
+                                      f"{'the checkpoint has no ' + repr(twin) if twin not in weights else 'they differ'}; "
+                                      "the checkpoint is corrupted or was not written by DALLE-pytorch")
+            continue
         else:
             put(key, value, key)
     return out
@@ -130,3 +141,52 @@ def check_rotary_table(weights: dict, transformer) -> None:
         raise CheckpointError("the checkpoint's rotary table (transformer.pos_emb) differs from the one this config "
                               f"gives ({tuple(theirs.shape)} vs {tuple(ours.shape)}); dim_head, text_seq_len or the "
                               "VAE's image size do not match")
+
+
+# feed-forward keys: transformer.layers.layers.{i}.1.<fn levels>net.0.weight or ...blocks.{i}.g.net.<fn levels>net.0.weight
+_FF_KEY = re.compile(r"^transformer\.layers\.(?:layers\.\d+\.1|blocks\.\d+\.g\.net)\.((?:fn\.)+)net\.0\.weight$")
+
+
+def shift_tokens_from_layout(weights: dict) -> bool | None:
+    """Whether the checkpoint's layers were wrapped in token shift, read from the key layout.
+
+    The feed-forward branch is LayerScale -> PreNorm [-> (CachedAs ->) PreShiftToken] -> FeedForward,
+    so its `net.0.weight` sits under 2 `fn` levels without token shift in every layout, and under 3
+    (<= 1.2, pre-cache) or 4 (>= 1.4, CachedAs) with it.  None when the layout says nothing.
+    """
+    counts = set()
+    for key in weights:
+        m = _FF_KEY.match(key)
+        if m:
+            counts.add(m.group(1).count("fn."))
+    if counts == {2}:
+        return False
+    if counts and counts <= {3, 4}:
+        return True
+    return None
+
+
+def layout_hparams(hparams: dict, weights: dict) -> dict:
+    """`hparams` with `shift_tokens` / `rotary_emb` checked against (or, when absent, read from) the weights.
+
+    Old DALLE-pytorch releases did not have these switches, so their `hparams` lack them while our
+    defaults are True; the key layout says what the checkpoint really used.  Raises CheckpointError
+    when the hparams contradict the weights.
+    """
+    out = dict(hparams)
+    shift = shift_tokens_from_layout(weights)
+    if shift is not None:
+        if "shift_tokens" not in out:
+            out["shift_tokens"] = shift
+        elif bool(out["shift_tokens"]) != shift:
+            raise CheckpointError(f"hparams say shift_tokens={out['shift_tokens']} but the layer layout of the weights "
+                                  f"was written with shift_tokens={shift}")
+    has_table = "transformer.pos_emb" in weights
+    has_learned = "text_pos_emb.weight" in weights
+    if "rotary_emb" not in out:
+        if has_table or has_learned:
+            out["rotary_emb"] = has_table
+    elif bool(out["rotary_emb"]) != has_table and (has_table or has_learned):
+        raise CheckpointError(f"hparams say rotary_emb={out['rotary_emb']} but the weights "
+                              f"{'have' if has_table else 'lack'} the rotary table transformer.pos_emb")
+    return out

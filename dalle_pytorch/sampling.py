@@ -46,7 +46,8 @@ def gumbel_sample(logits: torch.Tensor, temperature: float = 1.0, generator: tor
     """
     device = generator.device if generator is not None else logits.device
     u = torch.rand(logits.shape, generator=generator, device=device, dtype=torch.float32).to(logits.device)
-    noise = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+    u = u.clamp(1e-20, 1.0)
+    noise = -torch.log((-torch.log(u)).clamp_min(1e-20))  # Gumbel(0, 1)
     return (logits.float() / temperature + noise).argmax(dim=-1)
 
 
