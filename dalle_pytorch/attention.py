@@ -131,15 +131,17 @@ class Attention(nn.Module):
 
     def _qkv(self, x, rotary):
         b, n, _ = x.shape
-        q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)  # 3 x (b, h, n, d)
-        if rotary is not None:
+        qkv = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head)
+        if rotary is not None:  # q, k and v rotated in one go (DALLE-pytorch rotates v too)
             cos, sin = rotary
-            q, k, v = (apply_rotary(cos, sin, t) for t in (q, k, v))
+            qkv = apply_rotary(cos[:, None, None, :], sin[:, None, None, :], qkv)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (b, h, n, d)
         return q, k, v
 
     def _out(self, out):
         b, h, n, d = out.shape
-        return self.dropout(self.to_out(out.transpose(1, 2).reshape(b, n, h * d)))
+        out = self.to_out(out.transpose(1, 2).reshape(b, n, h * d))
+        return self.dropout(out) if self.training else out
 
     # -- full-sequence forward (training, uncached evaluation, prefill) ----------------------------
 

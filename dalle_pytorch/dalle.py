@@ -290,9 +290,12 @@ class DALLE(nn.Module):
         return self._logits(out[:, -1:], torch.tensor([n - 1], device=ids.device))[:, 0]
 
     def decode_step(self, token: torch.Tensor, pos: torch.Tensor, cache: InferenceCache, image: bool = True):
-        """Feed one token at position `pos` (0-d long tensor) and return the next logits (b, V).
+        """Feed one token at position `pos` (0-d long tensor) and return the next token's logits.
 
-        token: (b,) image code (image=True) or model text id.  Shapes never depend on `pos`.
+        token: (b,) image code (image=True) or model text id.  Returns (b, num_image_tokens) image
+        logits after an image token, (b, num_text_tokens) text logits after a text token: only the
+        rows of the output projection that can be sampled are computed.  Shapes never depend on
+        `pos`, so the step can be compiled / graph-captured.
         """
         if image:
             x = self.image_emb(token[:, None])
@@ -307,7 +310,9 @@ class DALLE(nn.Module):
         out = self.transformer.step(x, pos, cache)
         if self.stable:
             out = out / out.amax(dim=-1, keepdim=True).detach()
-        return self._logits(out, pos.view(1))[:, 0]
+        norm, proj = self.to_logits
+        rows = slice(self.num_text_tokens, None) if image else slice(0, self.num_text_tokens)
+        return F.linear(norm(out[:, 0]), proj.weight[rows], proj.bias[rows])
 
     # -- generation -------------------------------------------------------------------------------------
 
@@ -403,8 +408,7 @@ class DALLE(nn.Module):
             codes[:, :start] = prime[expand[:rows]]
         ids = self.text_ids(unique_text)
 
-        def combine(logits):  # (R or 2R, V) -> guided image logits (R, num_image_tokens)
-            img_logits = logits[:, self.num_text_tokens :]
+        def combine(img_logits):  # (R or 2R, num_image_tokens) -> guided (R, num_image_tokens)
             if not guided:
                 return img_logits
             cond, null = img_logits[:rows], img_logits[rows:]
@@ -414,7 +418,7 @@ class DALLE(nn.Module):
         bar = tqdm(steps, desc="image tokens", disable=not progress, leave=False)
         if use_cache:
             prefix = self.setup_cache(unique_text.shape[0], self.text_len + start)
-            last = self.prefill(ids, unique_prime, prefix)[expand]
+            last = self.prefill(ids, unique_prime, prefix)[expand, self.num_text_tokens :]
             cache = self.setup_cache(expand.shape[0])
             cache.copy_rows_from(prefix, expand)
             del prefix
@@ -433,6 +437,7 @@ class DALLE(nn.Module):
                 tokens = torch.cat((self.embed_text(all_ids), self.embed_image(cur)), dim=1)
                 out = self._transform(tokens)
                 last = self._logits(out[:, -1:], torch.tensor([tokens.shape[1] - 1], device=device))[:, 0]
+                last = last[:, self.num_text_tokens :]
                 codes[:, t] = sample(combine(last), filter_thres=filter_thres, top_p=top_p, temperature=temperature, generator=generator)
         return codes
 
@@ -456,13 +461,13 @@ class DALLE(nn.Module):
                                  "is it the tokenizer the model was trained with?")
             ids = torch.tensor([[0] + prompt], dtype=torch.long, device=device)  # <bos> + prompt
 
-            def pick(logits):
-                return sample(logits[:, : self.num_text_tokens], filter_thres=filter_thres, temperature=temperature, generator=generator)
+            def pick(logits):  # text logits (1, num_text_tokens)
+                return sample(logits, filter_thres=filter_thres, temperature=temperature, generator=generator)
 
             n0 = ids.shape[1]
             if use_cache and n0 < self.text_len:
                 cache = self.setup_cache(1, self.text_len)
-                last = self.prefill(ids, None, cache)
+                last = self.prefill(ids, None, cache)[:, : self.num_text_tokens]
                 positions = torch.arange(self.text_len, device=device)
                 for pos in range(n0, self.text_len):
                     tok = pick(last)
@@ -472,7 +477,7 @@ class DALLE(nn.Module):
             else:
                 for pos in range(n0, self.text_len):
                     out = self._transform(self.embed_text(ids))
-                    last = self._logits(out[:, -1:], torch.tensor([pos - 1], device=device))[:, 0]
+                    last = self._logits(out[:, -1:], torch.tensor([pos - 1], device=device))[:, 0, : self.num_text_tokens]
                     ids = torch.cat((ids, pick(last)[:, None]), dim=1)
             tokens = ids[:, 1:]
             tokens = torch.where(tokens >= self.num_user_text_tokens, torch.zeros_like(tokens), tokens)
