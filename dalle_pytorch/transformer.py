@@ -115,29 +115,39 @@ def fill_shift_ring(ring: torch.Tensor, xn: torch.Tensor) -> None:
     ring.index_copy_(1, slots, xn[:, start:n, :cs])
 
 
-def shift_tokens_step(xn: torch.Tensor, pos: torch.Tensor, ring: torch.Tensor, text_len: int) -> torch.Tensor:
-    """Token shift of one token at position `pos` (0-d long tensor), reading and updating the ring.
+def shift_step_tables(text_len: int, fmap_size: int, dim: int) -> torch.Tensor:
+    """(N, 3, C) 0/1 weights of (the token itself, the previous token, the token above) for the
+    first C shifted channels of a token at each position, so that one decoding step shifts with
+    three multiply-adds and no position-dependent control flow (exact: weights are 0 or 1)."""
+    c2, c4 = shift_channels(dim)
+    cs = max(c2, 2 * c4)
+    f, n = fmap_size, text_len + fmap_size**2
+    w = torch.zeros(n, 3, cs)
+    w[:, 0] = 1.0
+    for i in range(n):
+        if i < text_len:
+            w[i, 0, :c2] = 0.0
+            w[i, 1, :c2] = float(i > 0)
+        else:
+            p = i - text_len
+            w[i, 0, : 2 * c4] = 0.0
+            w[i, 2, :c4] = float(p >= f)
+            w[i, 1, c4 : 2 * c4] = float(p % f != 0)
+    return w
 
-    xn: (b, 1, c) normalised input.  Shapes and control flow do not depend on `pos`.
+
+def shift_tokens_step(xn: torch.Tensor, ring: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """Token shift of one token, reading and updating the ring of the last F inputs.
+
+    xn: (b, 1, c) normalised input; ring: (b, F, C); weights: (3, C) this position's row of
+    shift_step_tables; slots: (2,) ring slots of the previous token and of the token above (which
+    is also where this token goes).  Shapes and control flow do not depend on the position.
     """
-    c = xn.shape[-1]
-    c2, c4 = shift_channels(c)
-    f = ring.shape[1]
-    prev = ring.index_select(1, ((pos - 1) % f).view(1))  # (b, 1, C): position pos-1
-    top = ring.index_select(1, (pos % f).view(1))  # position pos-F (the slot is overwritten below)
-    zero = torch.zeros((), dtype=xn.dtype, device=xn.device)
-    p = pos - text_len
-    text = torch.cat((torch.where(pos > 0, prev[..., :c2], zero), xn[..., c2:]), dim=-1)
-    img = torch.cat(
-        (
-            torch.where(p >= f, top[..., :c4], zero),
-            torch.where(p % f != 0, prev[..., c4 : 2 * c4], zero),
-            xn[..., 2 * c4 :],
-        ),
-        dim=-1,
-    )
-    ring.index_copy_(1, (pos % f).view(1), xn[..., : ring.shape[2]])
-    return torch.where(pos < text_len, text, img)
+    cs = ring.shape[2]
+    prev_top = ring.index_select(1, slots)  # (b, 2, C)
+    lo = xn[..., :cs] * weights[0] + prev_top[:, :1] * weights[1] + prev_top[:, 1:] * weights[2]
+    ring.index_copy_(1, slots[1:], xn[..., :cs])
+    return torch.cat((lo, xn[..., cs:]), dim=-1) if xn.shape[-1] > cs else lo
 
 
 # -- reversible execution --------------------------------------------------------------------------
@@ -299,6 +309,8 @@ class Transformer(nn.Module):
             self.ff_index.append(ff_slot[ff_id])
         self.layers = nn.ModuleList([Block(dim, ind + 1, sandwich_norm) for ind in range(depth)])
 
+        if shift_tokens:
+            self.register_buffer("shift_weights", shift_step_tables(text_len, fmap_size, dim), persistent=False)
         self.rotary_emb = rotary_emb
         if rotary_emb:
             angles = rotary_table(dim_head, text_len, fmap_size)  # (N, r)
@@ -338,13 +350,13 @@ class Transformer(nn.Module):
             out = self.ffs[self.ff_index[i]](xn)
         return branch.post(out)
 
-    def _branch_step(self, i: int, kind: str, x, pos, rotary, cache):
+    def _branch_step(self, i: int, kind: str, x, pos, rotary, cache, shift):
         block = self.layers[i]
         branch = block.attn if kind == "attn" else block.ff
         xn = branch.norm(x)
         if self.shift_tokens:
             ring = (cache.shift_attn if kind == "attn" else cache.shift_ff)[i].ring
-            xn = shift_tokens_step(xn, pos, ring, self.text_len)
+            xn = shift_tokens_step(xn, ring, *shift)
         if kind == "attn":
             out = self.attns[self.attn_index[i]].step(xn, pos, rotary, cache.kv[i])
         else:
@@ -399,13 +411,17 @@ class Transformer(nn.Module):
     def step(self, x: torch.Tensor, pos: torch.Tensor, cache) -> torch.Tensor:
         """One new token.  x: (b, 1, c) embedding at position `pos` (0-d long tensor) -> (b, 1, c)."""
         rotary = self._rotary_at(pos)
+        shift = None
+        if self.shift_tokens:  # computed once per step, shared by every branch
+            f = self.fmap_size
+            shift = (self.shift_weights[pos], torch.stack(((pos - 1) % f, pos % f)))
         if not self.reversible:
             for i in range(self.depth):
-                x = x + self._branch_step(i, "attn", x, pos, rotary, cache)
-                x = x + self._branch_step(i, "ff", x, pos, rotary, cache)
+                x = x + self._branch_step(i, "attn", x, pos, rotary, cache, shift)
+                x = x + self._branch_step(i, "ff", x, pos, rotary, cache, shift)
             return x
         x1, x2 = x, x
         for i in range(self.depth):
-            x1 = x1 + self._branch_step(i, "attn", x2, pos, rotary, cache)
-            x2 = x2 + self._branch_step(i, "ff", x1, pos, rotary, cache)
+            x1 = x1 + self._branch_step(i, "attn", x2, pos, rotary, cache, shift)
+            x2 = x2 + self._branch_step(i, "ff", x1, pos, rotary, cache, shift)
         return (x1 + x2) / 2
