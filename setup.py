@@ -19,8 +19,6 @@ setup(
     install_requires=[
         "torch>=2.4",
         "einops>=0.6",
-        "rotary-embedding-torch",
-        "axial-positional-embedding",
         "pillow",
         "tqdm",
         "safetensors>=0.4",

@@ -314,6 +314,12 @@ class DALLE(nn.Module):
         rows = slice(self.num_text_tokens, None) if image else slice(0, self.num_text_tokens)
         return F.linear(norm(out[:, 0]), proj.weight[rows], proj.bias[rows])
 
+    def _compiled_decode_step(self):
+        """torch.compile of decode_step, made once per model (later calls reuse its graphs)."""
+        if getattr(self, "_compiled_step", None) is None:
+            self._compiled_step = torch.compile(self.decode_step, dynamic=False)
+        return self._compiled_step
+
     # -- generation -------------------------------------------------------------------------------------
 
     def _prime_codes(self, img, num_init_img_tokens, batch):
@@ -422,7 +428,7 @@ class DALLE(nn.Module):
             cache = self.setup_cache(expand.shape[0])
             cache.copy_rows_from(prefix, expand)
             del prefix
-            step_fn = torch.compile(self.decode_step, dynamic=False) if compile else self.decode_step
+            step_fn = self._compiled_decode_step() if compile else self.decode_step
             positions = torch.arange(self.text_len + self.image_seq_len, device=device)
             for t in bar:
                 code = sample(combine(last), filter_thres=filter_thres, top_p=top_p, temperature=temperature, generator=generator)

@@ -414,7 +414,7 @@ class Transformer(nn.Module):
         shift = None
         if self.shift_tokens:  # computed once per step, shared by every branch
             f = self.fmap_size
-            shift = (self.shift_weights[pos], torch.stack(((pos - 1) % f, pos % f)))
+            shift = (self.shift_weights.index_select(0, pos.view(1))[0], torch.stack(((pos - 1) % f, pos % f)))
         if not self.reversible:
             for i in range(self.depth):
                 x = x + self._branch_step(i, "attn", x, pos, rotary, cache, shift)

@@ -226,3 +226,10 @@ def test_gumbel_sampling_follows_the_softmax():
     assert torch.allclose(freq, torch.softmax(torch.tensor([0.0, 1.0, 2.0]), -1), atol=0.015)
     cold = gumbel_sample(logits, temperature=0.05, generator=torch.Generator().manual_seed(0))
     assert (cold == 2).float().mean() > 0.99, "low temperature approaches argmax"
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_matches_eager():
+    model = tiny_dalle("conv_like")
+    run = lambda **kw: model.generate_images(random_text(), generator=torch.Generator().manual_seed(0), return_codes=True, **kw)  # noqa: E731
+    assert torch.equal(run(), run(compile=True))
