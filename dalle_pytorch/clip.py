@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from dalle_pytorch.transformer import FeedForward  # the GEGLU feed-forward of the DALLE transformer
+
 __all__ = ["CLIP", "Encoder"]
 
 # helpers
@@ -52,23 +54,6 @@ class Attention(nn.Module):
         attn_mask = mask[:, None, None, :] if exists(mask) else None  # (b, 1, 1, n): keys to attend to
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
-
-
-class GEGLU(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        x, gate = x.chunk(2, dim=-1)
-        return x * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    """GEGLU MLP. (b, n, dim) -> (b, n, dim)."""
-
-    def __init__(self, dim: int, mult: int = 4):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, dim * mult * 2), GEGLU(), nn.Linear(dim * mult, dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
 
 
 class Block(nn.Module):
