@@ -156,6 +156,17 @@ class DALLE(nn.Module):
             self.text_pos_emb = nn.Embedding(self.text_len, dim)
             self.image_pos_emb = AxialPositionalEmbedding(dim, self.fmap_size)
 
+    @classmethod
+    def from_checkpoint(cls, path, map_location=None, **kwargs) -> "DALLE":
+        """Load a DALLE from our .safetensors file or a DALLE-pytorch train_dalle.py file
+        (see dalle_pytorch.checkpoint.load_checkpoint for the keyword arguments)."""
+        from dalle_pytorch.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(path, map_location, **kwargs)
+        if not isinstance(loaded.model, cls):
+            raise ValueError(f"{path} holds a {type(loaded.model).__name__}, not a DALLE")
+        return loaded.model
+
     # -- input checks --------------------------------------------------------------------------------
 
     def _check_text(self, text: torch.Tensor, name: str = "text") -> torch.Tensor:

@@ -1,0 +1,109 @@
+"""Convert a checkpoint (DALLE-pytorch `.pt` or ours) into this package's safetensors format.
+
+    python -m dalle_pytorch.convert OLD.pt NEW.safetensors [--vae_path VAE.pt] [--bpe_path tokenizer.json] [--force]
+
+The input is read with `load_checkpoint` (strict, `torch.load(weights_only=True)` for `.pt` files)
+and written with `save` (atomically), so the output reproduces the input model exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from dalle_pytorch.checkpoint import LoadedCheckpoint, load_checkpoint, save
+from dalle_pytorch.legacy import CheckpointError
+
+__all__ = ["main", "summarize"]
+
+_DALLE_SUMMARY_KEYS = ("dim", "depth", "heads", "dim_head", "num_text_tokens", "text_seq_len", "attn_types",
+                       "reversible", "shift_tokens", "rotary_emb", "shared_attn_ids", "shared_ff_ids",
+                       "share_input_output_emb", "conv_variant")
+_VAE_SUMMARY_KEYS = ("image_size", "num_tokens", "codebook_dim", "num_layers", "num_resnet_blocks", "hidden_dim")
+
+
+def _fmt(config: dict, keys: Sequence[str]) -> str:
+    return " ".join(f"{k}={config[k]}" for k in keys if k in config and config[k] is not None)
+
+
+def summarize(loaded: LoadedCheckpoint) -> str:
+    """A few lines on what `loaded` is: kind, origin (version, epoch), config and VAE summary."""
+    if loaded.source == "dalle-pytorch-legacy":
+        meta = loaded.metadata
+        origin = f"DALLE-pytorch {meta.get('version') or '(version unknown)'}"
+        if meta.get("epoch") is not None:
+            origin += f", epoch {meta['epoch']}"
+    else:
+        origin = f"dalle_pytorch {loaded.package_version or '?'}"
+    model = loaded.model
+    n_params = sum(p.numel() for p in model.parameters())
+    label = "DALLE" if loaded.kind == "dalle" else "DiscreteVAE"
+    lines = [f"{label} checkpoint from {origin}, {n_params:,} parameters"]
+    if loaded.kind == "dalle":
+        config = dict(loaded.config)
+        if "conv_like" not in (config.get("attn_types") or ()):
+            config.pop("conv_variant", None)
+        lines.append(f"  model: {_fmt(config, _DALLE_SUMMARY_KEYS)}")
+        lines.append(f"  vae:   {_fmt(model.vae.config, _VAE_SUMMARY_KEYS)}")
+    else:
+        lines.append(f"  vae:   {_fmt(model.config, _VAE_SUMMARY_KEYS)}")
+    if loaded.tokenizer_description is not None:
+        lines.append(f"  tokenizer: {loaded.tokenizer_description.get('type')}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m dalle_pytorch.convert",
+        description="Convert a DALLE-pytorch train_dalle.py / train_vae.py checkpoint (or one of ours) into a "
+                    "dalle_pytorch .safetensors checkpoint.",
+    )
+    p.add_argument("input", help="checkpoint to read (.pt from DALLE-pytorch, or .safetensors)")
+    p.add_argument("output", help="the .safetensors file to write")
+    p.add_argument("--vae_path", default=None,
+                   help="separate VAE checkpoint, for DALLE files saved without VAE parameters")
+    p.add_argument("--bpe_path", default=None,
+                   help="HuggingFace tokenizers JSON the model was trained with, stored in the output")
+    p.add_argument("--default_tokenizer", action="store_true",
+                   help="record the default CLIP SimpleTokenizer as the model's tokenizer")
+    p.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point; returns the exit status (0 done, 1 error)."""
+    args = _parser().parse_args(argv)
+    if os.path.exists(args.output) and not args.force:
+        print(f"error: {args.output} exists; pass --force to overwrite it", file=sys.stderr)
+        return 1
+    if os.path.abspath(args.input) == os.path.abspath(args.output):
+        print("error: the output must be another file than the input", file=sys.stderr)
+        return 1
+    if args.bpe_path and args.default_tokenizer:
+        print("error: give either --bpe_path or --default_tokenizer", file=sys.stderr)
+        return 1
+    try:
+        loaded = load_checkpoint(args.input, vae_path=args.vae_path)
+        tokenizer = loaded.tokenizer_description
+        if args.bpe_path:
+            from dalle_pytorch.tokenizer import HugTokenizer
+
+            tokenizer = HugTokenizer(args.bpe_path)
+        elif args.default_tokenizer:
+            tokenizer = {"type": "simple"}
+        metadata = dict(loaded.metadata) if loaded.source == "dalle_pytorch" else {}
+        if loaded.source != "dalle_pytorch":
+            metadata["converted_from"] = {"file": os.path.basename(args.input), "source": loaded.source,
+                                          **{k: v for k, v in loaded.metadata.items() if v is not None}}
+        save(loaded.model, args.output, tokenizer=tokenizer, metadata=metadata)
+    except (CheckpointError, ValueError, TypeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"converted {args.input} -> {args.output}")
+    print(summarize(loaded))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
