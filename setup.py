@@ -22,6 +22,7 @@ setup(
         "pillow",
         "tqdm",
         "safetensors>=0.4",
+        "numpy",  # safetensors.torch needs it to serialise
         "tokenizers",
         "regex",
         "ftfy",
