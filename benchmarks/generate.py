@@ -81,7 +81,8 @@ def step_times(model, text, num_steps: int, concat: bool = False) -> list[float]
     times = []
     for t in range(num_steps):
         t0 = time.perf_counter()
-        last = model.decode_step(code, positions[model.text_len + t], cache)
+        pos = model.text_len + t
+        last = model.decode_step(code, positions[pos], cache, length=pos + 1)
         code = last.argmax(-1)
         times.append(time.perf_counter() - t0)
     return times
@@ -94,28 +95,48 @@ def uncached_forward_time(model, text, n_img: int) -> float:
 
 
 @torch.inference_mode()
-def matmul_floor(model, b: int, steps: int = 200) -> float:
-    """Time of one decode step's matrix products alone (same shapes, same weights)."""
+def matmul_floor(model, b: int, steps: int = 50, repeats: int = 7) -> float:
+    """Median time of one decode step's matrix products alone (same shapes, weights and biases)."""
+    import statistics
+
+    import torch.nn.functional as F
+
     t = model.transformer
-    mats = []
+    layers = []
     for i in range(t.depth):
         a, f = t.attns[t.attn_index[i]], t.ffs[t.ff_index[i]]
-        mats += [a.to_qkv.weight, a.to_out.weight, f.proj_in.weight, f.proj_out.weight]
-    mats.append(model.to_logits[1].weight[model.num_text_tokens :])
-    x = torch.randn(b, 256)
-    xs = {w.shape[1]: torch.randn(b, w.shape[1]) for w in mats}
+        layers += [(a.to_qkv.weight, None), (a.to_out.weight, a.to_out.bias),
+                   (f.proj_in.weight, f.proj_in.bias), (f.proj_out.weight, f.proj_out.bias)]
+    proj = model.to_logits[1]
+    layers.append((proj.weight[model.num_text_tokens :], proj.bias[model.num_text_tokens :]))
+    xs = {w.shape[1]: torch.randn(b, w.shape[1]) for w, _ in layers}
 
     def run():
-        for w in mats:
-            xs[w.shape[1]] @ w.t()
+        for w, bias in layers:
+            F.linear(xs[w.shape[1]], w, bias)
 
     for _ in range(10):
         run()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        run()
-    del x
-    return (time.perf_counter() - t0) / steps
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            run()
+        times.append((time.perf_counter() - t0) / steps)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def matmul_share_in_steps(model, text, num_steps: int = 100) -> float:
+    """Fraction of real decode-step time spent in matrix products (torch.profiler, same run)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step_times(model, text, num_steps)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    mm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::addmm", "aten::mm", "aten::bmm"))
+    return mm / total
 
 
 @torch.inference_mode()
@@ -135,7 +156,8 @@ def two_pass_guidance_time(model, text, scale: float) -> float:
     for t in range(model.image_seq_len - 1):
         logits = lasts[1] + (lasts[0] - lasts[1]) * scale
         code = torch.multinomial(logits.softmax(-1), 1, generator=g)[:, 0]
-        lasts = [model.decode_step(code, positions[model.text_len + t], c) for c in caches]
+        pos = model.text_len + t
+        lasts = [model.decode_step(code, positions[pos], c, length=pos + 1) for c in caches]
     return time.perf_counter() - t0
 
 
@@ -187,6 +209,8 @@ def main(argv=None):
     floor = matmul_floor(m, b)
     report(f"[{large}x{large}] matmul floor of one step", floor * 1e3, "ms")
     report(f"[{large}x{large}] mean step / matmul floor", (sum(steps) / len(steps)) / floor, "x")
+    share = matmul_share_in_steps(m, text)
+    report(f"[{large}x{large}] share of step time in matrix products (profiler)", share * 100, "%")
 
     # 3. preallocated in-place cache vs concatenating cache
     concat = step_times(m, text, n - 1, concat=True)

@@ -227,14 +227,19 @@ class Attention(nn.Module):
 
     # -- one cached decoding step -----------------------------------------------------------------
 
-    def step(self, x: torch.Tensor, pos: torch.Tensor, rotary, kv) -> torch.Tensor:
+    def step(self, x: torch.Tensor, pos: torch.Tensor, rotary, kv, length: int | None = None) -> torch.Tensor:
         """x: (b, 1, dim) at position `pos` (0-d long tensor); kv: this layer's KVCache.
 
-        Writes k, v at `pos` in place and attends over the whole preallocated cache with the
-        pattern's row for `pos` (unwritten slots lie after `pos`, so the row masks them).
-        Shapes do not depend on `pos`, so the step can be compiled and graph-captured.
+        Writes k, v at `pos` in place and attends with the pattern's row for `pos`.
+        length=None: over the whole preallocated cache (unwritten slots lie after `pos`, so the
+        row masks them); shapes then never depend on `pos`, so the step can be compiled and
+        graph-captured.  length=pos+1 (eager decoding): over the filled prefix only, which skips
+        the work on empty slots (and, for full attention, the mask).
         """
         q, k, v = self._qkv(x, rotary)
         kv.write(pos, k, v)
-        mask = self.pattern.index_select(0, pos.view(1))[:, : kv.max_len]  # (1, max_len)
-        return self._out(attend(q, kv.k, kv.v, mask, self.scale, self.stable))
+        n = kv.max_len if length is None else length
+        mask = self.pattern.index_select(0, pos.view(1))[:, :n]  # (1, n)
+        if length is not None and self.spec.attn_type == "full":
+            mask = None  # every filled position is visible
+        return self._out(attend(q, kv.k[:, :, :n], kv.v[:, :, :n], mask, self.scale, self.stable))

@@ -300,13 +300,15 @@ class DALLE(nn.Module):
         n = tokens.shape[1]
         return self._logits(out[:, -1:], torch.tensor([n - 1], device=ids.device))[:, 0]
 
-    def decode_step(self, token: torch.Tensor, pos: torch.Tensor, cache: InferenceCache, image: bool = True):
+    def decode_step(self, token: torch.Tensor, pos: torch.Tensor, cache: InferenceCache, image: bool = True,
+                    length: int | None = None):
         """Feed one token at position `pos` (0-d long tensor) and return the next token's logits.
 
         token: (b,) image code (image=True) or model text id.  Returns (b, num_image_tokens) image
         logits after an image token, (b, num_text_tokens) text logits after a text token: only the
-        rows of the output projection that can be sampled are computed.  Shapes never depend on
-        `pos`, so the step can be compiled / graph-captured.
+        rows of the output projection that can be sampled are computed.  With length=None shapes
+        never depend on `pos`, so the step can be compiled / graph-captured; eager decoding passes
+        length=pos+1 to attend over the filled part of the cache only.
         """
         if image:
             x = self.image_emb(token[:, None])
@@ -318,7 +320,7 @@ class DALLE(nn.Module):
                 x = x + self.text_pos_emb.weight.index_select(0, pos.view(1))
         if self.stable:
             x = x * 0.1 + x.detach() * 0.9
-        out = self.transformer.step(x, pos, cache)
+        out = self.transformer.step(x, pos, cache, length)
         if self.stable:
             out = out / out.amax(dim=-1, keepdim=True).detach()
         norm, proj = self.to_logits
@@ -439,14 +441,18 @@ class DALLE(nn.Module):
             cache = self.setup_cache(expand.shape[0])
             cache.copy_rows_from(prefix, expand)
             del prefix
-            step_fn = self._compiled_decode_step() if compile else self.decode_step
+            step_fn = self._compiled_decode_step() if compile else None
             positions = torch.arange(self.text_len + self.image_seq_len, device=device)
             for t in bar:
                 code = sample(combine(last), filter_thres=filter_thres, top_p=top_p, temperature=temperature, generator=generator)
                 codes[:, t] = code
                 if t + 1 < self.image_seq_len:
                     token = torch.cat((code, code)) if guided else code
-                    last = step_fn(token, positions[self.text_len + t], cache)
+                    pos = self.text_len + t
+                    if compile:
+                        last = step_fn(token, positions[pos], cache)
+                    else:
+                        last = self.decode_step(token, positions[pos], cache, length=pos + 1)
         else:
             all_ids = ids[expand]
             for t in bar:
@@ -490,7 +496,7 @@ class DALLE(nn.Module):
                     tok = pick(last)
                     ids = torch.cat((ids, tok[:, None]), dim=1)
                     if pos + 1 < self.text_len:
-                        last = self.decode_step(tok, positions[pos], cache, image=False)
+                        last = self.decode_step(tok, positions[pos], cache, image=False, length=pos + 1)
             else:
                 for pos in range(n0, self.text_len):
                     out = self._transform(self.embed_text(ids))

@@ -350,7 +350,7 @@ class Transformer(nn.Module):
             out = self.ffs[self.ff_index[i]](xn)
         return branch.post(out)
 
-    def _branch_step(self, i: int, kind: str, x, pos, rotary, cache, shift):
+    def _branch_step(self, i: int, kind: str, x, pos, rotary, cache, shift, length):
         block = self.layers[i]
         branch = block.attn if kind == "attn" else block.ff
         xn = branch.norm(x)
@@ -358,7 +358,7 @@ class Transformer(nn.Module):
             ring = (cache.shift_attn if kind == "attn" else cache.shift_ff)[i].ring
             xn = shift_tokens_step(xn, ring, *shift)
         if kind == "attn":
-            out = self.attns[self.attn_index[i]].step(xn, pos, rotary, cache.kv[i])
+            out = self.attns[self.attn_index[i]].step(xn, pos, rotary, cache.kv[i], length)
         else:
             out = self.ffs[self.ff_index[i]](xn)
         return branch.post(out)
@@ -408,8 +408,12 @@ class Transformer(nn.Module):
             x2 = x2 + g(x1)
         return torch.cat((x1, x2), dim=-1)
 
-    def step(self, x: torch.Tensor, pos: torch.Tensor, cache) -> torch.Tensor:
-        """One new token.  x: (b, 1, c) embedding at position `pos` (0-d long tensor) -> (b, 1, c)."""
+    def step(self, x: torch.Tensor, pos: torch.Tensor, cache, length: int | None = None) -> torch.Tensor:
+        """One new token.  x: (b, 1, c) embedding at position `pos` (0-d long tensor) -> (b, 1, c).
+
+        length: None attends over the whole preallocated cache (static shapes, for compile);
+        pos + 1 attends over the filled prefix only (eager decoding).
+        """
         rotary = self._rotary_at(pos)
         shift = None
         if self.shift_tokens:  # computed once per step, shared by every branch
@@ -417,11 +421,11 @@ class Transformer(nn.Module):
             shift = (self.shift_weights.index_select(0, pos.view(1))[0], torch.stack(((pos - 1) % f, pos % f)))
         if not self.reversible:
             for i in range(self.depth):
-                x = x + self._branch_step(i, "attn", x, pos, rotary, cache, shift)
-                x = x + self._branch_step(i, "ff", x, pos, rotary, cache, shift)
+                x = x + self._branch_step(i, "attn", x, pos, rotary, cache, shift, length)
+                x = x + self._branch_step(i, "ff", x, pos, rotary, cache, shift, length)
             return x
         x1, x2 = x, x
         for i in range(self.depth):
-            x1 = x1 + self._branch_step(i, "attn", x2, pos, rotary, cache, shift)
-            x2 = x2 + self._branch_step(i, "ff", x1, pos, rotary, cache, shift)
+            x1 = x1 + self._branch_step(i, "attn", x2, pos, rotary, cache, shift, length)
+            x2 = x2 + self._branch_step(i, "ff", x1, pos, rotary, cache, shift, length)
         return (x1 + x2) / 2

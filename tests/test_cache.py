@@ -233,3 +233,19 @@ def test_compiled_decode_step_matches_eager():
     model = tiny_dalle("conv_like")
     run = lambda **kw: model.generate_images(random_text(), generator=torch.Generator().manual_seed(0), return_codes=True, **kw)  # noqa: E731
     assert torch.equal(run(), run(compile=True))
+
+
+@pytest.mark.parametrize("attn_type", ATTN_TYPES)
+def test_prefix_length_step_equals_full_length_step(attn_type):
+    """Eager decoding attends over the filled prefix only; the static-shape step over the whole cache."""
+    model = tiny_dalle(attn_type).eval()
+    text, codes = random_text(), torch.randint(0, 64, (2, 64))
+    with torch.inference_mode():
+        caches = [model.setup_cache(2) for _ in range(2)]
+        for c in caches:
+            model.prefill(model.text_ids(text), None, c)
+        for t in range(20):
+            pos = model.text_len + t
+            a = model.decode_step(codes[:, t], torch.tensor(pos), caches[0])
+            b = model.decode_step(codes[:, t], torch.tensor(pos), caches[1], length=pos + 1)
+            assert (a - b).abs().max() < 1e-5
