@@ -13,7 +13,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     packages=find_packages(exclude=["tests", "tests.*", "benchmarks"]),
-    package_data={"dalle_pytorch": ["data/*.txt.gz", "data/LICENSE-CLIP-BPE", "demo/*"]},
+    package_data={"dalle_pytorch": ["data/*.txt.gz", "data/LICENSE-CLIP-BPE", "demo/*.safetensors", "demo/*.json", "demo/*.md"]},
     include_package_data=True,
     python_requires=">=3.9",
     install_requires=[

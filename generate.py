@@ -1,0 +1,232 @@
+"""Generate images from captions with a trained DALLE (ours or a DALLE-pytorch checkpoint).
+
+    python generate.py --text "a red circle on a blue background"            # the shipped demo model
+    python generate.py --dalle_path dalle.safetensors --text "..." --num_images 8 --seed 0
+    python generate.py --dalle_path dalle.pt --vae_path vae.pt --prompts_file captions.txt
+
+Every caption gets a new folder outputs/<slug>/ (or <slug>-2, ...) with NNN_seedS.png images,
+grid.png and generation.json. See docs/generation.md for every flag.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+
+import torch
+from tqdm.auto import tqdm
+
+from dalle_pytorch.generation import (
+    DEMO,
+    DTYPES,
+    GenerationError,
+    file_sha256,
+    generate_caption,
+    load_image,
+    read_prompts,
+    resolve_checkpoint,
+    resolve_device,
+    resolve_dtype,
+    split_captions,
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="generate.py",
+        description="Generate images from captions with a trained DALLE. Each caption gets a new folder "
+                    "OUTPUTS_DIR/<slug>/ with NNN_seedS.png, grid.png and generation.json.")
+    model = p.add_argument_group("model")
+    model.add_argument("--dalle_path", default=None,
+                       help=f"DALLE checkpoint: ours (.safetensors) or DALLE-pytorch's (.pt); '{DEMO}' or omitted: "
+                            "the demo model shipped with the package (coloured shapes, 32x32)")
+    model.add_argument("--vae_path", default=None,
+                       help="DiscreteVAE checkpoint to use instead of the one stored with the DALLE (needed for "
+                            "DALLE-pytorch files saved without vae_params)")
+    model.add_argument("--clip_path", default=None, help="CLIP checkpoint to rerank the images with (best first)")
+    model.add_argument("--bpe_path", default=None,
+                       help="tokenizer file overriding the checkpoint's: a `tokenizers` JSON with --hug (or any "
+                            "*.json), else a CLIP BPE merges file (.txt / .txt.gz)")
+    model.add_argument("--hug", action="store_true", help="--bpe_path is a HuggingFace `tokenizers` JSON file")
+
+    text = p.add_argument_group("captions")
+    text.add_argument("--text", default=None,
+                      help="the caption; several captions may be separated by '|'. With --gentxt: the start of "
+                           "the caption to continue (optional)")
+    text.add_argument("--prompts_file", default=None, help="a text file with one caption per line")
+    text.add_argument("--gentxt", action="store_true",
+                      help="first sample a caption with the model (continuing --text if given), then images for it")
+    text.add_argument("--null_text", default=None,
+                      help="negative prompt: the caption guidance steers away from (needs --cond_scale != 1)")
+
+    samp = p.add_argument_group("sampling")
+    samp.add_argument("--num_images", type=int, default=4, help="images per caption (default 4)")
+    samp.add_argument("--batch_size", type=int, default=4,
+                      help="images sampled together (default 4); batch k uses seed + k, so a file is reproduced "
+                           "by the same --seed and --batch_size")
+    samp.add_argument("--top_k", "--filter_thres", dest="filter_thres", type=float, default=0.9,
+                      help="DALLE-pytorch's filter_thres: keep the top (1 - top_k) fraction of image codes "
+                           "(default 0.9: the top 10%%)")
+    samp.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold in (0, 1] (default off)")
+    samp.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    samp.add_argument("--cond_scale", type=float, default=1.0,
+                      help="classifier-free guidance scale (default 1 = none; > 1 follows the caption more "
+                           "closely; the model must have been trained with caption dropout)")
+    samp.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, printed and saved)")
+    samp.add_argument("--img", default=None, help="image file whose first codes prime every generated image")
+    samp.add_argument("--num_init_img_tokens", type=int, default=None,
+                      help="how many codes of --img to keep (default 43.75%% of the image's codes)")
+    samp.add_argument("--use_cache", dest="use_cache", action="store_true", default=True,
+                      help="cached decoding (the default)")
+    samp.add_argument("--no_use_cache", dest="use_cache", action="store_false",
+                      help="recompute the whole sequence for every token: the same images, slower")
+
+    run = p.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1'")
+    run.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                     help="weights and activations (default float32; float16 needs a GPU)")
+    run.add_argument("--outputs_dir", default="./outputs", help="where run folders are created (default ./outputs)")
+    run.add_argument("--no_progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def _captions(args) -> list:
+    captions = []
+    if args.text is not None:
+        captions += split_captions(args.text)
+    if args.prompts_file is not None:
+        captions += read_prompts(args.prompts_file)
+    if args.gentxt:
+        return captions or [None]  # None: the model writes the whole caption
+    if not captions:
+        raise GenerationError("give a caption with --text \"...\" or --prompts_file FILE (or --gentxt)")
+    return captions
+
+
+def _tokenizer(args, loaded):
+    from dalle_pytorch.tokenizer import HugTokenizer, SimpleTokenizer, get_default_tokenizer
+
+    if args.hug and args.bpe_path is None:
+        raise GenerationError("--hug needs --bpe_path (the tokenizers JSON file)")
+    if args.bpe_path is not None:
+        if not os.path.isfile(args.bpe_path):
+            raise GenerationError(f"--bpe_path {args.bpe_path!r} does not exist")
+        if args.hug or args.bpe_path.endswith(".json"):
+            return HugTokenizer(args.bpe_path)
+        return SimpleTokenizer(args.bpe_path)
+    if loaded.tokenizer is not None:
+        return loaded.tokenizer
+    if loaded.tokenizer_description is not None:
+        warnings.warn("the checkpoint's tokenizer could not be rebuilt; using the default CLIP SimpleTokenizer")
+    return get_default_tokenizer()
+
+
+def _clip(args, device, dtype):
+    """--clip_path: a CLIP the checkpoint loader can read, else a clear error."""
+    from dalle_pytorch.checkpoint import CheckpointError, load_checkpoint
+
+    if not os.path.isfile(args.clip_path):
+        raise GenerationError(f"--clip_path {args.clip_path!r} does not exist")
+    try:
+        loaded = load_checkpoint(args.clip_path, map_location=device)
+    except CheckpointError as e:
+        loaded, reason = None, str(e)
+    else:
+        reason = f"it is a {loaded.kind} checkpoint"
+    if loaded is None or loaded.kind != "clip":
+        raise GenerationError(
+            f"--clip_path is unsupported: dalle_pytorch.checkpoint cannot load CLIP models from files in this "
+            f"version ({reason}). Rerank from Python instead: dalle.generate_images(text, clip=clip_model).")
+    return loaded.model.to(dtype).eval()
+
+
+def main(args: argparse.Namespace) -> list:
+    """Run generation; returns one `generation.CaptionResult` per caption."""
+    from dalle_pytorch.checkpoint import CheckpointError, load_checkpoint
+
+    captions = _captions(args)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    if args.null_text is not None and args.cond_scale == 1.0:
+        raise GenerationError("--null_text only has an effect with guidance: add --cond_scale (e.g. 3)")
+    if args.num_init_img_tokens is not None and args.img is None:
+        raise GenerationError("--num_init_img_tokens needs --img")
+    if args.vae_path is not None and not os.path.isfile(args.vae_path):
+        raise GenerationError(f"--vae_path {args.vae_path!r} does not exist")
+    path, is_demo = resolve_checkpoint(args.dalle_path)
+    clip = _clip(args, device, dtype) if args.clip_path is not None else None
+
+    try:
+        loaded = load_checkpoint(path, map_location=device, vae_path=args.vae_path)
+    except CheckpointError as e:
+        raise GenerationError(str(e)) from None
+    if loaded.kind != "dalle":
+        raise GenerationError(f"{path} is a {loaded.kind} checkpoint; generate.py needs a DALLE checkpoint")
+    model = loaded.model.to(dtype).eval()
+    tokenizer = _tokenizer(args, loaded)
+    if tokenizer.vocab_size > model.num_user_text_tokens:
+        warnings.warn(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.num_user_text_tokens}; "
+                      "is it the tokenizer the model was trained with?")
+    img = None
+    if args.img is not None:
+        img = load_image(args.img, model.vae.image_size, model.vae.channels)
+
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+    progress = not args.no_progress
+    run_info = {
+        "checkpoint": {"path": os.path.abspath(path), "sha256": file_sha256(path), "demo": is_demo,
+                       "source": loaded.source, "written_by_version": loaded.package_version},
+        "vae_path": os.path.abspath(args.vae_path) if args.vae_path else None,
+        "clip_path": os.path.abspath(args.clip_path) if args.clip_path else None,
+        "tokenizer": type(tokenizer).__name__,
+        "img_path": os.path.abspath(args.img) if args.img else None,
+    }
+    if args.seed is None:
+        print(f"seed: {seed}")
+
+    results = []
+    total = args.num_images * len(captions)
+    bar = tqdm(total=total, desc="images", unit="img", disable=not progress)
+    start = time.perf_counter()
+    try:
+        for prompt in captions:
+            info = dict(run_info, gentxt=args.gentxt)
+            caption = prompt
+            if args.gentxt:
+                _, texts = model.generate_texts(tokenizer, prompt, filter_thres=args.filter_thres,
+                                                temperature=args.temperature, use_cache=args.use_cache,
+                                                generator=torch.Generator().manual_seed(seed))
+                caption = texts[0].strip()
+                info["gentxt_prompt"] = prompt
+                bar.write(f"generated caption: {caption!r}")
+            result = generate_caption(
+                model, tokenizer, caption, outputs_dir=args.outputs_dir, seed=seed, num_images=args.num_images,
+                batch_size=args.batch_size, filter_thres=args.filter_thres, top_p=args.top_p,
+                temperature=args.temperature, cond_scale=args.cond_scale, null_text=args.null_text, img=img,
+                img_path=args.img, num_init_img_tokens=args.num_init_img_tokens, use_cache=args.use_cache,
+                clip=clip, progress=progress, run_info=info, on_batch=bar.update)
+            bar.write(f"{caption!r}: {len(result.files)} images in {result.folder}")
+            results.append(result)
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - start
+    print(f"done: {total} images in {elapsed:.2f} s ({total / elapsed:.2f} images/s) on {device} {args.dtype}")
+    return results
+
+
+def cli(argv=None) -> int:
+    from dalle_pytorch.checkpoint import CheckpointError
+
+    args = parse_args(argv)
+    try:
+        main(args)
+    except (GenerationError, CheckpointError, FileNotFoundError, IsADirectoryError, ImportError) as e:
+        print(f"generate.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,153 @@
+"""README.md as a test: every shell command in its ```bash blocks and every ```python block runs.
+
+Substitutions (documented in the README's "Tests" section):
+* `pip install ...` is not run again (CI's .ci/run installs for real): its requirements are checked
+  (torch pinned as in .ci/run, an editable target with a setup.py, extras that exist) and resolved
+  with `pip install --dry-run --no-deps --no-index --no-build-isolation`.
+* `python -m pytest -q` is run with `--collect-only` (CI's .ci/run runs the suite for real).
+Everything else runs as written, in order, with `bash -c` in a scratch folder that links the
+repository's scripts, package, benchmarks and test fixtures (so outputs land in the scratch folder).
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+TEST_COMMAND = "python -m pytest -q"
+LINKED = ["generate.py", "train_vae.py", "train_dalle.py", "benchmarks", "dalle_pytorch", "tests"]
+
+
+def code_blocks(lang: str) -> list[str]:
+    return re.findall(rf"^```{lang}\n(.*?)^```", README.read_text(encoding="utf-8"), flags=re.S | re.M)
+
+
+def shell_commands() -> list[str]:
+    """Every command of the bash blocks, in order ('a && b' is two commands; comments dropped)."""
+    commands = []
+    for block in code_blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                commands.extend(c.strip() for c in line.split(" && "))
+    return commands
+
+
+def kind(command: str) -> str:
+    if command.startswith("pip install "):
+        return "pip"
+    if command == TEST_COMMAND:
+        return "pytest"
+    return "run"
+
+
+def test_readme_has_the_expected_commands():
+    commands = shell_commands()
+    assert sum(kind(c) == "pip" for c in commands) == 2
+    assert TEST_COMMAND in commands
+    first = code_blocks("bash")[0].strip()
+    assert first.startswith("pip install torch==") and "&& python generate.py --text" in first  # install + main job
+    assert "## Tests" in README.read_text(encoding="utf-8")
+    for script in ("train_vae.py", "train_dalle.py", "torchrun", "python -m dalle_pytorch.convert",
+                   "python benchmarks/generate.py"):
+        assert any(script in c for c in commands), script
+    assert code_blocks("python"), "the README has Python examples"
+
+
+# -- pip install commands --------------------------------------------------------------------------
+
+
+def _setup_extras() -> set:
+    tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "extras_require":
+            return set(ast.literal_eval(node.value))
+    return set()
+
+
+def _ci_torch_pin() -> str:
+    pins = re.findall(r"torch==[\w.+]+", (ROOT / ".ci" / "run").read_text(encoding="utf-8"))
+    assert pins, ".ci/run pins torch"
+    return pins[0]
+
+
+@pytest.mark.parametrize("command", [c for c in shell_commands() if kind(c) == "pip"])
+def test_pip_install_commands_are_pinned_and_resolve(command):
+    args = shlex.split(command)[2:]
+    torch_reqs = [a for a in args if re.match(r"torch\b", a)]
+    assert torch_reqs == [_ci_torch_pin()], f"torch must be pinned like .ci/run: {command}"
+    assert "-e" in args, command
+    target = args[args.index("-e") + 1]
+    match = re.fullmatch(r"([^\[\]]+)(?:\[([\w,]+)\])?", target)
+    assert match, target
+    assert (ROOT / match.group(1) / "setup.py").is_file()
+    extras = set(match.group(2).split(",")) if match.group(2) else set()
+    assert extras <= _setup_extras(), f"unknown extras {extras - _setup_extras()}"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-index",
+                           "--no-build-isolation", "--disable-pip-version-check", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"Would install .*dalle[-_]pytorch", proc.stdout, re.I), proc.stdout
+
+
+def test_test_command_is_cis_and_collects():
+    assert TEST_COMMAND in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"\d+ tests? collected", proc.stdout), proc.stdout[-1000:]
+
+
+# -- everything else runs ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    work = tmp_path_factory.mktemp("readme")
+    for name in LINKED:
+        (work / name).symlink_to(ROOT / name)
+    return work
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")  # python, torchrun
+    env["OMP_NUM_THREADS"] = "1"  # tiny models: one thread is as fast, and immune to a busy machine
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def test_shell_commands_run(workdir):
+    env = _env()
+    for command in (c for c in shell_commands() if kind(c) == "run"):
+        proc = subprocess.run(["bash", "-c", command], cwd=workdir, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, f"README command failed: {command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+    # what the commands should have produced
+    main = workdir / "outputs" / "a-red-circle-on-a-blue-background"
+    assert len(list(main.glob("*.png"))) == 5 and json.loads((main / "generation.json").read_text())["checkpoint"]["demo"]
+    assert (workdir / "runs" / "vae" / "vae.safetensors").is_file()
+    assert (workdir / "runs" / "dalle" / "dalle.safetensors").is_file()
+    assert (workdir / "runs" / "dalle-ddp" / "dalle.safetensors").is_file()
+    assert (workdir / "outputs" / "a-green-triangle-on-a-white-background" / "000_seed0.png").is_file()
+    assert (workdir / "outputs" / "a-white-square-on-a-red-background" / "007_seed1.png").is_file()
+    assert (workdir / "outputs" / "red-circle-yellow-background" / "grid.png").is_file()
+    assert (workdir / "converted.safetensors").is_file()
+
+
+@pytest.mark.parametrize("index", range(len(code_blocks("python"))))
+def test_python_blocks_run(index, workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    source = code_blocks("python")[index]
+    exec(compile(source, f"README.md python block {index}", "exec"), {"__name__": f"readme_block_{index}"})
