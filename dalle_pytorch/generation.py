@@ -33,6 +33,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
+from dalle_pytorch.images import MODES
+from dalle_pytorch.images import make_grid, tensor_to_pil
 from dalle_pytorch.version import __version__
 
 __all__ = [
@@ -205,7 +207,6 @@ def batch_seeds(seed: int, num_images: int, batch_size: int) -> list[tuple[int, 
 # images
 # ------------------------------------------------------------------------------------------------
 
-_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
 def load_image(path: str | os.PathLike, image_size: int, channels: int = 3) -> torch.Tensor:
@@ -216,12 +217,12 @@ def load_image(path: str | os.PathLike, image_size: int, channels: int = 3) -> t
     p = Path(path)
     if not p.is_file():
         raise GenerationError(f"--img {str(p)!r} does not exist or is not a file")
-    if channels not in _MODES:
+    if channels not in MODES:
         raise GenerationError(f"cannot prime a model with {channels}-channel images")
     try:
         with Image.open(p) as im:
             im.load()
-            im = im.convert(_MODES[channels])
+            im = im.convert(MODES[channels])
     except OSError as e:
         raise GenerationError(f"--img {str(p)!r} is not a readable image ({e})") from None
     w, h = im.size
@@ -231,16 +232,6 @@ def load_image(path: str | os.PathLike, image_size: int, channels: int = 3) -> t
         im = im.resize((image_size, image_size), Image.BICUBIC, box=box)
     data = torch.tensor(list(im.tobytes()), dtype=torch.uint8)
     return data.view(image_size, image_size, channels).permute(2, 0, 1)[None].float().div(255.0)
-
-
-def tensor_to_pil(image: torch.Tensor) -> Image.Image:
-    """(c, H, W) float in [0, 1] (c = 1, 3 or 4) -> 8-bit PIL image (values rounded, clamped)."""
-    if image.dim() != 3 or image.shape[0] not in _MODES:
-        raise ValueError(f"expected an image (1, 3 or 4, H, W), got shape {tuple(image.shape)}")
-    c, h, w = image.shape
-    data = image.detach().float().cpu().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
-    data = data.permute(1, 2, 0).contiguous().view(-1)
-    return Image.frombytes(_MODES[c], (w, h), bytes(data.tolist()))
 
 
 def png_text(caption: str, seed: int, settings: dict) -> PngInfo:
@@ -256,24 +247,6 @@ def png_text(caption: str, seed: int, settings: dict) -> PngInfo:
 def save_png(image: Image.Image, path: str | os.PathLike, *, caption: str, seed: int, settings: dict) -> None:
     """Write `image` as PNG with the caption, seed and settings in its text chunks (no time stamp)."""
     image.save(path, format="PNG", pnginfo=png_text(caption, seed, settings))
-
-
-def make_grid(images: Sequence[Image.Image], nrow: Optional[int] = None, padding: int = 2,
-              fill: tuple = (0, 0, 0)) -> Image.Image:
-    """Tile images (all the same size) into rows of `nrow` (default ceil(sqrt(n))), `padding` px apart."""
-    if not images:
-        raise ValueError("make_grid needs at least one image")
-    w, h = images[0].size
-    n = len(images)
-    nrow = nrow or math.ceil(math.sqrt(n))
-    ncol_rows = math.ceil(n / nrow)
-    mode = images[0].mode
-    color = fill[: len(mode)] if len(mode) > 1 else fill[0]
-    grid = Image.new(mode, (padding + nrow * (w + padding), padding + ncol_rows * (h + padding)), color)
-    for i, im in enumerate(images):
-        r, c = divmod(i, nrow)
-        grid.paste(im, (padding + c * (w + padding), padding + r * (h + padding)))
-    return grid
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torch.utils.data.distributed import DistributedSampler
 
 from dalle_pytorch.datasets import IMAGE_EXTENSIONS, image_to_tensor
+from dalle_pytorch.images import grid_of_rows, tensor_bytes, tensor_to_pil
 
 __all__ = [
     "TrainingError",
@@ -497,33 +498,8 @@ def image_grid(rows: list[torch.Tensor], padding: int = 2, pad_value: float = 1.
     Returns:
         PIL image (mode L, RGB or RGBA) of the grid, ``padding`` pixels between tiles.
     """
-    rows = [r.detach().float().cpu() for r in rows if r.shape[0] > 0]
-    if not rows:
-        raise ValueError("image_grid needs at least one image")
-    c, h, w = rows[0].shape[1:]
-    if c not in (1, 3, 4) or any(tuple(r.shape[1:]) != (c, h, w) for r in rows):
-        raise ValueError(f"image rows must share (C, H, W) with C in (1, 3, 4), got {[tuple(r.shape) for r in rows]}")
-    ncols = max(r.shape[0] for r in rows)
-    grid = torch.full((c, padding + len(rows) * (h + padding), padding + ncols * (w + padding)), pad_value)
-    for i, row in enumerate(rows):
-        for j, img in enumerate(row):
-            top, left = padding + i * (h + padding), padding + j * (w + padding)
-            grid[:, top : top + h, left : left + w] = img.clamp(0.0, 1.0)
-    data = (grid * 255.0).round().to(torch.uint8).permute(1, 2, 0).contiguous()
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}[c]
-    return Image.frombytes(mode, (data.shape[1], data.shape[0]), _tensor_bytes(data))
-
-
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    """The raw bytes of a CPU tensor (any dtype)."""
-    flat = t.detach().cpu().contiguous().reshape(-1)
-    if flat.numel() == 0:
-        return b""
-    flat = flat.view(torch.uint8)
-    try:
-        return flat.numpy().tobytes()
-    except (RuntimeError, TypeError):  # torch built without numpy
-        return bytes(flat.tolist())
+    fill = (round(pad_value * 255),) * 4
+    return grid_of_rows([[tensor_to_pil(img) for img in row] for row in rows], padding, fill)
 
 
 def save_image_grid(rows: list[torch.Tensor], path: str | os.PathLike) -> str:
@@ -690,7 +666,7 @@ def weights_digest(state_dict: dict) -> str:
     for key in sorted(state_dict):
         t = state_dict[key]
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(_tensor_bytes(t))
+        h.update(tensor_bytes(t))
     return h.hexdigest()
 
 
