@@ -57,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--stable", "--stable_softmax", dest="stable", action="store_true",
                        help="numerically stable attention softmax / embedding gradient scaling")
     model.add_argument("--sandwich_norm", action="store_true", help="extra LayerNorm after each branch")
+    model.add_argument("--attn_kernel", choices=("auto", "pattern", "masked"), default="auto",
+                       help="how sparse patterns train: auto = the measured faster kernel per pattern, pattern = "
+                            "the pattern's own kernel (less memory), masked = dense masked attention (default auto)")
     model.add_argument("--ff_dropout", type=float, default=0.0, help="feed-forward dropout (default 0)")
     model.add_argument("--attn_dropout", type=float, default=0.0, help="attention dropout (default 0)")
     model.add_argument("--null_cond_prob", type=float, default=0.0,

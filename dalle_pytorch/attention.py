@@ -4,13 +4,21 @@ Dimensions: b batch, h heads, n sequence, d dim_head, N = text_len + F*F the ful
 F the image grid side, K the conv_like kernel size, L the sparse-padded length.
 
 Each layer holds the boolean pattern of patterns.py (one source of truth) and three ways to use it:
-- `forward` in training: an efficient kernel per pattern (axial: attention within rows/columns;
-  conv_like: unfold of the local window; sparse: gather of the allowed key blocks) whose
-  candidate keys are a superset of what the pattern allows, masked by entries gathered from the
-  pattern itself;
-- `forward` with `masked=True` (optimize_for_inference): dense attention with the pattern mask;
+- a pattern kernel (axial: attention within rows/columns; conv_like: unfold of the local window;
+  sparse: gather of the allowed key blocks) whose candidate keys are a superset of what the
+  pattern allows, masked by entries gathered from the pattern itself; memory O(n * window);
+- dense attention with the pattern mask (PyTorch's fused scaled_dot_product_attention);
 - `step`: one new token against a preallocated KV cache, masked by the pattern's row.
 The parameters are the same in all three, so one set of weights serves every mode.
+
+Which of the first two a full-sequence forward uses (KERNELS):
+- 'auto' (default): the faster one as measured by benchmarks/attention.py (docs/benchmarks.md):
+  the axial kernel for axial layers (2.4x faster than dense), dense masked attention for
+  conv_like and sparse layers (their kernels were 4.3x and 2.6x slower than fused dense attention
+  on CPU; flex_attention has no CPU backward in torch 2.13);
+- 'pattern': always the pattern kernel (less memory for long sequences);
+- 'masked': always dense masked attention.
+optimize_for_inference=True means 'masked' (DALLE-pytorch's name for it).
 """
 from __future__ import annotations
 
@@ -29,6 +37,8 @@ from dalle_pytorch.patterns import (
     sparse_block_allowed,
 )
 from dalle_pytorch.rotary import apply_rotary
+
+KERNELS = ("auto", "pattern", "masked")
 
 
 def stable_softmax(t: torch.Tensor, dim: int = -1, alpha: float = 32.0**2) -> torch.Tensor:
@@ -55,10 +65,14 @@ class Attention(nn.Module):
     """Causal self-attention for one pattern.  Parameters: to_qkv (no bias), to_out."""
 
     def __init__(self, dim: int, *, heads: int, dim_head: int, dropout: float, stable: bool,
-                 spec: PatternSpec, masked: bool, pattern: torch.Tensor | None = None):
+                 spec: PatternSpec, kernel: str = "auto", pattern: torch.Tensor | None = None):
         super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"attention kernel must be one of {KERNELS}, got {kernel!r}")
         self.heads, self.dim_head, self.scale = heads, dim_head, dim_head**-0.5
-        self.stable, self.spec, self.masked = stable, spec, masked
+        self.stable, self.spec = stable, spec
+        auto_masked = spec.attn_type in ("conv_like", "sparse")
+        self.masked = kernel == "masked" or (kernel == "auto" and auto_masked)  # the default for forward
         inner = heads * dim_head
         self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
         self.to_out = nn.Linear(inner, dim)
@@ -148,7 +162,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rotary=None, kv=None, masked: bool | None = None) -> torch.Tensor:
         """x: (b, n, dim) at positions 0..n-1; rotary: (cos, sin) each (n, r) or None.
 
-        kv: a KVCache to fill with this prefix's keys/values (prefill).  Returns (b, n, dim).
+        kv: a KVCache to fill with this prefix's keys/values (prefill).  masked: True = dense
+        masked attention, False = the pattern kernel, None = the layer's kernel policy.
+        Returns (b, n, dim).
         """
         q, k, v = self._qkv(x, rotary)
         if kv is not None:

@@ -81,7 +81,7 @@ SOURCE_OURS = "dalle_pytorch"
 SOURCE_LEGACY = "dalle-pytorch-legacy"
 
 #: DALLE config keys `load_checkpoint(**overrides)` may change: none of them changes the parameters.
-OVERRIDABLE = frozenset({"optimize_for_inference", "attn_dropout", "ff_dropout"})
+OVERRIDABLE = frozenset({"optimize_for_inference", "attn_kernel", "attn_dropout", "ff_dropout"})
 
 _UNSUPPORTED_VAES = {
     "OpenAIDiscreteVAE": "OpenAI's pretrained dVAE",

@@ -58,7 +58,8 @@ class AxialPositionalEmbedding(nn.Module):
 class DALLE(nn.Module):
     """DALL-E transformer over a frozen VAE's codes (DALLE-pytorch 1.6 constructor and methods).
 
-    Extra keyword arguments beyond DALLE-pytorch: ff_mult, conv_kernel_size, conv_dilation,
+    Extra keyword arguments beyond DALLE-pytorch: attn_kernel ('auto' | 'pattern' | 'masked': how
+    sparse patterns train, see attention.py), ff_mult, conv_kernel_size, conv_dilation,
     conv_variant ('up_left' = DALLE-pytorch >= 1.5, 'centred' = <= 1.4), sparse_block_size,
     sparse_num_local_blocks, sparse_num_random_blocks, sparse_seed.
     """
@@ -87,6 +88,7 @@ class DALLE(nn.Module):
         shared_ff_ids=None,
         share_input_output_emb: bool = False,
         optimize_for_inference: bool = False,
+        attn_kernel: str = "auto",
         ff_mult: int = 4,
         conv_kernel_size: int = 5,
         conv_dilation: int = 1,
@@ -112,7 +114,7 @@ class DALLE(nn.Module):
             shared_attn_ids=list(shared_attn_ids) if shared_attn_ids is not None else None,
             shared_ff_ids=list(shared_ff_ids) if shared_ff_ids is not None else None,
             share_input_output_emb=share_input_output_emb, optimize_for_inference=optimize_for_inference,
-            ff_mult=ff_mult, conv_kernel_size=conv_kernel_size, conv_dilation=conv_dilation,
+            attn_kernel=attn_kernel, ff_mult=ff_mult, conv_kernel_size=conv_kernel_size, conv_dilation=conv_dilation,
             conv_variant=conv_variant, sparse_block_size=sparse_block_size,
             sparse_num_local_blocks=sparse_num_local_blocks, sparse_num_random_blocks=sparse_num_random_blocks,
             sparse_seed=sparse_seed,
@@ -140,7 +142,7 @@ class DALLE(nn.Module):
             dim_head=dim_head, ff_mult=ff_mult, reversible=reversible, attn_dropout=attn_dropout,
             ff_dropout=ff_dropout, attn_types=attn_types, stable=stable, sandwich_norm=sandwich_norm,
             shift_tokens=shift_tokens, rotary_emb=rotary_emb, shared_attn_ids=shared_attn_ids,
-            shared_ff_ids=shared_ff_ids, optimize_for_inference=optimize_for_inference,
+            shared_ff_ids=shared_ff_ids, optimize_for_inference=optimize_for_inference, attn_kernel=attn_kernel,
             conv_kernel_size=conv_kernel_size, conv_dilation=conv_dilation, conv_variant=conv_variant,
             sparse_block_size=sparse_block_size, sparse_num_local_blocks=sparse_num_local_blocks,
             sparse_num_random_blocks=sparse_num_random_blocks, sparse_seed=sparse_seed,

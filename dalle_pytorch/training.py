@@ -919,7 +919,7 @@ def build_dalle_task(args: argparse.Namespace, env: DistEnv, resumed: Any) -> Ta
             loss_img_weight=args.loss_img_weight, stable=args.stable, sandwich_norm=args.sandwich_norm,
             shift_tokens=args.shift_tokens, rotary_emb=args.rotary_emb,
             shared_attn_ids=_parse_ids(args.shared_attn_ids), shared_ff_ids=_parse_ids(args.shared_ff_ids),
-            share_input_output_emb=args.share_input_output_emb,
+            share_input_output_emb=args.share_input_output_emb, attn_kernel=args.attn_kernel,
         )
     if tokenizer.vocab_size > model.num_user_text_tokens:
         raise TrainingError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "

@@ -251,6 +251,7 @@ class Transformer(nn.Module):
         shared_attn_ids=None,
         shared_ff_ids=None,
         optimize_for_inference: bool = False,
+        attn_kernel: str = "auto",
         conv_kernel_size: int = 5,
         conv_dilation: int = 1,
         conv_variant: str = "up_left",
@@ -300,7 +301,8 @@ class Transformer(nn.Module):
                 attn_type_of[attn_id] = attn_type
                 self.attns.append(
                     Attention(dim, heads=heads, dim_head=dim_head, dropout=attn_dropout, stable=stable,
-                              spec=spec, masked=optimize_for_inference, pattern=masks[spec])
+                              spec=spec, kernel="masked" if optimize_for_inference else attn_kernel,
+                              pattern=masks[spec])
                 )
             if ff_id not in ff_slot:
                 ff_slot[ff_id] = len(self.ffs)

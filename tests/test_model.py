@@ -213,3 +213,26 @@ def test_sparse_attn_flag_means_block_sparse_layers():
     model = DALLE(dim=32, vae=tiny_vae(), num_text_tokens=50, text_seq_len=6, depth=2, heads=2, dim_head=16,
                   sparse_attn=True, sparse_block_size=8)
     assert model.transformer.attn_types == ("sparse", "sparse")
+
+
+def test_attention_kernel_policy():
+    """'auto' trains each pattern with the kernel measured faster (docs/benchmarks.md)."""
+    auto = {t: tiny_dalle(t).transformer.attns[0].masked for t in ATTN_TYPES}
+    assert auto == {"full": False, "axial_row": False, "axial_col": False, "conv_like": True, "sparse": True}
+    assert all(tiny_dalle(t, attn_kernel="masked").transformer.attns[0].masked for t in ATTN_TYPES)
+    assert not any(tiny_dalle(t, attn_kernel="pattern").transformer.attns[0].masked for t in ATTN_TYPES)
+    with pytest.raises(ValueError, match="kernel"):
+        tiny_dalle(attn_kernel="flash")
+
+
+@pytest.mark.parametrize("attn_type", ["conv_like", "sparse", "axial_row"])
+def test_pattern_kernel_and_auto_give_the_same_loss_and_gradients(attn_type):
+    text, codes = random_text(), torch.randint(0, 64, (2, 64))
+    grads = []
+    for kernel in ("pattern", "auto"):
+        model = tiny_dalle(attn_type, attn_kernel=kernel)
+        loss = model(text, codes, return_loss=True)
+        loss.backward()
+        grads.append((loss.detach(), model.transformer.attns[0].to_qkv.weight.grad))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-5)

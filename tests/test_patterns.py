@@ -89,7 +89,7 @@ KERNEL_CASES = [(t, {}) for t in ATTN_TYPES] + [
 def test_efficient_kernel_equals_masked_attention(t, extra, stable, n):
     torch.manual_seed(0)
     s = spec(t, **extra)
-    attn = Attention(16, heads=2, dim_head=8, dropout=0.0, stable=stable, spec=s, masked=False)
+    attn = Attention(16, heads=2, dim_head=8, dropout=0.0, stable=stable, spec=s, kernel="pattern")
     x = torch.randn(3, n, 16)
     fast = attn(x, masked=False)
     dense = attn(x, masked=True)
@@ -98,7 +98,7 @@ def test_efficient_kernel_equals_masked_attention(t, extra, stable, n):
 
 def test_sparse_kernel_gradients_match_dense():
     s = spec("sparse")
-    attn = Attention(16, heads=2, dim_head=8, dropout=0.0, stable=False, spec=s, masked=False)
+    attn = Attention(16, heads=2, dim_head=8, dropout=0.0, stable=False, spec=s, kernel="pattern")
     x = torch.randn(2, TL + F * F - 1, 16, requires_grad=True)
     (g1,) = torch.autograd.grad(attn(x, masked=False).square().sum(), x)
     (g2,) = torch.autograd.grad(attn(x, masked=True).square().sum(), x)
