@@ -124,7 +124,7 @@ def _tokenizer(args, loaded):
 
 
 def _clip(args, device, dtype):
-    """--clip_path: a CLIP the checkpoint loader can read, else a clear error."""
+    """--clip_path: a CLIP saved with dalle_pytorch.checkpoint.save, for reranking."""
     from dalle_pytorch.checkpoint import CheckpointError, load_checkpoint
 
     if not os.path.isfile(args.clip_path):
@@ -132,13 +132,10 @@ def _clip(args, device, dtype):
     try:
         loaded = load_checkpoint(args.clip_path, map_location=device)
     except CheckpointError as e:
-        loaded, reason = None, str(e)
-    else:
-        reason = f"it is a {loaded.kind} checkpoint"
-    if loaded is None or loaded.kind != "clip":
-        raise GenerationError(
-            f"--clip_path is unsupported: dalle_pytorch.checkpoint cannot load CLIP models from files in this "
-            f"version ({reason}). Rerank from Python instead: dalle.generate_images(text, clip=clip_model).")
+        raise GenerationError(f"--clip_path: {e}") from None
+    if loaded.kind != "clip":
+        raise GenerationError(f"--clip_path {args.clip_path!r} is a {loaded.kind} checkpoint, not a CLIP "
+                              "(save one with dalle_pytorch.checkpoint.save(clip, path))")
     return loaded.model.to(dtype).eval()
 
 

@@ -5,11 +5,11 @@ Our format (`save` / `load_checkpoint`): ONE `.safetensors` file holding the mod
 
     format          "dalle_pytorch"
     format_version  "1"
-    kind            "dalle" | "vae"
+    kind            "dalle" | "vae" | "clip"
     package_version dalle_pytorch.__version__ of the writer
-    config          JSON of DALLE.config (kind "dalle") or DiscreteVAE.config (kind "vae")
-    vae_config      JSON of the VAE's config
-    vae_class       "DiscreteVAE"
+    config          JSON of DALLE.config, DiscreteVAE.config or CLIP.config
+    vae_config      JSON of the VAE's config (not for CLIP)
+    vae_class       "DiscreteVAE" (not for CLIP)
     tokenizer       JSON of tokenizer.describe() (absent when no tokenizer was given)
     metadata        JSON of the caller's dict (step, epoch, ...)
 
@@ -47,6 +47,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dalle_pytorch.clip import CLIP
 from dalle_pytorch.dalle import DALLE
 from dalle_pytorch.legacy import (
     CheckpointError,
@@ -248,9 +249,11 @@ def save(model: nn.Module, path: PathLike, *, tokenizer: Any = None, metadata: O
         kind, vae, config = "dalle", model.vae, model.config
     elif isinstance(model, DiscreteVAE):
         kind, vae, config = "vae", model, model.config
+    elif isinstance(model, CLIP):
+        kind, vae, config = "clip", None, model.config
     else:
-        raise TypeError(f"save() takes a DALLE or a DiscreteVAE, got {type(model).__name__}")
-    if not isinstance(vae, DiscreteVAE):
+        raise TypeError(f"save() takes a DALLE, a DiscreteVAE or a CLIP, got {type(model).__name__}")
+    if kind != "clip" and not isinstance(vae, DiscreteVAE):
         raise TypeError(f"only DALLE models over a DiscreteVAE can be saved, this one uses a {type(vae).__name__}")
     if metadata is None:
         metadata = {}
@@ -262,10 +265,11 @@ def save(model: nn.Module, path: PathLike, *, tokenizer: Any = None, metadata: O
         "kind": kind,
         "package_version": __version__,
         "config": _to_json(config, "the model config"),
-        "vae_config": _to_json(vae.config, "the VAE config"),
-        "vae_class": "DiscreteVAE",
         "metadata": _to_json(metadata, "metadata"),
     }
+    if vae is not None:
+        header["vae_config"] = _to_json(vae.config, "the VAE config")
+        header["vae_class"] = "DiscreteVAE"
     if tokenizer is not None:
         header["tokenizer"] = _to_json(_describe_tokenizer(tokenizer), "the tokenizer description")
     tensors = _state_tensors(model)
@@ -475,20 +479,29 @@ def _load_ours(path: str, map_location: Any, vae_path: Optional[PathLike], overr
                               f"{meta.get('package_version', '?')}); this is dalle_pytorch {__version__}, which reads "
                               f"format_version {FORMAT_VERSION!r}: upgrade dalle_pytorch")
     kind = meta.get("kind")
-    if kind not in ("dalle", "vae"):
-        raise CheckpointError(f"{path}: unknown checkpoint kind {kind!r} (expected 'dalle' or 'vae')")
+    if kind not in ("dalle", "vae", "clip"):
+        raise CheckpointError(f"{path}: unknown checkpoint kind {kind!r} (expected 'dalle', 'vae' or 'clip')")
     vae_class = meta.get("vae_class")
-    if vae_class != "DiscreteVAE":
+    if kind != "clip" and vae_class != "DiscreteVAE":
         raise CheckpointError(f"{path}: VAE class {vae_class!r} is not supported; only DiscreteVAE models can be loaded")
     config = _json_field(meta, "config", path)
-    vae_config = _json_field(meta, "vae_config", path)
+    vae_config = _json_field(meta, "vae_config", path) if kind != "clip" else {}
     user_meta = _json_field(meta, "metadata", path, required=False) or {}
     description = _json_field(meta, "tokenizer", path, required=False)
     if not isinstance(config, dict) or not isinstance(vae_config, dict):
         raise CheckpointError(f"{path}: the checkpoint metadata 'config' / 'vae_config' must be JSON objects")
     config = _apply_overrides(config, overrides, kind)
 
-    if kind == "vae":
+    if kind == "clip":
+        if vae_path is not None:
+            raise ValueError("vae_path is for DALLE checkpoints; this is a CLIP checkpoint")
+        try:
+            model = CLIP(**config)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: cannot build a CLIP from the stored config ({e})") from e
+        _check_state(path, model, shapes, "the CLIP")
+        state = load_file(path, device="cpu")
+    elif kind == "vae":
         if vae_path is not None:
             raise ValueError("vae_path is for DALLE checkpoints; this is a VAE checkpoint")
         model: nn.Module = _build_vae(config, path)

@@ -450,7 +450,7 @@ def test_non_finite_weights_refused(good_file, tmp_path):
 
 def test_save_argument_errors(tmp_path):
     vae = DiscreteVAE(image_size=8, num_layers=1, num_tokens=8, codebook_dim=4, hidden_dim=4)
-    with pytest.raises(TypeError, match="DALLE or a DiscreteVAE"):
+    with pytest.raises(TypeError, match="a DALLE, a DiscreteVAE or a CLIP"):
         save(torch.nn.Linear(2, 2), tmp_path / "x.safetensors")
     with pytest.raises(ValueError, match="JSON"):
         save(vae, tmp_path / "x.safetensors", metadata={"bad": object()})
@@ -528,3 +528,16 @@ def test_from_checkpoint_classmethod(tmp_path):
     save(model.vae, tmp_path / "v.safetensors")
     with pytest.raises(ValueError, match="not a DALLE"):
         DALLE.from_checkpoint(tmp_path / "v.safetensors")
+
+
+def test_clip_round_trip(tmp_path):
+    from dalle_pytorch import CLIP
+
+    torch.manual_seed(0)
+    clip = CLIP(dim_text=32, dim_image=32, dim_latent=16, num_text_tokens=50, text_enc_depth=1, text_seq_len=6,
+                text_heads=2, visual_enc_depth=1, visual_heads=2, visual_image_size=32, visual_patch_size=8).eval()
+    save(clip, tmp_path / "clip.safetensors", metadata={"step": 3})
+    loaded = load_checkpoint(tmp_path / "clip.safetensors")
+    assert loaded.kind == "clip" and loaded.metadata == {"step": 3} and isinstance(loaded.model, CLIP)
+    text, images = torch.randint(1, 50, (2, 6)), torch.rand(2, 3, 32, 32)
+    assert torch.equal(clip(text, images), loaded.model(text, images))

@@ -285,8 +285,19 @@ def test_bad_requests(tiny, tmp_path, argv, message):
         run_tiny(tiny, tmp_path / "out", *argv)
 
 
-def test_clip_path_is_reported_unsupported(tiny, tmp_path):
-    with pytest.raises(GenerationError, match="--clip_path is unsupported"):
+def test_clip_path_reranks_by_clip_score(tiny, tmp_path):
+    from dalle_pytorch import CLIP
+
+    torch.manual_seed(0)
+    clip = CLIP(dim_text=32, dim_image=32, dim_latent=16, num_text_tokens=64, text_enc_depth=1, text_seq_len=8,
+                text_heads=2, visual_enc_depth=1, visual_heads=2, visual_image_size=32, visual_patch_size=8)
+    save(clip, tmp_path / "clip.safetensors")
+    [result] = run_tiny(tiny, tmp_path / "out", "--text", CAPTION, "--num_images", "4", "--seed", "0",
+                        "--clip_path", tmp_path / "clip.safetensors", "--no_progress")
+    scores = result.record["clip_scores"]
+    assert len(scores) == 4 and scores == sorted(scores, reverse=True)
+    assert sorted(result.record["clip_original_index"]) == [0, 1, 2, 3]
+    with pytest.raises(GenerationError, match="not a CLIP"):
         run_tiny(tiny, tmp_path, "--text", CAPTION, "--clip_path", tiny[0])
     with pytest.raises(GenerationError, match="does not exist"):
         run_tiny(tiny, tmp_path, "--text", CAPTION, "--clip_path", tmp_path / "clip.pt")
