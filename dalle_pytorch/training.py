@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import gc
 import hashlib
 import itertools
 import json
@@ -1541,6 +1542,7 @@ def run(args: argparse.Namespace, kind: str) -> dict:
     _check_common_args(args)
     _check_optional_packages(args)
     env = init_distributed(args.device)
+    task = trainer = None
     try:
         check_precision(args.precision, env.device)
         if args.fsdp and not env.distributed:
@@ -1575,8 +1577,16 @@ def run(args: argparse.Namespace, kind: str) -> dict:
         _seed_all(args.seed)  # identical initial weights on every rank
         with env.main_first():
             task = builders[kind](args, env, resumed_model)
-        return Trainer(args, env, task, run_dir, manager, resume).fit()
+        trainer = Trainer(args, env, task, run_dir, manager, resume)
+        result = trainer.fit()
+        env.barrier()  # every rank reaches teardown together
+        return result
     finally:
+        # Release the model, its DDP/FSDP wrapper and their pending gloo work while the interpreter
+        # is fully alive: gloo threads still holding such work at interpreter exit abort the process
+        # ("terminate called without an active exception"; see pytorch/pytorch#179291).
+        task = trainer = None
+        gc.collect()
         env.close()
 
 
