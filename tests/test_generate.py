@@ -135,6 +135,19 @@ def test_writes_pngs_grid_and_json(tiny, tmp_path):
     assert record["tokenizer"] == "HugTokenizer"
 
 
+def test_demo_model(tmp_path):
+    """`--dalle_path demo` (and no --dalle_path) is the model shipped in the package."""
+    (r,) = run("--dalle_path", "demo", "--text", CAPTION, "--seed", "0", "--num_images", "2",
+               "--outputs_dir", tmp_path)
+    record = json.loads(r.json_path.read_text())
+    assert record["checkpoint"]["demo"] is True and record["tokenizer"] == "HugTokenizer"
+    assert record["checkpoint"]["path"].endswith(os.path.join("dalle_pytorch", "demo", "dalle.safetensors"))
+    assert [p.name for p in r.files] == ["000_seed0.png", "001_seed0.png"] and r.grid.is_file()
+    (default,) = run("--text", CAPTION, "--seed", "0", "--num_images", "2", "--outputs_dir", tmp_path)
+    assert default.folder.name == r.folder.name + "-2"
+    assert png_bytes(default.folder) == png_bytes(r.folder)
+
+
 def test_second_run_gets_a_new_folder(tiny, tmp_path):
     out = tmp_path / "outputs"
     run_tiny(tiny, out, "--text", CAPTION, "--seed", "1", "--num_images", "1")

@@ -5,6 +5,7 @@ Substitutions (documented in the README's "Tests" section):
   (torch pinned as in .ci/run, an editable target with a setup.py, extras that exist) and resolved
   with `pip install --dry-run --no-deps --no-index --no-build-isolation`.
 * `python -m pytest -q` is run with `--collect-only` (CI's .ci/run runs the suite for real).
+* `python benchmarks/...` (over a minute on 2 cores) runs as written in its own test, marked slow.
 Everything else runs as written, in order, with `bash -c` in a scratch folder that links the
 repository's scripts, package, benchmarks and test fixtures (so outputs land in the scratch folder).
 """
@@ -47,6 +48,8 @@ def kind(command: str) -> str:
         return "pip"
     if command == TEST_COMMAND:
         return "pytest"
+    if command.startswith("python benchmarks/"):
+        return "slow"
     return "run"
 
 
@@ -127,12 +130,15 @@ def _env() -> dict:
     return env
 
 
+def _run(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["bash", "-c", command], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"README command failed: {command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
 def test_shell_commands_run(workdir):
-    env = _env()
     for command in (c for c in shell_commands() if kind(c) == "run"):
-        proc = subprocess.run(["bash", "-c", command], cwd=workdir, env=env, capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 0, f"README command failed: {command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        _run(command, workdir)
 
     # what the commands should have produced
     main = workdir / "outputs" / "a-red-circle-on-a-blue-background"
@@ -151,3 +157,10 @@ def test_python_blocks_run(index, workdir, monkeypatch):
     monkeypatch.chdir(workdir)
     source = code_blocks("python")[index]
     exec(compile(source, f"README.md python block {index}", "exec"), {"__name__": f"readme_block_{index}"})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [c for c in shell_commands() if kind(c) == "slow"])
+def test_slow_shell_commands_run(command, workdir):
+    proc = _run(command, workdir)
+    assert proc.stdout.strip(), "the benchmark prints its table"
