@@ -35,6 +35,7 @@ import pickle
 import pickletools
 import re
 import secrets
+import stat
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -135,8 +136,11 @@ def _atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     else:  # pragma: no cover - 100 collisions of 32 random bits
         raise FileExistsError(f"could not create a temporary file next to {str(path)!r}")
     try:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)  # 0o666 & ~umask, applied by os.open
         os.close(fd)
         write(str(tmp))
+        # writers such as safetensors.save_file replace the file with a private (0o600) one
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             f.flush()
             os.fsync(f.fileno())

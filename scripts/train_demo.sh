@@ -58,5 +58,4 @@ python train_dalle.py --vae_path "$WORK/vae/vae.safetensors" --image_text_folder
 echo "DALLE done after $SECONDS s"
 
 cp "$WORK/dalle/dalle.safetensors" "$DEMO/dalle.safetensors"
-chmod 644 "$DEMO/dalle.safetensors" "$DEMO/tokenizer.json"
 echo "demo model: $DEMO/dalle.safetensors ($(stat -c %s "$DEMO/dalle.safetensors") bytes); total $SECONDS s" | tee "$WORK/timing.txt"

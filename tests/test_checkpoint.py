@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import stat
 from pathlib import Path
 
 import pytest
@@ -435,6 +436,23 @@ def test_atomic_save_failure_keeps_old_file(good_file, tmp_path, monkeypatch):
 
     save(model, path, metadata={"step": 3})  # a working save replaces the file
     assert load_checkpoint(path).metadata == {"step": 3} and no_temp_files(tmp_path)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_saved_files_get_the_usual_permissions(good_file, tmp_path):
+    """safetensors writes a private 0o600 file; a checkpoint gets 0o666 & ~umask like any new file."""
+    model = load(good_file)
+    old = os.umask(0o022)
+    try:
+        save(model, tmp_path / "a.safetensors")
+        save_training_state(tmp_path / "a.state.safetensors", {"step": 1})
+        os.umask(0o077)
+        save(model, tmp_path / "b.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "a.state.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.safetensors").stat().st_mode) == 0o600
 
 
 def test_non_finite_weights_refused(good_file, tmp_path):
