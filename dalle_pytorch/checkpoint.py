@@ -34,14 +34,11 @@ import os
 import pickle
 import pickletools
 import re
-import secrets
-import stat
 import warnings
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from safetensors import safe_open
@@ -50,6 +47,8 @@ from torch import nn
 
 from dalle_pytorch.clip import CLIP
 from dalle_pytorch.dalle import DALLE
+from dalle_pytorch.fileio import atomic_write as _atomic_write
+from dalle_pytorch.fileio import atomic_write_bytes
 from dalle_pytorch.legacy import (
     CheckpointError,
     check_rotary_table,
@@ -93,75 +92,6 @@ _VAE_ARGS = frozenset(p for p in inspect.signature(DiscreteVAE.__init__).paramet
 _FEW = 5  # how many key names an error message lists
 
 
-# ------------------------------------------------------------------------------------------------
-# atomic writes
-# ------------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist a rename in `folder` (best effort: not every OS / file system allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
-    """Create `path` atomically: `write(tmp)` fills a new temporary file in the same folder, which
-    is flushed, fsync'ed and renamed over `path` with os.replace.
-
-    On any error (including KeyboardInterrupt) the temporary file is removed and an existing
-    `path` is left exactly as it was.  The new file gets the usual permissions (0o666 & ~umask).
-    """
-    path = Path(os.fspath(path))
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"cannot write {str(path)!r}: folder {str(folder)!r} does not exist")
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write {str(path)!r}: it is a directory")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            fd = os.open(tmp, flags, 0o666)
-            break
-        except FileExistsError:
-            continue
-    else:  # pragma: no cover - 100 collisions of 32 random bits
-        raise FileExistsError(f"could not create a temporary file next to {str(path)!r}")
-    try:
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)  # 0o666 & ~umask, applied by os.open
-        os.close(fd)
-        write(str(tmp))
-        # writers such as safetensors.save_file replace the file with a private (0o600) one
-        os.chmod(tmp, mode)
-        with open(tmp, "rb+") as f:
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(folder)
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write `data` to `path` atomically (see `_atomic_write`): readers see the old or the new file, never a mix."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-    _atomic_write(path, write)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ Position i < T predicts text, position i >= T predicts image codes (logits maske
 """
 from __future__ import annotations
 
-from math import sqrt
 
 import torch
 import torch.nn.functional as F

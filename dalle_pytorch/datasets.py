@@ -23,7 +23,6 @@ import math
 import os
 import random
 import stat
-import tempfile
 import time
 import warnings
 from functools import partial
@@ -32,6 +31,8 @@ from typing import Any, Iterable, Sequence
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from dalle_pytorch.fileio import atomic_write_bytes
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -254,19 +255,8 @@ def _cache_valid(data: Any, root: str) -> bool:
 
 
 def _write_json_atomic(path: str, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file and ``os.replace``."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write ``data`` as JSON to ``path`` atomically, with the usual file permissions."""
+    atomic_write_bytes(path, json.dumps(data).encode("utf-8"))
 
 
 # --------------------------------------------------------------------------- folder dataset

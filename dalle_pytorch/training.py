@@ -507,7 +507,7 @@ def save_image_grid(rows: list[torch.Tensor], path: str | os.PathLike) -> str:
     """Write :func:`image_grid` of ``rows`` as a PNG (atomically). Returns the path."""
     import io
 
-    from dalle_pytorch.checkpoint import atomic_write_bytes
+    from dalle_pytorch.fileio import atomic_write_bytes
 
     buf = io.BytesIO()
     image_grid(rows).save(buf, format="PNG")
@@ -516,7 +516,7 @@ def save_image_grid(rows: list[torch.Tensor], path: str | os.PathLike) -> str:
 
 
 def _write_text(path: str, text: str) -> None:
-    from dalle_pytorch.checkpoint import atomic_write_bytes
+    from dalle_pytorch.fileio import atomic_write_bytes
 
     atomic_write_bytes(path, text.encode("utf-8"))
 

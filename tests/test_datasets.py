@@ -1,6 +1,7 @@
 import io
 import json
 import os
+import stat
 import sys
 import tarfile
 import types
@@ -198,13 +199,25 @@ def test_custom_and_corrupt_cache(tmp_path, no_racy_window):
     assert not ds.cache_hit and len(ds) == 2
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_index_cache_gets_the_usual_permissions(tmp_path):
+    write_pair(tmp_path, "x", "x")
+    cache = tmp_path / ".cache" / "index.json"
+    old = os.umask(0o022)
+    try:
+        make(tmp_path, index_cache=cache)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o644  # readable by the other users of a shared dataset
+
+
 def test_unwritable_cache_falls_back_with_warning(tmp_path, monkeypatch):
     write_pair(tmp_path, "x", "x")
 
     def refuse(*args, **kwargs):
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr(datasets.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(datasets, "atomic_write_bytes", refuse)
     with pytest.warns(UserWarning, match="could not write the index cache"):
         ds = make(tmp_path)
     assert len(ds) == 1 and ds[0][1].shape == (3, 8, 8)
