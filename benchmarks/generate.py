@@ -65,8 +65,8 @@ class ConcatKVCache(KVCache):
 
 
 @torch.inference_mode()
-def step_times(model, text, num_steps: int, concat: bool = False) -> list[float]:
-    """Per-step wall time of cached decoding (prefill excluded)."""
+def step_times(model, text, num_steps: int, concat: bool = False, compile: bool | str = False) -> list[float]:
+    """Per-step wall time of cached decoding (prefill excluded); compile as in generate_images."""
     b = text.shape[0]
     cache = model.setup_cache(b)
     prefix = model.setup_cache(b, model.text_len)
@@ -78,11 +78,12 @@ def step_times(model, text, num_steps: int, concat: bool = False) -> list[float]
     g = torch.Generator().manual_seed(0)
     code = torch.randint(0, 512, (b,), generator=g)
     positions = torch.arange(model.transformer.seq_len)
+    step = model._compiled_decode_step("prefix" if compile is True else compile) if compile else model.decode_step
     times = []
     for t in range(num_steps):
         t0 = time.perf_counter()
         pos = model.text_len + t
-        last = model.decode_step(code, positions[pos], cache, length=pos + 1)
+        last = step(code, positions[pos], cache, length=None if compile == "static" else pos + 1)
         code = last.argmax(-1)
         times.append(time.perf_counter() - t0)
     return times
@@ -240,6 +241,22 @@ def main(argv=None):
 
     if args.compile:
         try:
+            # the large grid again, compiled: step times early / late and against the matmul floor
+            ml = build(large)
+            es = step_times(ml, text, n - 1)  # eager again, next to the compiled runs
+            report(f"[{large}x{large}] eager (again): total step time", sum(es))
+            for mode in ("prefix", "static"):
+                t0 = time.perf_counter()
+                step_times(ml, text, 2, compile=mode)  # compiles
+                report(f"[{large}x{large}] compile={mode!r}: compile time", time.perf_counter() - t0)
+                cs = step_times(ml, text, n - 1, compile=mode)
+                ce, cl = sum(cs[:100]) / 100, sum(cs[-100:]) / 100
+                report(f"[{large}x{large}] compile={mode!r}: mean step, first 100", ce * 1e3, "ms")
+                report(f"[{large}x{large}] compile={mode!r}: mean step, last 100", cl * 1e3, "ms")
+                report(f"[{large}x{large}] compile={mode!r}: late / early step time", cl / ce, "x")
+                report(f"[{large}x{large}] compile={mode!r}: total step time", sum(cs))
+                report(f"[{large}x{large}] compile={mode!r}: mean step / matmul floor", (sum(cs) / len(cs)) / floor, "x")
+                report(f"[{large}x{large}] compile={mode!r}: speed-up over eager steps", sum(es) / sum(cs), "x")
             t0 = time.perf_counter()
             gen(m, text, compile=True)
             report(f"[{small}x{small}] compiled decode step: first call (compiles)", time.perf_counter() - t0)

@@ -255,7 +255,10 @@ class Attention(nn.Module):
         q, k, v = self._qkv(x, rotary)
         kv.write(pos, k, v)
         n = kv.max_len if length is None else length
-        mask = self.pattern.index_select(0, pos.view(1))[:, :n]  # (1, n)
+        # narrow, not [:n]: a slice clamps n to the size, and that comparison becomes a compile guard
+        # (torch.compile with dynamic shapes would recompile when n reaches the cache's length)
         if length is not None and self.spec.attn_type == "full":
             mask = None  # every filled position is visible
-        return self._out(attend(q, kv.k[:, :, :n], kv.v[:, :, :n], mask, self.scale, self.stable))
+        else:
+            mask = self.pattern.index_select(0, pos.view(1)).narrow(1, 0, n)  # (1, n)
+        return self._out(attend(q, kv.k.narrow(2, 0, n), kv.v.narrow(2, 0, n), mask, self.scale, self.stable))

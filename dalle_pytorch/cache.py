@@ -4,7 +4,7 @@ Dimensions: B cache rows (batch), H heads, S max_len (positions the cache holds)
 F image grid side, C token-shift channels.
 
 One `InferenceCache` per generate call holds, for every depth index of the transformer:
-- a `KVCache`: keys and values (B, H, S, D) of that layer's attention, rotary already applied;
+- a `KVCache`: keys and values (B, H, S + 1, D: one spare slot, see `KVCache`) of that layer's attention, rotary already applied;
 - for token-shift models, two `ShiftCache`s (attention branch, feed-forward branch): a ring of the
   last F normalised inputs (B, F, C), i.e. exactly the row above and the token to the left that
   the shift of the next token reads.
@@ -18,12 +18,21 @@ import torch
 
 @dataclass
 class KVCache:
-    k: torch.Tensor  # (B, H, S, D)
-    v: torch.Tensor  # (B, H, S, D)
+    """Keys and values of one attention layer for positions 0..max_len-1.
+
+    The buffers hold one spare slot that is never written or read: (B, H, max_len + 1, D).  A
+    decode step attends over `k.narrow(2, 0, n)` with n <= max_len, so that view is always a
+    strict prefix, the same kind of strided view at every step; torch.compile with dynamic shapes
+    then needs one graph for every length (without the spare slot the last step, n == S, is a
+    contiguous tensor and triggers a recompile).
+    """
+
+    k: torch.Tensor  # (B, H, S + 1, D)
+    v: torch.Tensor  # (B, H, S + 1, D)
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[2] - 1
 
     def write_prefix(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store positions 0..n-1.  k, v: (B, H, n, D)."""
@@ -58,7 +67,8 @@ class InferenceCache:
         def zeros(*shape):
             return torch.zeros(*shape, device=device, dtype=dtype)
 
-        kv = [KVCache(zeros(batch, heads, max_len, dim_head), zeros(batch, heads, max_len, dim_head)) for _ in range(depth)]
+        kv = [KVCache(zeros(batch, heads, max_len + 1, dim_head), zeros(batch, heads, max_len + 1, dim_head))
+              for _ in range(depth)]  # + 1: the spare slot (see KVCache)
         if shift_channels:
             sa = [ShiftCache(zeros(batch, fmap_size, shift_channels)) for _ in range(depth)]
             sf = [ShiftCache(zeros(batch, fmap_size, shift_channels)) for _ in range(depth)]

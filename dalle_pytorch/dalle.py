@@ -328,11 +328,16 @@ class DALLE(nn.Module):
         rows = slice(self.num_text_tokens, None) if image else slice(0, self.num_text_tokens)
         return F.linear(norm(out[:, 0]), proj.weight[rows], proj.bias[rows])
 
-    def _compiled_decode_step(self):
-        """torch.compile of decode_step, made once per model (later calls reuse its graphs)."""
-        if getattr(self, "_compiled_step", None) is None:
-            self._compiled_step = torch.compile(self.decode_step, dynamic=False)
-        return self._compiled_step
+    def _compiled_decode_step(self, mode: str):
+        """torch.compile of decode_step, made once per model and mode (later calls reuse its graphs).
+
+        "prefix": dynamic shapes, attends over the filled prefix (one graph for every length);
+        "static": attends over the whole preallocated cache, shapes fixed (CUDA-graph capture).
+        """
+        compiled = self.__dict__.setdefault("_compiled_steps", {})
+        if mode not in compiled:
+            compiled[mode] = torch.compile(self.decode_step, dynamic=mode == "prefix")
+        return compiled[mode]
 
     # -- generation -------------------------------------------------------------------------------------
 
@@ -367,7 +372,7 @@ class DALLE(nn.Module):
         generator: torch.Generator | None = None,
         return_codes: bool = False,
         progress: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
     ):
         """Sample images for captions.
 
@@ -377,7 +382,15 @@ class DALLE(nn.Module):
         cond_scale: classifier-free guidance, logits = null + (cond - null) * cond_scale (>= 0;
         1 = no guidance); the conditional and null rows run as one batch. null_text: (1 or b, T)
         caption for the null rows (a negative prompt); default the empty caption.
+        compile: torch.compile the cached decode step (use_cache=True only). True or "prefix":
+        dynamic shapes, each step attends over the filled prefix (fastest on CPU); "static": every
+        step attends over the whole preallocated cache with fixed shapes (what CUDA graphs need).
+        The first call compiles (seconds); later calls on the same model reuse the graphs.
         """
+        if compile not in (False, True, "prefix", "static"):
+            raise ValueError(f'compile must be False, True, "prefix" or "static", got {compile!r}')
+        if compile and not use_cache:
+            raise ValueError("compile applies to the cached decode step: it needs use_cache=True")
         was_training = self.training
         self.eval()
         try:
@@ -442,7 +455,8 @@ class DALLE(nn.Module):
             cache = self.setup_cache(expand.shape[0])
             cache.copy_rows_from(prefix, expand)
             del prefix
-            step_fn = self._compiled_decode_step() if compile else None
+            mode = "prefix" if compile is True else compile
+            step_fn = self._compiled_decode_step(mode) if compile else self.decode_step
             positions = torch.arange(self.text_len + self.image_seq_len, device=device)
             for t in bar:
                 code = sample(combine(last), filter_thres=filter_thres, top_p=top_p, temperature=temperature, generator=generator)
@@ -450,10 +464,9 @@ class DALLE(nn.Module):
                 if t + 1 < self.image_seq_len:
                     token = torch.cat((code, code)) if guided else code
                     pos = self.text_len + t
-                    if compile:
-                        last = step_fn(token, positions[pos], cache)
-                    else:
-                        last = self.decode_step(token, positions[pos], cache, length=pos + 1)
+                    # "static" attends over the whole cache (shapes never change); otherwise the filled prefix
+                    length = None if mode == "static" else pos + 1
+                    last = step_fn(token, positions[pos], cache, length=length)
         else:
             all_ids = ids[expand]
             for t in bar:

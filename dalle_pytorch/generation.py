@@ -293,6 +293,7 @@ def generate_caption(
     img_path: Optional[str] = None,
     num_init_img_tokens: Optional[int] = None,
     use_cache: bool = True,
+    compile: bool | str = False,
     clip: Optional[torch.nn.Module] = None,
     progress: bool = True,
     run_info: Optional[dict] = None,
@@ -304,6 +305,7 @@ def generate_caption(
     `generation.json` (caption, seeds, settings, `run_info` such as the checkpoint hash, timings).
     Batch k holds images k*batch_size ... and is sampled with a CPU generator seeded `seed + k`.
     With `clip`, images are reranked by CLIP score (best first) and the scores recorded.
+    `compile` is passed to `generate_images` (it changes the speed, not the images).
     """
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
@@ -336,7 +338,7 @@ def generate_caption(
             out = model.generate_images(
                 text, clip=clip, filter_thres=filter_thres, top_p=top_p, temperature=temperature, img=prime,
                 num_init_img_tokens=num_init_img_tokens, cond_scale=cond_scale, null_text=null,
-                use_cache=use_cache, num_images=n, generator=generator, progress=progress,
+                use_cache=use_cache, num_images=n, generator=generator, progress=progress, compile=compile,
             )
         except ValueError as e:  # bad settings for this model (e.g. num_init_img_tokens too large)
             raise GenerationError(str(e)) from None
@@ -373,7 +375,7 @@ def generate_caption(
         "seed": seed,
         "seeds": seeds,
         "num_images": num_images,
-        "settings": {**settings, "use_cache": use_cache},
+        "settings": {**settings, "use_cache": use_cache, "compile": compile},
         "use_cache": use_cache,
         "files": [p.name for p in files],
         "grid": grid.name,

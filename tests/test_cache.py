@@ -230,9 +230,24 @@ def test_gumbel_sampling_follows_the_softmax():
 
 @pytest.mark.slow
 def test_compiled_decode_step_matches_eager():
+    """Both compiled forms (dynamic prefix length, static full length) sample the same codes as eager."""
     model = tiny_dalle("conv_like")
     run = lambda **kw: model.generate_images(random_text(), generator=torch.Generator().manual_seed(0), return_codes=True, **kw)  # noqa: E731
-    assert torch.equal(run(), run(compile=True))
+    eager = run()
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):  # one graph for every position, the last included
+        assert torch.equal(eager, run(compile=True))
+    assert torch.equal(eager, run(compile="static"))
+    assert set(model._compiled_steps) == {"prefix", "static"}  # one compiled step per mode, reused
+    assert torch.equal(eager, run(compile="prefix", cond_scale=1.0))
+
+
+def test_compile_argument_errors():
+    model = tiny_dalle("full")
+    with pytest.raises(ValueError, match="compile must be"):
+        model.generate_images(random_text(), compile="fast")
+    with pytest.raises(ValueError, match="needs use_cache=True"):
+        model.generate_images(random_text(), compile=True, use_cache=False)
 
 
 @pytest.mark.parametrize("attn_type", ATTN_TYPES)

@@ -186,6 +186,14 @@ def test_no_use_cache_gives_the_same_images(tiny, tmp_path):
     assert json.loads(plain.json_path.read_text())["use_cache"] is False
 
 
+@pytest.mark.slow
+def test_compile_gives_the_same_images(tiny, tmp_path):
+    (eager,) = run_tiny(tiny, tmp_path / "a", "--text", CAPTION, "--seed", "3", "--num_images", "2")
+    (compiled,) = run_tiny(tiny, tmp_path / "b", "--text", CAPTION, "--seed", "3", "--num_images", "2", "--compile")
+    assert png_bytes(eager.folder) == png_bytes(compiled.folder)  # compile is not a sampling setting
+    assert json.loads(compiled.json_path.read_text())["settings"]["compile"] == "prefix"
+
+
 def test_guidance_and_negative_prompt(tiny, tmp_path):
     (r,) = run_tiny(tiny, tmp_path, "--text", CAPTION, "--seed", "0", "--num_images", "2", "--cond_scale", "3",
                     "--null_text", "a blue circle on a red background")
@@ -286,6 +294,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     (["--text", CAPTION, "--num_images", "0"], "--num_images must be >= 1"),
     (["--text", CAPTION, "--batch_size", "0"], "--batch_size must be >= 1"),
     (["--text", CAPTION, "--num_init_img_tokens", "3"], "needs --img"),
+    (["--text", CAPTION, "--compile", "--no_use_cache"], "cannot be used with --no_use_cache"),
     (["--text", CAPTION, "--img", "missing.png"], "does not exist"),
     (["--text", CAPTION, "--vae_path", "missing.safetensors"], "does not exist"),
     (["--text", CAPTION, "--bpe_path", "missing.json", "--hug"], "does not exist"),
