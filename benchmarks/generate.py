@@ -64,28 +64,66 @@ class ConcatKVCache(KVCache):
         self.v = torch.cat((self.v, v), dim=2)
 
 
-@torch.inference_mode()
-def step_times(model, text, num_steps: int, concat: bool = False, compile: bool | str = False) -> list[float]:
-    """Per-step wall time of cached decoding (prefill excluded); compile as in generate_images."""
+def _prefilled_cache(model, text, concat: bool = False):
     b = text.shape[0]
     cache = model.setup_cache(b)
     prefix = model.setup_cache(b, model.text_len)
-    last = model.prefill(model.text_ids(text), None, prefix)
+    model.prefill(model.text_ids(text), None, prefix)
     cache.copy_rows_from(prefix, torch.arange(b))
     if concat:
+        n = prefix.length
         for i, kv in enumerate(prefix.kv):
-            cache.kv[i] = ConcatKVCache(kv.k, kv.v)
-    g = torch.Generator().manual_seed(0)
-    code = torch.randint(0, 512, (b,), generator=g)
+            cache.kv[i] = ConcatKVCache(kv.k[:, :, :n], kv.v[:, :, :n])
+    return cache
+
+
+VARIANTS = {  # name: (compile mode or False, concatenating cache)
+    "eager": (False, False),
+    "concat": (False, True),
+    "compile=prefix": ("prefix", False),
+    "compile=static": ("static", False),
+}
+
+
+@torch.inference_mode()
+def step_times(model, text, num_steps: int, concat: bool = False, compile: bool | str = False) -> list[float]:
+    """Per-step wall time of cached decoding (prefill excluded); compile as in generate_images."""
+    return decode_sweep(model, text, num_steps, {"only": (compile, concat)}, floor=False)["only"]
+
+
+@torch.inference_mode()
+def decode_sweep(model, text, num_steps: int, variants: dict, floor: bool = True) -> dict:
+    """Decode `num_steps` positions with every variant side by side: at each position each variant
+    (own cache) takes its step, in an order that rotates, then (floor=True) the step's matrix
+    products alone are timed too.  Returns {name: [seconds per step]} (and "floor").
+    A compiled variant is compiled (on a scratch cache) before the sweep."""
+    b = text.shape[0]
+    steps, caches = {}, {}
+    for name, (mode, concat) in variants.items():
+        steps[name] = model._compiled_decode_step("prefix" if mode is True else mode) if mode else model.decode_step
+        if mode:  # compile outside the timed sweep
+            scratch = _prefilled_cache(model, text)
+            for t in range(2):
+                pos = model.text_len + t
+                steps[name](text[:, 0] % 512, torch.tensor(pos), scratch, length=None if mode == "static" else pos + 1)
+        caches[name] = _prefilled_cache(model, text, concat)
+    floor_fn = matmul_floor_fn(model, b)
+    codes = torch.randint(0, 512, (num_steps, b), generator=torch.Generator().manual_seed(0))
     positions = torch.arange(model.transformer.seq_len)
-    step = model._compiled_decode_step("prefix" if compile is True else compile) if compile else model.decode_step
-    times = []
+    names = list(variants)
+    times = {name: [] for name in names + (["floor"] if floor else [])}
     for t in range(num_steps):
-        t0 = time.perf_counter()
         pos = model.text_len + t
-        last = step(code, positions[pos], cache, length=None if compile == "static" else pos + 1)
-        code = last.argmax(-1)
-        times.append(time.perf_counter() - t0)
+        k = t % len(names)
+        for name in names[k:] + names[:k]:
+            static = variants[name][0] == "static"
+            t0 = time.perf_counter()
+            steps[name](codes[t], positions[pos], caches[name], length=None if static else pos + 1)
+            times[name].append(time.perf_counter() - t0)
+        if floor:
+            t0 = time.perf_counter()
+            floor_fn()
+            times["floor"].append(time.perf_counter() - t0)
     return times
 
 
@@ -95,11 +133,8 @@ def uncached_forward_time(model, text, n_img: int) -> float:
     return best_of(lambda: model(text, codes), repeat=2)
 
 
-@torch.inference_mode()
-def matmul_floor(model, b: int, steps: int = 50, repeats: int = 7) -> float:
-    """Median time of one decode step's matrix products alone (same shapes, weights and biases)."""
-    import statistics
-
+def matmul_floor_fn(model, b: int):
+    """A function running one decode step's matrix products alone (same shapes, weights, biases)."""
     import torch.nn.functional as F
 
     t = model.transformer
@@ -116,6 +151,15 @@ def matmul_floor(model, b: int, steps: int = 50, repeats: int = 7) -> float:
         for w, bias in layers:
             F.linear(xs[w.shape[1]], w, bias)
 
+    return run
+
+
+@torch.inference_mode()
+def matmul_floor(model, b: int, steps: int = 50, repeats: int = 7) -> float:
+    """Median time of one decode step's matrix products alone, run back to back (weights stay hot)."""
+    import statistics
+
+    run = matmul_floor_fn(model, b)
     for _ in range(10):
         run()
     times = []
@@ -189,17 +233,12 @@ def main(argv=None):
     report(f"[{small}x{small}] uncached generate", tu)
     report(f"[{small}x{small}] speed-up cached / uncached", tu / tc, "x")
 
-    # 2. large grid: cached total, step time early vs late, and uncached estimated from measured forwards
+    # 2. large grid: cached total, and uncached estimated from measured forwards
     m = build(large)
     gen(m, text)
     tc = best_of(lambda: gen(m, text), repeat=1)
     n = large * large
-    steps = step_times(m, text, n - 1)
-    early, late = sum(steps[:100]) / 100, sum(steps[-100:]) / 100
     report(f"[{large}x{large}] cached generate ({n} tokens)", tc)
-    report(f"[{large}x{large}] mean step, first 100 image positions", early * 1e3, "ms")
-    report(f"[{large}x{large}] mean step, last 100 image positions", late * 1e3, "ms")
-    report(f"[{large}x{large}] late / early step time", late / early, "x")
     # uncached generation = one full forward per token; forward time measured at 9 lengths, integrated
     lengths = [round(i * (n - 1) / 8) for i in range(9)]
     fw = [uncached_forward_time(m, text, k) for k in lengths]
@@ -207,17 +246,36 @@ def main(argv=None):
     report(f"[{large}x{large}] uncached forward at full length", fw[-1])
     report(f"[{large}x{large}] uncached generate (integral of measured forwards)", est)
     report(f"[{large}x{large}] speed-up cached / uncached", est / tc, "x")
-    floor = matmul_floor(m, b)
-    report(f"[{large}x{large}] matmul floor of one step", floor * 1e3, "ms")
-    report(f"[{large}x{large}] mean step / matmul floor", (sum(steps) / len(steps)) / floor, "x")
-    share = matmul_share_in_steps(m, text)
-    report(f"[{large}x{large}] share of step time in matrix products (profiler)", share * 100, "%")
 
-    # 3. preallocated in-place cache vs concatenating cache
-    concat = step_times(m, text, n - 1, concat=True)
-    report(f"[{large}x{large}] concatenating cache, total step time", sum(concat))
-    report(f"[{large}x{large}] preallocated cache, total step time", sum(steps))
-    report(f"[{large}x{large}] speed-up preallocated / concatenating", sum(concat) / sum(steps), "x")
+    # 3. per-step costs, every variant side by side at every position (one sweep over the 32x32 grid):
+    #    eager, a concatenating cache, and with --compile the two compiled steps; the step's matrix
+    #    products alone are timed after every position ("in situ") and back to back ("hot")
+    names = ["eager", "concat"] + (["compile=prefix", "compile=static"] if args.compile else [])
+    hot = matmul_floor(m, b)
+    try:
+        sweep = decode_sweep(m, text, n - 1, {k: VARIANTS[k] for k in names})
+    except Exception as err:  # report, don't hide: compile support varies by platform
+        if not args.compile:
+            raise
+        print(f"torch.compile failed: {type(err).__name__}: {err}")
+        names = ["eager", "concat"]
+        sweep = decode_sweep(m, text, n - 1, {k: VARIANTS[k] for k in names})
+    hot = (hot + matmul_floor(m, b)) / 2  # before and after the sweep
+    situ = sum(sweep["floor"]) / len(sweep["floor"])
+    report(f"[{large}x{large}] matmul floor of one step, back to back (hot)", hot * 1e3, "ms")
+    report(f"[{large}x{large}] matmul floor of one step, between steps (in situ)", situ * 1e3, "ms")
+    for name in names:
+        st = sweep[name]
+        early, late, mean = sum(st[:100]) / 100, sum(st[-100:]) / 100, sum(st) / len(st)
+        report(f"[{large}x{large}] {name}: mean step, first 100 positions", early * 1e3, "ms")
+        report(f"[{large}x{large}] {name}: mean step, last 100 positions", late * 1e3, "ms")
+        report(f"[{large}x{large}] {name}: late / early step time", late / early, "x")
+        report(f"[{large}x{large}] {name}: mean step / matmul floor (hot)", mean / hot, "x")
+        report(f"[{large}x{large}] {name}: mean step / matmul floor (in situ)", mean / situ, "x")
+        if name != "eager":
+            report(f"[{large}x{large}] {name}: total step time / eager's", sum(st) / sum(sweep["eager"]), "x")
+    share = matmul_share_in_steps(m, text)
+    report(f"[{large}x{large}] eager: share of step time in matrix products (profiler)", share * 100, "%")
 
     # 4. guidance: batched (one forward) vs cond_scale=1, and vs two passes
     m = build(small)
@@ -241,28 +299,12 @@ def main(argv=None):
 
     if args.compile:
         try:
-            # the large grid again, compiled: step times early / late and against the matmul floor
-            ml = build(large)
-            es = step_times(ml, text, n - 1)  # eager again, next to the compiled runs
-            report(f"[{large}x{large}] eager (again): total step time", sum(es))
-            for mode in ("prefix", "static"):
-                t0 = time.perf_counter()
-                step_times(ml, text, 2, compile=mode)  # compiles
-                report(f"[{large}x{large}] compile={mode!r}: compile time", time.perf_counter() - t0)
-                cs = step_times(ml, text, n - 1, compile=mode)
-                ce, cl = sum(cs[:100]) / 100, sum(cs[-100:]) / 100
-                report(f"[{large}x{large}] compile={mode!r}: mean step, first 100", ce * 1e3, "ms")
-                report(f"[{large}x{large}] compile={mode!r}: mean step, last 100", cl * 1e3, "ms")
-                report(f"[{large}x{large}] compile={mode!r}: late / early step time", cl / ce, "x")
-                report(f"[{large}x{large}] compile={mode!r}: total step time", sum(cs))
-                report(f"[{large}x{large}] compile={mode!r}: mean step / matmul floor", (sum(cs) / len(cs)) / floor, "x")
-                report(f"[{large}x{large}] compile={mode!r}: speed-up over eager steps", sum(es) / sum(cs), "x")
             t0 = time.perf_counter()
             gen(m, text, compile=True)
-            report(f"[{small}x{small}] compiled decode step: first call (compiles)", time.perf_counter() - t0)
+            report(f"[{small}x{small}] compile=True: first generate_images call (compiles)", time.perf_counter() - t0)
             tcc = best_of(lambda: gen(m, text, compile=True), repeat=2)
-            report(f"[{small}x{small}] compiled decode step: generate", tcc)
-            report(f"[{small}x{small}] speed-up compiled / eager", t1 / tcc, "x")
+            report(f"[{small}x{small}] compile=True: generate", tcc)
+            report(f"[{small}x{small}] speed-up compile=True / eager", t1 / tcc, "x")
         except Exception as err:  # report, don't hide: compile support varies by platform
             print(f"torch.compile failed: {type(err).__name__}: {err}")
     return rows
