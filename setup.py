@@ -28,7 +28,7 @@ setup(
         "ftfy",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis"],
+        "test": ["pytest", "hypothesis", "webdataset"],  # webdataset: the --wds tests use the real package
         "webdataset": ["webdataset"],
         "wandb": ["wandb"],
         "tensorboard": ["tensorboard"],

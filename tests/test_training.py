@@ -236,6 +236,30 @@ def test_train_dalle_writes_model_state_log_and_samples(tmp_path, data_dir, toke
     assert load_checkpoint(out2 / "dalle.safetensors").tokenizer.vocab_size == 15  # the stored tokenizer
 
 
+def test_train_dalle_on_webdataset_shards(tmp_path, data_dir, tokenizer_json, vae_run):
+    """--wds with the real webdataset package: the synthetic images and captions packed into 2 tar shards."""
+    pytest.importorskip("webdataset")
+    import tarfile
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    images = sorted(data_dir.rglob("*.png"))
+    for s in range(2):
+        with tarfile.open(shards / f"shapes-{s:03d}.tar", "w") as tar:
+            for i, image in enumerate(images[s::2]):
+                key = f"{s:03d}{i:04d}"
+                tar.add(image, arcname=f"{key}.png")
+                tar.add(image.with_suffix(".txt"), arcname=f"{key}.txt")
+    out = tmp_path / "run"
+    summary = train_dalle.main(train_dalle.parse_args(
+        ["--vae_path", str(vae_run[0] / "vae.safetensors"), "--image_text_folder", str(shards), "--wds", "png,txt",
+         "--bpe_path", str(tokenizer_json), "--hug", *DALLE_FLAGS, "--max_steps", "3", "--output_dir", str(out)]))
+    assert summary["steps"] == 3
+    steps = _records(out)
+    assert [r["step"] for r in steps] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in steps)
+    assert load_checkpoint(out / "dalle.safetensors").kind == "dalle"
+
+
 def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path, data_dir, tokenizer_json, vae_run, monkeypatch):
     vae_path = vae_run[0] / "vae.safetensors"
     # randomness in the step itself: caption dropout and dropout both draw from the global RNG
@@ -383,12 +407,13 @@ def test_torchrun_ddp_then_fsdp_resume_on_cpu(tmp_path, data_dir, tokenizer_json
         torch.testing.assert_close(v, reference[k], atol=1e-5, rtol=0)
 
 
-def test_missing_optional_packages_fail_early(tmp_path, data_dir, tokenizer_json):
+def test_missing_optional_packages_fail_early(tmp_path, data_dir, tokenizer_json, monkeypatch):
     import importlib.util
 
+    real_find_spec = importlib.util.find_spec
+    hidden = {"tensorboard", "wandb", "webdataset"}  # as if not installed, whether or not they are here
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else real_find_spec(name, *a))
     for flag, module in (["--tensorboard", "tensorboard"], ["--wandb", "wandb"], ["--wds=jpg,txt", "webdataset"]):
-        if importlib.util.find_spec(module) is not None:
-            continue
         args = train_dalle.parse_args(["--vae_path", "missing.safetensors", "--image_text_folder", str(data_dir),
                                        "--output_dir", str(tmp_path / "run"), flag])
         with pytest.raises(TrainingError, match=f"pip install {module}"):
