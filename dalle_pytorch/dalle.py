@@ -328,6 +328,12 @@ class DALLE(nn.Module):
         rows = slice(self.num_text_tokens, None) if image else slice(0, self.num_text_tokens)
         return F.linear(norm(out[:, 0]), proj.weight[rows], proj.bias[rows])
 
+    def __getstate__(self):
+        # compiled decode steps are a per-process cache bound to this object: not pickled or deep-copied
+        state = self.__dict__.copy()
+        state.pop("_compiled_steps", None)
+        return state
+
     def _compiled_decode_step(self, mode: str):
         """torch.compile of decode_step, made once per model and mode (later calls reuse its graphs).
 

@@ -1,4 +1,6 @@
 """Cached inference is exact: every cached step equals the uncached forward, for every option."""
+import copy
+import io
 import itertools
 
 import pytest
@@ -232,7 +234,8 @@ def test_gumbel_sampling_follows_the_softmax():
 def test_compiled_decode_step_matches_eager():
     """Both compiled forms (dynamic prefix length, static full length) sample the same codes as eager."""
     model = tiny_dalle("conv_like")
-    run = lambda **kw: model.generate_images(random_text(), generator=torch.Generator().manual_seed(0), return_codes=True, **kw)  # noqa: E731
+    run_on = lambda m, **kw: m.generate_images(random_text(), generator=torch.Generator().manual_seed(0), return_codes=True, **kw)  # noqa: E731
+    run = lambda **kw: run_on(model, **kw)  # noqa: E731
     eager = run()
     torch._dynamo.reset()
     with torch._dynamo.config.patch(error_on_recompile=True):  # one graph for every position, the last included
@@ -240,6 +243,13 @@ def test_compiled_decode_step_matches_eager():
     assert torch.equal(eager, run(compile="static"))
     assert set(model._compiled_steps) == {"prefix", "static"}  # one compiled step per mode, reused
     assert torch.equal(eager, run(compile="prefix", cond_scale=1.0))
+    # the compiled steps are a per-object cache: a copy or a pickled model does not carry them
+    twin = copy.deepcopy(model)
+    assert not hasattr(twin, "_compiled_steps") and torch.equal(eager, run_on(twin))
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    assert torch.equal(eager, run_on(torch.load(buf, weights_only=False)))
 
 
 def test_compile_argument_errors():
