@@ -462,6 +462,8 @@ class DALLE(nn.Module):
             cache.copy_rows_from(prefix, expand)
             del prefix
             mode = "prefix" if compile is True else compile
+            if compile and progress and mode not in self.__dict__.get("_compiled_steps", {}):
+                bar.write(f"compiling the decode step (compile={mode!r}): a one-off wait of seconds to a minute")
             step_fn = self._compiled_decode_step(mode) if compile else self.decode_step
             positions = torch.arange(self.text_len + self.image_seq_len, device=device)
             for t in bar:
