@@ -30,7 +30,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--resize_ratio", "--random_resize_crop_lower_ratio", dest="resize_ratio", type=float,
                       default=0.75, help="smallest image area fraction kept by the random crop (default 0.75)")
     data.add_argument("--transparent", action="store_true", help="RGBA images (needs a 4-channel VAE)")
-    data.add_argument("--bpe_path", help="tokenizer file: a tokenizers JSON (with --hug, or *.json) or CLIP BPE merges")
+    data.add_argument("--bpe_path", help="tokenizer file: a tokenizers JSON (with --hug, or *.json), a youtokentome "
+                                         "BPE model (e.g. model.bpe, recognised by its content) or CLIP BPE merges")
     data.add_argument("--hug", action="store_true", help="--bpe_path is a HuggingFace tokenizers JSON file")
 
     model = parser.add_argument_group("model (ignored with --dalle_path / --resume: the checkpoint's config is used)")

@@ -1,4 +1,9 @@
+import argparse
+import importlib.util
 import json
+import random
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,10 +15,14 @@ from dalle_pytorch.tokenizer import (
     SimpleTokenizer,
     YttmTokenizer,
     get_default_tokenizer,
+    is_yttm_model,
     tokenizer_from_description,
 )
 
 CAPTION = "a red circle on a blue background"
+ROOT = Path(__file__).resolve().parents[1]
+YTTM_DIR = Path(__file__).parent / "fixtures" / "yttm"
+YTTM_MODELS = ("en.bpe", "mixed.bpe", "custom_ids.bpe")
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +117,261 @@ def test_hug_missing_file(tmp_path):
         HugTokenizer(tmp_path / "nope.json")
 
 
-def test_yttm_unsupported():
-    with pytest.raises(ImportError, match="youtokentome"):
-        YttmTokenizer("model.bpe")
+# youtokentome (YTTM): reference outputs of youtokentome 1.0.6 in tests/fixtures/yttm (see its README)
+
+
+@pytest.fixture(scope="module")
+def yttm_reference():
+    data = json.loads((YTTM_DIR / "reference.json").read_text(encoding="utf-8"))
+    assert data["youtokentome_version"] == "1.0.6"
+    return {m["model"]: m for m in data["models"]}
+
+
+@pytest.mark.parametrize("name", YTTM_MODELS)
+def test_yttm_matches_youtokentome_encode(name, yttm_reference):
+    ref = yttm_reference[name]
+    tok = YttmTokenizer(YTTM_DIR / name)
+    assert tok.vocab_size == ref["vocab_size"]
+    assert tok.vocab() == ref["vocab"]
+    got = [tok.encode(c["text"]) for c in ref["encode"]]
+    mismatches = [(c["text"], ids, c["ids"]) for c, ids in zip(ref["encode"], got) if ids != c["ids"]]
+    assert not mismatches, mismatches[:3]
+
+
+@pytest.mark.parametrize("name", YTTM_MODELS)
+def test_yttm_matches_youtokentome_decode(name, yttm_reference):
+    tok = YttmTokenizer(YTTM_DIR / name)
+    for case in yttm_reference[name]["decode"]:
+        ids, pad_tokens = case["ids"], set(case["pad_tokens"])
+        # DALLE-pytorch's YttmTokenizer.decode: youtokentome's decode ignoring pad_tokens | {0}
+        assert tok.decode(ids, pad_tokens=pad_tokens) == case["decoded"], case
+        assert tok.decode(torch.tensor(ids), pad_tokens=pad_tokens) == case["decoded"], case
+        # youtokentome's own decode, nothing ignored (<PAD>, <UNK>, ... for special ids)
+        assert tok._decode_ids(ids) == case["decoded_raw"], case
+
+
+@pytest.mark.parametrize("name", YTTM_MODELS)
+def test_yttm_tokenize_matches_padded_reference_ids(name, yttm_reference):
+    tok = YttmTokenizer(YTTM_DIR / name)
+    cases = [c for c in yttm_reference[name]["encode"] if len(c["ids"]) <= 64]
+    out = tok.tokenize([c["text"] for c in cases], context_length=64)
+    assert out.shape == (len(cases), 64) and out.dtype == torch.long
+    for row, case in zip(out.tolist(), cases):
+        assert row == case["ids"] + [0] * (64 - len(case["ids"]))
+
+    long_case = next(c for c in yttm_reference[name]["encode"] if len(c["ids"]) > 64)
+    cut = tok.tokenize(long_case["text"], context_length=64, truncate_text=True)
+    assert cut[0].tolist() == long_case["ids"][:64]
+    with pytest.raises(ValueError, match="context length 64"):
+        tok.tokenize(long_case["text"], context_length=64)
+
+
+def test_yttm_word_splitting_and_unknown_characters():
+    tok = YttmTokenizer(YTTM_DIR / "en.bpe")
+    assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id) == (0, 1, 2, 3)
+    ids = tok.encode(CAPTION)
+    # leading / trailing / repeated whitespace of any ASCII kind, and the "▁" marker, only separate words
+    for variant in ["  " + CAPTION + " \n", CAPTION.replace(" ", "\t\n\r\v\f "), CAPTION.replace(" ", "\u2581")]:
+        assert tok.encode(variant) == ids
+    assert tok.decode(ids) == CAPTION
+    assert tok.encode("") == tok.encode(" \t\n ") == tok.encode("\u2581") == []
+    # other unicode spaces are ordinary (unknown) characters; a run of unknown characters is one unk
+    space, unk = tok.space_id, tok.unk_id
+    assert tok.encode("\u00a0") == tok.encode("\u3000\u00a0☃") == [space, unk]
+    assert tok.encode("☃ ☃") == [space, unk, space, unk]
+    assert tok.decode(tok.encode("☃ ☃")) == "<UNK> <UNK>"
+    assert tok.decode(tok.encode("☃ ☃"), pad_tokens={unk}) == " "  # like youtokentome with ignore_ids
+    with pytest.raises(UnicodeEncodeError):  # lone surrogates, as in youtokentome
+        tok.encode("\ud800")
+    with pytest.raises(ValueError, match="range"):
+        tok.decode([tok.vocab_size])
+
+
+def test_yttm_custom_special_ids():
+    """pad_id=-1, unk_id=3: no pad / bos / eos tokens and "▁" gets id 0, which youtokentome leaves out
+    at the start of every word (its merge list marks dead nodes with 0)."""
+    tok = YttmTokenizer(YTTM_DIR / "custom_ids.bpe")
+    assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id) == (-1, 3, -1, -1)
+    assert tok.space_id == 0 and tok.vocab()[0] == "\u2581" and tok.vocab()[3] == "<UNK>"
+    ids = tok.encode("qqq ☃ red")
+    assert 0 not in ids and ids[-1] == tok.encode("red")[0]
+
+
+EN_ALPHABET = ",abcdefghiklnopqrstuwxy"  # the characters of tests/fixtures/yttm/captions_en.txt
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.text(alphabet=EN_ALPHABET, min_size=1, max_size=15), max_size=10),
+       st.sampled_from([" ", "  ", "\t", "\n", " \u2581"]))
+def test_yttm_round_trip_of_known_characters(words, sep):
+    tok = _yttm_en()
+    assert set(EN_ALPHABET) == set(tok.char2id) - {"\u2581"}
+    text = sep.join(words)
+    assert tok.decode(tok.encode(text)) == " ".join(text.replace("\u2581", " ").split())
+
+
+def _yttm_en():
+    return YttmTokenizer(YTTM_DIR / "en.bpe")
+
+
+def test_yttm_describe_is_self_contained(tmp_path):
+    path = tmp_path / "model.bpe"
+    shutil.copy(YTTM_DIR / "mixed.bpe", path)
+    tok = YttmTokenizer(path)
+    d = json.loads(json.dumps(tok.describe()))
+    assert d == {"type": "yttm", "path": str(path), "model": path.read_text()}
+    path.unlink()  # the description must not need the file
+    rebuilt = tokenizer_from_description(d)
+    assert isinstance(rebuilt, YttmTokenizer) and rebuilt.vocab_size == tok.vocab_size
+    text = "a red 東京 circle 😀 ☃"
+    assert rebuilt.encode(text) == tok.encode(text)
+    assert rebuilt.describe() == d
+
+    from_str = YttmTokenizer.from_str(d["model"])
+    assert from_str.encode(text) == tok.encode(text) and from_str.describe()["path"] is None
+
+
+def test_yttm_description_with_only_a_path():
+    path = str(YTTM_DIR / "en.bpe")
+    tok = tokenizer_from_description({"type": "yttm", "path": path})
+    assert isinstance(tok, YttmTokenizer) and tok.encode(CAPTION) == _yttm_en().encode(CAPTION)
+    with pytest.raises(ValueError, match="'model' or a 'path'"):
+        tokenizer_from_description({"type": "yttm"})
+
+
+def test_yttm_tokenizer_survives_a_checkpoint(tmp_path):
+    from dalle_pytorch import DALLE, DiscreteVAE
+    from dalle_pytorch.checkpoint import load_checkpoint, save
+
+    model_file = tmp_path / "model.bpe"
+    shutil.copy(YTTM_DIR / "en.bpe", model_file)
+    tok = YttmTokenizer(model_file)
+    vae = DiscreteVAE(image_size=16, num_layers=1, num_tokens=16, codebook_dim=8, hidden_dim=8)
+    dalle = DALLE(dim=16, vae=vae, num_text_tokens=tok.vocab_size, text_seq_len=8, depth=1, heads=1, dim_head=8)
+    save(dalle, tmp_path / "dalle.safetensors", tokenizer=tok)
+    model_file.unlink()
+    loaded = load_checkpoint(tmp_path / "dalle.safetensors")
+    assert isinstance(loaded.tokenizer, YttmTokenizer)
+    assert loaded.tokenizer.encode(CAPTION) == tok.encode(CAPTION)
+
+
+def test_yttm_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.bpe"):
+        YttmTokenizer(tmp_path / "nope.bpe")
+    with pytest.raises(ValueError, match="needs the path"):
+        YttmTokenizer()
+
+    clip_merges = ROOT / "dalle_pytorch" / "data" / "bpe_simple_vocab_16e6.txt.gz"
+    with pytest.raises(ValueError, match="not a valid youtokentome BPE model.*gzip"):
+        YttmTokenizer(clip_merges)
+    text_file = tmp_path / "merges.txt"
+    text_file.write_text("#version: 0.2\nt h\n")
+    with pytest.raises(ValueError, match=r"merges.txt.*not a valid youtokentome BPE model.*'#version:'.*N M"):
+        YttmTokenizer(text_file)
+
+    good = (YTTM_DIR / "en.bpe").read_text()
+    lines = good.splitlines()
+    broken = {
+        "truncated": "\n".join(lines[:-3]),
+        "bad id": good.replace("\n9601 4\n", "\n9601 400\n"),
+        "no word marker": good.replace("\n9601 4\n", "\n9602 4\n"),
+        "unk -1": "\n".join(lines[:-1] + ["-1 0 2 3"]),
+        "empty": "",
+    }
+    for why, text in broken.items():
+        with pytest.raises(ValueError, match="not a valid youtokentome BPE model"):
+            YttmTokenizer.from_str(text)
+        path = tmp_path / f"{why}.bpe"
+        path.write_text(text)
+        with pytest.raises(ValueError, match=f"{why}.bpe"):
+            YttmTokenizer(path)
+
+
+def test_is_yttm_model(tmp_path, hug_path):
+    for name in YTTM_MODELS:
+        assert is_yttm_model(YTTM_DIR / name) and is_yttm_model(str(YTTM_DIR / name))
+    assert not is_yttm_model(ROOT / "dalle_pytorch" / "data" / "bpe_simple_vocab_16e6.txt.gz")
+    assert not is_yttm_model(hug_path)
+    assert not is_yttm_model(YTTM_DIR / "captions_en.txt")
+    assert not is_yttm_model(tmp_path / "missing.bpe")
+    assert not is_yttm_model(tmp_path)  # a folder
+    (tmp_path / "empty.bpe").write_text("")
+    assert not is_yttm_model(tmp_path / "empty.bpe")
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(f"_tokenizer_test_{name}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_scripts_pick_yttm_for_a_yttm_model(tmp_path, hug_path):
+    """generate.py and train_dalle.py (dalle_pytorch.training) read a YTTM --bpe_path without --hug as YTTM."""
+    from dalle_pytorch.generation import GenerationError
+    from dalle_pytorch.training import TrainingError, _tokenizer_from_args
+
+    generate = _load_script("generate")
+    model = tmp_path / "model.bpe"  # the name does not matter: the content does
+    shutil.copy(YTTM_DIR / "en.bpe", model)
+    bad = tmp_path / "bad.bpe"
+    bad.write_text("3 1\n9601 4\n")
+
+    def pick(bpe_path, hug=False):
+        args = argparse.Namespace(bpe_path=str(bpe_path), hug=hug)
+        return generate._tokenizer(args, None), _tokenizer_from_args(args, None)
+
+    for tok in pick(model):
+        assert isinstance(tok, YttmTokenizer) and tok.encode(CAPTION) == _yttm_en().encode(CAPTION)
+    for tok in pick(hug_path):
+        assert isinstance(tok, HugTokenizer)
+    clip = ROOT / "dalle_pytorch" / "data" / "bpe_simple_vocab_16e6.txt.gz"
+    for tok in pick(clip):
+        assert isinstance(tok, SimpleTokenizer)
+
+    with pytest.raises(GenerationError, match="bad.bpe.*not a valid youtokentome"):
+        generate._tokenizer(argparse.Namespace(bpe_path=str(bad), hug=False), None)
+    with pytest.raises(TrainingError, match="bad.bpe.*not a valid youtokentome"):
+        _tokenizer_from_args(argparse.Namespace(bpe_path=str(bad), hug=False), None)
+
+
+def _random_strings(rng, n):
+    chars = ("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789 .,;:!?'()-_&  éèàçïöüñßå東京日本語猫犬赤い丸中文汉字"
+             "한국어😀🎉🐱❤👍🏽▁ \t\n\r\v\f\u00a0\u3000\u200b\u0085\x00☃")
+    words = CAPTION.split() + ["café", "naïve", "東京", "日本語", "😀", "straße", "circlecircle", "redred"]
+    out = []
+    for _ in range(n):
+        kind = rng.random()
+        if kind < 0.4:
+            seps = [" ", "  ", "\n", "", "▁", ","]
+            out.append("".join(rng.choice(words) + rng.choice(seps) for _ in range(rng.randint(0, 8))))
+        elif kind < 0.8:
+            out.append("".join(rng.choice(chars) for _ in range(rng.randint(0, 50))))
+        else:
+            cps = [rng.choice([rng.randint(1, 0x7FF), rng.randint(0x800, 0xD7FF), rng.randint(0xE000, 0x10FFFF)])
+                   for _ in range(rng.randint(0, 20))]
+            out.append("".join(map(chr, cps)))
+    return out
+
+
+@pytest.mark.parametrize("name", YTTM_MODELS)
+def test_yttm_against_live_youtokentome(name):
+    yttm = pytest.importorskip("youtokentome")
+    ref = yttm.BPE(str(YTTM_DIR / name))
+    tok = YttmTokenizer(YTTM_DIR / name)
+    assert tok.vocab_size == ref.vocab_size() and tok.vocab() == ref.vocab()
+    rng = random.Random(name)
+    texts = _random_strings(rng, 300)
+    for text, ids in zip(texts, ref.encode(texts, output_type=yttm.OutputType.ID)):
+        assert tok.encode(text) == ids, text
+    for _ in range(300):
+        ids = [rng.randrange(tok.vocab_size) for _ in range(rng.randint(1, 15))]
+        pad_tokens = set(rng.sample(range(tok.vocab_size), rng.randint(0, 3)))
+        assert [tok.decode(ids, pad_tokens=pad_tokens)] == ref.decode(ids, ignore_ids=pad_tokens | {0}), ids
 
 
 def test_unknown_description():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="'simple', 'hug' or 'yttm'"):
         tokenizer_from_description({"type": "bogus"})
 
 
