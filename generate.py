@@ -48,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--clip_path", default=None, help="CLIP checkpoint to rerank the images with (best first)")
     model.add_argument("--bpe_path", default=None,
                        help="tokenizer file overriding the checkpoint's: a `tokenizers` JSON with --hug (or any "
-                            "*.json), else a CLIP BPE merges file (.txt / .txt.gz)")
+                            "*.json), a youtokentome BPE model (e.g. model.bpe, recognised by its content), else a "
+                            "CLIP BPE merges file (.txt / .txt.gz)")
     model.add_argument("--hug", action="store_true", help="--bpe_path is a HuggingFace `tokenizers` JSON file")
 
     text = p.add_argument_group("captions")
@@ -110,16 +111,17 @@ def _captions(args) -> list:
 
 
 def _tokenizer(args, loaded):
-    from dalle_pytorch.tokenizer import HugTokenizer, SimpleTokenizer, get_default_tokenizer
+    from dalle_pytorch.tokenizer import get_default_tokenizer, tokenizer_from_file
 
     if args.hug and args.bpe_path is None:
         raise GenerationError("--hug needs --bpe_path (the tokenizers JSON file)")
     if args.bpe_path is not None:
         if not os.path.isfile(args.bpe_path):
             raise GenerationError(f"--bpe_path {args.bpe_path!r} does not exist")
-        if args.hug or args.bpe_path.endswith(".json"):
-            return HugTokenizer(args.bpe_path)
-        return SimpleTokenizer(args.bpe_path)
+        try:
+            return tokenizer_from_file(args.bpe_path, hug=args.hug)
+        except ValueError as e:
+            raise GenerationError(f"--bpe_path: {e}") from None
     if loaded.tokenizer is not None:
         return loaded.tokenizer
     if loaded.tokenizer_description is not None:

@@ -1,6 +1,6 @@
 """Convert a checkpoint (DALLE-pytorch `.pt` or ours) into this package's safetensors format.
 
-    python -m dalle_pytorch.convert OLD.pt NEW.safetensors [--vae_path VAE.pt] [--bpe_path tokenizer.json] [--force]
+    python -m dalle_pytorch.convert OLD.pt NEW.safetensors [--vae_path VAE.pt] [--bpe_path tokenizer.json|model.bpe] [--force]
 
 The input is read with `load_checkpoint` (strict, `torch.load(weights_only=True)` for `.pt` files)
 and written with `save` (atomically), so the output reproduces the input model exactly.
@@ -64,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vae_path", default=None,
                    help="separate VAE checkpoint, for DALLE files saved without VAE parameters")
     p.add_argument("--bpe_path", default=None,
-                   help="HuggingFace tokenizers JSON the model was trained with, stored in the output")
+                   help="the tokenizer file the model was trained with, stored in the output: a HuggingFace "
+                        "tokenizers JSON (*.json), a youtokentome BPE model (DALLE-pytorch's --bpe_path) or CLIP "
+                        "BPE merges")
     p.add_argument("--default_tokenizer", action="store_true",
                    help="record the default CLIP SimpleTokenizer as the model's tokenizer")
     p.add_argument("--force", action="store_true", help="overwrite the output if it exists")
@@ -87,9 +89,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         loaded = load_checkpoint(args.input, vae_path=args.vae_path)
         tokenizer = loaded.tokenizer_description
         if args.bpe_path:
-            from dalle_pytorch.tokenizer import HugTokenizer
+            from dalle_pytorch.tokenizer import tokenizer_from_file
 
-            tokenizer = HugTokenizer(args.bpe_path)
+            tokenizer = tokenizer_from_file(args.bpe_path)
         elif args.default_tokenizer:
             tokenizer = {"type": "simple"}
         metadata = dict(loaded.metadata) if loaded.source == "dalle_pytorch" else {}

@@ -858,14 +858,15 @@ def build_vae_task(args: argparse.Namespace, env: DistEnv, resumed: Any) -> Task
 
 
 def _tokenizer_from_args(args: argparse.Namespace, resumed: Any):
-    from dalle_pytorch.tokenizer import HugTokenizer, SimpleTokenizer, get_default_tokenizer
+    from dalle_pytorch.tokenizer import get_default_tokenizer, tokenizer_from_file
 
     if args.bpe_path:
         if not os.path.exists(args.bpe_path):
             raise TrainingError(f"--bpe_path {args.bpe_path!r} does not exist")
-        if args.hug or args.bpe_path.endswith(".json"):
-            return HugTokenizer(args.bpe_path)
-        return SimpleTokenizer(args.bpe_path)
+        try:
+            return tokenizer_from_file(args.bpe_path, hug=args.hug)
+        except ValueError as e:
+            raise TrainingError(f"--bpe_path: {e}") from None
     if resumed is not None and resumed.tokenizer is not None:
         return resumed.tokenizer
     return get_default_tokenizer()

@@ -519,6 +519,13 @@ def test_convert_cli(tmp_path, capsys):
     original = load(FIXTURES / f"{name}.pt")
     assert torch.equal(logits_of(loaded.model, e), logits_of(original, e))
 
+    # DALLE-pytorch's --bpe_path without --hug is a youtokentome model: stored whole in the output
+    yttm_out = tmp_path / "yttm.safetensors"
+    yttm = Path(__file__).parent / "fixtures" / "yttm" / "en.bpe"
+    assert convert_main([str(FIXTURES / f"{name}.pt"), str(yttm_out), "--bpe_path", str(yttm)]) == 0
+    stored = load_checkpoint(yttm_out).tokenizer
+    assert type(stored).__name__ == "YttmTokenizer" and stored.model_str == yttm.read_text()
+
     before = out.read_bytes()
     assert convert_main([str(FIXTURES / "axial-v1.6.6.pt"), str(out)]) == 1
     assert "--force" in capsys.readouterr().err and out.read_bytes() == before
