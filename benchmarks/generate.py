@@ -1,7 +1,8 @@
 """Cached generation benchmark: every comparison is measured side by side in one run.
 
-    python benchmarks/generate.py            # the full run (several minutes on 2 CPU cores)
-    python benchmarks/generate.py --quick    # smaller grids, for a smoke test
+    python benchmarks/generate.py --compile      # the full run (about two minutes on 2 CPU cores)
+    python benchmarks/generate.py --quick        # smaller grids, for a smoke test
+    python benchmarks/generate.py --device cuda  # on a GPU (timings synchronise the device)
 
 Model: dim 256, depth 4, heads 4, dim_head 64, text_seq_len 32, random weights, fp32, batch 4.
 Prints a table of timings and ratios; docs/benchmarks.md records a run.
@@ -18,23 +19,33 @@ from dalle_pytorch import DALLE, DiscreteVAE
 from dalle_pytorch.cache import KVCache
 
 
+DEVICE = torch.device("cpu")  # set by --device
+
+
+def now() -> float:
+    """A timestamp after the device has finished its queued work (CUDA runs asynchronously)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+    return time.perf_counter()
+
+
 def build(fmap: int, **kwargs) -> DALLE:
     torch.manual_seed(0)
     # the VAE only fixes the grid size here (image_size / 2**num_layers = fmap); codes are sampled directly
     vae = DiscreteVAE(image_size=fmap * 2, num_layers=1, num_tokens=512, codebook_dim=16, hidden_dim=8)
     return DALLE(dim=256, vae=vae, num_text_tokens=10000, text_seq_len=32, depth=4, heads=4, dim_head=64,
-                 **kwargs).eval()
+                 **kwargs).eval().to(DEVICE)
 
 
 def text_batch(b: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(1, 10000, (b, 32), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(1, 10000, (b, 32), generator=torch.Generator().manual_seed(seed)).to(DEVICE)
 
 
 @contextmanager
 def timer(out: list):
-    t0 = time.perf_counter()
+    t0 = now()
     yield
-    out.append(time.perf_counter() - t0)
+    out.append(now() - t0)
 
 
 def best_of(fn, repeat: int = 3) -> float:
@@ -69,7 +80,7 @@ def _prefilled_cache(model, text, concat: bool = False):
     cache = model.setup_cache(b)
     prefix = model.setup_cache(b, model.text_len)
     model.prefill(model.text_ids(text), None, prefix)
-    cache.copy_rows_from(prefix, torch.arange(b))
+    cache.copy_rows_from(prefix, torch.arange(b, device=DEVICE))
     if concat:
         n = prefix.length
         for i, kv in enumerate(prefix.kv):
@@ -105,11 +116,11 @@ def decode_sweep(model, text, num_steps: int, variants: dict, floor: bool = True
             scratch = _prefilled_cache(model, text)
             for t in range(2):
                 pos = model.text_len + t
-                steps[name](text[:, 0] % 512, torch.tensor(pos), scratch, length=None if mode == "static" else pos + 1)
+                steps[name](text[:, 0] % 512, torch.tensor(pos, device=DEVICE), scratch, length=None if mode == "static" else pos + 1)
         caches[name] = _prefilled_cache(model, text, concat)
     floor_fn = matmul_floor_fn(model, b)
-    codes = torch.randint(0, 512, (num_steps, b), generator=torch.Generator().manual_seed(0))
-    positions = torch.arange(model.transformer.seq_len)
+    codes = torch.randint(0, 512, (num_steps, b), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    positions = torch.arange(model.transformer.seq_len, device=DEVICE)
     names = list(variants)
     times = {name: [] for name in names + (["floor"] if floor else [])}
     for t in range(num_steps):
@@ -117,19 +128,19 @@ def decode_sweep(model, text, num_steps: int, variants: dict, floor: bool = True
         k = t % len(names)
         for name in names[k:] + names[:k]:
             static = variants[name][0] == "static"
-            t0 = time.perf_counter()
+            t0 = now()
             steps[name](codes[t], positions[pos], caches[name], length=None if static else pos + 1)
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(now() - t0)
         if floor:
-            t0 = time.perf_counter()
+            t0 = now()
             floor_fn()
-            times["floor"].append(time.perf_counter() - t0)
+            times["floor"].append(now() - t0)
     return times
 
 
 @torch.inference_mode()
 def uncached_forward_time(model, text, n_img: int) -> float:
-    codes = torch.randint(0, 512, (text.shape[0], n_img))
+    codes = torch.randint(0, 512, (text.shape[0], n_img), device=DEVICE)
     return best_of(lambda: model(text, codes), repeat=2)
 
 
@@ -145,7 +156,7 @@ def matmul_floor_fn(model, b: int):
                    (f.proj_in.weight, f.proj_in.bias), (f.proj_out.weight, f.proj_out.bias)]
     proj = model.to_logits[1]
     layers.append((proj.weight[model.num_text_tokens :], proj.bias[model.num_text_tokens :]))
-    xs = {w.shape[1]: torch.randn(b, w.shape[1]) for w, _ in layers}
+    xs = {w.shape[1]: torch.randn(b, w.shape[1], device=DEVICE) for w, _ in layers}
 
     def run():
         for w, bias in layers:
@@ -164,10 +175,10 @@ def matmul_floor(model, b: int, steps: int = 50, repeats: int = 7) -> float:
         run()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = now()
         for _ in range(steps):
             run()
-        times.append((time.perf_counter() - t0) / steps)
+        times.append((now() - t0) / steps)
     return statistics.median(times)
 
 
@@ -195,15 +206,15 @@ def two_pass_guidance_time(model, text, scale: float) -> float:
         c = model.setup_cache(b)
         lasts.append(model.prefill(model.text_ids(t_), None, c)[:, model.num_text_tokens :])
         caches.append(c)
-    positions = torch.arange(model.transformer.seq_len)
-    g = torch.Generator().manual_seed(0)
-    t0 = time.perf_counter()
+    positions = torch.arange(model.transformer.seq_len, device=DEVICE)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    t0 = now()
     for t in range(model.image_seq_len - 1):
         logits = lasts[1] + (lasts[0] - lasts[1]) * scale
         code = torch.multinomial(logits.softmax(-1), 1, generator=g)[:, 0]
         pos = model.text_len + t
         lasts = [model.decode_step(code, positions[pos], c, length=pos + 1) for c in caches]
-    return time.perf_counter() - t0
+    return now() - t0
 
 
 def main(argv=None):
@@ -211,8 +222,11 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small grids (smoke test)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the decode step")
+    parser.add_argument("--device", default="cpu", help="cpu (the numbers in docs/benchmarks.md) or cuda")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     small, large = (8, 16) if args.quick else (16, 32)
     b = 4
     rows = []
@@ -221,7 +235,8 @@ def main(argv=None):
         rows.append((name, value, unit))
         print(f"{name:<62} {value:10.4f} {unit}", flush=True)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {b}, fp32")
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {DEVICE.type} ({where}), batch {b}, fp32")
 
     # 1. cached vs uncached, small grid (both run in full)
     m = build(small)
@@ -299,9 +314,9 @@ def main(argv=None):
 
     if args.compile:
         try:
-            t0 = time.perf_counter()
+            t0 = now()
             gen(m, text, compile=True)
-            report(f"[{small}x{small}] compile=True: first generate_images call (compiles)", time.perf_counter() - t0)
+            report(f"[{small}x{small}] compile=True: first generate_images call (compiles)", now() - t0)
             tcc = best_of(lambda: gen(m, text, compile=True), repeat=2)
             report(f"[{small}x{small}] compile=True: generate", tcc)
             report(f"[{small}x{small}] speed-up compile=True / eager", t1 / tcc, "x")
