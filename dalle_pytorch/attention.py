@@ -36,7 +36,7 @@ from dalle_pytorch.patterns import (
     random_blocks_to_tensor,
     sparse_block_allowed,
 )
-from dalle_pytorch.rotary import apply_rotary
+from dalle_pytorch.rotary import apply_rotary, apply_rotary_step
 
 KERNELS = ("auto", "pattern", "masked")
 
@@ -252,7 +252,12 @@ class Attention(nn.Module):
         graph-captured.  length=pos+1 (eager decoding): over the filled prefix only, which skips
         the work on empty slots (and, for full attention, the mask).
         """
-        q, k, v = self._qkv(x, rotary)
+        b = x.shape[0]
+        qkv = F.linear(x, self.to_qkv.weight).view(b, 1, 3, self.heads, self.dim_head)
+        if rotary is not None:  # (cos, sin, swap) of this position: see rotary.rotary_step_tables
+            cos, sin, swap = rotary
+            qkv = apply_rotary_step(cos, sin, swap, qkv)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (b, h, 1, d)
         kv.write(pos, k, v)
         n = kv.max_len if length is None else length
         # narrow, not [:n]: a slice clamps n to the size, and that comparison becomes a compile guard
@@ -261,4 +266,5 @@ class Attention(nn.Module):
             mask = None  # every filled position is visible
         else:
             mask = self.pattern.index_select(0, pos.view(1)).narrow(1, 0, n)  # (1, n)
-        return self._out(attend(q, kv.k.narrow(2, 0, n), kv.v.narrow(2, 0, n), mask, self.scale, self.stable))
+        out = attend(q, kv.k.narrow(2, 0, n), kv.v.narrow(2, 0, n), mask, self.scale, self.stable)
+        return F.linear(out.transpose(1, 2).reshape(b, 1, -1), self.to_out.weight, self.to_out.bias)

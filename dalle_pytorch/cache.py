@@ -1,7 +1,7 @@
 """Inference state for cached generation: preallocated, written in place, never concatenated.
 
 Dimensions: B cache rows (batch), H heads, S max_len (positions the cache holds), D dim_head,
-F image grid side, C token-shift channels.
+F image grid side, C model dim (the channels a token-shift ring keeps).
 
 One `InferenceCache` per generate call holds, for every depth index of the transformer:
 - a `KVCache`: keys and values (B, H, S + 1, D: one spare slot, see `KVCache`) of that layer's attention, rotary already applied;
@@ -48,7 +48,7 @@ class KVCache:
 
 @dataclass
 class ShiftCache:
-    ring: torch.Tensor  # (B, F, C): slot (position % F) holds that position's shifted channels
+    ring: torch.Tensor  # (B, F, C): slot (position % F) holds that position's normalised input
 
 
 @dataclass

@@ -65,3 +65,28 @@ def apply_rotary(cos: torch.Tensor, sin: torch.Tensor, t: torch.Tensor) -> torch
     head, tail = t[..., :r], t[..., r:]
     head = head * cos + rotate_half(head) * sin
     return torch.cat((head, tail), dim=-1)
+
+
+def rotary_step_tables(cos: torch.Tensor, sin: torch.Tensor, dim_head: int):
+    """Tables for `apply_rotary_step`: the rotation of `apply_rotary` over all dim_head channels.
+
+    cos, sin: (N, r).  Returns cos_d (N, dim_head) (1 past the first r channels), sin_d
+    (N, dim_head) with rotate_half's sign folded in (-sin on even channels, +sin on odd ones,
+    0 past r), and swap (dim_head,) long: the channel permutation that exchanges each pair of the
+    first r channels.  t * cos_d + t[..., swap] * sin_d equals apply_rotary(cos, sin, t).
+    """
+    n, r = cos.shape
+    cos_d = torch.ones(n, dim_head, dtype=cos.dtype)
+    sin_d = torch.zeros(n, dim_head, dtype=sin.dtype)
+    cos_d[:, :r] = cos
+    sin_d[:, :r] = sin
+    sin_d[:, 0:r:2] = -sin[:, 0::2]
+    swap = torch.arange(dim_head)
+    swap[0:r:2], swap[1:r:2] = torch.arange(1, r, 2), torch.arange(0, r, 2)
+    return cos_d, sin_d, swap
+
+
+def apply_rotary_step(cos_d: torch.Tensor, sin_d: torch.Tensor, swap: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """`apply_rotary` for one position with the tables of `rotary_step_tables`: three ops and no
+    slicing.  t: (..., dim_head); cos_d, sin_d broadcastable to t."""
+    return torch.addcmul(t * cos_d, t.index_select(-1, swap), sin_d)

@@ -26,7 +26,7 @@ from torch import nn
 
 from dalle_pytorch.attention import Attention
 from dalle_pytorch.patterns import PatternSpec, draw_random_blocks, pattern_mask
-from dalle_pytorch.rotary import rotary_table
+from dalle_pytorch.rotary import rotary_step_tables, rotary_table
 
 
 def layerscale_init(depth_index: int) -> float:
@@ -56,6 +56,11 @@ class FeedForward(nn.Module):
 
     def forward(self, x):
         return self.proj_out(self.dropout(self.act(self.proj_in(x))))
+
+    def step(self, x):
+        """forward in eval mode with plain function calls (the one-token decode step)."""
+        x, gates = F.linear(x, self.proj_in.weight, self.proj_in.bias).chunk(2, dim=-1)
+        return F.linear(x * F.gelu(gates), self.proj_out.weight, self.proj_out.bias)
 
 
 class Branch(nn.Module):
@@ -116,13 +121,13 @@ def fill_shift_ring(ring: torch.Tensor, xn: torch.Tensor) -> None:
 
 
 def shift_step_tables(text_len: int, fmap_size: int, dim: int) -> torch.Tensor:
-    """(N, 3, C) 0/1 weights of (the token itself, the previous token, the token above) for the
-    first C shifted channels of a token at each position, so that one decoding step shifts with
-    three multiply-adds and no position-dependent control flow (exact: weights are 0 or 1)."""
+    """(N, 3, dim) 0/1 weights of (the token itself, the previous token, the token above) for every
+    channel of a token at each position, so that one decoding step shifts with three
+    multiply-adds and no position-dependent control flow (exact: weights are 0 or 1; channels
+    that are never shifted have weights (1, 0, 0))."""
     c2, c4 = shift_channels(dim)
-    cs = max(c2, 2 * c4)
     f, n = fmap_size, text_len + fmap_size**2
-    w = torch.zeros(n, 3, cs)
+    w = torch.zeros(n, 3, dim)
     w[:, 0] = 1.0
     for i in range(n):
         if i < text_len:
@@ -136,18 +141,20 @@ def shift_step_tables(text_len: int, fmap_size: int, dim: int) -> torch.Tensor:
     return w
 
 
-def shift_tokens_step(xn: torch.Tensor, ring: torch.Tensor, weights: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+def shift_tokens_step(xn: torch.Tensor, ring: torch.Tensor, w_self: torch.Tensor, w_prev: torch.Tensor,
+                      w_top: torch.Tensor, slot_prev: torch.Tensor, slot_top: torch.Tensor) -> torch.Tensor:
     """Token shift of one token, reading and updating the ring of the last F inputs.
 
-    xn: (b, 1, c) normalised input; ring: (b, F, C); weights: (3, C) this position's row of
-    shift_step_tables; slots: (2,) ring slots of the previous token and of the token above (which
-    is also where this token goes).  Shapes and control flow do not depend on the position.
+    xn: (b, 1, c) normalised input; ring: (b, F, c); w_self, w_prev, w_top: (c,) this position's
+    row of shift_step_tables; slot_prev, slot_top: (1,) ring slots of the previous token and of the
+    token above (which is also where this token goes).  Shapes and control flow do not depend on
+    the position.
     """
-    cs = ring.shape[2]
-    prev_top = ring.index_select(1, slots)  # (b, 2, C)
-    lo = xn[..., :cs] * weights[0] + prev_top[:, :1] * weights[1] + prev_top[:, 1:] * weights[2]
-    ring.index_copy_(1, slots[1:], xn[..., :cs])
-    return torch.cat((lo, xn[..., cs:]), dim=-1) if xn.shape[-1] > cs else lo
+    prev = ring.index_select(1, slot_prev)
+    top = ring.index_select(1, slot_top)
+    out = torch.addcmul(torch.addcmul(xn * w_self, prev, w_prev), top, w_top)
+    ring.index_copy_(1, slot_top, xn)
+    return out
 
 
 # -- reversible execution --------------------------------------------------------------------------
@@ -318,23 +325,29 @@ class Transformer(nn.Module):
             angles = rotary_table(dim_head, text_len, fmap_size)  # (N, r)
             self.register_buffer("rot_cos", angles.cos(), persistent=False)
             self.register_buffer("rot_sin", angles.sin(), persistent=False)
+            # the same rotation over all dim_head channels, for the one-token step (no slicing)
+            cos_d, sin_d, swap = rotary_step_tables(self.rot_cos, self.rot_sin, dim_head)
+            self.register_buffer("rot_cos_step", cos_d, persistent=False)
+            self.register_buffer("rot_sin_step", sin_d, persistent=False)
+            self.register_buffer("rot_swap", swap, persistent=False)
 
     # -- helpers ----------------------------------------------------------------------------------
 
     @property
     def shift_cache_channels(self) -> int | None:
-        if not self.shift_tokens:
-            return None
-        c2, c4 = shift_channels(self.dim)
-        return max(c2, 2 * c4)
+        """Channels a token-shift ring keeps per position: all of them (the step then needs no
+        slicing or concatenation; the ring is only F rows long)."""
+        return self.dim if self.shift_tokens else None
 
     def _rotary(self, n: int):
         return (self.rot_cos[:n], self.rot_sin[:n]) if self.rotary_emb else None
 
-    def _rotary_at(self, pos: torch.Tensor):
+    def _rotary_step_at(self, pos: torch.Tensor):
+        """(cos, sin, swap) of position `pos` for `apply_rotary_step`, or None."""
         if not self.rotary_emb:
             return None
-        return self.rot_cos.index_select(0, pos.view(1)), self.rot_sin.index_select(0, pos.view(1))
+        p = pos.view(1)
+        return self.rot_cos_step.index_select(0, p), self.rot_sin_step.index_select(0, p), self.rot_swap
 
     def _branch(self, i: int, kind: str, x, rotary=None, cache=None, masked=None):
         """One branch over positions 0..n-1 (training / uncached / prefill)."""
@@ -352,18 +365,23 @@ class Transformer(nn.Module):
             out = self.ffs[self.ff_index[i]](xn)
         return branch.post(out)
 
-    def _branch_step(self, i: int, kind: str, x, pos, rotary, cache, shift, length):
+    def _branch_step(self, i: int, kind: str, x, pos, rotary, cache, shift, length, residual=None):
+        """residual + branch(x) for one token (residual defaults to x): the same function as
+        `_branch`, with fewer ops and module calls (a decode step is dominated by per-op overhead)."""
         block = self.layers[i]
         branch = block.attn if kind == "attn" else block.ff
-        xn = branch.norm(x)
+        norm = branch.norm
+        xn = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         if self.shift_tokens:
             ring = (cache.shift_attn if kind == "attn" else cache.shift_ff)[i].ring
             xn = shift_tokens_step(xn, ring, *shift)
         if kind == "attn":
             out = self.attns[self.attn_index[i]].step(xn, pos, rotary, cache.kv[i], length)
         else:
-            out = self.ffs[self.ff_index[i]](xn)
-        return branch.post(out)
+            out = self.ffs[self.ff_index[i]].step(xn)
+        if branch.norm_out is not None:
+            out = branch.norm_out(out)
+        return torch.addcmul(x if residual is None else residual, out, branch.scale)
 
     # -- forward ----------------------------------------------------------------------------------
 
@@ -416,18 +434,19 @@ class Transformer(nn.Module):
         length: None attends over the whole preallocated cache (static shapes, for compile);
         pos + 1 attends over the filled prefix only (eager decoding).
         """
-        rotary = self._rotary_at(pos)
+        rotary = self._rotary_step_at(pos)
         shift = None
         if self.shift_tokens:  # computed once per step, shared by every branch
             f = self.fmap_size
-            shift = (self.shift_weights.index_select(0, pos.view(1))[0], torch.stack(((pos - 1) % f, pos % f)))
+            p = pos.view(1)
+            shift = (*self.shift_weights.index_select(0, p)[0].unbind(0), (p - 1) % f, p % f)
         if not self.reversible:
             for i in range(self.depth):
-                x = x + self._branch_step(i, "attn", x, pos, rotary, cache, shift, length)
-                x = x + self._branch_step(i, "ff", x, pos, rotary, cache, shift, length)
+                x = self._branch_step(i, "attn", x, pos, rotary, cache, shift, length)
+                x = self._branch_step(i, "ff", x, pos, rotary, cache, shift, length)
             return x
         x1, x2 = x, x
-        for i in range(self.depth):
-            x1 = x1 + self._branch_step(i, "attn", x2, pos, rotary, cache, shift, length)
-            x2 = x2 + self._branch_step(i, "ff", x1, pos, rotary, cache, shift, length)
+        for i in range(self.depth):  # x1 + f(x2), then x2 + g(x1)
+            x1 = self._branch_step(i, "attn", x2, pos, rotary, cache, shift, length, residual=x1)
+            x2 = self._branch_step(i, "ff", x1, pos, rotary, cache, shift, length, residual=x2)
         return (x1 + x2) / 2

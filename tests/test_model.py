@@ -6,7 +6,13 @@ import torch
 
 from conftest import ATTN_TYPES, random_text, tiny_dalle, tiny_vae
 from dalle_pytorch import DALLE
-from dalle_pytorch.transformer import Transformer, layerscale_init, shift_tokens_full
+from dalle_pytorch.transformer import (
+    Transformer,
+    layerscale_init,
+    shift_step_tables,
+    shift_tokens_full,
+    shift_tokens_step,
+)
 
 GRID = list(itertools.product(ATTN_TYPES, [True, False], [True, False], [False, True]))
 
@@ -114,6 +120,37 @@ def test_token_shift_definition():
     assert torch.equal(y[p(1, 0), :2], x[p(0, 0), :2]), "top quarter from the token above"
     assert torch.equal(y[p(1, 0), 2:4], torch.zeros(2)), "no left neighbour at a row start"
     assert torch.equal(y[p(1, 1), 4:], x[p(1, 1), 4:]), "the other half passes through"
+
+
+@pytest.mark.parametrize("dim", [8, 10, 13])
+def test_token_shift_step_equals_full_shift_bit_for_bit(dim):
+    """The one-token shift (three multiply-adds with 0/1 weights over a ring) is pure data movement."""
+    tl, f = 3, 3
+    n = tl + f * f
+    x = torch.randn(2, n, dim)
+    full = shift_tokens_full(x, tl, f)
+    w = shift_step_tables(tl, f, dim)
+    ring = torch.zeros(2, f, dim)
+    for pos in range(n):
+        p = torch.tensor([pos])
+        out = shift_tokens_step(x[:, pos : pos + 1], ring, *w[pos], (p - 1) % f, p % f)
+        assert torch.equal(out[:, 0], full[:, pos]), pos
+
+
+@pytest.mark.parametrize("dim_head", [12, 16, 64, 15])
+def test_rotary_step_equals_apply_rotary(dim_head):
+    from dalle_pytorch.rotary import apply_rotary, apply_rotary_step, rotary_step_tables, rotary_table
+
+    angles = rotary_table(dim_head, 5, 4)
+    cos, sin = angles.cos(), angles.sin()
+    cos_d, sin_d, swap = rotary_step_tables(cos, sin, dim_head)
+    t = torch.randn(2, 3, angles.shape[0], dim_head)
+    reference = apply_rotary(cos, sin, t)
+    for pos in (0, 4, 5, angles.shape[0] - 1):
+        step = apply_rotary_step(cos_d[pos], sin_d[pos], swap, t[:, :, pos])
+        torch.testing.assert_close(step, reference[:, :, pos], atol=1e-6, rtol=0)
+        r = cos.shape[-1]
+        assert torch.equal(step[..., r:], t[:, :, pos, r:]), "channels past the rotary ones pass through"
 
 
 def test_layerscale_init_by_depth():
