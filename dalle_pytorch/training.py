@@ -1,21 +1,24 @@
 """Training machinery shared by ``train_vae.py`` and ``train_dalle.py``.
 
-The two scripts only parse their flags and call :func:`run`; everything else lives here, once:
+The two scripts only parse their flags and call :func:`run`; everything else lives here or in the
+training-side modules this one imports (their names stay importable from here):
 
-* distributed setup (``torchrun``: RANK / WORLD_SIZE / LOCAL_RANK; gloo on CPU, nccl on CUDA),
-  DDP wrapping (``find_unused_parameters`` only when a dry run finds unused parameters) or
-  PyTorch FSDP2 (``torch.distributed.fsdp.fully_shard``) with ``--fsdp``;
-* data: a deterministic, resumable sampler (``DistributedSampler`` order + a start offset),
-  bad-sample counts surfaced from the datasets;
+* distributed setup (:mod:`dalle_pytorch.distributed`: ``torchrun``'s RANK / WORLD_SIZE / LOCAL_RANK;
+  gloo on CPU, nccl on CUDA), DDP wrapping (``find_unused_parameters`` only when a dry run finds
+  unused parameters) or PyTorch FSDP2 (``torch.distributed.fsdp.fully_shard``) with ``--fsdp``;
+* data (:mod:`dalle_pytorch.training_data`): a deterministic, resumable sampler
+  (``DistributedSampler`` order + a start offset), bad-sample counts surfaced from the datasets;
 * AdamW, warmup + constant / cosine / exponential learning-rate schedule, gradient accumulation,
   clipping, autocast (bf16 / fp16 with GradScaler), ``torch.compile``;
 * non-finite losses: the optimizer step is skipped and counted; too many in a row stops the run;
 * checkpoints: model file (``checkpoint.save``) + training state (``checkpoint.save_training_state``)
-  pairs, rotation, a ``latest`` pointer and ``last.*`` links, exact ``--resume``;
-* logging: JSONL, console / tqdm on rank 0, optional TensorBoard and Weights & Biases;
+  pairs, rotation, a ``latest`` pointer and ``last.*`` links (:mod:`dalle_pytorch.run_checkpoints`),
+  exact ``--resume``;
+* logging (:mod:`dalle_pytorch.runlog`): JSONL, console / tqdm on rank 0, optional TensorBoard and
+  Weights & Biases;
 * the two tasks (:func:`build_vae_task`, :func:`build_dalle_task`): model, data, loss, images.
 
-Model modules stay single-device: wrapping, autocast and logging only happen here.
+Model modules stay single-device: wrapping, autocast and logging only happen on the training side.
 """
 from __future__ import annotations
 
@@ -24,7 +27,6 @@ import contextlib
 import copy
 import dataclasses
 import gc
-import hashlib
 import itertools
 import json
 import math
@@ -36,14 +38,17 @@ import warnings
 from typing import Any, Callable, Iterable, Optional
 
 import torch
-import torch.distributed as dist
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from dalle_pytorch.datasets import IMAGE_EXTENSIONS, image_to_tensor
-from dalle_pytorch.images import grid_of_rows, tensor_bytes, tensor_to_pil
+from dalle_pytorch.distributed import DistEnv, init_distributed
+from dalle_pytorch.images import grid_of_rows, tensor_to_pil
+from dalle_pytorch.run_checkpoints import LATEST_NAME, CheckpointManager, CheckpointPoint, _link, weights_digest
+from dalle_pytorch.runlog import LOG_NAME, _jsonable, _RunLogger
+from dalle_pytorch.training_common import TrainingError, _write_text
+from dalle_pytorch.training_data import ImageFolder, _collate_with_skips, _ReportSkips, _ResumableSampler, _to_device
 
 __all__ = [
     "TrainingError",
@@ -62,16 +67,12 @@ __all__ = [
     "build_dalle_task",
     "run",
     "cli",
+    "LATEST_NAME",  # defined in run_checkpoints, re-exported
+    "LOG_NAME",  # defined in runlog, re-exported
 ]
 
 STATE_FORMAT = "dalle_pytorch/training-state"
 STATE_VERSION = 1
-LOG_NAME = "log.jsonl"
-LATEST_NAME = "latest"
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or go on; the message says why and what to do."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,97 +181,6 @@ def _check_common_args(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# distributed environment
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class DistEnv:
-    """Where this process runs: rank, world size and device (a single process is rank 0 of 1)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
-    owns_group: bool = False
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.distributed:
-            if self.device.type == "cuda":
-                dist.barrier(device_ids=[self.device.index])
-            else:
-                dist.barrier()
-
-    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.distributed:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor
-
-    def all_gather_object(self, obj: Any) -> list:
-        if not self.distributed:
-            return [obj]
-        out: list = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-    def all_ok(self, ok: bool) -> bool:
-        """True on every rank when `ok` is True on every rank."""
-        if not self.distributed:
-            return ok
-        flag = torch.tensor([0.0 if ok else 1.0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.SUM)
-        return float(flag.item()) == 0.0
-
-    @contextlib.contextmanager
-    def main_first(self):
-        """Run the body on rank 0 first (e.g. to build a dataset index cache), then on the others."""
-        if not self.is_main:
-            self.barrier()
-        yield
-        if self.is_main:
-            self.barrier()
-
-    def close(self) -> None:
-        if self.owns_group and dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-            self.owns_group = False
-
-
-def init_distributed(device: str = "auto") -> DistEnv:
-    """Read torchrun's environment, pick the device and (for WORLD_SIZE > 1) init the process group.
-
-    gloo on CPU, nccl on CUDA; with CUDA each process uses GPU LOCAL_RANK.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was asked for but no CUDA device is available (use --device cpu)")
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda:
-        dev = torch.device("cuda", local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(dev)
-    else:
-        dev = torch.device("cpu")
-    env = DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=dev)
-    if world > 1 and not dist.is_initialized():
-        if use_cuda:
-            dist.init_process_group("nccl", device_id=dev)
-        else:
-            dist.init_process_group("gloo")
-        env.owns_group = True
-    return env
-
-
-# --------------------------------------------------------------------------------------------------
 # precision, seeds, RNG state
 # --------------------------------------------------------------------------------------------------
 
@@ -342,150 +252,6 @@ def _restore_rng(state: dict, device: torch.device) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# data
-# --------------------------------------------------------------------------------------------------
-
-
-class _BadImage(Exception):
-    pass
-
-
-class ImageFolder(Dataset):
-    """Every image under ``folder`` (searched recursively; captions and other files are ignored).
-
-    Images are resized (shorter side to ``image_size``) and centre-cropped, like DALLE-pytorch's
-    ``train_vae.py``. An unreadable image is skipped with a warning (the next one is returned
-    instead) and recorded in ``num_skipped`` / ``skipped``; more than
-    ``max(1, int(max_bad_fraction * len(self)))`` of them raise a RuntimeError.
-
-    Items: FloatTensor (3, or 4 with ``transparent``, image_size, image_size) in [0, 1].
-    """
-
-    def __init__(self, folder: str | os.PathLike, image_size: int, transparent: bool = False,
-                 max_bad_fraction: float = 0.01) -> None:
-        root = os.path.realpath(os.fspath(folder))
-        if not os.path.isdir(root):
-            raise TrainingError(f"image folder {os.fspath(folder)!r} is not a directory")
-        paths = []
-        for current, dirs, files in os.walk(root, followlinks=True):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for f in files:
-                if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
-                    paths.append(os.path.relpath(os.path.join(current, f), root))
-        if not paths:
-            raise TrainingError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root!r}")
-        self.folder = root
-        self.paths = sorted(paths)
-        self.image_size = int(image_size)
-        self.mode = "RGBA" if transparent else "RGB"
-        self.max_bad_fraction = max_bad_fraction
-        self.num_skipped = 0
-        self.skipped: list[str] = []
-        self._bad: set[int] = set()
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def set_epoch(self, epoch: int) -> None:
-        """No per-epoch randomness (centre crops); present for the common dataset interface."""
-
-    def _load(self, index: int) -> torch.Tensor:
-        path = os.path.join(self.folder, self.paths[index])
-        try:
-            with Image.open(path) as img:
-                img.load()
-                img = img.convert(self.mode)
-        except Exception as e:  # PIL raises many exception types for broken files
-            raise _BadImage(f"{self.paths[index]}: unreadable image ({type(e).__name__}: {e})") from e
-        size = self.image_size
-        w, h = img.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), Image.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-        return image_to_tensor(img)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        n = len(self)
-        index %= n
-        for _ in range(n):
-            if index not in self._bad:
-                try:
-                    return self._load(index)
-                except _BadImage as e:
-                    self._bad.add(index)
-                    self.num_skipped += 1
-                    self.skipped.append(self.paths[index])
-                    warnings.warn(f"ImageFolder: skipping {os.path.join(self.folder, str(e))}")
-                    allowed = max(1, int(self.max_bad_fraction * n))
-                    if self.num_skipped > allowed:
-                        raise RuntimeError(
-                            f"ImageFolder: {self.num_skipped} of {n} images in {self.folder} could not be read, "
-                            f"more than max_bad_fraction={self.max_bad_fraction} allows ({allowed}); examples: "
-                            f"{', '.join(self.skipped[:5])}. Fix or remove them, or raise --max_bad_fraction."
-                        ) from e
-            index = (index + 1) % n
-        raise RuntimeError(f"ImageFolder: no readable image in {self.folder}")
-
-
-class _ReportSkips(Dataset):
-    """Wraps a dataset with ``skipped`` (list of bad files) so each item also carries the files
-    newly skipped while producing it; this works across DataLoader worker processes."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-        self._reported = 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-
-    def __getitem__(self, index: int):
-        item = self.dataset[index]
-        skipped = list(getattr(self.dataset, "skipped", ()))
-        new = tuple(skipped[self._reported:])
-        self._reported = len(skipped)
-        return item, new
-
-
-def _collate_with_skips(samples: list) -> tuple[Any, list[str]]:
-    items, news = zip(*samples)
-    return default_collate(list(items)), [name for new in news for name in new]
-
-
-class _ResumableSampler(Sampler):
-    """A DistributedSampler's order for the epoch, starting ``start`` samples in (to resume mid-epoch)."""
-
-    def __init__(self, base: DistributedSampler) -> None:
-        self.base = base
-        self.start = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.base.set_epoch(epoch)
-
-    def __iter__(self):
-        return itertools.islice(iter(self.base), self.start, None)
-
-    def __len__(self) -> int:
-        return max(0, len(self.base) - self.start)
-
-
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
-    return batch
-
-
-# --------------------------------------------------------------------------------------------------
 # images
 # --------------------------------------------------------------------------------------------------
 
@@ -513,12 +279,6 @@ def save_image_grid(rows: list[torch.Tensor], path: str | os.PathLike) -> str:
     image_grid(rows).save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
     return os.fspath(path)
-
-
-def _write_text(path: str, text: str) -> None:
-    from dalle_pytorch.fileio import atomic_write_bytes
-
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -573,206 +333,6 @@ def _build_scheduler(optimizer, args, total_steps: Optional[int]):
                              decay_rate=decay_rate, decay_every=decay_every)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-# --------------------------------------------------------------------------------------------------
-# checkpoints
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class CheckpointPoint:
-    step: int
-    model: str
-    state: str
-
-
-class CheckpointManager:
-    """Checkpoint pairs ``checkpoints/step_XXXXXXXX.{safetensors,state.pt}`` in a run folder.
-
-    After each complete pair, ``latest`` (JSON: step, model, state) is replaced atomically and
-    ``last.safetensors`` / ``last.state.pt`` are hard links (copies where links fail) to the pair;
-    older pairs beyond ``keep_last`` (0 = keep all) are deleted.
-    """
-
-    def __init__(self, run_dir: str, keep_last: int = 3) -> None:
-        self.run_dir = run_dir
-        self.dir = os.path.join(run_dir, "checkpoints")
-        self.keep_last = keep_last
-
-    def pair(self, step: int) -> tuple[str, str]:
-        stem = os.path.join(self.dir, f"step_{step:08d}")
-        return stem + ".safetensors", stem + ".state.pt"
-
-    def _pairs(self) -> list[CheckpointPoint]:
-        out = []
-        if os.path.isdir(self.dir):
-            for name in os.listdir(self.dir):
-                if name.startswith("step_") and name.endswith(".state.pt"):
-                    try:
-                        step = int(name[len("step_"): -len(".state.pt")])
-                    except ValueError:
-                        continue
-                    model, state = self.pair(step)
-                    if os.path.exists(model):
-                        out.append(CheckpointPoint(step, model, state))
-        return sorted(out, key=lambda p: p.step)
-
-    def latest(self) -> Optional[CheckpointPoint]:
-        """The newest complete pair (from ``latest``, else by scanning ``checkpoints/``)."""
-        try:
-            with open(os.path.join(self.run_dir, LATEST_NAME), encoding="utf-8") as f:
-                data = json.load(f)
-            point = CheckpointPoint(int(data["step"]), os.path.join(self.run_dir, data["model"]),
-                                    os.path.join(self.run_dir, data["state"]))
-            if os.path.exists(point.model) and os.path.exists(point.state):
-                return point
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        pairs = self._pairs()
-        return pairs[-1] if pairs else None
-
-    def commit(self, step: int) -> None:
-        """Point ``latest`` and ``last.*`` at the pair of ``step``; delete pairs beyond ``keep_last``."""
-        model, state = self.pair(step)
-        pointer = {"step": step, "model": os.path.relpath(model, self.run_dir),
-                   "state": os.path.relpath(state, self.run_dir)}
-        _write_text(os.path.join(self.run_dir, LATEST_NAME), json.dumps(pointer) + "\n")
-        _link(model, os.path.join(self.run_dir, "last.safetensors"))
-        _link(state, os.path.join(self.run_dir, "last.state.pt"))
-        if self.keep_last:
-            for old in self._pairs()[: -self.keep_last]:
-                for path in (old.model, old.state):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(path)
-
-
-def _link(src: str, dst: str) -> None:
-    """Make ``dst`` the same file as ``src`` (hard link, else copy), replacing it atomically."""
-    import shutil
-
-    tmp = f"{dst}.{os.getpid()}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(tmp)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def weights_digest(state_dict: dict) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of a state dict's tensors (sorted by name)."""
-    h = hashlib.sha256()
-    for key in sorted(state_dict):
-        t = state_dict[key]
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(tensor_bytes(t))
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------------------------------
-# logging
-# --------------------------------------------------------------------------------------------------
-
-
-class _RunLogger:
-    """JSONL log (every step and event), console lines, optional TensorBoard / W&B; rank 0 only."""
-
-    def __init__(self, run_dir: str, args: argparse.Namespace, env: DistEnv, resume_step: Optional[int]) -> None:
-        self.active = env.is_main
-        self.bar = None
-        self.tb = None
-        self.wandb = None
-        self.file = None
-        if not self.active:
-            return
-        path = os.path.join(run_dir, LOG_NAME)
-        if resume_step is not None and os.path.exists(path):
-            # drop records after the resumed step (logged by the interrupted run after its last checkpoint)
-            kept = []
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        continue
-                    if int(record.get("step", 0)) <= resume_step:
-                        kept.append(json.dumps(record))
-            _write_text(path, "".join(k + "\n" for k in kept))
-            self.file = open(path, "a", encoding="utf-8")
-        else:
-            self.file = open(path, "w", encoding="utf-8")
-        if args.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise TrainingError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
-            self.tb = SummaryWriter(log_dir=os.path.join(run_dir, "tensorboard"))
-        if args.wandb:
-            try:
-                import wandb
-            except ImportError as e:
-                raise TrainingError("--wandb needs the wandb package: pip install wandb (then wandb login)") from e
-            self.wandb = wandb
-            wandb.init(project=args.wandb_name, entity=args.wandb_entity, name=args.name,
-                       config={k: v for k, v in vars(args).items() if _jsonable(v)}, dir=run_dir, resume="allow")
-
-    def write(self, record: dict) -> None:
-        if not self.active:
-            return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if record.get("event") == "step":
-            step = record["step"]
-            scalars = {k: v for k, v in record.items()
-                       if k not in ("event", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)}
-            if self.tb is not None:
-                for k, v in scalars.items():
-                    self.tb.add_scalar(f"train/{k}", v, step)
-            if self.wandb is not None:
-                self.wandb.log(scalars, step=step)
-
-    def event(self, name: str, **fields: Any) -> None:
-        self.write({"event": name, **fields, "time": time.time()})
-
-    def print(self, message: str) -> None:
-        if not self.active:
-            return
-        if self.bar is not None:
-            self.bar.write(message)
-        else:
-            print(message, flush=True)
-
-    def image(self, path: str, step: int, caption: str) -> None:
-        if not self.active:
-            return
-        if self.tb is not None:
-            import numpy as np
-
-            with Image.open(path) as img:
-                self.tb.add_image("samples", np.asarray(img.convert("RGB")), step, dataformats="HWC")
-        if self.wandb is not None:
-            self.wandb.log({"samples": self.wandb.Image(path, caption=caption)}, step=step)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-
-
-def _jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value)
-        return True
-    except (TypeError, ValueError):
-        return False
 
 
 # --------------------------------------------------------------------------------------------------

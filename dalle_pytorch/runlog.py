@@ -1,0 +1,115 @@
+"""The run logger: JSONL log (every step and event), console / tqdm lines, optional TensorBoard and
+Weights & Biases; rank 0 only."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any, Optional
+
+from PIL import Image
+
+from dalle_pytorch.distributed import DistEnv
+from dalle_pytorch.training_common import TrainingError, _write_text
+
+LOG_NAME = "log.jsonl"
+
+
+class _RunLogger:
+    """JSONL log (every step and event), console lines, optional TensorBoard / W&B; rank 0 only."""
+
+    def __init__(self, run_dir: str, args: argparse.Namespace, env: DistEnv, resume_step: Optional[int]) -> None:
+        self.active = env.is_main
+        self.bar = None
+        self.tb = None
+        self.wandb = None
+        self.file = None
+        if not self.active:
+            return
+        path = os.path.join(run_dir, LOG_NAME)
+        if resume_step is not None and os.path.exists(path):
+            # drop records after the resumed step (logged by the interrupted run after its last checkpoint)
+            kept = []
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if int(record.get("step", 0)) <= resume_step:
+                        kept.append(json.dumps(record))
+            _write_text(path, "".join(k + "\n" for k in kept))
+            self.file = open(path, "a", encoding="utf-8")
+        else:
+            self.file = open(path, "w", encoding="utf-8")
+        if args.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise TrainingError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
+            self.tb = SummaryWriter(log_dir=os.path.join(run_dir, "tensorboard"))
+        if args.wandb:
+            try:
+                import wandb
+            except ImportError as e:
+                raise TrainingError("--wandb needs the wandb package: pip install wandb (then wandb login)") from e
+            self.wandb = wandb
+            wandb.init(project=args.wandb_name, entity=args.wandb_entity, name=args.name,
+                       config={k: v for k, v in vars(args).items() if _jsonable(v)}, dir=run_dir, resume="allow")
+
+    def write(self, record: dict) -> None:
+        if not self.active:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if record.get("event") == "step":
+            step = record["step"]
+            scalars = {k: v for k, v in record.items()
+                       if k not in ("event", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if self.tb is not None:
+                for k, v in scalars.items():
+                    self.tb.add_scalar(f"train/{k}", v, step)
+            if self.wandb is not None:
+                self.wandb.log(scalars, step=step)
+
+    def event(self, name: str, **fields: Any) -> None:
+        self.write({"event": name, **fields, "time": time.time()})
+
+    def print(self, message: str) -> None:
+        if not self.active:
+            return
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def image(self, path: str, step: int, caption: str) -> None:
+        if not self.active:
+            return
+        if self.tb is not None:
+            import numpy as np
+
+            with Image.open(path) as img:
+                self.tb.add_image("samples", np.asarray(img.convert("RGB")), step, dataformats="HWC")
+        if self.wandb is not None:
+            self.wandb.log({"samples": self.wandb.Image(path, caption=caption)}, step=step)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
