@@ -93,7 +93,16 @@ VARIANTS = {  # name: (compile mode or False, concatenating cache)
     "concat": (False, True),
     "compile=prefix": ("prefix", False),
     "compile=static": ("static", False),
+    # the prefix step with inductor's default Python wrapper (what compile=True was before it used
+    # the C++ wrapper on CPU): the baseline of that choice
+    "compile=prefix,py": ("prefix,py", False),
 }
+
+
+def compiled_step(model, mode: str):
+    if mode == "prefix,py":
+        return torch.compile(model.decode_step, dynamic=True)
+    return model._compiled_decode_step(mode)
 
 
 @torch.inference_mode()
@@ -107,11 +116,13 @@ def decode_sweep(model, text, num_steps: int, variants: dict, floor: bool = True
     """Decode `num_steps` positions with every variant side by side: at each position each variant
     (own cache) takes its step, in an order that rotates, then (floor=True) the step's matrix
     products alone are timed too.  Returns {name: [seconds per step]} (and "floor").
-    A compiled variant is compiled (on a scratch cache) before the sweep."""
+    With the floor, "attention" times the attention's own matrix products at that position
+    (q.K^T and p.V over the filled prefix of every layer's cache): the part of the floor that
+    grows with the position.  A compiled variant is compiled (on a scratch cache) before the sweep."""
     b = text.shape[0]
     steps, caches = {}, {}
     for name, (mode, concat) in variants.items():
-        steps[name] = model._compiled_decode_step("prefix" if mode is True else mode) if mode else model.decode_step
+        steps[name] = compiled_step(model, "prefix" if mode is True else mode) if mode else model.decode_step
         if mode:  # compile outside the timed sweep
             scratch = _prefilled_cache(model, text)
             for t in range(2):
@@ -119,10 +130,11 @@ def decode_sweep(model, text, num_steps: int, variants: dict, floor: bool = True
                 steps[name](text[:, 0] % 512, torch.tensor(pos, device=DEVICE), scratch, length=None if mode == "static" else pos + 1)
         caches[name] = _prefilled_cache(model, text, concat)
     floor_fn = matmul_floor_fn(model, b)
+    attn_fn = attention_products_fn(model, caches[next(iter(variants))], b)
     codes = torch.randint(0, 512, (num_steps, b), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     positions = torch.arange(model.transformer.seq_len, device=DEVICE)
     names = list(variants)
-    times = {name: [] for name in names + (["floor"] if floor else [])}
+    times = {name: [] for name in names + (["floor", "attention"] if floor else [])}
     for t in range(num_steps):
         pos = model.text_len + t
         k = t % len(names)
@@ -135,6 +147,9 @@ def decode_sweep(model, text, num_steps: int, variants: dict, floor: bool = True
             t0 = now()
             floor_fn()
             times["floor"].append(now() - t0)
+            t0 = now()
+            attn_fn(pos + 1)
+            times["attention"].append(now() - t0)
     return times
 
 
@@ -161,6 +176,21 @@ def matmul_floor_fn(model, b: int):
     def run():
         for w, bias in layers:
             F.linear(xs[w.shape[1]], w, bias)
+
+    return run
+
+
+def attention_products_fn(model, cache, b: int):
+    """A function of n running the attention's matrix products of one step over positions 0..n-1:
+    q.K^T and p.V for every layer, reading that layer's KV buffers (the bytes a step reads)."""
+    t = model.transformer
+    q = torch.randn(b, t.heads, 1, t.dim_head, device=DEVICE)
+    p = torch.rand(b, t.heads, 1, cache.kv[0].max_len, device=DEVICE)
+
+    def run(n):
+        for kv in cache.kv:
+            torch.matmul(q, kv.k.narrow(2, 0, n).transpose(-1, -2))
+            torch.matmul(p.narrow(3, 0, n), kv.v.narrow(2, 0, n))
 
     return run
 
@@ -233,7 +263,7 @@ def main(argv=None):
 
     def report(name, value, unit="s"):
         rows.append((name, value, unit))
-        print(f"{name:<62} {value:10.4f} {unit}", flush=True)
+        print(f"{name:<72} {value:10.4f} {unit}", flush=True)
 
     where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {DEVICE.type} ({where}), batch {b}, fp32")
@@ -265,7 +295,7 @@ def main(argv=None):
     # 3. per-step costs, every variant side by side at every position (one sweep over the 32x32 grid):
     #    eager, a concatenating cache, and with --compile the two compiled steps; the step's matrix
     #    products alone are timed after every position ("in situ") and back to back ("hot")
-    names = ["eager", "concat"] + (["compile=prefix", "compile=static"] if args.compile else [])
+    names = ["eager", "concat"] + (["compile=prefix", "compile=static", "compile=prefix,py"] if args.compile else [])
     hot = matmul_floor(m, b)
     try:
         sweep = decode_sweep(m, text, n - 1, {k: VARIANTS[k] for k in names})
@@ -279,6 +309,12 @@ def main(argv=None):
     situ = sum(sweep["floor"]) / len(sweep["floor"])
     report(f"[{large}x{large}] matmul floor of one step, back to back (hot)", hot * 1e3, "ms")
     report(f"[{large}x{large}] matmul floor of one step, between steps (in situ)", situ * 1e3, "ms")
+    # the floor with the attention's products: what a step must at least compute and read
+    full = [f + a for f, a in zip(sweep["floor"], sweep["attention"])]
+    f_early, f_late, f_mean = sum(full[:100]) / 100, sum(full[-100:]) / 100, sum(full) / len(full)
+    report(f"[{large}x{large}] floor with attention products (in situ), first 100", f_early * 1e3, "ms")
+    report(f"[{large}x{large}] floor with attention products (in situ), last 100", f_late * 1e3, "ms")
+    report(f"[{large}x{large}] floor with attention products: late / early", f_late / f_early, "x")
     for name in names:
         st = sweep[name]
         early, late, mean = sum(st[:100]) / 100, sum(st[-100:]) / 100, sum(st) / len(st)
@@ -287,8 +323,16 @@ def main(argv=None):
         report(f"[{large}x{large}] {name}: late / early step time", late / early, "x")
         report(f"[{large}x{large}] {name}: mean step / matmul floor (hot)", mean / hot, "x")
         report(f"[{large}x{large}] {name}: mean step / matmul floor (in situ)", mean / situ, "x")
+        report(f"[{large}x{large}] {name}: mean step / floor with attention (in situ)", mean / f_mean, "x")
         if name != "eager":
             report(f"[{large}x{large}] {name}: total step time / eager's", sum(st) / sum(sweep["eager"]), "x")
+    # the sweep keeps one cache per variant (5 x 35 MB at the end), more than a real generation
+    # holds: eager decoding alone, one cache resident, is what generate_images does
+    alone = step_times(m, text, n - 1)
+    early, late = sum(alone[:100]) / 100, sum(alone[-100:]) / 100
+    report(f"[{large}x{large}] eager alone: mean step, first 100 positions", early * 1e3, "ms")
+    report(f"[{large}x{large}] eager alone: mean step, last 100 positions", late * 1e3, "ms")
+    report(f"[{large}x{large}] eager alone: late / early step time", late / early, "x")
     share = matmul_share_in_steps(m, text)
     report(f"[{large}x{large}] eager: share of step time in matrix products (profiler)", share * 100, "%")
 
