@@ -200,9 +200,12 @@ def main(args: argparse.Namespace) -> list:
             info = dict(run_info, gentxt=args.gentxt)
             caption = prompt
             if args.gentxt:
-                _, texts = model.generate_texts(tokenizer, prompt, filter_thres=args.filter_thres,
-                                                temperature=args.temperature, use_cache=args.use_cache,
-                                                generator=torch.Generator().manual_seed(seed))
+                try:
+                    _, texts = model.generate_texts(tokenizer, prompt, filter_thres=args.filter_thres,
+                                                    temperature=args.temperature, use_cache=args.use_cache,
+                                                    generator=torch.Generator().manual_seed(seed))
+                except ValueError as e:  # a bad sampling flag or prompt: one error line, no traceback
+                    raise GenerationError(f"--gentxt: {e}") from None
                 caption = texts[0].strip()
                 info["gentxt_prompt"] = prompt
                 bar.write(f"generated caption: {caption!r}")

@@ -301,6 +301,9 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     (["--text", CAPTION, "--hug"], "--hug needs --bpe_path"),
     (["--text", CAPTION, "--prompts_file", "missing.txt"], "does not exist"),
     (["--text", "a " * 20 + "circle"], "longer than the context length"),
+    (["--text", CAPTION, "--top_k", "1.5"], "filter_thres must be in [0, 1)"),
+    (["--gentxt", "--top_k", "1.5"], "--gentxt: filter_thres must be in [0, 1)"),
+    (["--gentxt", "--temperature", "0"], "--gentxt: "),
 ])
 def test_bad_requests(tiny, tmp_path, argv, message):
     with pytest.raises(GenerationError, match=re.escape(message)):
