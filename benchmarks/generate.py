@@ -226,6 +226,34 @@ def matmul_share_in_steps(model, text, num_steps: int = 100) -> float:
 
 
 @torch.inference_mode()
+def ops_per_step(model, text, num_steps: int = 20) -> tuple[float, float]:
+    """Operators one eager decode step calls: (the ops the step's code calls, as a dispatch mode
+    sees them; every aten op the profiler records, those the first ones call inside included)."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    cache = _prefilled_cache(model, text)
+    codes = text[:, :num_steps].T % model.num_image_tokens
+    positions = torch.arange(model.transformer.seq_len, device=DEVICE)
+    run = lambda t: model.decode_step(codes[t], positions[model.text_len + t], cache, length=model.text_len + t + 1)  # noqa: E731
+    with Count():
+        for t in range(num_steps):
+            run(t)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for t in range(num_steps):
+            run(t)
+    aten = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+    return Count.calls / num_steps, aten / num_steps
+
+
+@torch.inference_mode()
 def two_pass_guidance_time(model, text, scale: float) -> float:
     """Baseline: conditional and null rows in two separate forwards per step (two caches)."""
     b = text.shape[0]
@@ -333,6 +361,9 @@ def main(argv=None):
     report(f"[{large}x{large}] eager alone: mean step, first 100 positions", early * 1e3, "ms")
     report(f"[{large}x{large}] eager alone: mean step, last 100 positions", late * 1e3, "ms")
     report(f"[{large}x{large}] eager alone: late / early step time", late / early, "x")
+    called, aten = ops_per_step(m, text)
+    report(f"[{large}x{large}] eager: operators called per step (dispatch mode)", called, "ops")
+    report(f"[{large}x{large}] eager: aten ops per step, nested ones included (profiler)", aten, "ops")
     share = matmul_share_in_steps(m, text)
     report(f"[{large}x{large}] eager: share of step time in matrix products (profiler)", share * 100, "%")
 

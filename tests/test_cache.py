@@ -5,6 +5,7 @@ import itertools
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import ATTN_TYPES, random_text, tiny_dalle
 from dalle_pytorch.sampling import top_k_filter, top_p_filter
@@ -274,3 +275,33 @@ def test_prefix_length_step_equals_full_length_step(attn_type):
             a = model.decode_step(codes[:, t], torch.tensor(pos), caches[0])
             b = model.decode_step(codes[:, t], torch.tensor(pos), caches[1], length=pos + 1)
             assert (a - b).abs().max() < 1e-5
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("kwargs, limit", [
+    ({}, 97),  # full attention, token shift, rotary (the defaults)
+    ({"shift_tokens": False, "rotary_emb": False}, 63),
+    ({"attn_types": ("axial_row", "full")}, 100),
+])
+def test_decode_step_operator_count(kwargs, limit):
+    """An eager decode step costs mostly per-operator overhead (docs/benchmarks.md), so the number of
+    operators it calls is pinned: 23 per step plus 37 per layer for the defaults, today's counts.
+    An added operator should be a decision, not an accident."""
+    model = tiny_dalle(**kwargs).eval()
+    with torch.inference_mode():
+        cache = model.setup_cache(2)
+        model.prefill(model.text_ids(random_text()), None, cache)
+        pos = cache.length
+        counter = _CountOps()
+        with counter:
+            model.decode_step(torch.tensor([1, 2]), torch.tensor(pos), cache, length=pos + 1)
+    assert 0 < counter.calls <= limit, f"{counter.calls} operators per decode step (limit {limit})"
