@@ -275,6 +275,18 @@ def two_pass_guidance_time(model, text, scale: float) -> float:
     return now() - t0
 
 
+def cpu_name() -> str:
+    """The CPU's model name and the instruction set torch uses on it: runs on different machines
+    must not be compared number for number."""
+    name = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small grids (smoke test)")
@@ -293,7 +305,7 @@ def main(argv=None):
         rows.append((name, value, unit))
         print(f"{name:<72} {value:10.4f} {unit}", flush=True)
 
-    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads, {cpu_name()}"
     print(f"torch {torch.__version__}, {DEVICE.type} ({where}), batch {b}, fp32")
 
     # 1. cached vs uncached, small grid (both run in full)

@@ -68,7 +68,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, cpu ({torch.get_num_threads()} threads)")
+    from generate import cpu_name  # benchmarks/generate.py, beside this file
+
+    print(f"torch {torch.__version__}, cpu ({torch.get_num_threads()} threads, {cpu_name()})")
     for mb, gbs in bandwidth().items():
         print(f"read bandwidth, {mb:>4} MB buffer {gbs:10.1f} GB/s")
     for n, row in attention().items():
