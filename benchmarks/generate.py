@@ -232,25 +232,28 @@ def ops_per_step(model, text, num_steps: int = 20) -> tuple[float, float]:
     from torch.profiler import ProfilerActivity, profile
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    class Count(TorchDispatchMode):
-        calls = 0
+    class Count(TorchDispatchMode):  # the same counter as tests/test_cache.py's operator-count test
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            Count.calls += 1
+            self.calls += 1
             return func(*args, **(kwargs or {}))
 
     cache = _prefilled_cache(model, text)
     codes = text[:, :num_steps].T % model.num_image_tokens
     positions = torch.arange(model.transformer.seq_len, device=DEVICE)
     run = lambda t: model.decode_step(codes[t], positions[model.text_len + t], cache, length=model.text_len + t + 1)  # noqa: E731
-    with Count():
+    counter = Count()
+    with counter:
         for t in range(num_steps):
             run(t)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for t in range(num_steps):
             run(t)
     aten = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
-    return Count.calls / num_steps, aten / num_steps
+    return counter.calls / num_steps, aten / num_steps
 
 
 @torch.inference_mode()

@@ -12,6 +12,7 @@ docs/benchmarks.md records a run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import torch
@@ -36,15 +37,16 @@ def bandwidth(sizes_mb=(1, 2, 4, 8, 16, 32, 64, 256)) -> dict:
 
 
 def attention(lengths=(40, 500, 1000), b=4, h=4, d=64, layers=4) -> dict:
+    """{n: {"mb": MB of K and V one layer reads, "sdpa" / "matmuls" / "read": seconds per call}}"""
     s = max(lengths) + 58
     caches = [(torch.randn(b, h, s, d), torch.randn(b, h, s, d)) for _ in range(layers)]
     q = torch.randn(b, h, 1, d)
     out = {}
     for n in lengths:
-        it = iter(range(10**9))
+        turn = itertools.count()
 
         def kv():
-            k, v = caches[next(it) % layers]
+            k, v = caches[next(turn) % layers]
             return k.narrow(2, 0, n), v.narrow(2, 0, n)
 
         def sdpa():
@@ -60,6 +62,7 @@ def attention(lengths=(40, 500, 1000), b=4, h=4, d=64, layers=4) -> dict:
             return k.sum() + v.sum()
 
         out[n] = {name: per_call(fn, 200) for name, fn in (("sdpa", sdpa), ("matmuls", matmuls), ("read", read))}
+        out[n]["mb"] = 2 * b * h * n * d * 4 / 2**20
     return out
 
 
@@ -74,7 +77,7 @@ def main(argv=None):
     for mb, gbs in bandwidth().items():
         print(f"read bandwidth, {mb:>4} MB buffer {gbs:10.1f} GB/s")
     for n, row in attention().items():
-        mb = 2 * 4 * 4 * n * 64 * 4 / 2**20
+        mb = row.pop("mb")
         cells = "  ".join(f"{k} {v * 1e6:7.1f} us" for k, v in row.items())
         print(f"attention over {n:>4} keys ({mb:4.1f} MB of K and V): {cells}  sdpa/read {row['sdpa'] / row['read']:.2f}x")
 
