@@ -13,24 +13,14 @@ import argparse
 import os
 import sys
 import time
-import warnings
 
 import torch
 from tqdm.auto import tqdm
 
-from dalle_pytorch.generation import (
-    DEMO,
-    DTYPES,
-    GenerationError,
-    file_sha256,
-    generate_caption,
-    load_image,
-    read_prompts,
-    resolve_checkpoint,
-    resolve_device,
-    resolve_dtype,
-    split_captions,
-)
+from dalle_pytorch.errors import CheckpointError, GenerationError
+from dalle_pytorch.io.outputs import file_sha256, load_image, make_run_dir, read_prompts, save_outputs, split_captions
+from dalle_pytorch.pipeline import DEMO, DTYPES, Pipeline, resolve_checkpoint
+from dalle_pytorch.sampling import SamplingConfig
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -110,76 +100,31 @@ def _captions(args) -> list:
     return captions
 
 
-def _tokenizer(args, loaded):
-    from dalle_pytorch.tokenizer import get_default_tokenizer, tokenizer_from_file
-
-    if args.hug and args.bpe_path is None:
-        raise GenerationError("--hug needs --bpe_path (the tokenizers JSON file)")
-    if args.bpe_path is not None:
-        if not os.path.isfile(args.bpe_path):
-            raise GenerationError(f"--bpe_path {args.bpe_path!r} does not exist")
-        try:
-            return tokenizer_from_file(args.bpe_path, hug=args.hug)
-        except ValueError as e:
-            raise GenerationError(f"--bpe_path: {e}") from None
-    if loaded.tokenizer is not None:
-        return loaded.tokenizer
-    if loaded.tokenizer_description is not None:
-        warnings.warn("the checkpoint's tokenizer could not be rebuilt; using the default CLIP SimpleTokenizer")
-    return get_default_tokenizer()
-
-
-def _clip(args, device, dtype):
-    """--clip_path: a CLIP saved with dalle_pytorch.checkpoint.save, for reranking."""
-    from dalle_pytorch.checkpoint import CheckpointError, load_checkpoint
-
-    if not os.path.isfile(args.clip_path):
-        raise GenerationError(f"--clip_path {args.clip_path!r} does not exist")
-    try:
-        loaded = load_checkpoint(args.clip_path, map_location=device)
-    except CheckpointError as e:
-        raise GenerationError(f"--clip_path: {e}") from None
-    if loaded.kind != "clip":
-        raise GenerationError(f"--clip_path {args.clip_path!r} is a {loaded.kind} checkpoint, not a CLIP "
-                              "(save one with dalle_pytorch.checkpoint.save(clip, path))")
-    return loaded.model.to(dtype).eval()
-
-
 def main(args: argparse.Namespace) -> list:
-    """Run generation; returns one `generation.CaptionResult` per caption."""
-    from dalle_pytorch.checkpoint import CheckpointError, load_checkpoint
-
+    """Run generation; returns one `io.outputs.CaptionResult` per caption."""
     captions = _captions(args)
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    try:
+        sampling = SamplingConfig(filter_thres=args.filter_thres, top_p=args.top_p, temperature=args.temperature,
+                                  cond_scale=args.cond_scale)
+    except ValueError as e:  # checked before anything is loaded or sampled
+        raise GenerationError(("--gentxt: " if args.gentxt else "") + str(e)) from None
     if args.null_text is not None and args.cond_scale == 1.0:
         raise GenerationError("--null_text only has an effect with guidance: add --cond_scale (e.g. 3)")
     if args.num_init_img_tokens is not None and args.img is None:
         raise GenerationError("--num_init_img_tokens needs --img")
     if args.compile and not args.use_cache:
         raise GenerationError("--compile compiles the cached decode step: it cannot be used with --no_use_cache")
-    if args.vae_path is not None and not os.path.isfile(args.vae_path):
-        raise GenerationError(f"--vae_path {args.vae_path!r} does not exist")
     path, is_demo = resolve_checkpoint(args.dalle_path)
-    clip = _clip(args, device, dtype) if args.clip_path is not None else None
-
-    try:
-        loaded = load_checkpoint(path, map_location=device, vae_path=args.vae_path)
-    except CheckpointError as e:
-        raise GenerationError(str(e)) from None
-    if loaded.kind != "dalle":
-        raise GenerationError(f"{path} is a {loaded.kind} checkpoint; generate.py needs a DALLE checkpoint")
-    model = loaded.model.to(dtype).eval()
-    tokenizer = _tokenizer(args, loaded)
-    if tokenizer.vocab_size > model.num_user_text_tokens:
-        warnings.warn(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.num_user_text_tokens}; "
-                      "is it the tokenizer the model was trained with?")
+    pipe = Pipeline.from_checkpoint(path, vae_path=args.vae_path, bpe_path=args.bpe_path, hug=args.hug,
+                                    clip_path=args.clip_path, device=args.device, dtype=args.dtype)
+    model, tokenizer = pipe.model, pipe.tokenizer
     img = None
     if args.img is not None:
         img = load_image(args.img, model.vae.image_size, model.vae.channels)
 
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
     progress = not args.no_progress
+    loaded = pipe.checkpoint
     run_info = {
         "checkpoint": {"path": os.path.abspath(path), "sha256": file_sha256(path), "demo": is_demo,
                        "source": loaded.source, "written_by_version": loaded.package_version},
@@ -187,6 +132,8 @@ def main(args: argparse.Namespace) -> list:
         "clip_path": os.path.abspath(args.clip_path) if args.clip_path else None,
         "tokenizer": type(tokenizer).__name__,
         "img_path": os.path.abspath(args.img) if args.img else None,
+        "device": str(pipe.device),
+        "dtype": str(pipe.dtype).replace("torch.", ""),
     }
     if args.seed is None:
         print(f"seed: {seed}")
@@ -209,24 +156,24 @@ def main(args: argparse.Namespace) -> list:
                 caption = texts[0].strip()
                 info["gentxt_prompt"] = prompt
                 bar.write(f"generated caption: {caption!r}")
-            result = generate_caption(
-                model, tokenizer, caption, outputs_dir=args.outputs_dir, seed=seed, num_images=args.num_images,
-                batch_size=args.batch_size, filter_thres=args.filter_thres, top_p=args.top_p,
-                temperature=args.temperature, cond_scale=args.cond_scale, null_text=args.null_text, img=img,
-                img_path=args.img, num_init_img_tokens=args.num_init_img_tokens, use_cache=args.use_cache,
-                compile=args.compile or False, clip=clip, progress=progress, run_info=info, on_batch=bar.update)
+            generated = pipe.generate(
+                caption, num_images=args.num_images, seed=seed, batch_size=args.batch_size, sampling=sampling,
+                null_prompt=args.null_text, img=img, num_init_img_tokens=args.num_init_img_tokens,
+                use_cache=args.use_cache, compile=args.compile or False, progress=progress, on_batch=bar.update)
+            generated.settings["img"] = os.path.basename(args.img) if args.img else None
+            folder = make_run_dir(args.outputs_dir, caption)
+            result = save_outputs(folder, generated, seed=seed, run_info=info,
+                                  record_extra={"use_cache": args.use_cache, "compile": args.compile or False})
             bar.write(f"{caption!r}: {len(result.files)} images in {result.folder}")
             results.append(result)
     finally:
         bar.close()
     elapsed = time.perf_counter() - start
-    print(f"done: {total} images in {elapsed:.2f} s ({total / elapsed:.2f} images/s) on {device} {args.dtype}")
+    print(f"done: {total} images in {elapsed:.2f} s ({total / elapsed:.2f} images/s) on {pipe.device} {args.dtype}")
     return results
 
 
 def cli(argv=None) -> int:
-    from dalle_pytorch.checkpoint import CheckpointError
-
     args = parse_args(argv)
     try:
         main(args)

@@ -32,7 +32,6 @@ setup(
         "webdataset": ["webdataset"],
         "wandb": ["wandb"],
         "tensorboard": ["tensorboard"],
-        "deepspeed": ["deepspeed"],
     },
     entry_points={"console_scripts": ["dalle-convert=dalle_pytorch.convert:main"]},
 )

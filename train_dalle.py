@@ -4,14 +4,17 @@
     torchrun --nproc_per_node 8 train_dalle.py --vae_path vae.safetensors --image_text_folder ./data
 
 Flags follow DALLE-pytorch's train_dalle.py; see docs/training.md. The training loop, distributed
-setup, checkpoints and logging live in dalle_pytorch/training.py (shared with train_vae.py).
+setup, checkpoints and logging live in dalle_pytorch/train/ (shared with train_vae.py); this
+script parses its flags and runs its task, dalle_pytorch.train.tasks.dalle_task.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from dalle_pytorch import training
+from dalle_pytorch.train.args import add_common_args
+from dalle_pytorch.train.run import cli, run
+from dalle_pytorch.train.tasks import dalle_task
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,15 +80,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     samples.add_argument("--sample_filter_thres", type=float, default=0.9,
                          help="top-k filter for the samples: keep the top (1 - thres) of the codes (default 0.9)")
 
-    training.add_common_args(parser, name="dalle", learning_rate=3e-4, batch_size=4, clip_grad_norm=0.5,
+    add_common_args(parser, name="dalle", learning_rate=3e-4, batch_size=4, clip_grad_norm=0.5,
                              lr_schedule="constant", wandb_project="dalle_train_transformer")
     parser.add_argument("--dalle_output_file_name", dest="name", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
-    return training.run(args, "dalle")
+    return run(args, dalle_task)
 
 
 if __name__ == "__main__":
-    sys.exit(training.cli(main, parse_args))
+    sys.exit(cli(main, parse_args))

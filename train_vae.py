@@ -4,14 +4,17 @@
     torchrun --nproc_per_node 8 train_vae.py --image_folder ./images
 
 Flags follow DALLE-pytorch's train_vae.py; see docs/training.md. The training loop, distributed
-setup, checkpoints and logging live in dalle_pytorch/training.py (shared with train_dalle.py).
+setup, checkpoints and logging live in dalle_pytorch/train/ (shared with train_dalle.py); this
+script parses its flags and runs its task, dalle_pytorch.train.tasks.vae_task.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from dalle_pytorch import training
+from dalle_pytorch.train.args import add_common_args
+from dalle_pytorch.train.run import cli, run
+from dalle_pytorch.train.tasks import vae_task
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,14 +42,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     vae.add_argument("--num_images_save", type=int, default=4,
                      help="images in each reconstruction grid (every --sample_every steps) (default 4)")
 
-    training.add_common_args(parser, name="vae", learning_rate=1e-3, batch_size=8, clip_grad_norm=0.0,
+    add_common_args(parser, name="vae", learning_rate=1e-3, batch_size=8, clip_grad_norm=0.0,
                              lr_schedule="exponential", wandb_project="dalle_train_vae")
     return parser.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict:
-    return training.run(args, "vae")
+    return run(args, vae_task)
 
 
 if __name__ == "__main__":
-    sys.exit(training.cli(main, parse_args))
+    sys.exit(cli(main, parse_args))

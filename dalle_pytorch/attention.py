@@ -12,10 +12,9 @@ Each layer holds the boolean pattern of patterns.py (one source of truth) and th
 The parameters are the same in all three, so one set of weights serves every mode.
 
 Which of the first two a full-sequence forward uses (KERNELS):
-- 'auto' (default): the faster one as measured by benchmarks/attention.py (docs/benchmarks.md):
-  the axial kernel for axial layers (2.4x faster than dense), dense masked attention for
-  conv_like and sparse layers (their kernels were 4.3x and 2.6x slower than fused dense attention
-  on CPU; flex_attention has no CPU backward in torch 2.13);
+- 'auto' (default): the one measured faster for the pattern by benchmarks/attention.py (the numbers
+  are in docs/benchmarks.md): the axial kernel for axial layers, dense masked attention for
+  conv_like and sparse layers;
 - 'pattern': always the pattern kernel (less memory for long sequences);
 - 'masked': always dense masked attention.
 optimize_for_inference=True means 'masked' (DALLE-pytorch's name for it).
@@ -38,6 +37,7 @@ from dalle_pytorch.patterns import (
 )
 from dalle_pytorch.rotary import apply_rotary, apply_rotary_step
 
+#: How a layer's pattern runs in a full-sequence forward (see the module docstring).
 KERNELS = ("auto", "pattern", "masked")
 
 

@@ -5,15 +5,17 @@ F image grid side, C model dim (the channels a token-shift ring keeps).
 
 One `InferenceCache` per generate call holds, for every depth index of the transformer:
 - a `KVCache`: keys and values (B, H, S + 1, D: one spare slot, see `KVCache`) of that layer's attention, rotary already applied;
-- for token-shift models, two `ShiftCache`s (attention branch, feed-forward branch): a ring of the
-  last F normalised inputs (B, F, C), i.e. exactly the row above and the token to the left that
-  the shift of the next token reads.
+- for token-shift models, two `ShiftCache`s (attention branch, feed-forward branch; see shift.py):
+  a ring of the last F normalised inputs (B, F, C), i.e. exactly the row above and the token to
+  the left that the shift of the next token reads.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+
+from dalle_pytorch.shift import ShiftCache
 
 
 @dataclass
@@ -44,11 +46,6 @@ class KVCache:
         """Store one position.  pos: 0-d long tensor; k, v: (B, H, 1, D)."""
         self.k.index_copy_(2, pos.view(1), k)
         self.v.index_copy_(2, pos.view(1), v)
-
-
-@dataclass
-class ShiftCache:
-    ring: torch.Tensor  # (B, F, C): slot (position % F) holds that position's normalised input
 
 
 @dataclass

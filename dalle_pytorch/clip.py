@@ -18,16 +18,6 @@ from dalle_pytorch.transformer import FeedForward  # the GEGLU feed-forward of t
 
 __all__ = ["CLIP", "Encoder"]
 
-# helpers
-
-
-def exists(val) -> bool:
-    return val is not None
-
-
-def default(val, d):
-    return val if exists(val) else d
-
 
 def masked_mean(t: Tensor, mask: Tensor) -> Tensor:
     """Mean over dim 1 of t (b, n, d) where mask (b, n) is True; (b, d). Empty rows give 0."""
@@ -51,7 +41,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         q, k, v = self.to_qkv(x).chunk(3, dim=-1)
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.heads) for t in (q, k, v))
-        attn_mask = mask[:, None, None, :] if exists(mask) else None  # (b, 1, 1, n): keys to attend to
+        attn_mask = mask[:, None, None, :] if mask is not None else None  # (b, 1, 1, n): keys to attend to
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
@@ -78,7 +68,7 @@ class Encoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        if exists(mask):
+        if mask is not None:
             # a fully padded row would attend to nothing (NaN); let it attend everywhere instead
             mask = mask | ~mask.any(dim=-1, keepdim=True)
         for layer in self.layers:
@@ -177,12 +167,12 @@ class CLIP(nn.Module):
             raise ValueError(f"image must have shape (b, {self.channels}, {s}, {s}), got {tuple(image.shape)}")
         if image.shape[0] != text.shape[0]:
             raise ValueError(f"text and image batch sizes differ: {text.shape[0]} vs {image.shape[0]}")
-        if exists(text_mask) and text_mask.shape != text.shape:
+        if text_mask is not None and text_mask.shape != text.shape:
             raise ValueError(f"text_mask shape {tuple(text_mask.shape)} must equal text shape {tuple(text.shape)}")
 
     def embed_text(self, text: Tensor, text_mask: Optional[Tensor] = None) -> Tensor:
         """(b, n) token ids -> unit-norm latents (b, dim_latent). Mask defaults to text != 0."""
-        text_mask = default(text_mask, text != 0).bool()
+        text_mask = (text != 0 if text_mask is None else text_mask).bool()
         pos = torch.arange(text.shape[1], device=text.device)
         x = self.text_emb(text) + self.text_pos_emb(pos)
         x = self.text_transformer(x, mask=text_mask)

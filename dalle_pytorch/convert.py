@@ -12,8 +12,9 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from dalle_pytorch.checkpoint import LoadedCheckpoint, load_checkpoint, save
-from dalle_pytorch.legacy import CheckpointError
+from dalle_pytorch.errors import CheckpointError
+from dalle_pytorch.io.build import SOURCE_LEGACY, LoadedCheckpoint
+from dalle_pytorch.io.checkpoint import load_checkpoint, save
 
 __all__ = ["main", "summarize"]
 
@@ -29,7 +30,7 @@ def _fmt(config: dict, keys: Sequence[str]) -> str:
 
 def summarize(loaded: LoadedCheckpoint) -> str:
     """A few lines on what `loaded` is: kind, origin (version, epoch), config and VAE summary."""
-    if loaded.source == "dalle-pytorch-legacy":
+    if loaded.source == SOURCE_LEGACY:
         meta = loaded.metadata
         origin = f"DALLE-pytorch {meta.get('version') or '(version unknown)'}"
         if meta.get("epoch") is not None:

@@ -9,6 +9,7 @@ Position i < T predicts text, position i >= T predicts image codes (logits maske
 """
 from __future__ import annotations
 
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dalle_pytorch.cache import InferenceCache
-from dalle_pytorch.sampling import check_sampling_args, sample
+from dalle_pytorch.config import DALLEConfig
+from dalle_pytorch.sampling import SamplingConfig, sample
 from dalle_pytorch.transformer import Transformer
 
 
@@ -57,116 +59,57 @@ class AxialPositionalEmbedding(nn.Module):
 class DALLE(nn.Module):
     """DALL-E transformer over a frozen VAE's codes (DALLE-pytorch 1.6 constructor and methods).
 
-    Extra keyword arguments beyond DALLE-pytorch: attn_kernel ('auto' | 'pattern' | 'masked': how
-    sparse patterns train, see attention.py), ff_mult, conv_kernel_size, conv_dilation,
-    conv_variant ('up_left' = DALLE-pytorch >= 1.5, 'centred' = <= 1.4), sparse_block_size,
-    sparse_num_local_blocks, sparse_num_random_blocks, sparse_seed.
+    `DALLE(vae=vae, dim=..., depth=..., ...)` takes DALLE-pytorch's keyword arguments (and a few of
+    ours: see `DALLEConfig` for every field and its meaning), or `DALLE(vae=vae, config=config)`.
+    `sparse_attn=True` is DALLE-pytorch's switch for block-sparse layers when attn_types is not given.
+    The config is validated once and kept as `self.config`.
     """
 
-    def __init__(
-        self,
-        *,
-        dim: int,
-        vae: nn.Module,
-        num_text_tokens: int = 10000,
-        text_seq_len: int = 256,
-        depth: int,
-        heads: int = 8,
-        dim_head: int = 64,
-        reversible: bool = False,
-        attn_dropout: float = 0.0,
-        ff_dropout: float = 0,
-        sparse_attn=False,
-        attn_types=None,
-        loss_img_weight: float = 7,
-        stable: bool = False,
-        sandwich_norm: bool = False,
-        shift_tokens: bool = True,
-        rotary_emb: bool = True,
-        shared_attn_ids=None,
-        shared_ff_ids=None,
-        share_input_output_emb: bool = False,
-        optimize_for_inference: bool = False,
-        attn_kernel: str = "auto",
-        ff_mult: int = 4,
-        conv_kernel_size: int = 5,
-        conv_dilation: int = 1,
-        conv_variant: str = "up_left",
-        sparse_block_size: int = 16,
-        sparse_num_local_blocks: int = 4,
-        sparse_num_random_blocks: int | None = None,
-        sparse_seed: int = 0,
-    ):
+    def __init__(self, *, vae: nn.Module, config: DALLEConfig | None = None, sparse_attn: bool = False, **kwargs):
         super().__init__()
         for attr in ("image_size", "num_tokens", "num_layers", "channels", "get_codebook_indices", "decode"):
             if not hasattr(vae, attr):
                 raise ValueError(f"vae must be a DiscreteVAE-like module; it has no '{attr}'")
-        if attn_types is None and sparse_attn is True:
-            attn_types = ("sparse",)  # DALLE-pytorch's boolean switch for block-sparse layers
-        if isinstance(attn_types, str):
-            attn_types = (attn_types,)
-        self.config = dict(
-            dim=dim, num_text_tokens=num_text_tokens, text_seq_len=text_seq_len, depth=depth, heads=heads,
-            dim_head=dim_head, reversible=reversible, attn_dropout=attn_dropout, ff_dropout=ff_dropout,
-            attn_types=list(attn_types) if attn_types is not None else None, loss_img_weight=loss_img_weight,
-            stable=stable, sandwich_norm=sandwich_norm, shift_tokens=shift_tokens, rotary_emb=rotary_emb,
-            shared_attn_ids=list(shared_attn_ids) if shared_attn_ids is not None else None,
-            shared_ff_ids=list(shared_ff_ids) if shared_ff_ids is not None else None,
-            share_input_output_emb=share_input_output_emb, optimize_for_inference=optimize_for_inference,
-            attn_kernel=attn_kernel, ff_mult=ff_mult, conv_kernel_size=conv_kernel_size, conv_dilation=conv_dilation,
-            conv_variant=conv_variant, sparse_block_size=sparse_block_size,
-            sparse_num_local_blocks=sparse_num_local_blocks, sparse_num_random_blocks=sparse_num_random_blocks,
-            sparse_seed=sparse_seed,
-        )
+        if config is None:
+            if kwargs.get("attn_types") is None and sparse_attn is True:
+                kwargs["attn_types"] = ("sparse",)  # DALLE-pytorch's boolean switch for block-sparse layers
+            unknown = sorted(set(kwargs) - {f.name for f in dataclasses.fields(DALLEConfig)})
+            if unknown:
+                raise TypeError(f"DALLE() got unexpected keyword arguments {unknown}")
+            config = DALLEConfig(**kwargs)
+        elif kwargs or sparse_attn:
+            raise TypeError("pass either config= or keyword arguments to DALLE(), not both")
+        self.config = c = config
 
         self.fmap_size = vae.image_size // (2**vae.num_layers)
         self.image_seq_len = self.fmap_size**2
-        self.text_seq_len = text_seq_len
-        self.text_len = text_seq_len + 1  # with <bos>
-        self.num_user_text_tokens = num_text_tokens
-        self.num_text_tokens = num_text_tokens + text_seq_len  # a unique pad id per text position
+        self.text_seq_len = c.text_seq_len
+        self.text_len = c.text_seq_len + 1  # with <bos>
+        self.num_user_text_tokens = c.num_text_tokens
+        self.num_text_tokens = c.num_text_tokens + c.text_seq_len  # a unique pad id per text position
         self.num_image_tokens = vae.num_tokens
         self.total_tokens = self.num_text_tokens + self.num_image_tokens
-        self.total_seq_len = text_seq_len + self.image_seq_len  # positions fed to the transformer
-        self.loss_img_weight = loss_img_weight
-        self.stable = stable
-        self.rotary_emb = rotary_emb
+        self.total_seq_len = c.text_seq_len + self.image_seq_len  # positions fed to the transformer
+        self.loss_img_weight = c.loss_img_weight
+        self.stable = c.stable
+        self.rotary_emb = c.rotary_emb
 
         self.vae = vae
         for p in self.vae.parameters():
             p.requires_grad = False  # the VAE is frozen
 
-        self.transformer = Transformer(
-            dim=dim, depth=depth, text_len=self.text_len, fmap_size=self.fmap_size, heads=heads,
-            dim_head=dim_head, ff_mult=ff_mult, reversible=reversible, attn_dropout=attn_dropout,
-            ff_dropout=ff_dropout, attn_types=attn_types, stable=stable, sandwich_norm=sandwich_norm,
-            shift_tokens=shift_tokens, rotary_emb=rotary_emb, shared_attn_ids=shared_attn_ids,
-            shared_ff_ids=shared_ff_ids, optimize_for_inference=optimize_for_inference, attn_kernel=attn_kernel,
-            conv_kernel_size=conv_kernel_size, conv_dilation=conv_dilation, conv_variant=conv_variant,
-            sparse_block_size=sparse_block_size, sparse_num_local_blocks=sparse_num_local_blocks,
-            sparse_num_random_blocks=sparse_num_random_blocks, sparse_seed=sparse_seed,
-        )
+        self.transformer = Transformer(c, text_len=self.text_len, fmap_size=self.fmap_size)
+        dim = c.dim
         self.to_logits = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, self.total_tokens))
-        if share_input_output_emb:
+        if c.share_input_output_emb:
             self.text_emb = SharedEmbedding(self.to_logits[1], 0, self.num_text_tokens)
             self.image_emb = SharedEmbedding(self.to_logits[1], self.num_text_tokens, self.total_tokens)
         else:
             self.text_emb = nn.Embedding(self.num_text_tokens, dim)
             self.image_emb = nn.Embedding(self.num_image_tokens, dim)
-        if not rotary_emb:
+        if not c.rotary_emb:
             self.text_pos_emb = nn.Embedding(self.text_len, dim)
             self.image_pos_emb = AxialPositionalEmbedding(dim, self.fmap_size)
-
-    @classmethod
-    def from_checkpoint(cls, path, map_location=None, **kwargs) -> "DALLE":
-        """Load a DALLE from our .safetensors file or a DALLE-pytorch train_dalle.py file
-        (see dalle_pytorch.checkpoint.load_checkpoint for the keyword arguments)."""
-        from dalle_pytorch.checkpoint import load_checkpoint
-
-        loaded = load_checkpoint(path, map_location, **kwargs)
-        if not isinstance(loaded.model, cls):
-            raise ValueError(f"{path} holds a {type(loaded.model).__name__}, not a DALLE")
-        return loaded.model
 
     # -- input checks --------------------------------------------------------------------------------
 
@@ -343,7 +286,7 @@ class DALLE(nn.Module):
         compiled = self.__dict__.setdefault("_compiled_steps", {})
         if mode not in compiled:
             # on CPU, inductor's C++ wrapper calls the step's kernels without Python in between:
-            # 7-14% faster steps (docs/benchmarks.md), for a longer first compile
+            # faster steps (measured in docs/benchmarks.md), for a longer first compile
             on_cpu = self.to_logits[1].weight.device.type == "cpu"
             options = {"cpp_wrapper": True} if on_cpu else None
             compiled[mode] = torch.compile(self.decode_step, dynamic=mode == "prefix", options=options)
@@ -397,15 +340,13 @@ class DALLE(nn.Module):
         step attends over the whole preallocated cache with fixed shapes (what CUDA graphs need).
         The first call compiles (seconds); later calls on the same model reuse the graphs.
         """
-        if compile not in (False, True, "prefix", "static"):
-            raise ValueError(f'compile must be False, True, "prefix" or "static", got {compile!r}')
-        if compile and not use_cache:
-            raise ValueError("compile applies to the cached decode step: it needs use_cache=True")
+        sampling = SamplingConfig(filter_thres=filter_thres, top_p=top_p, temperature=temperature, cond_scale=cond_scale)
         was_training = self.training
         self.eval()
         try:
-            codes = self._generate_codes(text, filter_thres, top_p, temperature, img, num_init_img_tokens,
-                                         cond_scale, null_text, use_cache, num_images, generator, progress, compile)
+            codes = self.generate_codes(text, sampling, img=img, num_init_img_tokens=num_init_img_tokens,
+                                        null_text=null_text, use_cache=use_cache, num_images=num_images,
+                                        generator=generator, progress=progress, compile=compile)
             if return_codes:
                 return codes
             images = self.vae.decode(codes).clamp(0.0, 1.0)
@@ -416,16 +357,25 @@ class DALLE(nn.Module):
         finally:
             self.train(was_training)
 
-    def _generate_codes(self, text, filter_thres, top_p, temperature, img, num_init_img_tokens,
-                        cond_scale, null_text, use_cache, num_images, generator, progress, compile):
+    @torch.inference_mode()
+    def generate_codes(self, text: torch.Tensor, sampling: SamplingConfig, *, img: torch.Tensor | None = None,
+                       num_init_img_tokens: int | None = None, null_text: torch.Tensor | None = None,
+                       use_cache: bool = True, num_images: int = 1, generator: torch.Generator | None = None,
+                       progress: bool = False, compile: bool | str = False) -> torch.Tensor:
+        """The image codes (b * num_images, I) that `generate_images` decodes; the model must be in eval mode.
+
+        sampling: the validated sampling settings; the other arguments as for `generate_images`.
+        """
         text = self._check_text(text)
-        check_sampling_args(filter_thres, top_p, temperature)
-        if not cond_scale >= 0:
-            raise ValueError(f"cond_scale must be >= 0 (1 = no guidance), got {cond_scale}")
+        if compile not in (False, True, "prefix", "static"):
+            raise ValueError(f'compile must be False, True, "prefix" or "static", got {compile!r}')
+        if compile and not use_cache:
+            raise ValueError("compile applies to the cached decode step: it needs use_cache=True")
+        cond_scale = sampling.cond_scale
         if int(num_images) != num_images or num_images < 1:
             raise ValueError(f"num_images must be a positive integer, got {num_images}")
         b, device = text.shape[0], text.device
-        guided = cond_scale != 1.0
+        guided = sampling.guided
         if null_text is not None:
             if not guided:
                 raise ValueError("null_text only has an effect with cond_scale != 1")
@@ -471,7 +421,7 @@ class DALLE(nn.Module):
             step_fn = self._compiled_decode_step(mode) if compile else self.decode_step
             positions = torch.arange(self.text_len + self.image_seq_len, device=device)
             for t in bar:
-                code = sample(combine(last), filter_thres=filter_thres, top_p=top_p, temperature=temperature, generator=generator)
+                code = sample(combine(last), sampling, generator)
                 codes[:, t] = code
                 if t + 1 < self.image_seq_len:
                     token = torch.cat((code, code)) if guided else code
@@ -487,7 +437,7 @@ class DALLE(nn.Module):
                 out = self._transform(tokens)
                 last = self._logits(out[:, -1:], torch.tensor([tokens.shape[1] - 1], device=device))[:, 0]
                 last = last[:, self.num_text_tokens :]
-                codes[:, t] = sample(combine(last), filter_thres=filter_thres, top_p=top_p, temperature=temperature, generator=generator)
+                codes[:, t] = sample(combine(last), sampling, generator)
         return codes
 
     @torch.inference_mode()
@@ -497,7 +447,7 @@ class DALLE(nn.Module):
 
         Returns (tokens (1, T) with pads as 0, [decoded caption]).
         """
-        check_sampling_args(filter_thres, None, temperature)
+        sampling = SamplingConfig(filter_thres=filter_thres, temperature=temperature)
         was_training = self.training
         self.eval()
         try:
@@ -511,7 +461,7 @@ class DALLE(nn.Module):
             ids = torch.tensor([[0] + prompt], dtype=torch.long, device=device)  # <bos> + prompt
 
             def pick(logits):  # text logits (1, num_text_tokens)
-                return sample(logits, filter_thres=filter_thres, temperature=temperature, generator=generator)
+                return sample(logits, sampling, generator)
 
             n0 = ids.shape[1]
             if use_cache and n0 < self.text_len:

@@ -1,4 +1,4 @@
-"""Image tensors <-> PIL images, and image grids (used by training samples and generate.py).
+"""Image tensors <-> PIL images, and image grids (used by training samples and generation).
 
 Tensors are (c, H, W) floats in [0, 1] with c = 1, 3 or 4 (L, RGB, RGBA).
 """
@@ -52,6 +52,19 @@ def grid_of_rows(rows: Sequence[Sequence[Image.Image]], padding: int = 2, fill: 
         for j, im in enumerate(row):
             grid.paste(im, (padding + j * (w + padding), padding + i * (h + padding)))
     return grid
+
+
+def image_grid(rows: list[torch.Tensor], padding: int = 2, pad_value: float = 1.0) -> Image.Image:
+    """Tile image rows into one PIL image.
+
+    Args:
+        rows: one tensor per row, each (n, C, H, W) float in [0, 1] (values are clamped);
+            all rows share C, H, W (C = 1, 3 or 4); rows may have different n.
+    Returns:
+        PIL image (mode L, RGB or RGBA) of the grid, ``padding`` pixels between tiles.
+    """
+    fill = (round(pad_value * 255),) * 4
+    return grid_of_rows([[tensor_to_pil(img) for img in row] for row in rows], padding, fill)
 
 
 def _chunks(items: list, n: int) -> list[list]:

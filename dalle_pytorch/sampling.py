@@ -1,19 +1,54 @@
 """Sampling from logits: top-k by fraction (DALLE-pytorch's filter_thres), nucleus, Gumbel-max.
 
-All randomness comes from an optional torch.Generator, so a seed reproduces a sample exactly.
+`SamplingConfig` holds the sampling settings, validated once where they enter (the Python API,
+generate.py, the server) and passed down as is. All randomness comes from an optional
+torch.Generator, so a seed reproduces a sample exactly.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 
+__all__ = ["SamplingConfig", "sample", "top_k_filter", "top_p_filter", "gumbel_sample"]
 
-def check_sampling_args(filter_thres: float, top_p: float | None, temperature: float) -> None:
-    if not 0.0 <= filter_thres < 1.0:
-        raise ValueError(f"filter_thres must be in [0, 1), got {filter_thres}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+def _number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How image codes (or caption tokens) are drawn from the model's logits."""
+
+    filter_thres: float = 0.5  # keep the top (1 - filter_thres) fraction of the candidates; in [0, 1)
+    top_p: Optional[float] = None  # nucleus sampling threshold in (0, 1], None = off
+    temperature: float = 1.0  # > 0; logits are divided by it
+    cond_scale: float = 1.0  # classifier-free guidance: null + (cond - null) * cond_scale; >= 0, 1 = none
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= _number("filter_thres", self.filter_thres) < 1.0:
+            raise ValueError(f"filter_thres must be in [0, 1), got {self.filter_thres}")
+        if self.top_p is not None and not 0.0 < _number("top_p", self.top_p) <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not _number("temperature", self.temperature) > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not _number("cond_scale", self.cond_scale) >= 0:
+            raise ValueError(f"cond_scale must be >= 0 (1 = no guidance), got {self.cond_scale}")
+
+    @property
+    def guided(self) -> bool:
+        return self.cond_scale != 1.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def top_k_filter(logits: torch.Tensor, thres: float = 0.5) -> torch.Tensor:
@@ -51,10 +86,9 @@ def gumbel_sample(logits: torch.Tensor, temperature: float = 1.0, generator: tor
     return (logits.float() / temperature + noise).argmax(dim=-1)
 
 
-def sample(logits: torch.Tensor, *, filter_thres: float = 0.5, top_p: float | None = None,
-           temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """Filter (top-k fraction, then nucleus) and draw one token per row.  (b, v) -> (b,)."""
-    logits = top_k_filter(logits, filter_thres)
-    if top_p is not None:
-        logits = top_p_filter(logits, top_p)
-    return gumbel_sample(logits, temperature, generator)
+    logits = top_k_filter(logits, config.filter_thres)
+    if config.top_p is not None:
+        logits = top_p_filter(logits, config.top_p)
+    return gumbel_sample(logits, config.temperature, generator)

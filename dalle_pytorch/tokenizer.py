@@ -45,6 +45,7 @@ __all__ = [
     "tokenizer_from_description",
     "is_yttm_model",
     "tokenizer_from_file",
+    "tokenizer_for_flags",
 ]
 
 TokenIds = Union[Sequence[int], Tensor]
@@ -651,3 +652,26 @@ def tokenizer_from_description(d: dict) -> BaseTokenizer:
             return YttmTokenizer(d["path"])
         raise ValueError("a 'yttm' tokenizer description needs a 'model' or a 'path' entry")
     raise ValueError(f"unknown tokenizer type {kind!r}; expected 'simple', 'hug' or 'yttm'")
+
+
+def tokenizer_for_flags(bpe_path: Union[str, Path, None] = None, *, hug: bool = False,
+                        stored: BaseTokenizer | None = None) -> BaseTokenizer:
+    """The tokenizer the scripts' `--bpe_path` / `--hug` flags select (one rule for every script).
+
+    `--bpe_path` given: the tokenizer that file holds (`tokenizer_from_file`); otherwise the
+    checkpoint's `stored` tokenizer, else the default CLIP BPE.  Raises ValueError (naming the
+    flag) for `--hug` without `--bpe_path` and for a missing, unreadable or invalid file.
+    """
+    if bpe_path is None:
+        if hug:
+            raise ValueError("--hug needs --bpe_path (the tokenizers JSON file)")
+        return stored if stored is not None else get_default_tokenizer()
+    path = Path(bpe_path)
+    if not path.exists():
+        raise ValueError(f"--bpe_path {str(bpe_path)!r} does not exist")
+    if path.is_dir():
+        raise ValueError(f"--bpe_path {str(bpe_path)!r} is a directory; give the tokenizer file")
+    try:
+        return tokenizer_from_file(path, hug=hug)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"--bpe_path: {e}") from None

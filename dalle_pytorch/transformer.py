@@ -1,4 +1,5 @@
-"""The decoder-only transformer: residual blocks, token shift, reversible execution, cached steps.
+"""The cache-aware transformer: residual blocks of `Attention` and feed-forward branches, each behind
+`PreShiftToken`, run over a whole sequence (training, prefill) or one cached step at a time.
 
 Dimensions: b batch, n sequence, c model dim, N = text_len + F*F positions, F image grid side.
 
@@ -6,9 +7,8 @@ Block i (of `depth`):  x = x + attn_branch(x);  x = x + ff_branch(x)
 where a branch is LayerScale(PreNorm(fn)): scale * norm_out(fn(shift(norm(x)))) with
 - LayerScale init 0.1 / 1e-5 / 1e-6 by layer index (https://arxiv.org/abs/2103.17239),
 - norm_out only with sandwich_norm,
-- shift = token shift (shift_tokens): text tokens take half the channels from the previous token;
-  image tokens take a quarter from the token above and a quarter from the token to the left
-  (zero on the first row / at a row start).
+- shift = `PreShiftToken` (shift_tokens; shift.py): text tokens take half the channels from the
+  previous token; image tokens a quarter from the token above and a quarter from the token to the left.
 Reversible execution runs the same branches as a RevNet: y1 = x1 + f(x2), y2 = x2 + g(y1), with
 activations recomputed (and dropout RNG replayed) in the backward pass.
 
@@ -18,15 +18,16 @@ each is stored once (`attns.{k}` / `ffs.{k}`), each depth keeps its own norms an
 from __future__ import annotations
 
 from itertools import cycle, islice
-from math import ceil
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dalle_pytorch.attention import Attention
+from dalle_pytorch.config import DALLEConfig
 from dalle_pytorch.patterns import PatternSpec, draw_random_blocks, pattern_mask
 from dalle_pytorch.rotary import rotary_step_tables, rotary_table
+from dalle_pytorch.shift import PreShiftToken
 
 
 def layerscale_init(depth_index: int) -> float:
@@ -83,78 +84,6 @@ class Block(nn.Module):
         super().__init__()
         self.attn = Branch(dim, depth_index, sandwich)
         self.ff = Branch(dim, depth_index, sandwich)
-
-
-# -- token shift -------------------------------------------------------------------------------
-
-
-def shift_channels(dim: int) -> tuple[int, int]:
-    """(c2, c4): channels shifted for text (first half) and per image direction (quarters),
-    with torch.chunk's rounding."""
-    return ceil(dim / 2), ceil(dim / 4)
-
-
-def shift_tokens_full(x: torch.Tensor, text_len: int, fmap_size: int) -> torch.Tensor:
-    """Token shift over positions 0..n-1.  x: (b, n, c) -> (b, n, c)."""
-    b, n, c = x.shape
-    c2, c4 = shift_channels(c)
-    nt = min(n, text_len)
-    text = x[:, :nt]
-    text = torch.cat((F.pad(text[..., :c2], (0, 0, 1, -1)), text[..., c2:]), dim=-1)
-    if n <= text_len:
-        return text
-    f = fmap_size
-    img = F.pad(x[:, text_len:], (0, 0, 0, text_len + f * f - n)).view(b, f, f, c)
-    top = F.pad(img[..., :c4], (0, 0, 0, 0, 1, -1))  # from the row above
-    left = F.pad(img[..., c4 : 2 * c4], (0, 0, 1, -1))  # from the token to the left
-    img = torch.cat((top, left, img[..., 2 * c4 :]), dim=-1).view(b, f * f, c)
-    return torch.cat((text, img[:, : n - text_len]), dim=1)
-
-
-def fill_shift_ring(ring: torch.Tensor, xn: torch.Tensor) -> None:
-    """After a prefill of n positions, keep the last F rows.  ring: (b, F, C); xn: (b, n, c)."""
-    f, cs = ring.shape[1], ring.shape[2]
-    n = xn.shape[1]
-    start = max(0, n - f)
-    slots = torch.arange(start, n, device=xn.device) % f
-    ring.index_copy_(1, slots, xn[:, start:n, :cs])
-
-
-def shift_step_tables(text_len: int, fmap_size: int, dim: int) -> torch.Tensor:
-    """(N, 3, dim) 0/1 weights of (the token itself, the previous token, the token above) for every
-    channel of a token at each position, so that one decoding step shifts with three
-    multiply-adds and no position-dependent control flow (exact: weights are 0 or 1; channels
-    that are never shifted have weights (1, 0, 0))."""
-    c2, c4 = shift_channels(dim)
-    f, n = fmap_size, text_len + fmap_size**2
-    w = torch.zeros(n, 3, dim)
-    w[:, 0] = 1.0
-    for i in range(n):
-        if i < text_len:
-            w[i, 0, :c2] = 0.0
-            w[i, 1, :c2] = float(i > 0)
-        else:
-            p = i - text_len
-            w[i, 0, : 2 * c4] = 0.0
-            w[i, 2, :c4] = float(p >= f)
-            w[i, 1, c4 : 2 * c4] = float(p % f != 0)
-    return w
-
-
-def shift_tokens_step(xn: torch.Tensor, ring: torch.Tensor, w_self: torch.Tensor, w_prev: torch.Tensor,
-                      w_top: torch.Tensor, slot_prev: torch.Tensor, slot_top: torch.Tensor) -> torch.Tensor:
-    """Token shift of one token, reading and updating the ring of the last F inputs.
-
-    xn: (b, 1, c) normalised input; ring: (b, F, c); w_self, w_prev, w_top: (c,) this position's
-    row of shift_step_tables; slot_prev, slot_top: (1,) ring slots of the previous token and of the
-    token above (which is also where this token goes).  Shapes and control flow do not depend on
-    the position.
-    """
-    prev = ring.index_select(1, slot_prev)
-    top = ring.index_select(1, slot_top)
-    out = torch.addcmul(torch.addcmul(xn * w_self, prev, w_prev), top, w_top)
-    ring.index_copy_(1, slot_top, xn)
-    return out
 
 
 # -- reversible execution --------------------------------------------------------------------------
@@ -237,52 +166,29 @@ class _ReversibleFunction(torch.autograd.Function):
 
 
 class Transformer(nn.Module):
-    def __init__(
-        self,
-        *,
-        dim: int,
-        depth: int,
-        text_len: int,
-        fmap_size: int,
-        heads: int = 8,
-        dim_head: int = 64,
-        ff_mult: int = 4,
-        reversible: bool = False,
-        attn_dropout: float = 0.0,
-        ff_dropout: float = 0.0,
-        attn_types=None,
-        stable: bool = False,
-        sandwich_norm: bool = False,
-        shift_tokens: bool = True,
-        rotary_emb: bool = True,
-        shared_attn_ids=None,
-        shared_ff_ids=None,
-        optimize_for_inference: bool = False,
-        attn_kernel: str = "auto",
-        conv_kernel_size: int = 5,
-        conv_dilation: int = 1,
-        conv_variant: str = "up_left",
-        sparse_block_size: int = 16,
-        sparse_num_local_blocks: int = 4,
-        sparse_num_random_blocks: int | None = None,
-        sparse_seed: int = 0,
-    ):
+    """`depth` blocks over N = text_len + F*F positions, configured by a `DALLEConfig`.
+
+    forward: the whole sequence (training, uncached evaluation, or prefill into an
+    InferenceCache); step: one token against the cache.
+    """
+
+    def __init__(self, config: DALLEConfig, *, text_len: int, fmap_size: int):
         super().__init__()
-        self.dim, self.depth, self.heads, self.dim_head = dim, depth, heads, dim_head
+        c = config
+        self.dim, self.depth, self.heads, self.dim_head = c.dim, c.depth, c.heads, c.dim_head
         self.text_len, self.fmap_size = text_len, fmap_size
         self.seq_len = text_len + fmap_size**2  # N
-        self.reversible, self.shift_tokens, self.stable = reversible, shift_tokens, stable
+        self.reversible, self.stable = c.reversible, c.stable
 
-        attn_types = tuple(attn_types) if attn_types is not None else ("full",)
-        if isinstance(attn_types, str):
-            attn_types = (attn_types,)
-        self.attn_types = tuple(islice(cycle(attn_types), depth))
-        attn_ids = list(islice(cycle(shared_attn_ids if shared_attn_ids is not None else range(depth)), depth))
-        ff_ids = list(islice(cycle(shared_ff_ids if shared_ff_ids is not None else range(depth)), depth))
+        self.attn_types = c.layer_attn_types()
+        depth = c.depth
+        attn_ids = list(islice(cycle(c.shared_attn_ids if c.shared_attn_ids is not None else range(depth)), depth))
+        ff_ids = list(islice(cycle(c.shared_ff_ids if c.shared_ff_ids is not None else range(depth)), depth))
 
-        num_random = sparse_num_random_blocks
+        num_random = c.sparse_num_random_blocks
         if num_random is None:
-            num_random = self.seq_len // sparse_block_size // 4
+            num_random = self.seq_len // c.sparse_block_size // 4
+        kernel = "masked" if c.optimize_for_inference else c.attn_kernel
         masks = {}  # one mask tensor per distinct pattern, shared by the layers that use it
         self.attns, self.ffs = nn.ModuleList(), nn.ModuleList()
         attn_slot, ff_slot, attn_type_of = {}, {}, {}
@@ -297,39 +203,41 @@ class Transformer(nn.Module):
             else:
                 random_blocks = ()
                 if attn_type == "sparse":
-                    random_blocks = draw_random_blocks(self.seq_len, sparse_block_size, num_random, sparse_seed + ind)
+                    random_blocks = draw_random_blocks(self.seq_len, c.sparse_block_size, num_random, c.sparse_seed + ind)
                 spec = PatternSpec(
-                    attn_type, text_len, fmap_size, conv_kernel_size, conv_dilation, conv_variant,
-                    sparse_block_size, sparse_num_local_blocks, random_blocks,
+                    attn_type, text_len, fmap_size, c.conv_kernel_size, c.conv_dilation, c.conv_variant,
+                    c.sparse_block_size, c.sparse_num_local_blocks, random_blocks,
                 )
                 if spec not in masks:
                     masks[spec] = pattern_mask(spec)
                 attn_slot[attn_id] = len(self.attns)
                 attn_type_of[attn_id] = attn_type
                 self.attns.append(
-                    Attention(dim, heads=heads, dim_head=dim_head, dropout=attn_dropout, stable=stable,
-                              spec=spec, kernel="masked" if optimize_for_inference else attn_kernel,
-                              pattern=masks[spec])
+                    Attention(c.dim, heads=c.heads, dim_head=c.dim_head, dropout=c.attn_dropout, stable=c.stable,
+                              spec=spec, kernel=kernel, pattern=masks[spec])
                 )
             if ff_id not in ff_slot:
                 ff_slot[ff_id] = len(self.ffs)
-                self.ffs.append(FeedForward(dim, mult=ff_mult, dropout=ff_dropout))
+                self.ffs.append(FeedForward(c.dim, mult=c.ff_mult, dropout=c.ff_dropout))
             self.attn_index.append(attn_slot[attn_id])
             self.ff_index.append(ff_slot[ff_id])
-        self.layers = nn.ModuleList([Block(dim, ind + 1, sandwich_norm) for ind in range(depth)])
+        self.layers = nn.ModuleList([Block(c.dim, ind + 1, c.sandwich_norm) for ind in range(depth)])
 
-        if shift_tokens:
-            self.register_buffer("shift_weights", shift_step_tables(text_len, fmap_size, dim), persistent=False)
-        self.rotary_emb = rotary_emb
-        if rotary_emb:
-            angles = rotary_table(dim_head, text_len, fmap_size)  # (N, r)
+        self.shift = PreShiftToken(c.dim, text_len, fmap_size) if c.shift_tokens else None
+        self.rotary_emb = c.rotary_emb
+        if c.rotary_emb:
+            angles = rotary_table(c.dim_head, text_len, fmap_size)  # (N, r)
             self.register_buffer("rot_cos", angles.cos(), persistent=False)
             self.register_buffer("rot_sin", angles.sin(), persistent=False)
             # the same rotation over all dim_head channels, for the one-token step (no slicing)
-            cos_d, sin_d, swap = rotary_step_tables(self.rot_cos, self.rot_sin, dim_head)
+            cos_d, sin_d, swap = rotary_step_tables(self.rot_cos, self.rot_sin, c.dim_head)
             self.register_buffer("rot_cos_step", cos_d, persistent=False)
             self.register_buffer("rot_sin_step", sin_d, persistent=False)
             self.register_buffer("rot_swap", swap, persistent=False)
+
+    @property
+    def shift_tokens(self) -> bool:
+        return self.shift is not None
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -354,11 +262,8 @@ class Transformer(nn.Module):
         block = self.layers[i]
         branch = block.attn if kind == "attn" else block.ff
         xn = branch.norm(x)
-        if self.shift_tokens:
-            if cache is not None:
-                ring = (cache.shift_attn if kind == "attn" else cache.shift_ff)[i].ring
-                fill_shift_ring(ring, xn)
-            xn = shift_tokens_full(xn, self.text_len, self.fmap_size)
+        if self.shift is not None:
+            xn = self.shift(xn, None if cache is None else (cache.shift_attn if kind == "attn" else cache.shift_ff)[i])
         if kind == "attn":
             out = self.attns[self.attn_index[i]](xn, rotary, None if cache is None else cache.kv[i], masked=masked)
         else:
@@ -372,9 +277,8 @@ class Transformer(nn.Module):
         branch = block.attn if kind == "attn" else block.ff
         norm = branch.norm
         xn = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-        if self.shift_tokens:
-            ring = (cache.shift_attn if kind == "attn" else cache.shift_ff)[i].ring
-            xn = shift_tokens_step(xn, ring, *shift)
+        if self.shift is not None:
+            xn = self.shift.step(xn, (cache.shift_attn if kind == "attn" else cache.shift_ff)[i], shift)
         if kind == "attn":
             out = self.attns[self.attn_index[i]].step(xn, pos, rotary, cache.kv[i], length)
         else:
@@ -435,11 +339,7 @@ class Transformer(nn.Module):
         pos + 1 attends over the filled prefix only (eager decoding).
         """
         rotary = self._rotary_step_at(pos)
-        shift = None
-        if self.shift_tokens:  # computed once per step, shared by every branch
-            f = self.fmap_size
-            p = pos.view(1)
-            shift = (*self.shift_weights.index_select(0, p)[0].unbind(0), (p - 1) % f, p % f)
+        shift = None if self.shift is None else self.shift.step_tables(pos)  # shared by every branch
         if not self.reversible:
             for i in range(self.depth):
                 x = self._branch_step(i, "attn", x, pos, rotary, cache, shift, length)

@@ -27,16 +27,6 @@ from torch import Tensor, nn
 
 __all__ = ["DiscreteVAE", "ResBlock", "reinmax_one_hot"]
 
-# helpers
-
-
-def exists(val) -> bool:
-    return val is not None
-
-
-def default(val, d):
-    return val if exists(val) else d
-
 
 def reinmax_one_hot(logits: Tensor, temperature: float, dim: int = -1) -> Tensor:
     """Sample a one-hot from softmax(logits) with ReinMax gradients (Liu et al. 2023, Algorithm 2).
@@ -132,7 +122,7 @@ class DiscreteVAE(nn.Module):
             raise ValueError(f"image_size {image_size} is too small for {num_layers} down-sampling layers")
         if num_resnet_blocks < 0:
             raise ValueError(f"num_resnet_blocks must be >= 0, got {num_resnet_blocks}")
-        if exists(normalization):
+        if normalization is not None:
             normalization = tuple(tuple(float(v) for v in t) for t in normalization)
             if len(normalization) != 2 or any(len(t) != channels for t in normalization):
                 raise ValueError(
@@ -212,7 +202,7 @@ class DiscreteVAE(nn.Module):
             straight_through=self.straight_through,
             reinmax=self.reinmax,
             kl_div_loss_weight=self.kl_div_loss_weight,
-            normalization=[list(t) for t in self.normalization] if exists(self.normalization) else None,
+            normalization=[list(t) for t in self.normalization] if self.normalization is not None else None,
         )
 
     # normalisation
@@ -223,14 +213,14 @@ class DiscreteVAE(nn.Module):
 
     def norm(self, images: Tensor) -> Tensor:
         """(b, c, h, w) in [0, 1] -> normalised (x - mean) / std. Returns a new tensor."""
-        if not exists(self.normalization):
+        if self.normalization is None:
             return images
         means, stds = self._norm_stats(images)
         return (images - means) / stds
 
     def denorm(self, images: Tensor) -> Tensor:
         """Inverse of `norm`: x * std + mean. Returns a new tensor."""
-        if not exists(self.normalization):
+        if self.normalization is None:
             return images
         means, stds = self._norm_stats(images)
         return images * stds + means
@@ -307,7 +297,7 @@ class DiscreteVAE(nn.Module):
         if return_logits:
             return logits
 
-        temp = default(temp, self.temperature)
+        temp = self.temperature if temp is None else temp
         one_hot = self._sample_one_hot(logits, temp)
         sampled = torch.einsum("b n h w, n d -> b d h w", one_hot, self.codebook.weight)
         out = self.decoder(sampled)

@@ -1,32 +1,6 @@
 import pytest
 import torch
 
-from dalle_pytorch import DALLE, DiscreteVAE
-
-ATTN_TYPES = ("full", "axial_row", "axial_col", "conv_like", "sparse")
-
-
-def tiny_vae(**kwargs):
-    cfg = dict(image_size=32, num_layers=2, num_tokens=64, codebook_dim=32, hidden_dim=16)
-    cfg.update(kwargs)
-    return DiscreteVAE(**cfg)
-
-
-def tiny_dalle(attn_type="full", seed=0, **kwargs):
-    """dim 32, depth 2, 8x8 image tokens; the first layer uses `attn_type`, the second full attention."""
-    torch.manual_seed(seed)
-    cfg = dict(dim=32, vae=tiny_vae(), num_text_tokens=50, text_seq_len=6, depth=2, heads=2, dim_head=16,
-               attn_types=(attn_type, "full"), sparse_block_size=8, sparse_num_random_blocks=1)
-    cfg.update(kwargs)
-    return DALLE(**cfg)
-
-
-def random_text(batch=2, seed=0, num_text_tokens=50, text_seq_len=6):
-    g = torch.Generator().manual_seed(seed)
-    text = torch.randint(1, num_text_tokens, (batch, text_seq_len), generator=g)
-    text[-1, text_seq_len - 2 :] = 0  # padding in the last row
-    return text
-
 
 @pytest.fixture(autouse=True)
 def _deterministic():

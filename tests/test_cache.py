@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import ATTN_TYPES, random_text, tiny_dalle
+from tests.helpers import ATTN_TYPES, random_text, tiny_dalle
 from dalle_pytorch.sampling import top_k_filter, top_p_filter
 
 GRID = [

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import dalle_pytorch.checkpoint as ckpt
+import dalle_pytorch.io.checkpoint as ckpt
 from dalle_pytorch import DALLE, DiscreteVAE
 from dalle_pytorch.checkpoint import (
     CheckpointError,
@@ -95,7 +95,7 @@ def test_fixture_outputs(name):
     torch.testing.assert_close(images, e["images"] * 0.5 + 0.5, atol=1e-5, rtol=0)
 
     fast = load(FIXTURES / f"{name}.pt", optimize_for_inference=True)
-    assert fast.config["optimize_for_inference"] is True
+    assert fast.config.optimize_for_inference is True
     torch.testing.assert_close(logits_of(fast, e), logits, atol=1e-5, rtol=0)
 
 
@@ -128,7 +128,7 @@ def test_round_trip_dalle(name, tmp_path):
         keys = set(f.keys())
     assert meta["format"] == "dalle_pytorch" and meta["format_version"] == "1" and meta["kind"] == "dalle"
     assert meta["vae_class"] == "DiscreteVAE" and "tokenizer" not in meta
-    assert json.loads(meta["config"]) == model.config and json.loads(meta["vae_config"]) == model.vae.config
+    assert json.loads(meta["config"]) == model.config.to_dict() and json.loads(meta["vae_config"]) == model.vae.config
     assert keys == set(model.state_dict()) and any(k.startswith("vae.") for k in keys)
 
 
@@ -357,8 +357,8 @@ def test_legacy_hparams_without_shift_and_rotary_switches(tmp_path):
     for name in ("full_shift_rotary-v1.2.2", "full_plain-v1.6.6"):
         hparams = {k: v for k, v in raw(name)["hparams"].items() if k not in ("shift_tokens", "rotary_emb")}
         model = load(legacy_file(tmp_path, name, hparams=hparams))
-        assert model.config["shift_tokens"] == raw(name)["hparams"]["shift_tokens"]
-        assert model.config["rotary_emb"] == raw(name)["hparams"]["rotary_emb"]
+        assert model.config.shift_tokens == raw(name)["hparams"]["shift_tokens"]
+        assert model.config.rotary_emb == raw(name)["hparams"]["rotary_emb"]
         e = expected(name)
         torch.testing.assert_close(unmasked(model, logits_of(model, e)), unmasked(model, e["logits"]), atol=1e-4, rtol=0)
 
@@ -366,7 +366,7 @@ def test_legacy_hparams_without_shift_and_rotary_switches(tmp_path):
 def test_overrides():
     path = FIXTURES / "full_plain-v1.6.6.pt"
     model = load(path, attn_dropout=0.1, ff_dropout=0.2)
-    assert model.config["attn_dropout"] == 0.1 and model.config["ff_dropout"] == 0.2 and not model.training
+    assert model.config.attn_dropout == 0.1 and model.config.ff_dropout == 0.2 and not model.training
     with pytest.raises(ValueError, match="cannot override \\['dim'\\]"):
         load(path, dim=128)
 
@@ -513,7 +513,7 @@ def test_convert_cli(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "DALLE" in printed and "1.6.6" in printed and "dim=64" in printed and "image_size=32" in printed
     loaded = load_checkpoint(out)
-    assert loaded.source == "dalle_pytorch" and loaded.model.config["conv_variant"] == "up_left"
+    assert loaded.source == "dalle_pytorch" and loaded.model.config.conv_variant == "up_left"
     assert loaded.metadata["converted_from"]["version"] == "1.6.6" and loaded.tokenizer is not None
     e = expected(name)
     original = load(FIXTURES / f"{name}.pt")
@@ -530,7 +530,7 @@ def test_convert_cli(tmp_path, capsys):
     assert convert_main([str(FIXTURES / "axial-v1.6.6.pt"), str(out)]) == 1
     assert "--force" in capsys.readouterr().err and out.read_bytes() == before
     assert convert_main([str(FIXTURES / "axial-v1.6.6.pt"), str(out), "--force"]) == 0
-    assert load(out).config["attn_types"] == ["axial_row", "axial_col"]
+    assert load(out).config.attn_types == ("axial_row", "axial_col")
 
     vae_out = tmp_path / "vae.safetensors"
     assert convert_main([str(train_vae_file(tmp_path, name)), str(vae_out)]) == 0
@@ -542,17 +542,20 @@ def test_convert_cli(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err and not (tmp_path / "never.safetensors").exists()
 
 
-def test_from_checkpoint_classmethod(tmp_path):
-    from dalle_pytorch import DALLE, save
-    from conftest import tiny_dalle
+def test_pipeline_from_checkpoint_needs_a_dalle(tmp_path):
+    """Pipeline.from_checkpoint (which replaced DALLE.from_checkpoint, an import circle) loads a
+    DALLE file and refuses a VAE file with a clear error."""
+    from dalle_pytorch import DALLE, GenerationError, Pipeline, save
+    from tests.helpers import tiny_dalle
 
     model = tiny_dalle()
     save(model, tmp_path / "m.safetensors")
-    loaded = DALLE.from_checkpoint(tmp_path / "m.safetensors")
-    assert isinstance(loaded, DALLE)
+    with pytest.warns(UserWarning, match="the tokenizer has 49408 tokens"):  # no tokenizer stored: the default
+        pipe = Pipeline.from_checkpoint(tmp_path / "m.safetensors", device="cpu")
+    assert isinstance(pipe.model, DALLE)
     save(model.vae, tmp_path / "v.safetensors")
-    with pytest.raises(ValueError, match="not a DALLE"):
-        DALLE.from_checkpoint(tmp_path / "v.safetensors")
+    with pytest.raises(GenerationError, match="a DALLE checkpoint is needed"):
+        Pipeline.from_checkpoint(tmp_path / "v.safetensors", device="cpu")
 
 
 def test_clip_round_trip(tmp_path):

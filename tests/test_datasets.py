@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from dalle_pytorch import datasets
-from dalle_pytorch.datasets import TextImageDataset, image_to_tensor, random_resized_crop, webdataset_loader
+from dalle_pytorch.train import folder_index
+from dalle_pytorch.train.datasets import TextImageDataset, image_to_tensor, random_resized_crop
+from dalle_pytorch.train.webdataset import webdataset_loader
 
 TEXT_LEN = 16
 RGB = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "gray": (128, 128, 128)}
@@ -57,7 +58,7 @@ def make(folder, **kwargs):
 @pytest.fixture
 def no_racy_window(monkeypatch):
     # Directories created by a test are seconds old, which the cache treats as "racy".
-    monkeypatch.setattr(datasets, "_RACY_WINDOW_NS", 0)
+    monkeypatch.setattr(folder_index, "RACY_WINDOW_NS", 0)
 
 
 def test_pairs_by_relative_path(tmp_path):
@@ -151,12 +152,12 @@ def test_index_cache_written_reused_and_invalidated(tmp_path, monkeypatch, no_ra
     # Reused without listing the folder or stat-ing any file (only directories).
     real_scandir, real_stat = os.scandir, os.stat
     stats = []
-    monkeypatch.setattr(datasets.os, "scandir", lambda *a: pytest.fail("scandir on cache hit"))
-    monkeypatch.setattr(datasets.os, "stat", lambda p, *a, **k: stats.append(p) or real_stat(p, *a, **k))
+    monkeypatch.setattr(folder_index.os, "scandir", lambda *a: pytest.fail("scandir on cache hit"))
+    monkeypatch.setattr(folder_index.os, "stat", lambda p, *a, **k: stats.append(p) or real_stat(p, *a, **k))
     second = make(data)
     assert second.cache_hit and second.pairs == first.pairs
-    monkeypatch.setattr(datasets.os, "scandir", real_scandir)
-    monkeypatch.setattr(datasets.os, "stat", real_stat)
+    monkeypatch.setattr(folder_index.os, "scandir", real_scandir)
+    monkeypatch.setattr(folder_index.os, "stat", real_stat)
     assert {os.fspath(p) for p in stats} == {str(data), str(data / "sub"), os.path.join(str(data), ".")}
 
     # A new file in a subdirectory changes only that directory's mtime: still detected.
@@ -217,12 +218,12 @@ def test_unwritable_cache_falls_back_with_warning(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr(datasets, "atomic_write_bytes", refuse)
+    monkeypatch.setattr(folder_index, "write_json", refuse)
     with pytest.warns(UserWarning, match="could not write the index cache"):
         ds = make(tmp_path)
     assert len(ds) == 1 and ds[0][1].shape == (3, 8, 8)
 
-    monkeypatch.setattr(datasets.os, "makedirs", refuse)
+    monkeypatch.setattr(folder_index.os, "makedirs", refuse)
     with pytest.warns(UserWarning, match="continuing without a cache"):
         ds = make(tmp_path, index_cache=tmp_path / ".ro" / "index.json")
     assert len(ds) == 1

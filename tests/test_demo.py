@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from dalle_pytorch.checkpoint import load_checkpoint
-from dalle_pytorch.datasets import image_to_tensor
-from dalle_pytorch.generation import demo_path, resolve_checkpoint
+from dalle_pytorch.train.datasets import image_to_tensor
+from dalle_pytorch.pipeline import demo_path, resolve_checkpoint
 from dalle_pytorch.synthetic import _combinations, caption, dominant_colors, parse_caption
 from dalle_pytorch.tokenizer import HugTokenizer
 

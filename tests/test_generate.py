@@ -1,4 +1,4 @@
-"""generate.py and dalle_pytorch.generation: output folders, files, metadata, reproducibility, flags, errors."""
+"""generate.py, dalle_pytorch.pipeline and dalle_pytorch.io.outputs: output folders, files, metadata, reproducibility, flags, errors."""
 from __future__ import annotations
 
 import hashlib
@@ -18,16 +18,11 @@ from PIL import Image
 
 from dalle_pytorch import DALLE, DiscreteVAE, __version__
 from dalle_pytorch.checkpoint import load_checkpoint, save
-from dalle_pytorch.datasets import image_to_tensor
-from dalle_pytorch.generation import (
-    GenerationError,
-    batch_seeds,
-    load_image,
-    make_grid,
-    make_run_dir,
-    slugify,
-    tensor_to_pil,
-)
+from dalle_pytorch.train.datasets import image_to_tensor
+from dalle_pytorch.errors import GenerationError
+from dalle_pytorch.images import make_grid, tensor_to_pil
+from dalle_pytorch.io.outputs import load_image, make_run_dir, slugify
+from dalle_pytorch.pipeline import batch_seeds
 from dalle_pytorch.synthetic import COLORS, SHAPES, render
 from dalle_pytorch.tokenizer import HugTokenizer
 

@@ -4,15 +4,10 @@ import itertools
 import pytest
 import torch
 
-from conftest import ATTN_TYPES, random_text, tiny_dalle, tiny_vae
 from dalle_pytorch import DALLE
-from dalle_pytorch.transformer import (
-    Transformer,
-    layerscale_init,
-    shift_step_tables,
-    shift_tokens_full,
-    shift_tokens_step,
-)
+from dalle_pytorch.shift import shift_step_tables, shift_tokens_full, shift_tokens_step
+from dalle_pytorch.transformer import Transformer, layerscale_init
+from tests.helpers import ATTN_TYPES, random_text, tiny_dalle, tiny_vae
 
 GRID = list(itertools.product(ATTN_TYPES, [True, False], [True, False], [False, True]))
 

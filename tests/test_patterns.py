@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import ATTN_TYPES, tiny_dalle
+from tests.helpers import ATTN_TYPES, tiny_dalle
 from dalle_pytorch.attention import Attention
 from dalle_pytorch.patterns import PatternSpec, draw_random_blocks, pattern_mask
 

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dalle_pytorch.datasets import TextImageDataset, image_to_tensor
+from dalle_pytorch.train.datasets import TextImageDataset, image_to_tensor
 from dalle_pytorch.synthetic import (
     COLORS,
     SHAPES,

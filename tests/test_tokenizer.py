@@ -299,27 +299,21 @@ def test_is_yttm_model(tmp_path, hug_path):
     assert not is_yttm_model(tmp_path / "empty.bpe")
 
 
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(f"_tokenizer_test_{name}", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_scripts_pick_yttm_for_a_yttm_model(tmp_path, hug_path):
-    """generate.py and train_dalle.py (dalle_pytorch.training) read a YTTM --bpe_path without --hug as YTTM."""
-    from dalle_pytorch.generation import GenerationError
-    from dalle_pytorch.training import TrainingError, _tokenizer_from_args
+    """generate.py and train_dalle.py pick their tokenizer with one rule (tokenizer_for_flags): a YTTM
+    --bpe_path without --hug is read as YTTM; each script reports a bad file as its own one-line error."""
+    from dalle_pytorch.errors import GenerationError, TrainingError
+    from dalle_pytorch.pipeline import Pipeline
+    from dalle_pytorch.tokenizer import tokenizer_for_flags
+    from dalle_pytorch.train.tasks import dalle_task
 
-    generate = _load_script("generate")
     model = tmp_path / "model.bpe"  # the name does not matter: the content does
     shutil.copy(YTTM_DIR / "en.bpe", model)
     bad = tmp_path / "bad.bpe"
     bad.write_text("3 1\n9601 4\n")
 
     def pick(bpe_path, hug=False):
-        args = argparse.Namespace(bpe_path=str(bpe_path), hug=hug)
-        return generate._tokenizer(args, None), _tokenizer_from_args(args, None)
+        return (tokenizer_for_flags(str(bpe_path), hug=hug),)
 
     for tok in pick(model):
         assert isinstance(tok, YttmTokenizer) and tok.encode(CAPTION) == _yttm_en().encode(CAPTION)
@@ -330,9 +324,10 @@ def test_scripts_pick_yttm_for_a_yttm_model(tmp_path, hug_path):
         assert isinstance(tok, SimpleTokenizer)
 
     with pytest.raises(GenerationError, match="bad.bpe.*not a valid youtokentome"):
-        generate._tokenizer(argparse.Namespace(bpe_path=str(bad), hug=False), None)
+        Pipeline.from_checkpoint(None, bpe_path=str(bad))
+    args = argparse.Namespace(bpe_path=str(bad), hug=False, optimize_for_inference=False, dalle_path=None)
     with pytest.raises(TrainingError, match="bad.bpe.*not a valid youtokentome"):
-        _tokenizer_from_args(argparse.Namespace(bpe_path=str(bad), hug=False), None)
+        dalle_task(args, None, None)
 
 
 def _random_strings(rng, n):

@@ -216,7 +216,7 @@ def test_train_dalle_writes_model_state_log_and_samples(tmp_path, data_dir, toke
 
     loaded = load_checkpoint(out / "dalle.safetensors")
     assert loaded.kind == "dalle" and isinstance(loaded.model, DALLE)
-    assert loaded.model.config["attn_types"] == ["full", "axial_row"] and loaded.model.text_seq_len == 8
+    assert loaded.model.config.attn_types == ("full", "axial_row") and loaded.model.text_seq_len == 8
     assert loaded.tokenizer is not None and loaded.tokenizer.vocab_size == 15
     assert load_training_state(out / "last.state.pt")["step"] == 2
 

@@ -1,19 +1,20 @@
 """Atomic file writes: a new file appears complete or not at all, and a failed write leaves the old one.
 
 Used for every file the package writes that a crash must not corrupt: checkpoints, training
-state, logs' summaries and the dataset index cache.
+state, run summaries, sample grids, generation records and the dataset index cache.
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import stat
 from pathlib import Path
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["atomic_write", "atomic_write_bytes", "fsync_dir"]
+__all__ = ["atomic_write", "atomic_write_bytes", "write_text", "write_json", "fsync_dir"]
 
 
 def fsync_dir(folder: Path) -> None:
@@ -80,3 +81,13 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
             f.write(data)
 
     atomic_write(path, write)
+
+
+def write_text(path: PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: PathLike, obj: Any, indent: int | None = 2) -> None:
+    """Write `obj` as JSON (and a final newline) to `path` atomically."""
+    write_text(path, json.dumps(obj, indent=indent) + "\n")

@@ -1,5 +1,6 @@
 """The checkpoint pairs of a run folder: :class:`CheckpointManager` (pairs, the ``latest`` pointer,
-``last.*`` links, rotation) and :func:`weights_digest` (to compare replicas and saved weights)."""
+``last.*`` links, rotation), :func:`weights_digest` and :func:`replicas_in_sync` (to compare the
+weights the ranks of a distributed run ended with)."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +11,8 @@ import os
 from typing import Optional
 
 from dalle_pytorch.images import tensor_bytes
-from dalle_pytorch.training_common import _write_text
+from dalle_pytorch.io.files import write_text
+from dalle_pytorch.train.distributed import DistEnv
 
 LATEST_NAME = "latest"
 
@@ -72,9 +74,9 @@ class CheckpointManager:
         model, state = self.pair(step)
         pointer = {"step": step, "model": os.path.relpath(model, self.run_dir),
                    "state": os.path.relpath(state, self.run_dir)}
-        _write_text(os.path.join(self.run_dir, LATEST_NAME), json.dumps(pointer) + "\n")
-        _link(model, os.path.join(self.run_dir, "last.safetensors"))
-        _link(state, os.path.join(self.run_dir, "last.state.pt"))
+        write_text(os.path.join(self.run_dir, LATEST_NAME), json.dumps(pointer) + "\n")
+        link_file(model, os.path.join(self.run_dir, "last.safetensors"))
+        link_file(state, os.path.join(self.run_dir, "last.state.pt"))
         if self.keep_last:
             for old in self._pairs()[: -self.keep_last]:
                 for path in (old.model, old.state):
@@ -82,7 +84,7 @@ class CheckpointManager:
                         os.remove(path)
 
 
-def _link(src: str, dst: str) -> None:
+def link_file(src: str, dst: str) -> None:
     """Make ``dst`` the same file as ``src`` (hard link, else copy), replacing it atomically."""
     import shutil
 
@@ -104,3 +106,12 @@ def weights_digest(state_dict: dict) -> str:
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(tensor_bytes(t))
     return h.hexdigest()
+
+
+def replicas_in_sync(run_dir: str, env: DistEnv, state_dict: dict) -> bool:
+    """Whether every rank holds the same weights: each writes replicas/rank<N>.sha256 of its
+    `state_dict` (collective; the answer is the same on every rank)."""
+    digest = weights_digest(state_dict)
+    os.makedirs(os.path.join(run_dir, "replicas"), exist_ok=True)
+    write_text(os.path.join(run_dir, "replicas", f"rank{env.rank}.sha256"), digest + "\n")
+    return len(set(env.all_gather_object(digest))) == 1

@@ -1,5 +1,5 @@
 """The run logger: JSONL log (every step and event), console / tqdm lines, optional TensorBoard and
-Weights & Biases; rank 0 only."""
+Weights & Biases, rank 0 only; and the run's closing summary (`write_summary`)."""
 from __future__ import annotations
 
 import argparse
@@ -10,13 +10,14 @@ from typing import Any, Optional
 
 from PIL import Image
 
-from dalle_pytorch.distributed import DistEnv
-from dalle_pytorch.training_common import TrainingError, _write_text
+from dalle_pytorch.errors import TrainingError
+from dalle_pytorch.io.files import write_text
+from dalle_pytorch.train.distributed import DistEnv
 
 LOG_NAME = "log.jsonl"
 
 
-class _RunLogger:
+class RunLogger:
     """JSONL log (every step and event), console lines, optional TensorBoard / W&B; rank 0 only."""
 
     def __init__(self, run_dir: str, args: argparse.Namespace, env: DistEnv, resume_step: Optional[int]) -> None:
@@ -39,7 +40,7 @@ class _RunLogger:
                         continue
                     if int(record.get("step", 0)) <= resume_step:
                         kept.append(json.dumps(record))
-            _write_text(path, "".join(k + "\n" for k in kept))
+            write_text(path, "".join(k + "\n" for k in kept))
             self.file = open(path, "a", encoding="utf-8")
         else:
             self.file = open(path, "w", encoding="utf-8")
@@ -56,7 +57,7 @@ class _RunLogger:
                 raise TrainingError("--wandb needs the wandb package: pip install wandb (then wandb login)") from e
             self.wandb = wandb
             wandb.init(project=args.wandb_name, entity=args.wandb_entity, name=args.name,
-                       config={k: v for k, v in vars(args).items() if _jsonable(v)}, dir=run_dir, resume="allow")
+                       config={k: v for k, v in vars(args).items() if jsonable(v)}, dir=run_dir, resume="allow")
 
     def write(self, record: dict) -> None:
         if not self.active:
@@ -107,9 +108,29 @@ class _RunLogger:
             self.file = None
 
 
-def _jsonable(value: Any) -> bool:
+def jsonable(value: Any) -> bool:
     try:
         json.dumps(value)
         return True
     except (TypeError, ValueError):
         return False
+
+
+def write_summary(logger: RunLogger, run_dir: str, summary: dict) -> None:
+    """Write summary.json, log the "end" event and print the closing line (rank 0)."""
+    write_text(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    logger.event("end", step=summary["steps"], **{k: v for k, v in summary.items() if k != "skipped_files"})
+    if logger.bar is not None:
+        logger.bar.close()
+        logger.bar = None
+    files = summary["skipped_files"]
+    skipped = f"{summary['skipped_samples']} bad samples skipped"
+    if files:
+        skipped += f" ({', '.join(files[:5])}" + (", ..." if len(files) > 5 else "") + ")"
+    loss = f"{summary['final_loss']:.5f}" if summary["final_loss"] is not None else "n/a"
+    logger.print(
+        f"done: {summary['steps']} steps, {summary['epochs_completed']} epochs completed, final loss {loss}, "
+        f"{summary['nonfinite_steps']} non-finite steps skipped, {skipped}"
+        + (f"; model: {summary['model']}" if summary["model"] is not None else ""))
+    if summary["replicas_in_sync"] is False:
+        logger.print("warning: the ranks ended with different weights (see replicas/*.sha256)")

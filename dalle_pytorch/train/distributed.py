@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from dalle_pytorch.training_common import TrainingError
+from dalle_pytorch.errors import TrainingError
 
 
 @dataclasses.dataclass

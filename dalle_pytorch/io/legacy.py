@@ -1,5 +1,8 @@
 """Read checkpoints written by DALLE-pytorch (lucidrains/DALLE-pytorch) into this package's layout.
 
+`load_legacy` reads a `train_dalle.py` / `train_vae.py` `.pt` file (torch.load with weights_only=True:
+no code from the file runs) and builds the model; `remap_state_dict` is the key remapper.
+
 One remapper for every layout DALLE-pytorch has written:
 - pre-cache (<= 1.2): `transformer.layers.layers.{i}.{0,1}.fn.norm...`, `...fn.fn[.fn].to_qkv...`
 - post-cache (>= 1.4): the same with extra `.fn` levels from the CachedAs/NonCached containers,
@@ -15,8 +18,23 @@ Old releases lacked the shift_tokens / rotary_emb switches: `layout_hparams` rea
 from __future__ import annotations
 
 import re
+from typing import Any, Optional
 
 import torch
+from torch import nn
+
+from dalle_pytorch.errors import CheckpointError
+from dalle_pytorch.io.build import (
+    SOURCE_LEGACY,
+    LoadedCheckpoint,
+    apply_overrides,
+    build_dalle,
+    build_vae,
+    check_state,
+    finish,
+    swap_vae,
+)
+from dalle_pytorch.io.pickles import torch_load
 
 # DALLE constructor arguments a DALLE-pytorch `hparams` dict may carry
 _DALLE_KEYS = {
@@ -24,14 +42,10 @@ _DALLE_KEYS = {
     "ff_dropout", "attn_types", "loss_img_weight", "stable", "sandwich_norm", "shift_tokens", "rotary_emb",
     "shared_attn_ids", "shared_ff_ids", "share_input_output_emb", "optimize_for_inference", "sparse_attn",
 }
+# DALLE-pytorch attention types that do not mean what ours do ('mlp' layers are refused by DALLEConfig)
 _UNSUPPORTED_ATTN = {
     "sparse": "DALLE-pytorch's 'sparse' layers use DeepSpeed's block-sparse layout, which this package does not reproduce",
-    "mlp": "gMLP layers ('mlp') are not supported",
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as asked, with the reason."""
 
 
 def parse_version(version) -> tuple[int, ...]:
@@ -190,3 +204,89 @@ def layout_hparams(hparams: dict, weights: dict) -> dict:
         raise CheckpointError(f"hparams say rotary_emb={out['rotary_emb']} but the weights "
                               f"{'have' if has_table else 'lack'} the rotary table transformer.pos_emb")
     return out
+
+
+# -- reading a DALLE-pytorch file ---------------------------------------------------------------
+
+_UNSUPPORTED_VAES = {
+    "OpenAIDiscreteVAE": "OpenAI's pretrained dVAE",
+    "VQGanVAE": "the taming-transformers VQGAN",
+}
+
+
+def _legacy_weights(obj: dict, path: str) -> dict:
+    weights = obj.get("weights")
+    if isinstance(weights, str):
+        raise CheckpointError(f"{path} is the auxiliary file of a DeepSpeed checkpoint: its weights live in the "
+                              f"DeepSpeed folder ({weights!r}); consolidate them into a state dict first")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{path}: 'weights' must be a state dict of tensors")
+    return weights
+
+
+def load_legacy(path: str, map_location: Any, vae: Optional[nn.Module], vae_source: str,
+                overrides: dict) -> LoadedCheckpoint:
+    """Load a DALLE-pytorch `train_dalle.py` / `train_vae.py` file.
+
+    vae: an external VAE replacing (or, for files without vae_params, providing) the model's;
+    vae_source names where it came from in error messages.
+    """
+    obj = torch_load(path)
+    if not isinstance(obj, dict) or "weights" not in obj or ("hparams" not in obj and "vae_params" not in obj):
+        found = sorted(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{path}: not a DALLE-pytorch checkpoint (expected a dict with 'hparams' and 'weights' "
+                              f"as written by train_dalle.py / train_vae.py; found {found})")
+    hparams = obj.get("hparams")
+    if not isinstance(hparams, dict):
+        raise CheckpointError(f"{path}: 'hparams' must be a dict of constructor arguments")
+    is_dalle = "vae_params" in obj or "vae_class_name" in obj or "num_text_tokens" in hparams
+    meta = {"version": obj.get("version"), "epoch": obj.get("epoch"), "vae_class_name": obj.get("vae_class_name")}
+
+    if not is_dalle:  # train_vae.py: {'hparams': vae_params, 'weights': vae.state_dict()}
+        if vae is not None:
+            raise ValueError("vae / vae_path is for DALLE checkpoints; this is a VAE checkpoint")
+        apply_overrides({}, overrides, "vae")
+        weights = _legacy_weights(obj, path)
+        model: nn.Module = build_vae(hparams, path)
+        check_state(path, model, {k: tuple(v.shape) for k, v in weights.items()}, "the DiscreteVAE")
+        model = finish(model, dict(weights), path, map_location)
+        meta["vae_class_name"] = meta["vae_class_name"] or "DiscreteVAE"
+        return LoadedCheckpoint(model=model, tokenizer=None, metadata=meta, source=SOURCE_LEGACY, kind="vae",
+                                config=dict(model.config), path=path)
+
+    vae_class = obj.get("vae_class_name")
+    if vae_class in _UNSUPPORTED_VAES:
+        raise CheckpointError(
+            f"{path} is a DALLE over {vae_class} ({_UNSUPPORTED_VAES[vae_class]}): these VAEs are not supported by "
+            "this package (their weights are downloaded from the internet, which this package never does). Train "
+            "or convert to a DiscreteVAE-based model instead."
+        )
+    if vae_class not in (None, "DiscreteVAE"):
+        raise CheckpointError(f"{path}: VAE class {vae_class!r} is not supported; only DiscreteVAE models can be loaded")
+    weights = _legacy_weights(obj, path)
+    version = obj.get("version")
+    config = dalle_config_from_hparams(layout_hparams(hparams, weights), version)
+    config = apply_overrides(config, overrides, "dalle")
+    external = vae is not None
+    if not external:
+        vae_params = obj.get("vae_params")
+        if vae_params is None:
+            raise CheckpointError(f"{path} has no VAE parameters (vae_params is None); pass vae_path= the DiscreteVAE "
+                                  "checkpoint this model was trained with")
+        vae = build_vae(vae_params, path)
+    model = build_dalle(config, vae, path)
+    if "text_emb.linear.weight" in weights and not config.get("share_input_output_emb"):
+        raise CheckpointError(f"{path}: the weights were written with share_input_output_emb=True "
+                              "(text_emb.linear.*) but hparams do not say so")
+    check_rotary_table(weights, model.transformer)
+    state = remap_state_dict(weights, model.transformer)
+    if external:
+        state = swap_vae(state, vae, path, vae_source)
+    elif not any(k.startswith("vae.") for k in state):
+        raise CheckpointError(f"{path} has no VAE weights (no vae.* keys); pass vae_path= the DiscreteVAE checkpoint "
+                              "this model was trained with")
+    check_state(path, model, {k: tuple(v.shape) for k, v in state.items()}, "the DALLE")
+    model = finish(model, state, path, map_location)
+    return LoadedCheckpoint(model=model, tokenizer=None, metadata=meta, source=SOURCE_LEGACY, kind="dalle",
+                            config=model.config.to_dict(), path=path)
+

@@ -1,0 +1,266 @@
+"""`Pipeline`: captions in, images out; the one path from text to pictures.
+
+    pipe = Pipeline.from_checkpoint("dalle.safetensors")         # or Pipeline(model, tokenizer)
+    result = pipe.generate("a red circle on a blue background", num_images=4, seed=0)
+    result.pil_images()                                          # PIL images, result.seeds their seeds
+
+`generate.py` (which also writes the files) and the server both use it; neither re-implements it.
+A caption's images are sampled in batches of `batch_size`: batch k with a CPU
+`torch.Generator().manual_seed(seed + k)`, so the noise does not depend on the device and the same
+seed, batch size, settings, checkpoint, device and dtype give the same images.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+from PIL import Image
+from torch import nn
+
+from dalle_pytorch.dalle import DALLE
+from dalle_pytorch.errors import CheckpointError, GenerationError
+from dalle_pytorch.images import tensor_to_pil
+from dalle_pytorch.io.checkpoint import load_checkpoint
+from dalle_pytorch.sampling import SamplingConfig
+from dalle_pytorch.tokenizer import BaseTokenizer, tokenizer_for_flags
+
+__all__ = ["DEMO", "DTYPES", "GeneratedImages", "Pipeline", "batch_seeds", "demo_path", "resolve_checkpoint",
+           "resolve_device", "resolve_dtype"]
+
+#: The `--dalle_path` value (and default) that selects the demo model shipped with the package.
+DEMO = "demo"
+DEMO_FILE = "dalle.safetensors"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+PathLike = Union[str, os.PathLike]
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoint, device, dtype, seeds
+# ------------------------------------------------------------------------------------------------
+
+
+def demo_path() -> Path:
+    """The demo model file shipped inside the package (`dalle_pytorch/demo/dalle.safetensors`)."""
+    ref = resources.files("dalle_pytorch").joinpath("demo", DEMO_FILE)
+    path = Path(str(ref))
+    if not path.is_file():
+        raise GenerationError(
+            f"the demo model {str(path)!r} is missing from this installation; reinstall the package or train it "
+            "with scripts/train_demo.sh"
+        )
+    return path
+
+
+def resolve_checkpoint(dalle_path: Optional[PathLike]) -> tuple[Path, bool]:
+    """`--dalle_path`: None or 'demo' -> (the packaged demo file, True); otherwise (the path, False).
+
+    Raises GenerationError when the file does not exist (a file literally named 'demo' in the
+    current folder takes precedence over the packaged model).
+    """
+    if dalle_path is None or (dalle_path == DEMO and not Path(DEMO).exists()):
+        return demo_path(), True
+    path = Path(dalle_path).expanduser()
+    if not path.exists():
+        raise GenerationError(f"--dalle_path {str(dalle_path)!r} does not exist (use --dalle_path demo for the demo model)")
+    if path.is_dir():
+        raise GenerationError(f"--dalle_path {str(dalle_path)!r} is a folder; give the checkpoint file")
+    return path, False
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda if available, else cpu; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise GenerationError(f"--device {name!r} is not a device torch knows ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GenerationError(f"--device {name!r}: CUDA is not available on this machine (use --device cpu)")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'float32' | 'bfloat16' | 'float16'; float16 is refused on CPU (use bfloat16 there)."""
+    if name not in DTYPES:
+        raise GenerationError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    if name == "float16" and device.type == "cpu":
+        raise GenerationError("--dtype float16 is not supported on CPU (half-precision matmuls are slow or missing "
+                              "there); use --dtype bfloat16 or float32, or a CUDA device")
+    return DTYPES[name]
+
+
+def batch_seeds(seed: int, num_images: int, batch_size: int) -> list[tuple[int, int]]:
+    """[(seed of batch k, images in batch k), ...]: batch k is sampled with seed + k."""
+    if num_images < 1:
+        raise GenerationError(f"--num_images must be >= 1, got {num_images}")
+    if batch_size < 1:
+        raise GenerationError(f"--batch_size must be >= 1, got {batch_size}")
+    n_batches = math.ceil(num_images / batch_size)
+    return [(seed + k, min(batch_size, num_images - k * batch_size)) for k in range(n_batches)]
+
+
+# ------------------------------------------------------------------------------------------------
+# the pipeline
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GeneratedImages:
+    """The images `Pipeline.generate` sampled for one caption (best CLIP score first when reranked)."""
+
+    caption: str
+    images: torch.Tensor  # (n, c, H, W) float32 on CPU, in [0, 1]
+    seeds: list[int]  # the seed of each image's batch
+    settings: dict  # the sampling settings that determine the images
+    elapsed: float  # seconds of sampling (and decoding)
+    scores: Optional[list[float]] = None  # CLIP scores, with a CLIP
+    order: list[int] = field(default_factory=list)  # index of each image before reranking
+
+    def pil_images(self) -> list[Image.Image]:
+        return [tensor_to_pil(im) for im in self.images]
+
+
+class Pipeline:
+    """A DALLE, its tokenizer and optionally a CLIP for reranking, ready to turn captions into images.
+
+    Args:
+        model: a DALLE (put in eval mode; its device and dtype are the pipeline's).
+        tokenizer: the tokenizer the model was trained with.
+        clip: a CLIP to rerank each caption's images by (best first), or None.
+    """
+
+    def __init__(self, model: DALLE, tokenizer: BaseTokenizer, *, clip: Optional[nn.Module] = None) -> None:
+        if not isinstance(model, DALLE):
+            raise TypeError(f"Pipeline needs a DALLE, got {type(model).__name__}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.clip = clip.eval() if clip is not None else None
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        #: the LoadedCheckpoint a pipeline made by `from_checkpoint` came from
+        self.checkpoint = None
+
+    @classmethod
+    def from_checkpoint(cls, dalle_path: Optional[PathLike] = None, *, vae_path: Optional[PathLike] = None,
+                        bpe_path: Optional[PathLike] = None, hug: bool = False, clip_path: Optional[PathLike] = None,
+                        device: str = "auto", dtype: str = "float32") -> "Pipeline":
+        """Load a DALLE checkpoint (ours, DALLE-pytorch's, or the demo model when `dalle_path` is None or
+        "demo"), its tokenizer (or the one `bpe_path` / `hug` select) and an optional CLIP.
+
+        Raises GenerationError with a one-line reason for anything that does not fit.
+        """
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        path, _ = resolve_checkpoint(dalle_path)
+        if vae_path is not None and not os.path.isfile(vae_path):
+            raise GenerationError(f"--vae_path {str(vae_path)!r} does not exist")
+        try:
+            loaded = load_checkpoint(path, map_location=dev, vae_path=vae_path)
+        except CheckpointError as e:
+            raise GenerationError(str(e)) from None
+        if loaded.kind != "dalle":
+            raise GenerationError(f"{path} is a {loaded.kind} checkpoint; a DALLE checkpoint is needed")
+        clip = None
+        if clip_path is not None:
+            if not os.path.isfile(clip_path):
+                raise GenerationError(f"--clip_path {str(clip_path)!r} does not exist")
+            try:
+                loaded_clip = load_checkpoint(clip_path, map_location=dev)
+            except CheckpointError as e:
+                raise GenerationError(f"--clip_path: {e}") from None
+            if loaded_clip.kind != "clip":
+                raise GenerationError(f"--clip_path {str(clip_path)!r} is a {loaded_clip.kind} checkpoint, not a CLIP "
+                                      "(save one with dalle_pytorch.save(clip, path))")
+            clip = loaded_clip.model.to(dt)
+        if loaded.tokenizer is None and loaded.tokenizer_description is not None and bpe_path is None:
+            warnings.warn("the checkpoint's tokenizer could not be rebuilt; using the default CLIP SimpleTokenizer")
+        try:
+            tokenizer = tokenizer_for_flags(bpe_path, hug=hug, stored=loaded.tokenizer)
+        except ValueError as e:
+            raise GenerationError(str(e)) from None
+        model = loaded.model.to(dt)
+        if tokenizer.vocab_size > model.num_user_text_tokens:
+            warnings.warn(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                          f"{model.num_user_text_tokens}; is it the tokenizer the model was trained with?")
+        pipe = cls(model, tokenizer, clip=clip)
+        pipe.checkpoint = loaded
+        return pipe
+
+    # -- text ---------------------------------------------------------------------------------------
+
+    def tokenize(self, captions: list[str]) -> torch.Tensor:
+        """(b, text_seq_len) ids of `captions` on the pipeline's device; GenerationError names a caption
+        that does not fit."""
+        try:
+            return self.tokenizer.tokenize(list(captions), self.model.text_seq_len).to(self.device)
+        except ValueError as e:
+            raise GenerationError(str(e)) from None
+
+    # -- images -------------------------------------------------------------------------------------
+
+    def generate(self, caption: str, *, num_images: int = 4, seed: int = 0, batch_size: int = 4,
+                 sampling: SamplingConfig = SamplingConfig(filter_thres=0.9), null_prompt: Optional[str] = None,
+                 img: Optional[torch.Tensor] = None, num_init_img_tokens: Optional[int] = None,
+                 use_cache: bool = True, compile: bool | str = False, progress: bool = False,
+                 on_batch: Optional[Callable[[int], None]] = None) -> GeneratedImages:
+        """Sample `num_images` images for `caption`.
+
+        Batch k (of `batch_size` images) is sampled with a CPU generator seeded `seed + k`.
+        null_prompt: the caption guidance steers away from (needs sampling.cond_scale != 1).
+        img: (1, c, H, W) pixels in [0, 1] whose first `num_init_img_tokens` codes prime every image.
+        `use_cache` and `compile` change the speed, never the images.  on_batch(n) is called after
+        each batch of n images.
+        """
+        text = self.tokenize([caption])
+        null = self.tokenize([null_prompt]) if null_prompt is not None else None
+        prime = img.to(device=self.device, dtype=self.dtype) if img is not None else None
+        settings = {**sampling.to_dict(), "null_text": null_prompt,
+                    "num_init_img_tokens": num_init_img_tokens if img is not None else None,
+                    "batch_size": batch_size}
+        images, seeds, scores = [], [], []
+        start = time.perf_counter()
+        for batch_seed, n in batch_seeds(seed, num_images, batch_size):
+            generator = torch.Generator().manual_seed(batch_seed)
+            try:
+                out = self.model.generate_images(
+                    text, clip=self.clip, filter_thres=sampling.filter_thres, top_p=sampling.top_p,
+                    temperature=sampling.temperature, img=prime, num_init_img_tokens=num_init_img_tokens,
+                    cond_scale=sampling.cond_scale, null_text=null, use_cache=use_cache, num_images=n,
+                    generator=generator, progress=progress, compile=compile,
+                )
+            except ValueError as e:  # bad settings for this model (e.g. num_init_img_tokens too large)
+                raise GenerationError(str(e)) from None
+            if self.clip is not None:
+                out, batch_scores = out
+                scores.extend(float(s) for s in batch_scores.float().cpu())
+            images.append(out.float().cpu())
+            seeds.extend([batch_seed] * n)
+            if on_batch is not None:
+                on_batch(n)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        pixels = torch.cat(images)
+        order = list(range(num_images))
+        if self.clip is not None:
+            order = sorted(order, key=lambda i: -scores[i])  # best CLIP score first
+            pixels, seeds, scores = pixels[order], [seeds[i] for i in order], [scores[i] for i in order]
+        return GeneratedImages(caption=caption, images=pixels, seeds=seeds, settings=settings, elapsed=elapsed,
+                               scores=scores or None, order=order)
+
+    def __call__(self, captions: str | list[str], *, num_images: int = 4, seed: int = 0,
+                 **kwargs: Any) -> list[GeneratedImages]:
+        """`generate` for each caption (a string or a list of them); keyword arguments as for `generate`."""
+        if isinstance(captions, str):
+            captions = [captions]
+        self.tokenize(captions)  # every caption is checked before any sampling
+        return [self.generate(c, num_images=num_images, seed=seed, **kwargs) for c in captions]

@@ -1,0 +1,21 @@
+"""Training: what `train_vae.py` and `train_dalle.py` run.
+
+    run.py          run(args, build_task), cli(main, parse_args): the entry point of both scripts
+    tasks.py        Task; vae_task, dalle_task: model, data, loss and sample images of each script
+    trainer.py      Trainer: the loop (gradient accumulation, non-finite steps, logging, checkpoints)
+    parallel.py     ParallelModel: single process, DDP or FSDP2, optimizer state by parameter names
+    state.py        Progress, RunState: what a training-state file holds and exact resume
+    checkpoints.py  CheckpointManager: a run folder's checkpoint pairs, `latest`, rotation
+    optim.py        AdamW and the learning-rate schedule
+    precision.py    autocast and what each device supports
+    rng.py          seeding, capturing and restoring every RNG
+    args.py         the flags both scripts share
+    datasets.py     TextImageDataset, ImageFolder, the bad-sample policy, image transforms
+    folder_index.py the cached scan of a caption/image folder
+    webdataset.py   batches from WebDataset shards
+    loader.py       EpochData: batches of an epoch, resumable; collation, devices
+    distributed.py  DistEnv, init_distributed (torchrun)
+    runlog.py       RunLogger (JSONL, console, TensorBoard, W&B), the run summary
+
+Nothing is imported here: import the module you need.
+"""

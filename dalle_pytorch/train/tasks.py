@@ -1,0 +1,229 @@
+"""What the training scripts train: a `Task` (model, data, loss, sample images), and the builders of
+the two tasks, `vae_task` (train_vae.py) and `dalle_task` (train_dalle.py).
+
+A builder is called by `dalle_pytorch.train.run.run(args, builder)` with the parsed flags, the
+distributed environment and the model of the checkpoint being resumed (or None).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from dalle_pytorch.dalle import DALLE
+from dalle_pytorch.errors import TrainingError
+from dalle_pytorch.io.build import LoadedCheckpoint
+from dalle_pytorch.io.checkpoint import load_checkpoint
+from dalle_pytorch.io.files import write_text
+from dalle_pytorch.io.images import save_image_grid
+from dalle_pytorch.tokenizer import tokenizer_for_flags
+from dalle_pytorch.train.datasets import ImageFolder, TextImageDataset
+from dalle_pytorch.train.distributed import DistEnv
+from dalle_pytorch.train.webdataset import webdataset_loader
+from dalle_pytorch.vae import DiscreteVAE
+
+__all__ = ["Task", "TaskBuilder", "vae_task", "dalle_task", "parse_ids"]
+
+
+@dataclasses.dataclass
+class Task:
+    """What a script trains.
+
+    Attributes:
+        kind: "vae" or "dalle" (stored in checkpoints; a resume must match).
+        model: the single-device model, weights loaded, on CPU.
+        data: a map-style Dataset of single samples (exact resume) or an iterable of ready batches
+            (streaming; resumes at a fresh stream position).
+        loss_fn: (train_model, batch on device, step) -> (scalar loss, aux); called under autocast.
+        dummy_batch: () -> a batch of one sample on CPU (for the DDP unused-parameter dry run).
+        image_fn: (model, step, aux of the step's last micro-batch, path stem) -> (png path, caption);
+            called on rank 0 every --sample_every steps.
+        image_needs_model: image_fn uses the model (under FSDP a full copy is gathered for it).
+        log_fn: step -> extra values for the step's log record.
+        tokenizer: stored in the model checkpoints.
+        info: lines printed at start.
+    """
+
+    kind: str
+    model: nn.Module
+    data: Any
+    loss_fn: Callable[[nn.Module, Any, int], tuple[torch.Tensor, Any]]
+    dummy_batch: Callable[[], Any]
+    image_fn: Optional[Callable[[nn.Module, int, Any, str], tuple[str, str]]] = None
+    image_needs_model: bool = False
+    log_fn: Optional[Callable[[int], dict]] = None
+    tokenizer: Any = None
+    info: list = dataclasses.field(default_factory=list)
+
+
+#: (args, env, the checkpoint being resumed or None) -> Task
+TaskBuilder = Callable[[argparse.Namespace, DistEnv, Optional[LoadedCheckpoint]], Task]
+
+
+def vae_task(args: argparse.Namespace, env: DistEnv, resumed: Optional[LoadedCheckpoint]) -> Task:
+    """DiscreteVAE on a folder of images (``train_vae.py``)."""
+    if resumed is not None:
+        model = resumed.model
+        if not isinstance(model, DiscreteVAE):
+            raise TrainingError(f"the checkpoint to resume holds a {type(model).__name__}, not a DiscreteVAE")
+    else:
+        channels = 4 if args.transparent else 3
+        model = DiscreteVAE(
+            image_size=args.image_size, num_tokens=args.num_tokens, codebook_dim=args.emb_dim,
+            num_layers=args.num_layers, num_resnet_blocks=args.num_resnet_blocks, hidden_dim=args.hidden_dim,
+            channels=channels, smooth_l1_loss=args.smooth_l1_loss, straight_through=args.straight_through,
+            reinmax=args.reinmax, kl_div_loss_weight=args.kl_loss_weight,
+            normalization=((0.5,) * channels, (0.5,) * channels),
+        )
+    if args.transparent and model.channels != 4:
+        raise TrainingError(f"--transparent needs a 4-channel VAE; the resumed one has {model.channels} channels")
+    dataset = ImageFolder(args.image_folder, model.image_size, transparent=model.channels == 4,
+                          max_bad_fraction=args.max_bad_fraction)
+    starting_temp, temp_min, anneal_rate = args.starting_temp, args.temp_min, args.anneal_rate
+    k = args.num_images_save
+
+    def temperature(step: int) -> float:
+        return max(starting_temp * math.exp(-anneal_rate * step), temp_min)
+
+    def loss_fn(m, images, step):
+        loss, recons = m(images, return_loss=True, return_recons=True, temp=temperature(step))
+        return loss, (images[:k].detach(), recons[:k].detach().float())  # for the reconstruction grid
+
+    def image_fn(m, step, aux, stem):
+        images, recons = aux
+        path = save_image_grid([images, recons], stem + ".png")
+        return path, "top: originals, bottom: reconstructions"
+
+    def dummy_batch():
+        return torch.rand(1, model.channels, model.image_size, model.image_size)
+
+    return Task(kind="vae", model=model, data=dataset, loss_fn=loss_fn, dummy_batch=dummy_batch,
+                image_fn=image_fn if k > 0 else None, log_fn=lambda step: {"temperature": temperature(step)},
+                info=[f"{len(dataset)} images in {dataset.folder}",
+                      f"VAE: {sum(p.numel() for p in model.parameters()):,} parameters, "
+                      f"{model.image_size}px -> {model.fmap_size}x{model.fmap_size} codes of {model.num_tokens}"])
+
+
+
+def parse_ids(text: Optional[str]):
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    return tuple(int(t) if t.lstrip("-").isdigit() else t for t in items)
+
+
+def dalle_task(args: argparse.Namespace, env: DistEnv, resumed: Optional[LoadedCheckpoint]) -> Task:
+    """DALLE on captioned images (``train_dalle.py``): folder pairs or webdataset shards."""
+    info = []
+    if args.optimize_for_inference:
+        info.append("note: --optimize_for_inference only affects inference; it is ignored for training")
+    if resumed is None and args.dalle_path:
+        if not os.path.exists(args.dalle_path):
+            raise TrainingError(f"--dalle_path {args.dalle_path!r} does not exist")
+        resumed = load_checkpoint(args.dalle_path, map_location="cpu")
+        if resumed.kind != "dalle":
+            raise TrainingError(f"--dalle_path {args.dalle_path!r} holds a {resumed.kind} model, not a DALLE "
+                                "(pass a VAE with --vae_path)")
+        info.append(f"initialised from {args.dalle_path} ({resumed.source})")
+    try:
+        tokenizer = tokenizer_for_flags(args.bpe_path, hug=args.hug, stored=resumed.tokenizer if resumed else None)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
+
+    if resumed is not None:
+        model = resumed.model
+        if not isinstance(model, DALLE):
+            raise TrainingError(f"the checkpoint holds a {type(model).__name__}, not a DALLE")
+    else:
+        if not args.vae_path:
+            raise TrainingError("train_dalle.py needs --vae_path (a trained DiscreteVAE) or --dalle_path (a DALLE to "
+                                "continue from); the pretrained OpenAI / VQGAN VAEs are not supported")
+        if not os.path.exists(args.vae_path):
+            raise TrainingError(f"--vae_path {args.vae_path!r} does not exist")
+        loaded_vae = load_checkpoint(args.vae_path, map_location="cpu")
+        vae = loaded_vae.model.vae if loaded_vae.kind == "dalle" else loaded_vae.model
+        if not isinstance(vae, DiscreteVAE):
+            raise TrainingError(f"--vae_path {args.vae_path!r} does not hold a DiscreteVAE")
+        attn_types = tuple(t.strip() for t in args.attn_types.split(",") if t.strip())
+        model = DALLE(
+            dim=args.dim, vae=vae, num_text_tokens=tokenizer.vocab_size, text_seq_len=args.text_seq_len,
+            depth=args.depth, heads=args.heads, dim_head=args.dim_head, reversible=args.reversible,
+            attn_dropout=args.attn_dropout, ff_dropout=args.ff_dropout, attn_types=attn_types,
+            loss_img_weight=args.loss_img_weight, stable=args.stable, sandwich_norm=args.sandwich_norm,
+            shift_tokens=args.shift_tokens, rotary_emb=args.rotary_emb,
+            shared_attn_ids=parse_ids(args.shared_attn_ids), shared_ff_ids=parse_ids(args.shared_ff_ids),
+            share_input_output_emb=args.share_input_output_emb, attn_kernel=args.attn_kernel,
+        )
+    if tokenizer.vocab_size > model.num_user_text_tokens:
+        raise TrainingError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                            f"{model.num_user_text_tokens} text tokens; use the tokenizer the model was trained with")
+    vae = model.vae
+    if args.transparent and vae.channels != 4:
+        raise TrainingError(f"--transparent needs a 4-channel (RGBA) VAE; this one has {vae.channels} channels")
+    transparent = vae.channels == 4
+    text_len, image_size = model.text_seq_len, vae.image_size
+
+    if args.wds:
+        keys = [k.strip() for k in args.wds.split(",")]
+        if len(keys) != 2 or not all(keys):
+            raise TrainingError(f"--wds takes the image and caption keys as 'img,cap' (e.g. jpg,txt), got {args.wds!r}")
+        data = webdataset_loader(args.image_text_folder, image_key=keys[0], caption_key=keys[1], text_len=text_len,
+                                 image_size=image_size, tokenizer=tokenizer, truncate_captions=args.truncate_captions,
+                                 resize_ratio=args.resize_ratio, batch_size=args.batch_size,
+                                 num_workers=args.num_workers, transparent=transparent)
+        info.append(f"webdataset shards {args.image_text_folder} (keys {keys[0]}, {keys[1]})")
+        first_caption = None
+    else:
+        if not os.path.isdir(args.image_text_folder):
+            raise TrainingError(f"--image_text_folder {args.image_text_folder!r} is not a directory")
+        data = TextImageDataset(args.image_text_folder, text_len=text_len, image_size=image_size,
+                                truncate_captions=args.truncate_captions, resize_ratio=args.resize_ratio,
+                                transparent=transparent, tokenizer=tokenizer, max_bad_fraction=args.max_bad_fraction,
+                                seed=args.seed)
+        info.append(f"{len(data)} image-text pairs in {data.folder}")
+        first_caption = first_caption_of(data)
+
+    caption = args.sample_caption or first_caption or "a picture"
+    sample_tokens = tokenizer.tokenize([caption], text_len, truncate_text=True)
+    num_images, seed = args.num_sample_images, args.seed
+
+    def loss_fn(m, batch, step):
+        text, images = batch
+        return m(text, images, return_loss=True, null_cond_prob=args.null_cond_prob), None
+
+    def image_fn(m, step, aux, stem):
+        device = next(m.parameters()).device
+        generator = torch.Generator().manual_seed(seed)
+        images = m.generate_images(sample_tokens.to(device), num_images=num_images, generator=generator,
+                                   filter_thres=args.sample_filter_thres)
+        path = save_image_grid([images], stem + ".png")
+        write_text(stem + ".txt", caption + "\n")
+        return path, caption
+
+    def dummy_batch():
+        text = tokenizer.tokenize([caption], text_len, truncate_text=True)
+        return text, torch.rand(1, vae.channels, image_size, image_size)
+
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    info.append(f"DALLE: {n_params:,} trainable parameters, {model.text_seq_len} text + {model.image_seq_len} image "
+                f"tokens, vocab {tokenizer.vocab_size}")
+    return Task(kind="dalle", model=model, data=data, loss_fn=loss_fn, dummy_batch=dummy_batch,
+                image_fn=image_fn if num_images > 0 else None, image_needs_model=True, tokenizer=tokenizer, info=info)
+
+
+def first_caption_of(dataset) -> Optional[str]:
+    """First caption line of the dataset's first pair (the default sample caption)."""
+    try:
+        with open(os.path.join(dataset.folder, dataset.pairs[0][1]), encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    return line.strip()
+    except (OSError, UnicodeDecodeError, IndexError, AttributeError):
+        pass
+    return None
+

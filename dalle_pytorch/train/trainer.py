@@ -1,0 +1,311 @@
+"""`Trainer`: runs one `Task`: loops over its data, steps the optimizer, logs, writes checkpoint pairs
+and sample images, and resumes exactly.
+
+Non-finite losses or gradients skip the optimizer step (counted); more than --max_nonfinite in a
+row stop the run.  Checkpoint pairs (model file + training state) are written with
+`CheckpointManager`; the JSONL log and console lines with `RunLogger`.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+import warnings
+from typing import Any, Optional
+
+import torch
+
+from dalle_pytorch.errors import TrainingError
+from dalle_pytorch.io.checkpoint import save as save_model
+from dalle_pytorch.io.training_state import save_training_state
+from dalle_pytorch.train.checkpoints import CheckpointManager, CheckpointPoint, link_file, replicas_in_sync
+from dalle_pytorch.train.distributed import DistEnv
+from dalle_pytorch.train.loader import EpochData, batch_len, to_device
+from dalle_pytorch.train.optim import build_optimizer, build_scheduler
+from dalle_pytorch.train.parallel import ParallelModel
+from dalle_pytorch.train.precision import autocast
+from dalle_pytorch.train.rng import seed_all
+from dalle_pytorch.train.runlog import RunLogger, write_summary
+from dalle_pytorch.train.state import Progress, RunState
+from dalle_pytorch.train.tasks import Task
+
+__all__ = ["Trainer"]
+
+
+class Trainer:
+    """Trains `task` in `run_dir`; `resume` is the checkpoint pair to continue from (and its state)."""
+
+    def __init__(self, args: argparse.Namespace, env: DistEnv, task: Task, run_dir: str,
+                 manager: CheckpointManager, resume: Optional[tuple[CheckpointPoint, dict]]) -> None:
+        self.args, self.env, self.task = args, env, task
+        self.run_dir, self.manager = run_dir, manager
+        self.samples_dir = os.path.join(run_dir, "samples")
+        task.model.train()
+        self.model = ParallelModel(task.model, env, fsdp=args.fsdp, compile=args.compile, loss_fn=task.loss_fn,
+                                   dummy_batch=task.dummy_batch)
+        self.notes: list[str] = list(task.info) + self.model.notes
+        self.optimizer = build_optimizer(task.model, args)
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=args.precision == "fp16")
+
+        self.data = EpochData(task.data, env, args)
+        self.total = self.data.total_steps
+        self.scheduler = build_scheduler(self.optimizer, args, self.total)
+
+        self.progress = Progress()
+        self.state = RunState(args, env, task.kind, self.model, self.optimizer, self.scheduler, self.scaler,
+                              self.progress)
+        self.resume_step: Optional[int] = None
+        if resume is not None:
+            point, state = resume
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                self.notes += self.state.load_state_dict(state, point.state)
+            self.resume_step = self.progress.step
+            if not self.data.map_style:
+                self.progress.batches_in_epoch = 0
+                self.notes.append("note: streaming data resumes at a fresh stream position (not exact)")
+        else:
+            seed_all(args.seed + env.rank)
+        self.last_saved = self.progress.step if resume is not None else -1
+        self.epochs_completed = 0
+        self._tick = time.time()
+        self.logger = RunLogger(run_dir, args, env, self.resume_step)
+
+    # -- checkpoints and images ---------------------------------------------------------------------
+
+    def save(self) -> str:
+        """Write the checkpoint pair of the current step (all ranks call this)."""
+        env, step = self.env, self.progress.step
+        env.barrier()
+        model = self.model.full_model()
+        state = self.state.state_dict()
+        model_path, state_path = self.manager.pair(step)
+        error: Optional[BaseException] = None
+        if env.is_main:
+            try:
+                os.makedirs(self.manager.dir, exist_ok=True)
+                meta = {"step": step, "epoch": self.progress.epoch, "run": self.args.name, "kind": self.task.kind}
+                save_model(model, model_path, tokenizer=self.task.tokenizer, metadata=meta)
+                save_training_state(state_path, state)
+                self.manager.commit(step)
+            except Exception as e:  # noqa: BLE001 - reported on every rank below
+                error = e
+        if not env.all_ok(error is None):
+            last = self.manager.latest()
+            where = f"; the last good checkpoint is {last.model} (step {last.step})" if last else ""
+            if isinstance(error, ValueError) and "non-finite" in str(error):
+                raise TrainingError(f"stopping at step {step}: the weights have become non-finite (NaN/inf), "
+                                    f"so no checkpoint was written{where}. Lower --learning_rate, use "
+                                    "--clip_grad_norm or --precision fp32, and resume from there.") from error
+            if error is not None:
+                raise TrainingError(f"could not write the checkpoint of step {step}: {error}") from error
+            raise TrainingError(f"rank 0 could not write the checkpoint of step {step}")
+        self.last_saved = step
+        self.logger.event("checkpoint", step=step, model=os.path.relpath(model_path, self.run_dir))
+        return model_path
+
+    def _images(self, aux: Any) -> None:
+        task = self.task
+        if task.image_fn is None:
+            return
+        model = self.model.full_model() if task.image_needs_model else task.model
+        if self.env.is_main:
+            os.makedirs(self.samples_dir, exist_ok=True)
+            step = self.progress.step
+            result = task.image_fn(model, step, aux, os.path.join(self.samples_dir, f"step_{step:08d}"))
+            if result:
+                path, caption = result
+                self.logger.event("images", step=step, path=os.path.relpath(path, self.run_dir), caption=caption)
+                self.logger.image(path, step, caption)
+
+    # -- the loop -------------------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        """Train to --max_steps / --epochs; returns the run summary."""
+        try:
+            return self._loop()
+        finally:
+            self.logger.close()
+
+    def _loop(self) -> dict:
+        args, env, task, log, p = self.args, self.env, self.task, self.logger, self.progress
+        ga = args.ga_steps
+        resuming = self.resume_step is not None
+        log.event("resume" if resuming else "start", step=p.step, epoch=p.epoch, world_size=env.world_size,
+                  device=str(env.device), mode=self.model.mode, total_steps=self.total)
+        for line in self.notes:
+            log.print(line)
+        log.print(f"training {task.kind} on {env.world_size} x {env.device.type} ({self.model.mode}), "
+                  f"{args.batch_size * ga * env.world_size} samples per step"
+                  + (f", {self.data.steps_per_epoch} steps per epoch" if self.data.steps_per_epoch else "")
+                  + (f", {self.total} steps" if self.total else "")
+                  + (f"; resuming at step {p.step} (epoch {p.epoch})" if resuming else ""))
+        if env.is_main and not args.no_progress:
+            from tqdm.auto import tqdm
+
+            log.bar = tqdm(total=self.total, initial=p.step, desc=task.kind, dynamic_ncols=True)
+
+        start_time = self._tick = time.time()
+        last_loss = None
+        done = self.total is not None and p.step >= self.total
+        while not done:
+            pending: list = []
+            got_any = False
+            for item in self.data.batches(p.epoch, p.batches_in_epoch):
+                got_any = True
+                pending.append(item)
+                if len(pending) < ga:
+                    continue
+                last_loss = self._step(pending)
+                pending = []
+                if self.total is not None and p.step >= self.total:
+                    done = True
+                    break
+            if done:
+                break
+            if not self.data.map_style and not got_any:
+                raise TrainingError("the data stream produced no batches (empty or unreadable shards?)")
+            p.epoch += 1
+            p.batches_in_epoch = 0
+            if self.total is None and p.epoch >= args.epochs:
+                break
+
+        epoch_done = self.data.map_style and p.batches_in_epoch >= self.data.steps_per_epoch * ga
+        self.epochs_completed = p.epoch + (1 if epoch_done else 0)
+        if self.last_saved != p.step and p.step > 0:
+            self.save()
+        return self._finish(start_time, last_loss)
+
+    def _step(self, micro_batches: list) -> float:
+        """One optimizer step over `micro_batches` (gradient accumulation); returns the mean loss."""
+        args, env, task, p = self.args, self.env, self.task, self.progress
+        ga = len(micro_batches)
+        lr = self.optimizer.param_groups[0]["lr"]
+        want_images = bool(args.sample_every and task.image_fn is not None and (p.step + 1) % args.sample_every == 0)
+        loss_sum = torch.zeros((), device=env.device)
+        finite_local = True
+        new_skips: list[str] = []
+        aux = None
+        samples = 0
+        for i, (batch, skipped) in enumerate(micro_batches):
+            last = i == ga - 1
+            if skipped:
+                new_skips.extend(skipped)
+            batch = to_device(batch, env.device)
+            samples += batch_len(batch)
+            with self.model.sync(last):
+                with autocast(args.precision, env.device):
+                    loss, micro_aux = task.loss_fn(self.model.train_model, batch, p.step)
+                loss = loss.float()
+                if not bool(torch.isfinite(loss.detach())):
+                    finite_local = False
+                self.scaler.scale(loss / ga).backward()
+            loss_sum += loss.detach()
+            if last and want_images:
+                aux = micro_aux
+        p.batches_in_epoch += ga
+
+        fresh = [f for f in new_skips if f not in p.skipped_files]
+        p.skipped_files.update(fresh)
+        stats = torch.stack([
+            loss_sum / ga if finite_local else torch.zeros((), device=env.device),
+            torch.tensor(0.0 if finite_local else 1.0, device=env.device),
+            torch.tensor(float(len(fresh)), device=env.device),
+            torch.tensor(float(samples), device=env.device),
+        ])
+        env.all_reduce_sum(stats)
+        nonfinite = float(stats[1].item()) > 0
+        p.skipped_total += int(stats[2].item())
+        p.samples_seen += int(stats[3].item())
+        loss_value = float("nan") if nonfinite else float(stats[0].item()) / env.world_size
+
+        grad_norm = None
+        if not nonfinite:
+            if self.scaler.is_enabled():
+                self.scaler.unscale_(self.optimizer)
+            max_norm = args.clip_grad_norm if args.clip_grad_norm > 0 else float("inf")
+            norm = torch.nn.utils.clip_grad_norm_(self.model.params, max_norm)
+            if hasattr(norm, "full_tensor"):
+                norm = norm.full_tensor()
+            grad_norm = float(norm.item())
+            if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+                nonfinite = True
+        if nonfinite:
+            self.optimizer.zero_grad(set_to_none=True)
+            p.nonfinite_total += 1
+            p.nonfinite_run += 1
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            p.nonfinite_run = 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()" on a skip
+            self.scheduler.step()
+        p.step += 1
+
+        dt = max(time.time() - self._tick, 1e-9)  # data loading + compute since the previous step
+        record = {"event": "step", "step": p.step, "epoch": p.epoch, "loss": loss_value, "lr": lr,
+                  "grad_norm": grad_norm, "samples_per_sec": float(stats[3].item()) / dt,
+                  "nonfinite_steps": p.nonfinite_total, "skipped_samples": p.skipped_total}
+        if nonfinite:
+            record["skipped_step"] = True
+        if task.log_fn is not None:
+            record.update(task.log_fn(p.step - 1))
+        self._report(record, loss_value, lr, nonfinite, fresh)
+
+        if want_images:
+            self._images(aux)
+        if args.save_every_steps and p.step % args.save_every_steps == 0:
+            self.save()
+        self._tick = time.time()
+        return loss_value
+
+    def _report(self, record: dict, loss_value: float, lr: float, nonfinite: bool, fresh: list[str]) -> None:
+        args, p, log = self.args, self.progress, self.logger
+        log.write(record)
+        if log.bar is not None:
+            log.bar.update(1)
+            log.bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
+        if nonfinite:
+            log.print(f"step {p.step}: non-finite loss or gradient; optimizer step skipped "
+                      f"({p.nonfinite_run} in a row, {p.nonfinite_total} in total)")
+            if p.nonfinite_run > args.max_nonfinite:
+                last = self.manager.latest()
+                where = f" The last checkpoint is {last.model} (step {last.step})." if last else ""
+                raise TrainingError(
+                    f"stopping at step {p.step}: the loss was non-finite (NaN/inf) for {p.nonfinite_run} "
+                    f"steps in a row, more than --max_nonfinite {args.max_nonfinite}.{where} Try a lower "
+                    "--learning_rate, --warmup_steps, --clip_grad_norm, or --precision fp32/bf16 instead of fp16.")
+        elif p.step % args.log_every == 0 and log.bar is None:
+            log.print(f"epoch {p.epoch} step {p.step}: loss {loss_value:.5f} lr {lr:.3e}")
+        if fresh and self.env.is_main:
+            log.print(f"skipped bad samples: {', '.join(fresh)} ({p.skipped_total} so far)")
+
+    def _finish(self, start_time: float, last_loss: Optional[float]) -> dict:
+        env, p = self.env, self.progress
+        final_path = os.path.join(self.run_dir, f"{self.args.name}.safetensors")
+        point = self.manager.latest()
+        if env.is_main and point is not None:
+            link_file(point.model, final_path)
+        summary = {
+            "kind": self.task.kind,
+            "steps": p.step,
+            "epochs_completed": self.epochs_completed,
+            "samples_seen": p.samples_seen,
+            "final_loss": last_loss,
+            "nonfinite_steps": p.nonfinite_total,
+            "skipped_samples": p.skipped_total,
+            "skipped_files": sorted(p.skipped_files),
+            "world_size": env.world_size,
+            "mode": self.model.mode,
+            "seconds": time.time() - start_time,
+            "model": final_path if point is not None else None,
+            "replicas_in_sync": None,
+        }
+        if env.distributed:
+            summary["replicas_in_sync"] = replicas_in_sync(self.run_dir, env, self.model.full_state_dict())
+        if env.is_main:
+            write_summary(self.logger, self.run_dir, summary)
+        return summary

@@ -1,0 +1,151 @@
+"""Caption/image batches from WebDataset tar shards (the optional `webdataset` package).
+
+Each sample is decoded like a `TextImageDataset` item: one random caption line, a random resized
+square crop, pixels in [0, 1].
+"""
+from __future__ import annotations
+
+import glob
+import io
+import os
+import random
+from functools import partial
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from dalle_pytorch.io.images import read_image
+from dalle_pytorch.tokenizer import get_default_tokenizer
+from dalle_pytorch.train.datasets import caption_lines, image_to_tensor, random_resized_crop, tokenize_caption
+
+__all__ = ["webdataset_loader"]
+
+_WEBDATASET_HINT = (
+    "webdataset_loader needs the optional 'webdataset' package: "
+    "pip install dalle-pytorch[webdataset]"
+)
+
+
+def _expand_urls(urls: str | Sequence[str]) -> list[str]:
+    """Expand local globs and directories (-> their ``*.tar``); keep URLs / brace patterns."""
+    items = [urls] if isinstance(urls, (str, os.PathLike)) else list(urls)
+    out: list[str] = []
+    for item in items:
+        item = os.fspath(item)
+        if "://" in item or item.startswith("pipe:"):
+            out.append(item)
+        elif os.path.isdir(item):
+            found = sorted(glob.glob(os.path.join(item, "*.tar")))
+            if not found:
+                raise ValueError(f"webdataset_loader: no .tar shards in directory {item!r}")
+            out.extend(found)
+        elif glob.has_magic(item):
+            found = sorted(glob.glob(os.path.expanduser(item)))
+            if not found:
+                raise ValueError(f"webdataset_loader: no file matches {item!r}")
+            out.extend(found)
+        else:
+            out.append(item)  # plain path or a brace pattern that webdataset expands
+    if not out:
+        raise ValueError("webdataset_loader: empty list of shards")
+    return out
+
+
+def _decode_wds_sample(
+    sample: dict,
+    image_key: str,
+    caption_key: str,
+    text_len: int,
+    image_size: int,
+    tokenizer: Any,
+    truncate_captions: bool,
+    resize_ratio: float,
+    mode: str = "RGB",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn one raw WebDataset sample (``{key: bytes}``) into ``(text, image)``:
+    LongTensor (text_len,) and FloatTensor (C, image_size, image_size) in [0, 1]."""
+    raw_text = sample[caption_key]
+    text = raw_text.decode("utf-8") if isinstance(raw_text, bytes) else str(raw_text)
+    lines = caption_lines(text)
+    if not lines:
+        raise ValueError(f"empty caption in sample {sample.get('__key__')!r}")
+    rng = random.Random()
+    image = read_image(io.BytesIO(sample[image_key]), mode)
+    tokens = tokenize_caption(tokenizer, rng.choice(lines), text_len, truncate_captions)
+    image = random_resized_crop(image, image_size, (resize_ratio, 1.0), (1.0, 1.0), rng)
+    return tokens, image_to_tensor(image)
+
+
+def _collate(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
+    texts, images = zip(*samples)
+    return torch.stack(texts), torch.stack(images)
+
+
+def webdataset_loader(
+    urls: str | list[str],
+    image_key: str = "jpg",
+    caption_key: str = "txt",
+    text_len: int = 256,
+    image_size: int = 128,
+    tokenizer: Any = None,
+    truncate_captions: bool = False,
+    resize_ratio: float = 0.75,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    shuffle_buffer: int = 1000,
+    transparent: bool = False,
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of (text, image) read from WebDataset tar shards.
+
+    Needs the optional ``webdataset`` package (``pip install dalle-pytorch[webdataset]``).
+    Shards are split across distributed ranks (``wds.split_by_node``) and then across
+    DataLoader workers (``wds.split_by_worker``), so use at least ``world_size *
+    max(1, num_workers)`` shards or some ranks/workers get none. Samples whose image or
+    caption cannot be decoded are skipped with a warning (``wds.warn_and_continue``).
+    Incomplete last batches are dropped.
+
+    Args:
+        urls: shard URL(s); local paths may be globs (``data/*.tar``) or directories
+            (all their ``*.tar``), brace patterns (``shard-{000..099}.tar``) and remote
+            URLs are passed to webdataset as they are.
+        image_key / caption_key: file extensions of the image and caption in a sample.
+        text_len, image_size, tokenizer, truncate_captions, resize_ratio, transparent:
+            as for :class:`TextImageDataset`.
+        batch_size: samples per batch.
+        num_workers: DataLoader worker processes.
+        shuffle_buffer: size of the sample shuffle buffer (0 disables shuffling).
+
+    Returns:
+        An iterable (``wds.WebLoader``) of ``(text, image)`` batches: LongTensor
+        (batch_size, text_len) and FloatTensor (batch_size, C, image_size, image_size).
+    """
+    try:
+        import webdataset as wds
+    except ImportError as e:
+        raise ImportError(_WEBDATASET_HINT) from e
+
+    shards = _expand_urls(urls)
+    if tokenizer is None:
+        tokenizer = get_default_tokenizer()
+    decode = partial(
+        _decode_wds_sample,
+        image_key=image_key,
+        caption_key=caption_key,
+        text_len=text_len,
+        image_size=image_size,
+        tokenizer=tokenizer,
+        truncate_captions=truncate_captions,
+        resize_ratio=resize_ratio,
+        mode="RGBA" if transparent else "RGB",
+    )
+    stages: list[Any] = [wds.SimpleShardList(shards), wds.split_by_node, wds.split_by_worker]
+    if shuffle_buffer > 0:
+        # Shuffles this worker's own shards only (after splitting), so ranks stay disjoint.
+        stages.append(wds.shuffle(len(shards)))
+    stages.append(wds.tarfile_to_samples(handler=wds.warn_and_continue))
+    if shuffle_buffer > 0:
+        stages.append(wds.shuffle(shuffle_buffer))
+    stages.append(wds.map(decode, handler=wds.warn_and_continue))
+    stages.append(wds.batched(batch_size, collation_fn=_collate, partial=False))
+    pipeline = wds.DataPipeline(*stages)
+    return wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=num_workers)
