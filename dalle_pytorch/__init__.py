@@ -4,7 +4,8 @@ from dalle_pytorch.vae import DiscreteVAE
 from dalle_pytorch.dalle import DALLE
 from dalle_pytorch.clip import CLIP
 from dalle_pytorch.checkpoint import load, load_checkpoint, save
-from dalle_pytorch.tokenizer import HugTokenizer, SimpleTokenizer, YttmTokenizer, get_default_tokenizer
+from dalle_pytorch.tokenizer import (ChineseTokenizer, HugTokenizer, SimpleTokenizer, YttmTokenizer,
+                                    get_default_tokenizer)
 
 __all__ = ["DALLE", "DiscreteVAE", "CLIP", "SimpleTokenizer", "HugTokenizer", "YttmTokenizer",
-           "get_default_tokenizer", "load", "load_checkpoint", "save", "__version__"]
+           "ChineseTokenizer", "get_default_tokenizer", "load", "load_checkpoint", "save", "__version__"]
