@@ -28,7 +28,8 @@ setup(
         "ftfy",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "webdataset"],  # webdataset: the --wds tests use the real package
+        # webdataset: the --wds tests use the real package; transformers: BertTokenizer, the ChineseTokenizer oracle
+        "test": ["pytest", "hypothesis", "webdataset", "transformers"],
         "webdataset": ["webdataset"],
         "wandb": ["wandb"],
         "tensorboard": ["tensorboard"],

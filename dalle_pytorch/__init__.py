@@ -7,9 +7,10 @@ from dalle_pytorch.dalle import DALLE
 from dalle_pytorch.clip import CLIP
 from dalle_pytorch.errors import CheckpointError, GenerationError, TrainingError
 from dalle_pytorch.io.checkpoint import load, load_checkpoint, save
-from dalle_pytorch.tokenizer import HugTokenizer, SimpleTokenizer, YttmTokenizer, get_default_tokenizer
+from dalle_pytorch.tokenizer import (ChineseTokenizer, HugTokenizer, SimpleTokenizer, YttmTokenizer,
+                                    get_default_tokenizer)
 from dalle_pytorch.pipeline import Pipeline
 
 __all__ = ["DALLE", "DALLEConfig", "DiscreteVAE", "CLIP", "SamplingConfig", "Pipeline", "SimpleTokenizer",
-           "HugTokenizer", "YttmTokenizer", "get_default_tokenizer", "load", "load_checkpoint", "save",
+           "HugTokenizer", "YttmTokenizer", "ChineseTokenizer", "get_default_tokenizer", "load", "load_checkpoint", "save",
            "CheckpointError", "GenerationError", "TrainingError", "__version__"]

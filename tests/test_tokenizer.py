@@ -366,7 +366,7 @@ def test_yttm_against_live_youtokentome(name):
 
 
 def test_unknown_description():
-    with pytest.raises(ValueError, match="'simple', 'hug' or 'yttm'"):
+    with pytest.raises(ValueError, match="'simple', 'hug', 'yttm' or 'chinese'"):
         tokenizer_from_description({"type": "bogus"})
 
 
