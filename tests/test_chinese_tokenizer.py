@@ -220,7 +220,7 @@ def _write(tmp_path, name, data: bytes) -> Path:
 
 
 def test_untrusted_vocab_files_are_refused(tmp_path, monkeypatch):
-    import dalle_pytorch.tokenizer as tokenizer_module
+    import dalle_pytorch.text.chinese as tokenizer_module
 
     good = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "猫"]
     with pytest.raises(FileNotFoundError, match="does not exist"):
