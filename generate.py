@@ -18,8 +18,16 @@ import torch
 from tqdm.auto import tqdm
 
 from dalle_pytorch.errors import CheckpointError, GenerationError
-from dalle_pytorch.io.outputs import file_sha256, load_image, make_run_dir, read_prompts, save_outputs, split_captions
-from dalle_pytorch.pipeline import DEMO, DTYPES, Pipeline, resolve_checkpoint
+from dalle_pytorch.io.outputs import (
+    check_outputs_dir,
+    file_sha256,
+    load_image,
+    make_run_dir,
+    read_prompts,
+    save_outputs,
+    split_captions,
+)
+from dalle_pytorch.pipeline import DEMO, DTYPES, Pipeline, batch_seeds, resolve_checkpoint
 from dalle_pytorch.sampling import SamplingConfig
 
 
@@ -114,15 +122,19 @@ def main(args: argparse.Namespace) -> list:
         raise GenerationError("--num_init_img_tokens needs --img")
     if args.compile and not args.use_cache:
         raise GenerationError("--compile compiles the cached decode step: it cannot be used with --no_use_cache")
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+    batch_seeds(seed, args.num_images, args.batch_size)  # --seed, --num_images and --batch_size, checked now
+    check_outputs_dir(args.outputs_dir)
     path, is_demo = resolve_checkpoint(args.dalle_path)
     pipe = Pipeline.from_checkpoint(path, vae_path=args.vae_path, bpe_path=args.bpe_path, hug=args.hug,
                                     clip_path=args.clip_path, device=args.device, dtype=args.dtype)
     model, tokenizer = pipe.model, pipe.tokenizer
+    # every caption (and the negative one) is checked before the first image is sampled
+    pipe.tokenize([c for c in captions if c is not None] + ([args.null_text] if args.null_text is not None else []))
     img = None
     if args.img is not None:
         img = load_image(args.img, model.vae.image_size, model.vae.channels)
 
-    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
     progress = not args.no_progress
     loaded = pipe.checkpoint
     run_info = {
@@ -177,7 +189,7 @@ def cli(argv=None) -> int:
     args = parse_args(argv)
     try:
         main(args)
-    except (GenerationError, CheckpointError, FileNotFoundError, IsADirectoryError, ImportError) as e:
+    except (GenerationError, CheckpointError, OSError, ImportError) as e:  # OSError: files, folders, a full disk
         print(f"generate.py: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -87,6 +87,8 @@ class Attention(nn.Module):
     # -- static tables derived from the pattern -------------------------------------------------
 
     def _build_tables(self):
+        if self.to_qkv.weight.is_meta:
+            return  # built on the meta device to check a checkpoint's shapes: the tables hold no parameters
         spec = self.spec
         if spec.attn_type == "sparse":
             rows = random_blocks_from_tensor(self.random_blocks.cpu())

@@ -134,6 +134,13 @@ class DALLE(nn.Module):
             c, size = self.vae.channels, self.vae.image_size
             if tuple(image.shape[1:]) != (c, size, size):
                 raise ValueError(f"images must have shape (b, {c}, {size}, {size}), got {tuple(image.shape)}")
+            if image.numel():
+                if not bool(torch.isfinite(image).all()):
+                    raise ValueError("image pixels must be finite numbers; found NaN or inf")
+                low, high = float(image.min()), float(image.max())
+                if low < 0.0 or high > 1.0:
+                    raise ValueError(f"image pixels must be in [0, 1], got values in [{low:.4g}, {high:.4g}] "
+                                     "(scale 0..255 images by 1/255)")
             return self.vae.get_codebook_indices(image)
         if image.dim() != 2 or image.dtype.is_floating_point:
             raise ValueError(f"image must be pixels (b, c, H, W) or integer codes (b, n), got {tuple(image.shape)} {image.dtype}")
@@ -351,6 +358,8 @@ class DALLE(nn.Module):
                 return codes
             images = self.vae.decode(codes).clamp(0.0, 1.0)
             if clip is not None:
+                if images.shape[0] == 0:
+                    return images, images.new_zeros(0)
                 rows = text.long().repeat_interleave(num_images, dim=0)
                 return images, clip(rows, images)
             return images
@@ -375,6 +384,8 @@ class DALLE(nn.Module):
         if int(num_images) != num_images or num_images < 1:
             raise ValueError(f"num_images must be a positive integer, got {num_images}")
         b, device = text.shape[0], text.device
+        if b == 0:  # no caption, no image
+            return torch.zeros(0, self.image_seq_len, dtype=torch.long, device=device)
         guided = sampling.guided
         if null_text is not None:
             if not guided:

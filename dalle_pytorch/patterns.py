@@ -155,7 +155,7 @@ def draw_random_blocks(seq_len: int, block_size: int, num_random_blocks: int, se
     rows = []
     for i in range(nb):
         r = min(num_random_blocks, i)
-        rows.append(tuple(sorted(torch.randperm(i, generator=gen)[:r].tolist())) if r > 0 else ())
+        rows.append(tuple(sorted(torch.randperm(i, generator=gen, device="cpu")[:r].tolist())) if r > 0 else ())
     return tuple(rows)
 
 

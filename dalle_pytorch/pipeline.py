@@ -98,6 +98,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+#: seeds are those of torch.Generator.manual_seed: integers in [0, 2**64)
+MAX_SEED = 2**64 - 1
+
+
 def batch_seeds(seed: int, num_images: int, batch_size: int) -> list[tuple[int, int]]:
     """[(seed of batch k, images in batch k), ...]: batch k is sampled with seed + k."""
     if num_images < 1:
@@ -105,6 +109,9 @@ def batch_seeds(seed: int, num_images: int, batch_size: int) -> list[tuple[int, 
     if batch_size < 1:
         raise GenerationError(f"--batch_size must be >= 1, got {batch_size}")
     n_batches = math.ceil(num_images / batch_size)
+    if not 0 <= seed <= MAX_SEED - (n_batches - 1):
+        raise GenerationError(f"--seed must be in [0, 2**64 - {n_batches}] so that the seeds of its {n_batches} "
+                              f"batches (seed + k) stay below 2**64; got {seed}")
     return [(seed + k, min(batch_size, num_images - k * batch_size)) for k in range(n_batches)]
 
 
@@ -161,21 +168,17 @@ class Pipeline:
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         path, _ = resolve_checkpoint(dalle_path)
-        if vae_path is not None and not os.path.isfile(vae_path):
-            raise GenerationError(f"--vae_path {str(vae_path)!r} does not exist")
         try:
             loaded = load_checkpoint(path, map_location=dev, vae_path=vae_path)
-        except CheckpointError as e:
+        except (CheckpointError, OSError) as e:  # OSError: missing, a directory, a FIFO, ...
             raise GenerationError(str(e)) from None
         if loaded.kind != "dalle":
             raise GenerationError(f"{path} is a {loaded.kind} checkpoint; a DALLE checkpoint is needed")
         clip = None
         if clip_path is not None:
-            if not os.path.isfile(clip_path):
-                raise GenerationError(f"--clip_path {str(clip_path)!r} does not exist")
             try:
                 loaded_clip = load_checkpoint(clip_path, map_location=dev)
-            except CheckpointError as e:
+            except (CheckpointError, OSError) as e:
                 raise GenerationError(f"--clip_path: {e}") from None
             if loaded_clip.kind != "clip":
                 raise GenerationError(f"--clip_path {str(clip_path)!r} is a {loaded_clip.kind} checkpoint, not a CLIP "

@@ -30,6 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Union
 
+from dalle_pytorch.io.files import regular_file
 from dalle_pytorch.text.base import BaseTokenizer
 from dalle_pytorch.text.chinese import CHINESE_VOCAB_HELP, ChineseTokenizer
 from dalle_pytorch.text.clip_bpe import SimpleTokenizer
@@ -77,9 +78,7 @@ def tokenizer_from_file(path: Union[str, Path, None], *, hug: bool = False, chin
         if chinese:
             raise ValueError(CHINESE_VOCAB_HELP)
         raise ValueError("tokenizer_from_file needs the path of a tokenizer file")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"tokenizer file {str(path)!r} does not exist")
+    path = regular_file(path, "tokenizer file")
     if hug or path.suffix.lower() == ".json":
         kind = HugTokenizer
     elif is_yttm_model(path):
@@ -103,23 +102,25 @@ def tokenizer_from_description(d: dict) -> BaseTokenizer:
         raise ValueError(f"a tokenizer description must be a dict with a 'type' key, got {d!r}")
 
     kind = d["type"]
+    # a description carries the tokenizer's content; a file path stored in a checkpoint is never followed
+    content = {"simple": "merges", "hug": "json", "yttm": "model", "chinese": "vocab"}.get(kind)
+    if content is not None and d.get(content) is None and (d.get("path") or d.get("bpe_path")):
+        raise ValueError(f"a {kind!r} tokenizer description needs its {content!r} text: this one names a file "
+                         f"({d.get('path') or d.get('bpe_path')!r}) instead, and files named inside a checkpoint are "
+                         "never read. Give the tokenizer file with --bpe_path")
+    if content is not None and d.get(content) is not None and not isinstance(d[content], str):
+        raise ValueError(f"the stored {kind!r} tokenizer's {content!r} must be text")
     if kind == "simple":
-        bpe_path = d.get("bpe_path")
-        return SimpleTokenizer(bpe_path) if bpe_path is not None else get_default_tokenizer()
+        return SimpleTokenizer.from_str(d["merges"], path=d.get("path")) if d.get("merges") else get_default_tokenizer()
     if kind == "hug":
-        if d.get("json") is not None:
-            return HugTokenizer.from_str(d["json"], path=d.get("path"))
-        if d.get("path") is not None:
-            return HugTokenizer(d["path"])
-        raise ValueError("a 'hug' tokenizer description needs a 'json' or a 'path' entry")
+        if d.get("json") is None:
+            raise ValueError("a 'hug' tokenizer description needs its 'json' text")
+        return HugTokenizer.from_str(d["json"], path=d.get("path"))
     if kind == "yttm":
-        if d.get("model") is not None:
-            return YttmTokenizer.from_str(d["model"], path=d.get("path"))
-        if d.get("path") is not None:
-            return YttmTokenizer(d["path"])
-        raise ValueError("a 'yttm' tokenizer description needs a 'model' or a 'path' entry")
+        if d.get("model") is None:
+            raise ValueError("a 'yttm' tokenizer description needs its 'model' text")
+        return YttmTokenizer.from_str(d["model"], path=d.get("path"))
     if kind == "chinese":
-        # only the stored vocabulary: a path stored in a file is never followed
         if not isinstance(d.get("vocab"), str):
             raise ValueError("a 'chinese' tokenizer description needs its 'vocab' text")
         return ChineseTokenizer.from_str(d["vocab"], path=d.get("path"))
@@ -138,11 +139,10 @@ def tokenizer_for_flags(bpe_path: Union[str, Path, None] = None, *, hug: bool = 
         if hug:
             raise ValueError("--hug needs --bpe_path (the tokenizers JSON file)")
         return stored if stored is not None else get_default_tokenizer()
-    path = Path(bpe_path)
-    if not path.exists():
-        raise ValueError(f"--bpe_path {str(bpe_path)!r} does not exist")
-    if path.is_dir():
-        raise ValueError(f"--bpe_path {str(bpe_path)!r} is a directory; give the tokenizer file")
+    try:
+        path = regular_file(bpe_path, "--bpe_path")
+    except OSError as e:
+        raise ValueError(str(e)) from None
     try:
         return tokenizer_from_file(path, hug=hug)
     except (ValueError, OSError) as e:

@@ -238,10 +238,13 @@ def test_truncated_and_garbage_files(good_file, tmp_path):
         load(tmp_path / "missing.safetensors")
 
 
+@pytest.mark.filterwarnings("ignore:.*written before checkpoints carried SHA-256 digests")
 def test_foreign_safetensors_and_bad_metadata(good_file, tmp_path):
+    """Headers edited by hand, without the integrity record (as in files written before it existed, or
+    by someone who recomputed it): every other check still catches what does not fit."""
     tensors = load_file(str(good_file))
     with safe_open(str(good_file), framework="pt") as f:
-        meta = f.metadata()
+        meta = {k: v for k, v in f.metadata().items() if k != "integrity"}
 
     def write(name, metadata):
         path = tmp_path / name

@@ -128,11 +128,20 @@ def test_crop_with_full_ratio_is_plain_resize():
 
 
 def test_over_long_caption(tmp_path):
+    """A caption longer than text_len is a bad sample like the others (it used to stop a training run
+    with a traceback at whatever step first drew it): skipped, counted, named with the flag to use."""
     write_pair(tmp_path, "x", "a" * (TEXT_LEN + 5))
-    with pytest.raises(ValueError, match="too long"):
-        make(tmp_path, index_cache=False)[0]
+    with pytest.warns(UserWarning, match="x.txt: caption longer than 16 tokens.*--truncate_captions"):
+        with pytest.raises(RuntimeError, match="no loadable sample.*x.txt: caption longer.*--truncate_captions"):
+            make(tmp_path, index_cache=False)[0]
     text, _ = make(tmp_path, index_cache=False, truncate_captions=True)[0]
     assert decode(text) == "a" * TEXT_LEN
+    for i in range(30):
+        write_pair(tmp_path, f"ok{i}", "g")
+    ds = make(tmp_path, index_cache=False, max_bad_fraction=0.1)
+    with pytest.warns(UserWarning, match="x.txt: caption longer"):
+        assert len([ds[i] for i in range(len(ds))]) == 31
+    assert ds.skipped == ["x.txt"]
 
 
 # ----------------------------------------------------------------------------- index cache
@@ -419,3 +428,34 @@ def test_webdataset_loader_real(tmp_path):
     text, image = batches[0]
     assert text.shape == (2, TEXT_LEN) and image.shape == (2, 3, 8, 8)
     assert 0.0 <= image.min() and image.max() <= 1.0
+
+
+# -- image modes and bombs in training data ----------------------------------------------------------
+
+
+def test_sixteen_bit_and_float_images_are_scaled(tmp_path):
+    """A mid-grey 16-bit PNG (32768 of 65535) used to come out white; now 0.5, in both datasets."""
+    import numpy as np
+
+    from dalle_pytorch.train.datasets import ImageFolder
+
+    Image.fromarray(np.full((16, 16), 32768, np.uint16)).save(tmp_path / "grey16.png")
+    (tmp_path / "grey16.txt").write_text("grey", encoding="utf-8")
+    Image.fromarray(np.full((16, 16), 0.25, np.float32), "F").save(tmp_path / "float.tiff")
+    ds = make(tmp_path, index_cache=False, resize_ratio=1.0)
+    (_, image), = [ds[i] for i in range(len(ds))]
+    assert torch.allclose(image, torch.full_like(image, 128 / 255), atol=1e-6)
+    folder = ImageFolder(tmp_path, 8, max_bad_fraction=0.0)
+    values = sorted(round(float(folder[i].mean()), 3) for i in range(len(folder)))
+    assert values == [round(64 / 255, 3), round(128 / 255, 3)]
+
+
+def test_a_decompression_bomb_is_a_counted_skip(tmp_path, monkeypatch):
+    for i in range(4):
+        write_pair(tmp_path, f"ok{i}", "g fine")
+    write_pair(tmp_path, "bomb", "g bomb", size=(200, 200))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20000)  # 200 x 200 = 40000: refused as a bomb
+    ds = make(tmp_path, index_cache=False, max_bad_fraction=0.5)
+    with pytest.warns(UserWarning, match="bomb.png.*decompression bomb"):
+        items = [ds[i] for i in range(len(ds))]
+    assert len(items) == 5 and ds.skipped == ["bomb.png"]

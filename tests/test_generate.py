@@ -387,3 +387,19 @@ def test_tensor_to_pil_roundtrip():
     x = torch.rand(3, 8, 8)
     back = image_to_tensor(tensor_to_pil(x))
     assert (back - x).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_img_modes_bombs_and_fifos(tmp_path, monkeypatch):
+    """--img: a 16-bit image is scaled (not clipped to white); a bomb, junk or a FIFO is one error line."""
+    import numpy as np
+
+    Image.fromarray(np.full((32, 32), 32768, np.uint16)).save(tmp_path / "grey16.png")
+    img = load_image(tmp_path / "grey16.png", 32)
+    assert torch.allclose(img, torch.full_like(img, 128 / 255), atol=1e-6)
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(GenerationError, match="--img .*big.png.*decompression bomb"):
+        load_image(tmp_path / "big.png", 32)
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(GenerationError, match="--img .*pipe.png.*FIFO"):
+        load_image(tmp_path / "pipe.png", 32)

@@ -231,12 +231,36 @@ def test_yttm_describe_is_self_contained(tmp_path):
     assert from_str.encode(text) == tok.encode(text) and from_str.describe()["path"] is None
 
 
-def test_yttm_description_with_only_a_path():
-    path = str(YTTM_DIR / "en.bpe")
-    tok = tokenizer_from_description({"type": "yttm", "path": path})
-    assert isinstance(tok, YttmTokenizer) and tok.encode(CAPTION) == _yttm_en().encode(CAPTION)
-    with pytest.raises(ValueError, match="'model' or a 'path'"):
+def test_descriptions_must_carry_content_not_paths():
+    """A description stored in a checkpoint is untrusted: one that only names a file (which the loader
+    would read: /etc/passwd, /dev/zero, ...) is refused for every tokenizer type, and nothing is opened."""
+    for kind in ("simple", "hug", "yttm", "chinese"):
+        for key in ("path", "bpe_path"):
+            with pytest.raises(ValueError, match="never read"):
+                tokenizer_from_description({"type": kind, key: "/dev/zero"})
+    with pytest.raises(ValueError, match="never read"):
+        tokenizer_from_description({"type": "simple", "bpe_path": "/etc/passwd"})
+    with pytest.raises(ValueError, match="needs its 'model' text"):
         tokenizer_from_description({"type": "yttm"})
+    with pytest.raises(ValueError, match="must be text"):
+        tokenizer_from_description({"type": "hug", "json": 123})
+    # the content is what counts: a stored path next to it is informative only
+    en = (YTTM_DIR / "en.bpe").read_text()
+    tok = tokenizer_from_description({"type": "yttm", "path": "/nonexistent/en.bpe", "model": en})
+    assert isinstance(tok, YttmTokenizer) and tok.encode(CAPTION) == _yttm_en().encode(CAPTION)
+
+
+def test_custom_clip_merges_are_stored_whole(tmp_path):
+    """A SimpleTokenizer over non-default merges stores their text, so it rebuilds without the file."""
+    merges = tmp_path / "merges.txt.gz"
+    merges.write_bytes((ROOT / "dalle_pytorch" / "data" / "bpe_simple_vocab_16e6.txt.gz").read_bytes())
+    tok = SimpleTokenizer(merges)
+    d = tok.describe()
+    assert d["type"] == "simple" and isinstance(d["merges"], str) and "bpe_path" not in d
+    merges.unlink()
+    rebuilt = tokenizer_from_description(d)
+    assert rebuilt.encode(CAPTION) == get_default_tokenizer().encode(CAPTION)
+    assert get_default_tokenizer().describe() == {"type": "simple"}
 
 
 def test_yttm_tokenizer_survives_a_checkpoint(tmp_path):

@@ -1,16 +1,22 @@
 """Rebuild a model from a stored config and load its weights strictly.
 
 What every checkpoint reader shares (ours and DALLE-pytorch's): `LoadedCheckpoint`, building a
-DALLE / DiscreteVAE from stored parameters with errors that say what is wrong, the strict key and
-shape check (`check_state`, which guesses the setting that differs), swapping in an external VAE,
-and the final strict `load_state_dict` (`finish`).
+DALLE / DiscreteVAE from stored parameters with errors that say what is wrong, the strict key,
+shape and dtype check (`check_state`, which guesses the setting that differs), swapping in an
+external VAE, and the final strict `load_state_dict` (`finish`).
+
+A file is untrusted, so nothing is allocated from its config before the config is checked against
+the tensors the file really holds: `build_checked` first builds the model on the `meta` device
+(no memory), compares every name, shape and dtype with the file, and only then builds it for real;
+`check_dalle_size` refuses a config whose derived tables (attention masks, token-shift and rotary
+tables: never stored, so not bounded by the file's size) would be unreasonably large.
 """
 from __future__ import annotations
 
 import inspect
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -21,14 +27,21 @@ from dalle_pytorch.errors import CheckpointError
 from dalle_pytorch.vae import DiscreteVAE
 from dalle_pytorch.version import __version__
 
-__all__ = ["LoadedCheckpoint", "OVERRIDABLE", "SOURCE_OURS", "SOURCE_LEGACY", "apply_overrides", "build_dalle",
-           "build_vae", "check_state", "finish", "swap_vae"]
+__all__ = ["LoadedCheckpoint", "OVERRIDABLE", "SOURCE_OURS", "SOURCE_LEGACY", "DERIVED_BYTES_LIMIT", "apply_overrides",
+           "build_checked", "build_dalle", "build_vae", "check_dalle_size", "check_state", "dalle_config_of", "finish",
+           "swap_vae"]
 
 SOURCE_OURS = "dalle_pytorch"
 SOURCE_LEGACY = "dalle-pytorch-legacy"
 
 #: DALLE config keys `load_checkpoint(**overrides)` may change: none of them changes the parameters.
 OVERRIDABLE = frozenset({"optimize_for_inference", "attn_kernel", "attn_dropout", "ff_dropout"})
+
+#: The most memory the tables a DALLE derives from its config (attention pattern masks of N x N
+#: positions, token-shift and rotary tables) may take when the DALLE is built from a file: they are
+#: not stored, so the file's size does not bound them.  The largest DALLE-pytorch configurations
+#: (text 256 + 64 x 64 image codes) need well under 1% of it.
+DERIVED_BYTES_LIMIT = 2 * 2**30
 
 _VAE_ARGS = frozenset(p for p in inspect.signature(DiscreteVAE.__init__).parameters if p != "self")
 _FEW = 5  # how many key names an error message lists
@@ -49,6 +62,7 @@ class LoadedCheckpoint:
         path: the file read.
         package_version: the dalle_pytorch version that wrote the file (None for DALLE-pytorch files).
         tokenizer_description: the stored tokenizer description (kept even if it could not be rebuilt).
+        verified: whether the file's SHA-256 digests were checked (our files written since they carry them).
     """
 
     model: nn.Module
@@ -60,6 +74,7 @@ class LoadedCheckpoint:
     path: str = ""
     package_version: Optional[str] = None
     tokenizer_description: Optional[dict] = None
+    verified: bool = False
 
 
 def _few(names: list[str]) -> str:
@@ -98,12 +113,23 @@ def _likely_causes(missing: list[str], unexpected: list[str], mismatched: list[s
     return causes
 
 
-def check_state(path: str, model: nn.Module, shapes: dict[str, tuple], what: str = "the model") -> None:
-    """Strict check: every key of model.state_dict() present with the same shape, nothing extra."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+def check_state(path: str, model: nn.Module, shapes: dict[str, tuple], what: str = "the model",
+                dtypes: Optional[dict[str, torch.dtype]] = None) -> None:
+    """Strict check: every key of model.state_dict() present with the same shape, nothing extra; with
+    `dtypes`, floating tensors must be stored floating and the others with their exact dtype."""
+    state = model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in state.items()}
     missing = [k for k in expected if k not in shapes]
     unexpected = [k for k in shapes if k not in expected]
     mismatched = [k for k in expected if k in shapes and tuple(shapes[k]) != expected[k]]
+    if dtypes is not None and not (missing or unexpected or mismatched):
+        wrong = [k for k, v in state.items() if k in dtypes and (
+            dtypes[k].is_floating_point != v.dtype.is_floating_point
+            or (not v.dtype.is_floating_point and dtypes[k] != v.dtype))]
+        if wrong:
+            shown = ", ".join(f"{k} ({dtypes[k]} in the file, {state[k].dtype} expected)" for k in wrong[:_FEW])
+            raise CheckpointError(f"{path}: {len(wrong)} tensors have the wrong dtype: {shown}; the file is "
+                                  "damaged or was not written for this model. Nothing was loaded.")
     if not (missing or unexpected or mismatched):
         return
     parts = []
@@ -146,19 +172,47 @@ def build_vae(params: Any, path: str) -> DiscreteVAE:
         raise CheckpointError(f"{path}: cannot build a DiscreteVAE from the stored parameters: {e}") from e
 
 
-def build_dalle(config: dict, vae: nn.Module, path: str) -> DALLE:
-    """A DALLE over `vae` from a stored config dict (`DALLEConfig.to_dict()` or DALLE-pytorch hparams)."""
+def dalle_config_of(config: dict, path: str) -> DALLEConfig:
+    """The validated DALLEConfig of a stored config dict (`DALLEConfig.to_dict()` or DALLE-pytorch hparams)."""
     try:
-        dalle_config = DALLEConfig.from_dict(config)
+        return DALLEConfig.from_dict(config)
     except TypeError as e:
         raise CheckpointError(f"{path}: the stored DALLE config is not understood by dalle_pytorch {__version__} "
                               f"({e}); was it written by a newer version?") from e
     except ValueError as e:
         raise CheckpointError(f"{path}: cannot build a DALLE from the stored config: {e}") from e
+
+
+def check_dalle_size(path: str, config: DALLEConfig, vae: nn.Module) -> None:
+    """Refuse (before anything is allocated) a config whose derived tables would need more than
+    DERIVED_BYTES_LIMIT: N = text_seq_len + 1 + F*F positions, an N x N mask per distinct pattern."""
+    fmap = vae.image_size // 2**vae.num_layers
+    n = config.text_seq_len + 1 + fmap * fmap
+    types = config.layer_attn_types()
+    masks = len({t for t in types if t != "sparse"}) + sum(t == "sparse" for t in types)  # sparse: one per layer
+    need = masks * n * n * 2 + n * 4 * (3 * config.dim + 4 * config.dim_head)  # masks + kernel masks, tables
+    if need > DERIVED_BYTES_LIMIT:
+        raise CheckpointError(
+            f"{path}: the stored config describes {n:,} positions (text_seq_len {config.text_seq_len}, a "
+            f"{fmap}x{fmap} image grid from a VAE of image_size {vae.image_size}), whose attention tables alone "
+            f"would need {need / 2**30:,.1f} GiB; refusing to build it: the file is damaged or not a real checkpoint")
+
+
+def build_dalle(config: DALLEConfig, vae: nn.Module, path: str) -> DALLE:
+    """A DALLE over `vae`; a config the constructor refuses becomes a CheckpointError naming the file."""
     try:
-        return DALLE(vae=vae, config=dalle_config)
+        return DALLE(vae=vae, config=config)
     except ValueError as e:
         raise CheckpointError(f"{path}: cannot build a DALLE from the stored config: {e}") from e
+
+
+def build_checked(build: Callable[[], nn.Module], check: Callable[[nn.Module], None]) -> nn.Module:
+    """`build()` on the meta device, `check(probe)` (e.g. `check_state` against the file's tensors), then
+    `build()` for real: nothing a file's config asks for is allocated before it is known to fit the file."""
+    with torch.device("meta"):
+        probe = build()
+    check(probe)
+    return build()
 
 
 def swap_vae(state: dict, vae: nn.Module, path: str, vae_source: str) -> dict:

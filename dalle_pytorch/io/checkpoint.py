@@ -45,13 +45,17 @@ from dalle_pytorch.io.build import (
     SOURCE_OURS,
     LoadedCheckpoint,
     apply_overrides,
+    build_checked,
     build_dalle,
     build_vae,
+    check_dalle_size,
     check_state,
+    dalle_config_of,
     finish,
     swap_vae,
 )
-from dalle_pytorch.io.files import atomic_write
+from dalle_pytorch.io.files import atomic_write, regular_file
+from dalle_pytorch.io.integrity import INTEGRITY_KEY, check_header, check_tensors, integrity_record
 from dalle_pytorch.io.legacy import load_legacy
 from dalle_pytorch.tokenizer import tokenizer_from_description
 from dalle_pytorch.vae import DiscreteVAE
@@ -179,6 +183,7 @@ def save(model: nn.Module, path: PathLike, *, tokenizer: Any = None, metadata: O
         header["tokenizer"] = _to_json(_describe_tokenizer(tokenizer), "the tokenizer description")
     tensors = _state_tensors(model)
     _check_finite(tensors)
+    header[INTEGRITY_KEY] = integrity_record(header, tensors)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
 
 
@@ -199,6 +204,14 @@ def _json_field(meta: dict, key: str, path: str, required: bool = True) -> Any:
         raise CheckpointError(f"{path}: the checkpoint metadata '{key}' is not valid JSON ({e})") from e
 
 
+def _checked_path(path: PathLike, what: str) -> str:
+    """`path` as a str, refused unless it names a regular file (a FIFO would block, /dev/zero never ends)."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what} {os.fspath(path)!r} is a directory (DeepSpeed checkpoint folders are not "
+                                "read; consolidate them into a state dict first)")
+    return os.fspath(regular_file(path, what))
+
+
 def _is_safetensors(path: str) -> bool:
     """A safetensors file starts with an 8-byte header length and the JSON header's '{'."""
     with open(path, "rb") as f:
@@ -206,12 +219,18 @@ def _is_safetensors(path: str) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                      "BOOL": torch.bool}
+
+
 def _load_ours(path: str, map_location: Any, vae: Optional[nn.Module], vae_source: str,
                overrides: dict) -> LoadedCheckpoint:
-    try:
+    try:  # the header only: names, shapes, dtypes and metadata (safetensors checks the sizes add up)
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            dtypes = {k: _SAFETENSORS_DTYPES.get(f.get_slice(k).get_dtype(), torch.uint8) for k in f.keys()}
     except Exception as e:  # SafetensorError and friends
         raise CheckpointError(f"{path}: cannot read this safetensors file ({e}); it is truncated or corrupted") from e
     if meta.get("format") != FORMAT:
@@ -223,6 +242,10 @@ def _load_ours(path: str, map_location: Any, vae: Optional[nn.Module], vae_sourc
         raise CheckpointError(f"{path}: unknown checkpoint format_version {version!r} (written by dalle_pytorch "
                               f"{meta.get('package_version', '?')}); this is dalle_pytorch {__version__}, which reads "
                               f"format_version {FORMAT_VERSION!r}: upgrade dalle_pytorch")
+    verified = check_header(path, meta)
+    if not verified:
+        warnings.warn(f"{path} was written before checkpoints carried SHA-256 digests, so edits to its header cannot "
+                      "be detected; re-save it (python -m dalle_pytorch.convert) to add them", stacklevel=3)
     kind = meta.get("kind")
     if kind not in ("dalle", "vae", "clip"):
         raise CheckpointError(f"{path}: unknown checkpoint kind {kind!r} (expected 'dalle', 'vae' or 'clip')")
@@ -237,43 +260,52 @@ def _load_ours(path: str, map_location: Any, vae: Optional[nn.Module], vae_sourc
         raise CheckpointError(f"{path}: the checkpoint metadata 'config' / 'vae_config' must be JSON objects")
     config = apply_overrides(config, overrides, kind)
 
+    def check(what: str):
+        return lambda probe: check_state(path, probe, shapes, what, dtypes)
+
     if kind == "clip":
         if vae is not None:
             raise ValueError("vae / vae_path is for DALLE checkpoints; this is a CLIP checkpoint")
-        try:
-            model = CLIP(**config)
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: cannot build a CLIP from the stored config ({e})") from e
-        check_state(path, model, shapes, "the CLIP")
-        state = load_file(path, device="cpu")
+
+        def build_clip() -> nn.Module:
+            try:
+                return CLIP(**config)
+            except (TypeError, ValueError) as e:
+                raise CheckpointError(f"{path}: cannot build a CLIP from the stored config ({e})") from e
+
+        model = build_checked(build_clip, check("the CLIP"))
     elif kind == "vae":
         if vae is not None:
             raise ValueError("vae / vae_path is for DALLE checkpoints; this is a VAE checkpoint")
-        model: nn.Module = build_vae(config, path)
-        check_state(path, model, shapes, "the DiscreteVAE")
-        state = load_file(path, device="cpu")
+        model = build_checked(lambda: build_vae(config, path), check("the DiscreteVAE"))
     else:
         external = vae is not None
-        model = build_dalle(config, vae if external else build_vae(vae_config, path), path)
+        dalle_config = dalle_config_of(config, path)
         if external:
-            expected_vae = {k: tuple(v.shape) for k, v in model.state_dict().items() if k.startswith("vae.")}
-            shapes = {**{k: s for k, s in shapes.items() if not k.startswith("vae.")}, **expected_vae}
-        check_state(path, model, shapes, "the DALLE")
-        state = load_file(path, device="cpu")
-        if external:
-            state = swap_vae(state, vae, path, vae_source)
+            ours_without_vae = {k: s for k, s in shapes.items() if not k.startswith("vae.")}
+            theirs = {f"vae.{k}": tuple(v.shape) for k, v in vae.state_dict().items()}
+            shapes = {**ours_without_vae, **theirs}
+            dtypes = {k: d for k, d in dtypes.items() if not k.startswith("vae.")}
+        with torch.device("meta"):
+            check_dalle_size(path, dalle_config, vae if external else build_vae(vae_config, path))
+        model = build_checked(lambda: build_dalle(dalle_config, vae if external else build_vae(vae_config, path), path),
+                              check("the DALLE"))
         config = model.config.to_dict()
+    state = load_file(path, device="cpu")
+    check_tensors(path, meta, state)
+    if kind == "dalle" and vae is not None:
+        state = swap_vae(state, vae, path, vae_source)
     model = finish(model, state, path, map_location)
     tokenizer = None
     if description is not None:
         try:
             tokenizer = tokenizer_from_description(description)
-        except Exception as e:  # e.g. a SimpleTokenizer whose BPE file is not on this machine
+        except Exception as e:  # e.g. a description that names a file instead of carrying its content
             warnings.warn(f"{path}: could not rebuild the stored tokenizer ({e}); LoadedCheckpoint.tokenizer is None "
                           "and tokenizer_description holds what was stored", stacklevel=3)
     return LoadedCheckpoint(model=model, tokenizer=tokenizer, metadata=user_meta, source=SOURCE_OURS, kind=kind,
                             config=dict(config), path=path, package_version=meta.get("package_version"),
-                            tokenizer_description=description)
+                            tokenizer_description=description, verified=verified)
 
 
 def load_checkpoint(path: PathLike, map_location: Any = None, *, vae_path: Optional[PathLike] = None,
@@ -296,16 +328,14 @@ def load_checkpoint(path: PathLike, map_location: Any = None, *, vae_path: Optio
         ValueError: an override that would change the parameters.
         FileNotFoundError: no such file.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"checkpoint {path!r} is a directory (DeepSpeed checkpoint folders are not read; "
-                                "consolidate them into a state dict first)")
+    path = _checked_path(path, "checkpoint")
     vae = vae_source = None
-    if vae_path is not None:
-        vae_source = os.fspath(vae_path)
-        loaded_vae = load_checkpoint(vae_path)
+    if vae_path is not None:  # read first: its errors name the VAE file, not the DALLE one
+        vae_source = os.fspath(_checked_path(vae_path, "vae_path"))
+        loaded_vae = load_checkpoint(vae_source)
+        if loaded_vae.kind not in ("dalle", "vae"):
+            raise CheckpointError(f"{vae_source}: vae_path must hold a VAE (or a DALLE with its VAE), not a "
+                                  f"{loaded_vae.kind} checkpoint")
         vae = loaded_vae.model.vae if loaded_vae.kind == "dalle" else loaded_vae.model
     try:
         if _is_safetensors(path):

@@ -1,12 +1,20 @@
-"""Atomic file writes: a new file appears complete or not at all, and a failed write leaves the old one.
+"""Files: atomic writes, and the checks every read goes through.
 
-Used for every file the package writes that a crash must not corrupt: checkpoints, training
-state, run summaries, sample grids, generation records and the dataset index cache.
+Writes: a new file appears complete or not at all, and a failed write leaves the old one (used for
+every file the package writes that a crash must not corrupt: checkpoints, training state, run
+summaries, sample grids, generated images and records, the dataset index cache).  A write that runs
+out of space says so in one line and leaves no partial file.
+
+Reads: `regular_file` refuses anything but a regular file before it is opened (a FIFO would block
+forever, /dev/zero never ends, /proc files lie about their size), and `read_bytes` reads at most a
+given number of bytes.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import secrets
 import stat
 from pathlib import Path
@@ -14,7 +22,65 @@ from typing import Any, Callable, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["atomic_write", "atomic_write_bytes", "write_text", "write_json", "fsync_dir"]
+from dalle_pytorch.errors import DiskFullError, NotRegularFileError
+
+__all__ = ["atomic_write", "atomic_write_bytes", "write_text", "write_json", "fsync_dir", "regular_file", "read_bytes",
+           "is_disk_full", "NO_SPACE_ERRNOS"]
+
+#: errno values of a write that ran out of room (disk full, quota, file-size limit)
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_PSEUDO_ROOTS = ("/proc", "/sys", "/dev")
+
+
+def regular_file(path: PathLike, what: str = "file") -> Path:
+    """`path` as a Path if it names an existing regular file (symlinks followed); otherwise raise
+    FileNotFoundError, IsADirectoryError or NotRegularFileError with a one-line message naming `what`.
+
+    Pseudo-files under /proc, /sys and /dev are refused too: they can claim a size of 0 and never end.
+    """
+    p = Path(os.fspath(path))
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {str(p)!r} does not exist") from None
+    except OSError as e:
+        raise NotRegularFileError(f"{what} {str(p)!r} cannot be read ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(f"{what} {str(p)!r} is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
+                or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
+        raise NotRegularFileError(f"{what} {str(p)!r} is {kind}; only regular files are read")
+    real = os.path.realpath(p)
+    if any(real == root or real.startswith(root + os.sep) for root in _PSEUDO_ROOTS):
+        raise NotRegularFileError(f"{what} {str(p)!r} is a pseudo-file ({real}); only regular files are read")
+    return p
+
+
+def read_bytes(path: PathLike, what: str = "file", limit: int = 1 << 30) -> bytes:
+    """The bytes of the regular file `path`, refused (ValueError) when it holds more than `limit` bytes."""
+    p = regular_file(path, what)
+    with open(p, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{what} {str(p)!r} is larger than {limit:,} bytes; refusing to read it")
+    return data
+
+
+_NO_SPACE_TEXT = re.compile(r"No space left on device|Disk quota exceeded|File too large|os error (?:%s)\b"
+                            % "|".join(str(e) for e in sorted(NO_SPACE_ERRNOS)))
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error` (or what caused it) is a write that ran out of room (writers that are not plain
+    Python, such as safetensors', report it only in their message: "... (os error 28)")."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
+            return True
+        if _NO_SPACE_TEXT.search(str(error)):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def fsync_dir(folder: Path) -> None:
@@ -52,6 +118,8 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
             break
         except FileExistsError:
             continue
+        except OSError as e:  # read-only file system, permissions, ...: name the file, not the temporary one
+            raise type(e)(e.errno, f"cannot write {str(path)!r}: {e.strerror}") from None
     else:  # pragma: no cover - 100 collisions of 32 random bits
         raise FileExistsError(f"could not create a temporary file next to {str(path)!r}")
     try:
@@ -64,11 +132,16 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, Exception) and is_disk_full(e):
+            code = next((x.errno for x in (e, e.__cause__, e.__context__) if isinstance(x, OSError)
+                         and x.errno in NO_SPACE_ERRNOS), errno.EFBIG if "File too large" in str(e) else errno.ENOSPC)
+            raise DiskFullError(f"no space left on device while writing {str(path)!r} ({os.strerror(code)}); "
+                                "nothing was written there (an earlier file at that path is intact)", code) from e
         raise
     fsync_dir(folder)
 

@@ -28,9 +28,12 @@ from dalle_pytorch.io.build import (
     SOURCE_LEGACY,
     LoadedCheckpoint,
     apply_overrides,
+    build_checked,
     build_dalle,
     build_vae,
+    check_dalle_size,
     check_state,
+    dalle_config_of,
     finish,
     swap_vae,
 )
@@ -214,6 +217,14 @@ _UNSUPPORTED_VAES = {
 }
 
 
+def _shapes(state: dict) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _dtypes(state: dict) -> dict[str, torch.dtype]:
+    return {k: v.dtype for k, v in state.items()}
+
+
 def _legacy_weights(obj: dict, path: str) -> dict:
     weights = obj.get("weights")
     if isinstance(weights, str):
@@ -247,8 +258,9 @@ def load_legacy(path: str, map_location: Any, vae: Optional[nn.Module], vae_sour
             raise ValueError("vae / vae_path is for DALLE checkpoints; this is a VAE checkpoint")
         apply_overrides({}, overrides, "vae")
         weights = _legacy_weights(obj, path)
-        model: nn.Module = build_vae(hparams, path)
-        check_state(path, model, {k: tuple(v.shape) for k, v in weights.items()}, "the DiscreteVAE")
+        shapes, dtypes = _shapes(weights), _dtypes(weights)
+        model: nn.Module = build_checked(lambda: build_vae(hparams, path),
+                                         lambda probe: check_state(path, probe, shapes, "the DiscreteVAE", dtypes))
         model = finish(model, dict(weights), path, map_location)
         meta["vae_class_name"] = meta["vae_class_name"] or "DiscreteVAE"
         return LoadedCheckpoint(model=model, tokenizer=None, metadata=meta, source=SOURCE_LEGACY, kind="vae",
@@ -266,27 +278,35 @@ def load_legacy(path: str, map_location: Any, vae: Optional[nn.Module], vae_sour
     weights = _legacy_weights(obj, path)
     version = obj.get("version")
     config = dalle_config_from_hparams(layout_hparams(hparams, weights), version)
-    config = apply_overrides(config, overrides, "dalle")
-    external = vae is not None
-    if not external:
-        vae_params = obj.get("vae_params")
-        if vae_params is None:
-            raise CheckpointError(f"{path} has no VAE parameters (vae_params is None); pass vae_path= the DiscreteVAE "
-                                  "checkpoint this model was trained with")
-        vae = build_vae(vae_params, path)
-    model = build_dalle(config, vae, path)
-    if "text_emb.linear.weight" in weights and not config.get("share_input_output_emb"):
+    config = dalle_config_of(apply_overrides(config, overrides, "dalle"), path)
+    if "text_emb.linear.weight" in weights and not config.share_input_output_emb:
         raise CheckpointError(f"{path}: the weights were written with share_input_output_emb=True "
                               "(text_emb.linear.*) but hparams do not say so")
+    external = vae is not None
+    vae_params = obj.get("vae_params")
+    if not external and vae_params is None:
+        raise CheckpointError(f"{path} has no VAE parameters (vae_params is None); pass vae_path= the DiscreteVAE "
+                              "checkpoint this model was trained with")
+
+    def build() -> nn.Module:
+        return build_dalle(config, vae if external else build_vae(vae_params, path), path)
+
+    def remapped(transformer) -> dict:
+        state = remap_state_dict(weights, transformer)
+        if external:
+            return swap_vae(state, vae, path, vae_source)
+        if not any(k.startswith("vae.") for k in state):
+            raise CheckpointError(f"{path} has no VAE weights (no vae.* keys); pass vae_path= the DiscreteVAE "
+                                  "checkpoint this model was trained with")
+        return state
+
+    with torch.device("meta"):
+        check_dalle_size(path, config, vae if external else build_vae(vae_params, path))
+    dtypes = {k: d for k, d in _dtypes(weights).items() if not (external and k.startswith("vae."))}
+    model = build_checked(build, lambda probe: check_state(path, probe, _shapes(remapped(probe.transformer)),
+                                                           "the DALLE", dtypes))
     check_rotary_table(weights, model.transformer)
-    state = remap_state_dict(weights, model.transformer)
-    if external:
-        state = swap_vae(state, vae, path, vae_source)
-    elif not any(k.startswith("vae.") for k in state):
-        raise CheckpointError(f"{path} has no VAE weights (no vae.* keys); pass vae_path= the DiscreteVAE checkpoint "
-                              "this model was trained with")
-    check_state(path, model, {k: tuple(v.shape) for k, v in state.items()}, "the DALLE")
-    model = finish(model, state, path, map_location)
+    model = finish(model, remapped(model.transformer), path, map_location)
     return LoadedCheckpoint(model=model, tokenizer=None, metadata=meta, source=SOURCE_LEGACY, kind="dalle",
                             config=model.config.to_dict(), path=path)
 

@@ -7,9 +7,10 @@ PNG files hold no time stamps, so the same images give byte-identical files.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
+import shutil
+import tempfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +21,15 @@ from PIL import Image
 
 from dalle_pytorch.errors import GenerationError
 from dalle_pytorch.images import MODES, make_grid, tensor_to_pil
-from dalle_pytorch.io.files import write_json
-from dalle_pytorch.io.images import save_png
+from dalle_pytorch.io.files import read_bytes, write_json
+from dalle_pytorch.io.images import ImageFileError, read_image, save_png
 from dalle_pytorch.version import __version__
 
-__all__ = ["CaptionResult", "file_sha256", "load_image", "make_run_dir", "read_prompts", "save_outputs", "slugify",
-           "split_captions"]
+__all__ = ["CaptionResult", "check_outputs_dir", "file_sha256", "load_image", "make_run_dir", "read_prompts",
+           "save_outputs", "slugify", "split_captions"]
 
 MAX_SLUG_LEN = 60
+MAX_PROMPTS_BYTES = 64 * 2**20  # a prompts file of a million captions is ~50 MB
 
 
 def slugify(text: str, max_len: int = MAX_SLUG_LEN) -> str:
@@ -66,6 +68,27 @@ def make_run_dir(outputs_dir: str | os.PathLike, caption: str) -> Path:
     raise GenerationError(f"{root}: too many folders named {slug!r}-N")  # pragma: no cover
 
 
+def check_outputs_dir(outputs_dir: str | os.PathLike) -> Path:
+    """Create `outputs_dir` if needed and prove it writable (a probe file is created and removed), so
+    that a bad folder is reported before any sampling; GenerationError in one line otherwise."""
+    root = Path(outputs_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise GenerationError(f"--outputs_dir {str(root)!r} exists and is not a folder") from None
+    except NotADirectoryError:
+        raise GenerationError(f"--outputs_dir {str(root)!r} lies under a file, not a folder") from None
+    except OSError as e:
+        raise GenerationError(f"--outputs_dir {str(root)!r} cannot be created ({e.strerror or e})") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=root)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise GenerationError(f"--outputs_dir {str(root)!r} is not writable ({e.strerror or e})") from None
+    return root
+
+
 def split_captions(text: str) -> list[str]:
     """`--text`: one caption, or several separated by '|' (as in DALLE-pytorch's generate.py)."""
     return [t.strip() for t in text.split("|") if t.strip()]
@@ -74,9 +97,15 @@ def split_captions(text: str) -> list[str]:
 def read_prompts(path: str | os.PathLike) -> list[str]:
     """`--prompts_file`: one caption per line; blank lines and lines starting with '#' are skipped."""
     p = Path(path)
-    if not p.is_file():
-        raise GenerationError(f"--prompts_file {str(p)!r} does not exist or is not a file")
-    lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    try:
+        raw = read_bytes(p, "--prompts_file", MAX_PROMPTS_BYTES)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise GenerationError(f"--prompts_file {str(p)!r} is not UTF-8 text (byte {e.start}: {e.reason}); save it "
+                              "as UTF-8") from None
+    except (OSError, ValueError) as e:
+        raise GenerationError(str(e)) from None
+    lines = [line.strip() for line in text.splitlines()]
     captions = [line for line in lines if line and not line.startswith("#")]
     if not captions:
         raise GenerationError(f"--prompts_file {str(p)!r} holds no caption (one caption per line)")
@@ -97,17 +126,12 @@ def load_image(path: str | os.PathLike, image_size: int, channels: int = 3) -> t
 
     Returns (1, channels, image_size, image_size) float32 in [0, 1].
     """
-    p = Path(path)
-    if not p.is_file():
-        raise GenerationError(f"--img {str(p)!r} does not exist or is not a file")
     if channels not in MODES:
         raise GenerationError(f"cannot prime a model with {channels}-channel images")
     try:
-        with Image.open(p) as im:
-            im.load()
-            im = im.convert(MODES[channels])
-    except OSError as e:
-        raise GenerationError(f"--img {str(p)!r} is not a readable image ({e})") from None
+        im = read_image(path, MODES[channels], "--img")
+    except (ImageFileError, OSError) as e:
+        raise GenerationError(str(e)) from None
     w, h = im.size
     side = min(w, h)
     box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
@@ -140,14 +164,19 @@ def save_outputs(folder: Path, generated, *, seed: int, run_info: dict, record_e
     if run_info.get("checkpoint", {}).get("sha256"):
         settings["checkpoint_sha256"] = run_info["checkpoint"]["sha256"]
     files, pil_images = [], []
-    for i, (pixels, image_seed) in enumerate(zip(generated.images, generated.seeds)):
-        im = tensor_to_pil(pixels)
-        path = folder / f"{i:03d}_seed{image_seed}.png"
-        save_png(im, path, caption=caption, seed=image_seed, settings=settings)
-        files.append(path)
-        pil_images.append(im)
-    grid = folder / "grid.png"
-    save_png(make_grid(pil_images), grid, caption=caption, seed=seed, settings=settings)
+    try:  # every file is written atomically; a failure (disk full) leaves no partial file and no empty folder
+        for i, (pixels, image_seed) in enumerate(zip(generated.images, generated.seeds)):
+            im = tensor_to_pil(pixels)
+            path = folder / f"{i:03d}_seed{image_seed}.png"
+            save_png(im, path, caption=caption, seed=image_seed, settings=settings)
+            files.append(path)
+            pil_images.append(im)
+        grid = folder / "grid.png"
+        save_png(make_grid(pil_images), grid, caption=caption, seed=seed, settings=settings)
+    except OSError:
+        if not any(folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     n, elapsed = len(files), generated.elapsed
     record = {
         "caption": caption,

@@ -5,6 +5,7 @@ A torch file that holds only tensors, Python primitives and containers, so that 
 """
 from __future__ import annotations
 
+import io
 import os
 from collections import OrderedDict
 from typing import Any, Union
@@ -12,7 +13,7 @@ from typing import Any, Union
 import torch
 
 from dalle_pytorch.errors import CheckpointError
-from dalle_pytorch.io.files import atomic_write
+from dalle_pytorch.io.files import atomic_write_bytes, regular_file
 from dalle_pytorch.io.pickles import torch_load
 
 __all__ = ["save_training_state", "load_training_state"]
@@ -52,14 +53,14 @@ def save_training_state(path: PathLike, state: dict) -> None:
     if not isinstance(state, dict):
         raise TypeError(f"training state must be a dict, got {type(state).__name__}")
     _check_plain(state, "state")
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    buf = io.BytesIO()  # serialised in memory first: torch's file writer reports a full disk as "unexpected pos"
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_training_state(path: PathLike, map_location: Any = None) -> dict:
     """Read a file written by `save_training_state` (torch.load with weights_only=True: no code runs)."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"training state {path!r} does not exist")
+    path = os.fspath(regular_file(path, "training state"))
     state = torch_load(path, map_location=map_location)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: a training state file holds a dict, found a {type(state).__name__}")

@@ -9,6 +9,9 @@ from torch import Tensor
 
 TokenIds = Union[Sequence[int], Tensor]
 
+#: the largest tokenizer file (or stored tokenizer content) read; real ones are a few MB at most
+MAX_TOKENIZER_BYTES = 64 * 2**20
+
 def shorten(text: str, max_chars: int = 60) -> str:
     text = " ".join(text.split())
     return text if len(text) <= max_chars else text[: max_chars - 3] + "..."

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gzip
 import html
+import io
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Iterable, Union
 
-from dalle_pytorch.text.base import BaseTokenizer, TokenIds
+from dalle_pytorch.io.files import read_bytes
+from dalle_pytorch.text.base import MAX_TOKENIZER_BYTES, BaseTokenizer, TokenIds
 
 
 @lru_cache()
@@ -51,17 +53,20 @@ def _whitespace_clean(text: str) -> str:
     return regex.sub(r"\s+", " ", text).strip()
 
 
-def _read_bpe_merges(bpe_path: Union[str, Path, None]) -> list[str]:
-    if bpe_path is not None:
-        path = Path(bpe_path)
-        if not path.exists():
-            raise FileNotFoundError(f"BPE merges file {str(path)!r} does not exist")
-        raw = path.read_bytes()
-    else:
-        raw = resources.files("dalle_pytorch").joinpath("data", "bpe_simple_vocab_16e6.txt.gz").read_bytes()
+def _merges_text(raw: bytes, source: str) -> str:
+    """The text of a merges file's bytes (gzip or plain), decompressing at most MAX_TOKENIZER_BYTES."""
     if raw[:2] == b"\x1f\x8b":  # gzip magic
-        raw = gzip.decompress(raw)
-    return raw.decode("utf-8").split("\n")
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+                raw = f.read(MAX_TOKENIZER_BYTES + 1)
+        except (OSError, EOFError) as e:
+            raise ValueError(f"{source} is not a valid gzip file ({e})") from None
+        if len(raw) > MAX_TOKENIZER_BYTES:
+            raise ValueError(f"{source} decompresses to more than {MAX_TOKENIZER_BYTES:,} bytes; refusing it")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{source} is not UTF-8 text (CLIP BPE merges were expected)") from None
 
 
 class SimpleTokenizer(BaseTokenizer):
@@ -78,14 +83,22 @@ class SimpleTokenizer(BaseTokenizer):
     start_token = 49406
     end_token = 49407
 
-    def __init__(self, bpe_path: Union[str, Path, None] = None):
+    def __init__(self, bpe_path: Union[str, Path, None] = None, *, merges_str: str | None = None):
         import regex
 
         self.bpe_path = str(bpe_path) if bpe_path is not None else None
+        if merges_str is None and bpe_path is not None:
+            merges_str = _merges_text(read_bytes(bpe_path, "BPE merges file", MAX_TOKENIZER_BYTES),
+                                      repr(str(bpe_path)))
+        #: the merges of a non-default vocabulary (stored whole by `describe`); None for CLIP's own
+        self.merges_str = merges_str
+        if merges_str is None:
+            raw = resources.files("dalle_pytorch").joinpath("data", "bpe_simple_vocab_16e6.txt.gz").read_bytes()
+            merges_str = _merges_text(raw, "the packaged CLIP merges")
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
 
-        lines = _read_bpe_merges(bpe_path)
+        lines = merges_str.split("\n")
         merges = [tuple(line.split()) for line in lines[1 : self.num_merges + 1]]  # line 0 is a version header
 
         base = list(self.byte_encoder.values())
@@ -164,9 +177,15 @@ class SimpleTokenizer(BaseTokenizer):
         raw = bytearray(self.byte_decoder[c] for c in text)
         return raw.decode("utf-8", errors="replace").replace("</w>", " ").strip()
 
+    @classmethod
+    def from_str(cls, merges_str: str, path: str | None = None) -> "SimpleTokenizer":
+        """Build from the text of a merges file (as stored by `describe()`)."""
+        return cls(path, merges_str=merges_str)
+
     def describe(self) -> dict:
-        """{"type": "simple"} (plus "bpe_path" when a non-default merges file was used)."""
+        """{"type": "simple"} for CLIP's own merges; with other merges also their text ("merges") and
+        the file they came from ("path", informative only: it is never read back)."""
         d: dict = {"type": "simple"}
-        if self.bpe_path is not None:
-            d["bpe_path"] = self.bpe_path
+        if self.merges_str is not None:
+            d.update(path=self.bpe_path, merges=self.merges_str)
         return d

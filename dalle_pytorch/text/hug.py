@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
-from dalle_pytorch.text.base import BaseTokenizer
+from dalle_pytorch.io.files import read_bytes
+from dalle_pytorch.text.base import MAX_TOKENIZER_BYTES, BaseTokenizer
 
 
 class HugTokenizer(BaseTokenizer):
@@ -24,9 +25,11 @@ class HugTokenizer(BaseTokenizer):
             if bpe_path is None:
                 raise ValueError("HugTokenizer needs the path of a tokenizers JSON file")
             path = Path(bpe_path)
-            if not path.exists():
-                raise FileNotFoundError(f"tokenizer JSON file {str(path)!r} does not exist")
-            json_str = path.read_text(encoding="utf-8")
+            raw = read_bytes(path, "tokenizer JSON file", MAX_TOKENIZER_BYTES)
+            try:
+                json_str = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"tokenizer JSON file {str(path)!r} is not UTF-8 text") from None
             self.bpe_path = str(path)
 
         from tokenizers import Tokenizer

@@ -9,7 +9,8 @@ import re
 from pathlib import Path
 from typing import Union
 
-from dalle_pytorch.text.base import BaseTokenizer, shorten
+from dalle_pytorch.io.files import read_bytes, regular_file
+from dalle_pytorch.text.base import MAX_TOKENIZER_BYTES, BaseTokenizer, shorten
 
 YTTM_SPACE = "\u2581"  # "▁": YTTM marks the start of every word with this character
 _YTTM_SPECIAL_PIECES = ("<UNK>", "<PAD>", "<BOS>", "<EOS>")  # what decode writes for unk / pad / bos / eos
@@ -31,7 +32,7 @@ def is_yttm_model(path: Union[str, Path]) -> bool:
     then says what is wrong with it). CLIP merges (`#version` header, or gzip) and JSON files do not.
     """
     try:
-        with open(path, "rb") as f:
+        with open(regular_file(path, "tokenizer file"), "rb") as f:
             head = f.read(256)
     except OSError:
         return False
@@ -122,9 +123,7 @@ class YttmTokenizer(BaseTokenizer):
             if bpe_path is None:
                 raise ValueError("YttmTokenizer needs the path of a youtokentome BPE model file")
             path = Path(bpe_path)
-            if not path.exists():
-                raise FileNotFoundError(f"youtokentome BPE model file {str(path)!r} does not exist")
-            raw = path.read_bytes()
+            raw = read_bytes(path, "youtokentome BPE model file", MAX_TOKENIZER_BYTES)
             source = repr(str(path))
             try:
                 model_str = raw.decode("ascii")

@@ -89,6 +89,9 @@ def add_common_args(
     out.add_argument("--log_every", type=positive_int, default=10,
                      help="print a console line every N steps (the JSONL log has every step) (default 10)")
     out.add_argument("--no_progress", action="store_true", help="no tqdm progress bar")
+    out.add_argument("--debug", action="store_true",
+                     help="show the full traceback of an error (also DALLE_PYTORCH_DEBUG=1); by default an error is "
+                          "one line")
     out.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (needs tensorboard)")
     out.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (needs wandb)")
     out.add_argument("--wandb_name", default=wandb_project, help=f"W&B project (default {wandb_project})")

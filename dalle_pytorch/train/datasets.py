@@ -31,6 +31,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "BadSample",
     "BadSamples",
+    "DatasetError",
     "ImageFolder",
     "TextImageDataset",
     "caption_lines",
@@ -135,6 +136,10 @@ def _mix_seed(*values: int) -> int:
 # --------------------------------------------------------------------------- bad samples
 
 
+class DatasetError(RuntimeError):
+    """A dataset that cannot go on: too many bad samples, or none loadable (the message names examples)."""
+
+
 class BadSample(Exception):
     """A sample that cannot be served.  `file`: the offending file (relative path); str(e): why."""
 
@@ -160,6 +165,7 @@ class BadSamples:
         self.max_bad_fraction = max_bad_fraction
         self.bad: set[int] = set()
         self.skipped: list[str] = []
+        self.reasons: list[str] = []  # str(BadSample) of each skipped sample: "file: why"
 
     @property
     def num_skipped(self) -> int:
@@ -169,14 +175,15 @@ class BadSamples:
         """Count sample `index` as bad: warn, and raise once too many are."""
         self.bad.add(index)
         self.skipped.append(error.file)
+        self.reasons.append(str(error))
         warnings.warn(f"{self.owner}: skipping {os.path.join(self.folder, str(error))}")
         allowed = max(1, int(self.max_bad_fraction * self.size))
         if self.num_skipped > allowed:
-            raise RuntimeError(
+            raise DatasetError(
                 f"{self.owner}: {self.num_skipped} of {self.size} {self.noun} in {self.folder} "
                 f"({self.num_skipped / self.size:.2%}) could not be loaded, more than "
                 f"max_bad_fraction={self.max_bad_fraction} allows ({allowed}); examples: "
-                f"{', '.join(self.skipped[:5])}. Fix or remove these files, or raise --max_bad_fraction "
+                f"{'; '.join(self.reasons[:3])}. Fix or remove these files, or raise --max_bad_fraction "
                 "(counts are per DataLoader worker)."
             ) from error
 
@@ -189,7 +196,8 @@ class BadSamples:
                 except BadSample as e:
                     self.record(index, e)
             index = next_index(index)
-        raise RuntimeError(f"{self.owner}: no loadable sample found in {self.folder}")
+        raise DatasetError(f"{self.owner}: no loadable sample found in {self.folder} (skipped: "
+                           f"{'; '.join(self.reasons[:3])})")
 
 
 # --------------------------------------------------------------------------- folder datasets
@@ -334,7 +342,11 @@ class TextImageDataset(Dataset):
         except Exception as e:  # PIL raises many types for broken files
             raise BadSample(image_rel, f"unreadable image ({type(e).__name__}: {e})") from e
         text = rng.choice(lines)
-        tokens = tokenize_caption(self.tokenizer, text, self.text_len, self.truncate_captions)
+        try:
+            tokens = tokenize_caption(self.tokenizer, text, self.text_len, self.truncate_captions)
+        except ValueError as e:  # a caption longer than text_len: a bad sample like the others
+            raise BadSample(text_rel, f"caption longer than {self.text_len} tokens (--text_seq_len); shorten it "
+                                      f"or pass --truncate_captions ({e})") from e
         image = random_resized_crop(image, self.image_size, (self.resize_ratio, 1.0), (1.0, 1.0), rng)
         return tokens, image_to_tensor(image)
 

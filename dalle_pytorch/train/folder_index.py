@@ -15,7 +15,7 @@ from dalle_pytorch.io.files import write_json
 __all__ = ["IMAGE_EXTENSIONS", "DEFAULT_CACHE", "scan_pairs", "cache_valid", "load_index"]
 
 #: Image file extensions picked up by the datasets (compared case-insensitively).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 CACHE_VERSION = 1
 DEFAULT_CACHE = os.path.join(".dalle_cache", "index.json")

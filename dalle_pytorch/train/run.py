@@ -16,12 +16,13 @@ import os
 import sys
 from typing import Any, Callable
 
-from dalle_pytorch.errors import TrainingError
+from dalle_pytorch.errors import CheckpointError, TrainingError
 from dalle_pytorch.io.checkpoint import load_checkpoint
 from dalle_pytorch.io.files import write_text
 from dalle_pytorch.io.training_state import load_training_state
 from dalle_pytorch.train.args import check_common_args, check_optional_packages
-from dalle_pytorch.train.checkpoints import CheckpointManager
+from dalle_pytorch.train.checkpoints import CheckpointManager, CheckpointPoint
+from dalle_pytorch.train.datasets import DatasetError
 from dalle_pytorch.train.distributed import init_distributed
 from dalle_pytorch.train.precision import check_precision
 from dalle_pytorch.train.rng import seed_all
@@ -52,6 +53,12 @@ def run(args: argparse.Namespace, build_task: TaskBuilder) -> dict:
             os.makedirs(run_dir, exist_ok=True)
         env.barrier()
         manager = CheckpointManager(run_dir, args.keep_last)
+        if env.is_main:
+            removed = manager.clean_temporary_files()
+            if removed:
+                print(f"removed {len(removed)} temporary files left by an interrupted run: {', '.join(removed[:5])}",
+                      flush=True)
+        env.barrier()
         point = manager.latest()
         seen = env.all_gather_object(point.step if point is not None else None)
         if len(set(seen)) != 1:
@@ -62,8 +69,7 @@ def run(args: argparse.Namespace, build_task: TaskBuilder) -> dict:
                                 "Pass --resume to continue it, or choose another --output_dir / --name.")
         resume = resumed = None
         if args.resume and point is not None:
-            resumed = load_checkpoint(point.model, map_location="cpu")
-            resume = (point, load_training_state(point.state, map_location="cpu"))
+            resume, resumed = _newest_loadable(manager, env.is_main)
         elif args.resume and env.is_main:
             print(f"--resume: no training state in {run_dir} yet; starting a new run", flush=True)
         seed_all(args.seed)  # identical initial weights on every rank
@@ -86,14 +92,51 @@ def run(args: argparse.Namespace, build_task: TaskBuilder) -> dict:
         env.close()
 
 
+def _newest_loadable(manager: CheckpointManager, verbose: bool) -> tuple[tuple[CheckpointPoint, dict], Any]:
+    """The newest checkpoint pair that loads (model and training state), saying which were skipped and why."""
+    problems = []
+    for point in manager.candidates():
+        try:
+            resumed = load_checkpoint(point.model, map_location="cpu")
+            state = load_training_state(point.state, map_location="cpu")
+        except (CheckpointError, OSError) as e:
+            problems.append(f"step {point.step}: {e}")
+            if verbose:
+                print(f"--resume: skipping the checkpoint pair of step {point.step}: {e}", flush=True)
+            continue
+        if problems and verbose:
+            print(f"--resume: continuing from step {point.step}, the newest pair that loads", flush=True)
+        return (point, state), resumed
+    raise TrainingError(f"--resume: no checkpoint pair in {manager.dir} loads ({'; '.join(problems[:3])})")
+
+
+#: errors a training script reports as one line (the traceback with --debug or DALLE_PYTORCH_DEBUG=1)
+REPORTED = (TrainingError, CheckpointError, DatasetError, OSError, ImportError)
+
+
 def cli(main: Callable[[argparse.Namespace], Any], parse_args: Callable[[], argparse.Namespace]) -> int:
-    """Run a script's ``main`` with clean error messages for TrainingError (exit status 1)."""
+    """Run a script's ``main``; a configuration, checkpoint, data or file problem is one ``error:`` line
+    (exit status 1), with the full traceback when --debug or DALLE_PYTORCH_DEBUG=1 is given."""
+    args = parse_args()
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("DALLE_PYTORCH_DEBUG", "") not in ("", "0")
     try:
-        main(parse_args())
-    except TrainingError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        main(args)
+    except REPORTED as e:
+        if debug:
+            raise
+        print(f"error: {one_line(e)} (--debug shows the traceback)", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         print("interrupted; continue with --resume (from the last checkpoint)", file=sys.stderr, flush=True)
         return 130
     return 0
+
+
+def one_line(error: BaseException) -> str:
+    """The message of `error` on one line (an error raised in a DataLoader worker carries its traceback:
+    keep its last line, the original message)."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1]
+        text = text.split(": ", 1)[1] if ": " in text else text
+    return " ".join(text.split())

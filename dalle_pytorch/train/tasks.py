@@ -181,10 +181,13 @@ def dalle_task(args: argparse.Namespace, env: DistEnv, resumed: Optional[LoadedC
     else:
         if not os.path.isdir(args.image_text_folder):
             raise TrainingError(f"--image_text_folder {args.image_text_folder!r} is not a directory")
-        data = TextImageDataset(args.image_text_folder, text_len=text_len, image_size=image_size,
-                                truncate_captions=args.truncate_captions, resize_ratio=args.resize_ratio,
-                                transparent=transparent, tokenizer=tokenizer, max_bad_fraction=args.max_bad_fraction,
-                                seed=args.seed)
+        try:
+            data = TextImageDataset(args.image_text_folder, text_len=text_len, image_size=image_size,
+                                    truncate_captions=args.truncate_captions, resize_ratio=args.resize_ratio,
+                                    transparent=transparent, tokenizer=tokenizer,
+                                    max_bad_fraction=args.max_bad_fraction, seed=args.seed)
+        except ValueError as e:  # no pairs in the folder, a bad --resize_ratio, ...
+            raise TrainingError(f"--image_text_folder: {e}") from None
         info.append(f"{len(data)} image-text pairs in {data.folder}")
         first_caption = first_caption_of(data)
 

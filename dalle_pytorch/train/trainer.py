@@ -8,6 +8,7 @@ row stop the run.  Checkpoint pairs (model file + training state) are written wi
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import time
@@ -18,6 +19,7 @@ import torch
 
 from dalle_pytorch.errors import TrainingError
 from dalle_pytorch.io.checkpoint import save as save_model
+from dalle_pytorch.io.files import is_disk_full
 from dalle_pytorch.io.training_state import save_training_state
 from dalle_pytorch.train.checkpoints import CheckpointManager, CheckpointPoint, link_file, replicas_in_sync
 from dalle_pytorch.train.distributed import DistEnv
@@ -70,7 +72,9 @@ class Trainer:
         self.last_saved = self.progress.step if resume is not None else -1
         self.epochs_completed = 0
         self._tick = time.time()
-        self.logger = RunLogger(run_dir, args, env, self.resume_step)
+        #: a resumed run that had already reached its length: nothing is trained or written
+        self.complete = resume is not None and self.total is not None and self.progress.step >= self.total
+        self.logger = None if self.complete else RunLogger(run_dir, args, env, self.resume_step)
 
     # -- checkpoints and images ---------------------------------------------------------------------
 
@@ -92,8 +96,14 @@ class Trainer:
             except Exception as e:  # noqa: BLE001 - reported on every rank below
                 error = e
         if not env.all_ok(error is None):
+            if env.is_main:
+                self.manager.discard(step)  # a model file without its state (or the reverse) is no checkpoint
             last = self.manager.latest()
             where = f"; the last good checkpoint is {last.model} (step {last.step})" if last else ""
+            if error is not None and is_disk_full(error):
+                previous = (f"the previous checkpoint {last.model} (step {last.step}) is intact" if last
+                            else "no earlier checkpoint exists")
+                raise TrainingError(f"{error}; {previous}. Free some space and continue with --resume") from error
             if isinstance(error, ValueError) and "non-finite" in str(error):
                 raise TrainingError(f"stopping at step {step}: the weights have become non-finite (NaN/inf), "
                                     f"so no checkpoint was written{where}. Lower --learning_rate, use "
@@ -123,10 +133,24 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train to --max_steps / --epochs; returns the run summary."""
+        if self.complete:
+            return self._already_complete()
         try:
             return self._loop()
         finally:
             self.logger.close()
+
+    def _already_complete(self) -> dict:
+        """--resume of a run that already reached its length: say so and change nothing."""
+        p = self.progress
+        if self.env.is_main:
+            print(f"{self.run_dir}: the run is already complete (step {p.step} of {self.total}); nothing to do. "
+                  "Pass a larger --max_steps / --epochs to train further.", flush=True)
+        try:
+            with open(os.path.join(self.run_dir, "summary.json"), encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {"kind": self.task.kind, "steps": p.step, "complete": True}
 
     def _loop(self) -> dict:
         args, env, task, log, p = self.args, self.env, self.task, self.logger, self.progress
