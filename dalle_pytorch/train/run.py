@@ -75,11 +75,11 @@ def run(args: argparse.Namespace, build_task: TaskBuilder) -> dict:
         seed_all(args.seed)  # identical initial weights on every rank
         with env.main_first():
             task = build_task(args, env, resumed)
-        if env.is_main:
+        trainer = Trainer(args, env, task, run_dir, manager, resume)
+        if env.is_main and not trainer.complete:
             config = {k: v for k, v in vars(args).items() if jsonable(v)}
             config.update(world_size=env.world_size, kind=task.kind)
             write_text(os.path.join(run_dir, "config.json"), json.dumps(config, indent=2) + "\n")
-        trainer = Trainer(args, env, task, run_dir, manager, resume)
         result = trainer.fit()
         env.barrier()  # every rank reaches teardown together
         return result
