@@ -186,3 +186,12 @@ def test_generation_json_holds_no_infinity(tmp_path):
     text = result.json_path.read_text()
     assert "Infinity" not in text and "NaN" not in text
     json.loads(text)
+
+
+def test_a_folder_as_bpe_path_is_called_a_folder(tmp_path):
+    from dalle_pytorch.tokenizer import tokenizer_for_flags
+
+    with pytest.raises(ValueError, match="is a directory, not a file"):
+        tokenizer_for_flags(tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        tokenizer_for_flags(tmp_path / "missing.json")
