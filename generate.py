@@ -3,6 +3,7 @@
     python generate.py --text "a red circle on a blue background"            # the shipped demo model
     python generate.py --dalle_path dalle.safetensors --text "..." --num_images 8 --seed 0
     python generate.py --dalle_path dalle.pt --vae_path vae.pt --prompts_file captions.txt
+    torchrun --nproc_per_node 4 generate.py --dalle_path dalle.safetensors --prompts_file big.txt --seed 0
 
 Every caption gets a new folder outputs/<slug>/ (or <slug>-2, ...) with NNN_seedS.png images,
 grid.png and generation.json. See docs/generation.md for every flag.
@@ -17,18 +18,22 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from dalle_pytorch.errors import CheckpointError, GenerationError
+from dalle_pytorch.errors import CheckpointError, GenerationError, TrainingError
 from dalle_pytorch.io.outputs import (
+    append_index,
     check_outputs_dir,
+    create_run_dir,
     file_sha256,
     load_image,
     make_run_dir,
+    plan_run_dirs,
     read_prompts,
     save_outputs,
     split_captions,
 )
 from dalle_pytorch.pipeline import DEMO, DTYPES, Pipeline, batch_seeds, resolve_checkpoint
 from dalle_pytorch.sampling import SamplingConfig
+from dalle_pytorch.train.distributed import DistEnv, init_distributed
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -108,8 +113,32 @@ def _captions(args) -> list:
     return captions
 
 
+def _launched_ranks() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _shared(env: DistEnv, work) -> object:
+    """Run `work()` on rank 0 and give its result to every rank; an error there is raised on every rank
+    (so that no rank waits for one that stopped)."""
+    result = error = None
+    if env.is_main:
+        try:
+            result = work()
+        except (GenerationError, OSError) as e:
+            error = str(e)
+    result, error = env.all_gather_object((result, error))[0]
+    if error is not None:
+        raise GenerationError(error)
+    return result
+
+
 def main(args: argparse.Namespace) -> list:
-    """Run generation; returns one `io.outputs.CaptionResult` per caption."""
+    """Run generation; returns one `io.outputs.CaptionResult` per caption this process sampled.
+
+    Under torchrun (WORLD_SIZE > 1) the captions are shared out across the ranks (caption i on rank
+    i % world_size): each writes its captions' images with the seeds and folder names one process
+    would have used, and rank 0 appends the run's record to OUTPUTS_DIR/generate-index.jsonl.
+    """
     captions = _captions(args)
     try:
         sampling = SamplingConfig(filter_thres=args.filter_thres, top_p=args.top_p, temperature=args.temperature,
@@ -122,20 +151,47 @@ def main(args: argparse.Namespace) -> list:
         raise GenerationError("--num_init_img_tokens needs --img")
     if args.compile and not args.use_cache:
         raise GenerationError("--compile compiles the cached decode step: it cannot be used with --no_use_cache")
-    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-    batch_seeds(seed, args.num_images, args.batch_size)  # --seed, --num_images and --batch_size, checked now
-    check_outputs_dir(args.outputs_dir)
+    if args.seed is not None:
+        batch_seeds(args.seed, args.num_images, args.batch_size)  # --seed, --num_images and --batch_size, now
+    env = DistEnv()
+    if _launched_ranks() > 1:
+        if args.device not in ("auto", "cpu", "cuda"):
+            raise GenerationError(f"under torchrun --device must be auto, cpu or cuda (each rank uses GPU LOCAL_RANK), "
+                                  f"got {args.device!r}")
+        try:
+            env = init_distributed(args.device)
+        except TrainingError as e:  # e.g. --device cuda without a GPU
+            raise GenerationError(str(e)) from None
+    try:
+        return _run(args, captions, sampling, env)
+    finally:
+        env.close()
+
+
+def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env: DistEnv) -> list:
+    seed = args.seed
+    if seed is None:  # a fresh seed, the same on every rank
+        seed = _shared(env, lambda: int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF)
+    batch_seeds(seed, args.num_images, args.batch_size)
+
+    def check_folder() -> None:
+        check_outputs_dir(args.outputs_dir)
+
+    _shared(env, check_folder)
     path, is_demo = resolve_checkpoint(args.dalle_path)
+    device = str(env.device) if env.distributed else args.device
     pipe = Pipeline.from_checkpoint(path, vae_path=args.vae_path, bpe_path=args.bpe_path, hug=args.hug,
-                                    clip_path=args.clip_path, device=args.device, dtype=args.dtype)
+                                    clip_path=args.clip_path, device=device, dtype=args.dtype)
     model, tokenizer = pipe.model, pipe.tokenizer
     # every caption (and the negative one) is checked before the first image is sampled
     pipe.tokenize([c for c in captions if c is not None] + ([args.null_text] if args.null_text is not None else []))
     img = None
     if args.img is not None:
         img = load_image(args.img, model.vae.image_size, model.vae.channels)
+    # folder names as one process would give them (planned on rank 0; with --gentxt the captions are sampled)
+    planned = None if args.gentxt else _shared(env, lambda: plan_run_dirs(args.outputs_dir, captions))
 
-    progress = not args.no_progress
+    progress = not args.no_progress and env.is_main
     loaded = pipe.checkpoint
     run_info = {
         "checkpoint": {"path": os.path.abspath(path), "sha256": file_sha256(path), "demo": is_demo,
@@ -147,15 +203,17 @@ def main(args: argparse.Namespace) -> list:
         "device": str(pipe.device),
         "dtype": str(pipe.dtype).replace("torch.", ""),
     }
-    if args.seed is None:
+    if args.seed is None and env.is_main:
         print(f"seed: {seed}")
 
-    results = []
-    total = args.num_images * len(captions)
+    mine = [i for i in range(len(captions)) if i % env.world_size == env.rank]
+    results, error = [], None
+    total = args.num_images * len(mine)
     bar = tqdm(total=total, desc="images", unit="img", disable=not progress)
     start = time.perf_counter()
     try:
-        for prompt in captions:
+        for i in mine:
+            prompt = captions[i]
             info = dict(run_info, gentxt=args.gentxt)
             caption = prompt
             if args.gentxt:
@@ -173,16 +231,38 @@ def main(args: argparse.Namespace) -> list:
                 null_prompt=args.null_text, img=img, num_init_img_tokens=args.num_init_img_tokens,
                 use_cache=args.use_cache, compile=args.compile or False, progress=progress, on_batch=bar.update)
             generated.settings["img"] = os.path.basename(args.img) if args.img else None
-            folder = make_run_dir(args.outputs_dir, caption)
+            folder = (make_run_dir(args.outputs_dir, caption) if planned is None
+                      else create_run_dir(args.outputs_dir, planned[i], caption))
             result = save_outputs(folder, generated, seed=seed, run_info=info,
                                   record_extra={"use_cache": args.use_cache, "compile": args.compile or False})
             bar.write(f"{caption!r}: {len(result.files)} images in {result.folder}")
-            results.append(result)
+            results.append((i, result))
+    except (GenerationError, OSError) as e:
+        if not env.distributed:
+            raise
+        error = f"rank {env.rank}: {e}"
     finally:
         bar.close()
     elapsed = time.perf_counter() - start
-    print(f"done: {total} images in {elapsed:.2f} s ({total / elapsed:.2f} images/s) on {pipe.device} {args.dtype}")
-    return results
+    done = env.all_gather_object(([(i, r.folder.name, [p.name for p in r.files], r.seeds) for i, r in results],
+                                  error, elapsed))
+    errors = [e for _, e, _ in done if e is not None]
+    if errors:
+        raise GenerationError("; ".join(errors))
+    if env.is_main:
+        count = args.num_images * len(captions)
+        seconds = max(e for _, _, e in done)
+        entries = sorted((entry + (rank,) for rank, (entries, _, _) in enumerate(done) for entry in entries))
+        append_index(args.outputs_dir, {
+            "seed": seed, "world_size": env.world_size, "images": count, "seconds": round(seconds, 4),
+            "captions": [{"caption": captions[i] if captions[i] is not None else "(generated)", "folder": folder,
+                          "files": files, "seeds": seeds, "rank": rank} for i, folder, files, seeds, rank in entries],
+            "checkpoint": run_info["checkpoint"]["sha256"], "settings": sampling.to_dict(),
+        })
+        ranks = f" on {env.world_size} processes" if env.distributed else ""
+        print(f"done: {count} images in {seconds:.2f} s ({count / seconds:.2f} images/s){ranks} on "
+              f"{pipe.device.type} {args.dtype}")
+    return [r for _, r in results]
 
 
 def cli(argv=None) -> int:

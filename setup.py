@@ -29,10 +29,11 @@ setup(
     ],
     extras_require={
         # webdataset: the --wds tests use the real package; transformers: BertTokenizer, the ChineseTokenizer oracle
-        "test": ["pytest", "hypothesis", "webdataset", "transformers"],
+        "test": ["pytest", "hypothesis", "webdataset", "matplotlib", "transformers"],
         "webdataset": ["webdataset"],
         "wandb": ["wandb"],
         "tensorboard": ["tensorboard"],
+        "plot": ["matplotlib"],  # curves.png of a training run (python -m dalle_pytorch.plot)
     },
     entry_points={"console_scripts": ["dalle-convert=dalle_pytorch.convert:main"]},
 )

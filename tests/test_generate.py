@@ -403,3 +403,45 @@ def test_img_modes_bombs_and_fifos(tmp_path, monkeypatch):
     os.mkfifo(tmp_path / "pipe.png")
     with pytest.raises(GenerationError, match="--img .*pipe.png.*FIFO"):
         load_image(tmp_path / "pipe.png", 32)
+
+
+@pytest.mark.slow
+def test_torchrun_shards_captions_like_one_process(tmp_path):
+    """torchrun --nproc_per_node 2: each rank samples its captions (i % 2), with the seeds and folder names
+    one process would use (a repeated caption included), and rank 0 appends the run to the index."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle on a blue background\na green square on a white background\n"
+                       "a red circle on a blue background\na yellow triangle on a black background\n",
+                       encoding="utf-8")
+    common = ["--prompts_file", str(prompts), "--num_images", "2", "--seed", "5", "--no_progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = subprocess.run([sys.executable, str(ROOT / "generate.py"), *common, "--outputs_dir", str(one)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr
+    sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                              "--master_port", str(29500 + os.getpid() % 1000), str(ROOT / "generate.py"), *common,
+                              "--outputs_dir", str(two), "--device", "cpu"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert sharded.returncode == 0, sharded.stderr
+
+    def files(root):
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.png"))}
+
+    assert sorted(p.name for p in two.iterdir() if p.is_dir()) == sorted(p.name for p in one.iterdir() if p.is_dir())
+    assert "a-red-circle-on-a-blue-background-2" in {p.name for p in two.iterdir()}
+    assert files(one) == files(two) and len(files(one)) == 4 * 3
+    for folder in two.iterdir():
+        if folder.is_dir():
+            a = json.loads((one / folder.name / "generation.json").read_text())
+            b = json.loads((folder / "generation.json").read_text())
+            for record in (a, b):
+                for key in ("elapsed_seconds", "images_per_second"):
+                    record.pop(key)
+            assert a == b
+    (index,) = [json.loads(line) for line in (two / "generate-index.jsonl").read_text().splitlines()]
+    assert index["world_size"] == 2 and index["images"] == 8
+    assert [c["rank"] for c in index["captions"]] == [0, 1, 0, 1]
+    assert [c["folder"] for c in index["captions"]] == [
+        "a-red-circle-on-a-blue-background", "a-green-square-on-a-white-background",
+        "a-red-circle-on-a-blue-background-2", "a-yellow-triangle-on-a-black-background"]

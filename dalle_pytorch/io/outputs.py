@@ -7,6 +7,7 @@ PNG files hold no time stamps, so the same images give byte-identical files.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -25,10 +26,11 @@ from dalle_pytorch.io.files import read_bytes, write_json
 from dalle_pytorch.io.images import ImageFileError, read_image, save_png
 from dalle_pytorch.version import __version__
 
-__all__ = ["CaptionResult", "check_outputs_dir", "file_sha256", "load_image", "make_run_dir", "read_prompts",
-           "save_outputs", "slugify", "split_captions"]
+__all__ = ["CaptionResult", "INDEX_NAME", "append_index", "check_outputs_dir", "create_run_dir", "file_sha256", "load_image",
+           "make_run_dir", "plan_run_dirs", "read_prompts", "save_outputs", "slugify", "split_captions"]
 
 MAX_SLUG_LEN = 60
+INDEX_NAME = "generate-index.jsonl"
 MAX_PROMPTS_BYTES = 64 * 2**20  # a prompts file of a million captions is ~50 MB
 
 
@@ -66,6 +68,47 @@ def make_run_dir(outputs_dir: str | os.PathLike, caption: str) -> Path:
             continue
         return folder
     raise GenerationError(f"{root}: too many folders named {slug!r}-N")  # pragma: no cover
+
+
+def plan_run_dirs(outputs_dir: str | os.PathLike, captions: list[str]) -> list[str]:
+    """The folder names `make_run_dir` would give `captions` made one after another in `outputs_dir`
+    (the k-th caption with a slug gets the k-th free name: slug, slug-2, ...), without creating them.
+
+    A run sharded over several processes plans on one rank and creates them anywhere, so its folder
+    names are those of a single process.
+    """
+    root = Path(outputs_dir)
+    taken: set[str] = set()
+    names = []
+    for caption in captions:
+        slug = slugify(caption)
+        for n in range(1, 100_000):
+            name = slug if n == 1 else f"{slug}-{n}"
+            if name not in taken and not (root / name).exists():
+                break
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def create_run_dir(outputs_dir: str | os.PathLike, name: str, caption: str) -> Path:
+    """Create the planned folder `outputs_dir/name`; if something else took it meanwhile, the next free
+    name for `caption` (as `make_run_dir`)."""
+    folder = Path(outputs_dir) / name
+    try:
+        folder.mkdir(parents=True)
+        return folder
+    except FileExistsError:
+        return make_run_dir(outputs_dir, caption)
+
+
+def append_index(outputs_dir: str | os.PathLike, record: dict) -> Path:
+    """Append one line (a run's record: captions, folders, files, seeds, ranks, timings) to
+    `outputs_dir/generate-index.jsonl`, the index of every generate.py run into that folder."""
+    path = Path(outputs_dir) / INDEX_NAME
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    return path
 
 
 def check_outputs_dir(outputs_dir: str | os.PathLike) -> Path:

@@ -21,6 +21,7 @@ from dalle_pytorch.errors import TrainingError
 from dalle_pytorch.io.checkpoint import save as save_model
 from dalle_pytorch.io.files import is_disk_full
 from dalle_pytorch.io.training_state import save_training_state
+from dalle_pytorch.plot import refresh_curves
 from dalle_pytorch.train.checkpoints import CheckpointManager, CheckpointPoint, link_file, replicas_in_sync
 from dalle_pytorch.train.distributed import DistEnv
 from dalle_pytorch.train.loader import EpochData, batch_len, to_device
@@ -93,6 +94,7 @@ class Trainer:
                 save_model(model, model_path, tokenizer=self.task.tokenizer, metadata=meta)
                 save_training_state(state_path, state)
                 self.manager.commit(step)
+                refresh_curves(self.run_dir)  # curves.png, when matplotlib is installed
             except Exception as e:  # noqa: BLE001 - reported on every rank below
                 error = e
         if not env.all_ok(error is None):
@@ -156,8 +158,8 @@ class Trainer:
         args, env, task, log, p = self.args, self.env, self.task, self.logger, self.progress
         ga = args.ga_steps
         resuming = self.resume_step is not None
-        log.event("resume" if resuming else "start", step=p.step, epoch=p.epoch, world_size=env.world_size,
-                  device=str(env.device), mode=self.model.mode, total_steps=self.total)
+        log.event("resume" if resuming else "start", step=p.step, epoch=p.epoch, kind=task.kind,
+                  world_size=env.world_size, device=str(env.device), mode=self.model.mode, total_steps=self.total)
         for line in self.notes:
             log.print(line)
         log.print(f"training {task.kind} on {env.world_size} x {env.device.type} ({self.model.mode}), "
