@@ -31,6 +31,7 @@ is refused. Only little-endian data on little-endian machines is read.
 """
 from __future__ import annotations
 
+import _compat_pickle
 import math
 import os
 import pickle
@@ -217,8 +218,8 @@ _DTYPES = {name: getattr(torch, name) for name in (
 
 _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): OrderedDict,
-    ("builtins", "set"): set, ("__builtin__", "set"): set,
-    ("builtins", "frozenset"): frozenset, ("__builtin__", "frozenset"): frozenset,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
     ("_codecs", "encode"): _latin1_bytes,
     ("torch", "device"): _device,
     ("torch", "Size"): _size,
@@ -243,6 +244,11 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
             raise UnsafePickleError(f"malformed global {module!r}.{name!r}")
+        # protocol-2 pickles use Python 2 names (__builtin__.set): read them as Python 3 does
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         if (module, name) in _SAFE_GLOBALS:
             return _SAFE_GLOBALS[(module, name)]
         qualname = f"{module}.{name}"
