@@ -209,8 +209,13 @@ class _Parser:
         key = match.group(1)
         if key[0] in _INDICATORS:
             raise self.error(line.number, f"YAML {_INDICATORS[key[0]]} ({key[0]}) are not supported")
-        if not _PLAIN_KEY.fullmatch(key) or not isinstance(_resolve_plain(key), str):
-            raise self.error(line.number, f"unsupported key {key!r}: keys must be plain names or quoted strings")
+        try:
+            plain_string = _PLAIN_KEY.fullmatch(key) is not None and isinstance(_resolve_plain(key), str)
+        except ValueError:  # an ambiguous word such as `yes` or `n`
+            plain_string = False
+        if not plain_string:
+            raise self.error(line.number, f"unsupported key {key!r}: keys must be plain names (not bools, numbers, "
+                                          "null or yes/no/on/off) or quoted strings")
         return key, text[match.end():].strip()
 
     def inline(self, text: str, number: int) -> Any:
