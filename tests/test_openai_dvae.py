@@ -175,3 +175,11 @@ def test_dalle_pytorch_dvae_fixture():
     assert vae.num_tokens == 8192
     assert torch.equal(vae.get_codebook_indices(expected["pixels"]), expected["codes_of_pixels"])
     torch.testing.assert_close(vae.decode(expected["codes_of_pixels"]), expected["recons"], atol=1e-5, rtol=0)
+
+
+def test_dalle_pytorch_dvae_checkpoint_holds_our_vae_weights():
+    vae = OpenAIDiscreteVAE(FIXTURES / "encoder.pkl", FIXTURES / "decoder.pkl")
+    weights = torch.load(FIXTURES / "dalle_dvae-v1.6.6.pt", weights_only=True)["weights"]
+    stored = {k[len("vae."):]: v for k, v in weights.items() if k.startswith("vae.")}
+    assert list(stored) == list(vae.state_dict())
+    assert all(torch.equal(stored[k], v) for k, v in vae.state_dict().items())

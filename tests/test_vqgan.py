@@ -373,3 +373,12 @@ def test_dalle_pytorch_gumbel_fixture():
     torch.manual_seed(int(expected["gumbel_seed"]))
     assert torch.equal(vae.get_codebook_indices(expected["pixels"]), expected["codes_of_pixels"])
     torch.testing.assert_close(vae.decode(expected["codes_of_pixels"]), expected["recons"], atol=1e-5, rtol=0)
+
+
+def test_dalle_pytorch_gumbel_checkpoint_holds_our_vae_weights():
+    """DALLE-pytorch stores the VAE inside the DALLE weights under vae.*: the same names and values as ours."""
+    vae = VQGanVAE(FIXTURES / "gumbel.ckpt", FIXTURES / "gumbel.yaml")
+    weights = torch.load(FIXTURES / "dalle_gumbel-v1.6.6.pt", weights_only=True)["weights"]
+    stored = {k[len("vae."):]: v for k, v in weights.items() if k.startswith("vae.")}
+    assert list(stored) == list(vae.state_dict())
+    assert all(torch.equal(stored[k], v) for k, v in vae.state_dict().items())
