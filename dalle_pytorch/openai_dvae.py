@@ -137,7 +137,11 @@ class _Block(nn.Module):
         self.res_path = nn.Sequential(OrderedDict(layers))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.id_path(x) + self.post_gain * self.res_path(x)
+        res = self.res_path(x)
+        if torch.is_grad_enabled() and res.requires_grad:
+            return self.id_path(x) + self.post_gain * res
+        # without autograd: the same two roundings in res's buffer, and id_path's output made only now
+        return res.mul_(self.post_gain).add_(self.id_path(x))
 
 
 class EncoderBlock(_Block):

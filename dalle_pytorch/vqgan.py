@@ -184,8 +184,15 @@ def _int_list(value: Any, key: str, fail, allow_empty: bool = False) -> tuple[in
 
 
 def nonlinearity(x: Tensor) -> Tensor:
-    """swish, written as taming does (x * sigmoid(x)) so results match it to the bit."""
-    return x * torch.sigmoid(x)
+    """swish as taming computes it, x * sigmoid(x), to the bit (F.silu rounds differently).
+
+    Without autograd the product is written into the sigmoid's buffer: one full-size temporary
+    less at the decoder's 256 x 256 levels (a * b == b * a exactly).
+    """
+    s = torch.sigmoid(x)
+    if torch.is_grad_enabled() and (x.requires_grad or s.requires_grad):
+        return x * s
+    return s.mul_(x)
 
 
 def Normalize(channels: int) -> nn.GroupNorm:
@@ -236,8 +243,14 @@ class ResnetBlock(nn.Module):
             self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1, stride=1, padding=0)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(nonlinearity(self.norm1(x)))
-        h = self.conv2(self.dropout(nonlinearity(self.norm2(h))))
+        # one step per line: each intermediate is freed as soon as the next exists (x stays for the residual)
+        h = self.norm1(x)
+        h = nonlinearity(h)
+        h = self.conv1(h)
+        h = self.norm2(h)
+        h = nonlinearity(h)
+        h = self.dropout(h)
+        h = self.conv2(h)
         if self.in_channels != self.out_channels:
             x = self.nin_shortcut(x)
         return x + h
@@ -268,19 +281,14 @@ class AttnBlock(nn.Module):
 
 
 class Level(nn.Module):
-    """One resolution of the encoder or decoder: `block` ResnetBlocks, `attn` AttnBlocks (one per block, or none)."""
+    """One resolution of the encoder or decoder: `block` ResnetBlocks, `attn` AttnBlocks (one per block, or
+    none), and a `downsample` / `upsample` except at the last level. A container: the Encoder and Decoder
+    run its blocks themselves, so that no caller keeps the level's input alive while it runs."""
 
     def __init__(self, blocks: list[nn.Module], attns: list[nn.Module]):
         super().__init__()
         self.block = nn.ModuleList(blocks)
         self.attn = nn.ModuleList(attns)
-
-    def forward(self, h: Tensor) -> Tensor:
-        for i, block in enumerate(self.block):
-            h = block(h)
-            if len(self.attn) > 0:
-                h = self.attn[i](h)
-        return h
 
 
 class Mid(nn.Module):
@@ -293,7 +301,9 @@ class Mid(nn.Module):
         self.block_2 = ResnetBlock(channels, channels, dropout)
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.block_2(self.attn_1(self.block_1(h)))
+        h = self.block_1(h)
+        h = self.attn_1(h)
+        return self.block_2(h)
 
 
 class Encoder(nn.Module):
@@ -326,11 +336,16 @@ class Encoder(nn.Module):
         # only the current activation is kept (taming's list of every level's output is for a U-Net)
         h = self.conv_in(x)
         for level in self.down:
-            h = level(h)
+            for i, block in enumerate(level.block):
+                h = block(h)
+                if len(level.attn) > 0:
+                    h = level.attn[i](h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         h = self.mid(h)
-        return self.conv_out(nonlinearity(self.norm_out(h)))
+        h = self.norm_out(h)  # reassigned step by step: each input is freed as soon as it is used
+        h = nonlinearity(h)
+        return self.conv_out(h)
 
 
 class Decoder(nn.Module):
@@ -362,12 +377,18 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(block_in, cfg.out_ch, 3, stride=1, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
-        h = self.mid(self.conv_in(z))
+        h = self.conv_in(z)
+        h = self.mid(h)
         for level in reversed(self.up):
-            h = level(h)
+            for i, block in enumerate(level.block):
+                h = block(h)
+                if len(level.attn) > 0:
+                    h = level.attn[i](h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(nonlinearity(self.norm_out(h)))
+        h = self.norm_out(h)  # reassigned step by step: each input is freed as soon as it is used
+        h = nonlinearity(h)
+        return self.conv_out(h)
 
 
 class VectorQuantizer2(nn.Module):
@@ -436,7 +457,8 @@ class VQModel(nn.Module):
         """Codes (b, side*side) -> images (b, out_ch, side * 2**(L-1), ...), unclamped (about [-1, 1])."""
         z = F.embedding(codes, self.quantize.codebook())  # == one_hot(codes) @ codebook, exactly
         z = rearrange(z, "b (h w) c -> b c h w", h=side, w=side)
-        return self.decoder(self.post_quant_conv(z))
+        z = self.post_quant_conv(z)
+        return self.decoder(z)
 
 
 # -- the DALLE-pytorch VAE -----------------------------------------------------------------------------------
