@@ -28,9 +28,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the oracles of the test suite, one source for both
+sys.path.insert(0, str(ROOT))  # the oracles of the test suite, one source for both
 
-from vae_oracles import dalle_pytorch_dvae_decode, dalle_pytorch_vqgan_decode, taming_models  # noqa: E402
+from tests.vae_oracles import dalle_pytorch_dvae_decode, dalle_pytorch_vqgan_decode, taming_models  # noqa: E402
 
 from dalle_pytorch import OpenAIDiscreteVAE, VQGanVAE  # noqa: E402
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from dalle_pytorch import OpenAIDiscreteVAE
 from dalle_pytorch.io.safe_pickle import UnsafePickleError
-from vae_oracles import build_dall_e, dalle_pytorch_dvae_codes, dalle_pytorch_dvae_decode
+from tests.vae_oracles import build_dall_e, dalle_pytorch_dvae_codes, dalle_pytorch_dvae_decode
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pretrained_vae"
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dalle_pytorch.io.taming_config import YamlSubsetError, parse_yaml_subset, read_yaml_subset
-from test_vqgan import REAL_CONFIGS
+from tests.vae_oracles import REAL_CONFIGS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pretrained_vae"
 
