@@ -28,8 +28,12 @@ setup(
         "ftfy",
     ],
     extras_require={
-        # webdataset: the --wds tests use the real package; transformers: BertTokenizer, the ChineseTokenizer oracle
-        "test": ["pytest", "hypothesis", "webdataset", "matplotlib", "transformers"],
+        # webdataset: the --wds tests use the real package; transformers: BertTokenizer, the ChineseTokenizer oracle;
+        # matplotlib: training curves (the plot extra);
+        # pyyaml: the oracle of the taming-config reader; attrs, requests: what the dall-e oracle imports. The
+        # oracles taming-transformers-rom1504==0.0.6 and dall-e==0.1 are NOT listed: their requirements
+        # (torchvision, pytorch-lightning, an unpinned torch) would replace torch; .ci/run installs them --no-deps.
+        "test": ["pytest", "hypothesis", "webdataset", "transformers", "pyyaml", "attrs", "requests", "matplotlib"],
         "webdataset": ["webdataset"],
         "wandb": ["wandb"],
         "tensorboard": ["tensorboard"],

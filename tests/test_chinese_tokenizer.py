@@ -8,7 +8,6 @@ read the committed stand-in tests/fixtures/bert_chinese/vocab.txt (same layout, 
 """
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest

@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from dalle_pytorch import DALLE, DiscreteVAE, load, load_checkpoint, save
+from dalle_pytorch import DALLE, load, load_checkpoint, save
 from dalle_pytorch.errors import CheckpointError, NotRegularFileError
 from tests.helpers import tiny_dalle
 
@@ -63,7 +63,7 @@ def test_a_huge_config_is_refused_before_anything_is_allocated(saved, tmp_path):
     legacy = torch.load(ROOT / "tests" / "fixtures" / "full_plain-v1.6.6.pt", weights_only=True)
     legacy["hparams"] = {**legacy["hparams"], "dim": 16384, "depth": 64}
     torch.save(legacy, tmp_path / "big.pt")
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import resource, sys, warnings
         import torch
         from dalle_pytorch import load, CheckpointError

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dalle_pytorch import DALLE, GenerationError
+from dalle_pytorch import GenerationError
 from dalle_pytorch.io import outputs
 from dalle_pytorch.pipeline import batch_seeds
-from tests.helpers import random_text, tiny_dalle, tiny_vae
+from tests.helpers import random_text, tiny_dalle
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTION = "a red circle on a blue background"

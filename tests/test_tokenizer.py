@@ -1,5 +1,4 @@
 import argparse
-import importlib.util
 import json
 import random
 import shutil

@@ -12,20 +12,21 @@ given number of bytes.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import re
 import secrets
 import stat
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, BinaryIO, Callable, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 from dalle_pytorch.errors import DiskFullError, NotRegularFileError
 
-__all__ = ["atomic_write", "atomic_write_bytes", "write_text", "write_json", "fsync_dir", "regular_file", "read_bytes",
-           "is_disk_full", "NO_SPACE_ERRNOS"]
+__all__ = ["atomic_write", "atomic_write_bytes", "write_text", "write_json", "fsync_dir", "regular_file", "open_regular",
+           "read_bytes", "is_disk_full", "NO_SPACE_ERRNOS"]
 
 #: errno values of a write that ran out of room (disk full, quota, file-size limit)
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -49,21 +50,46 @@ def regular_file(path: PathLike, what: str = "file") -> Path:
         raise IsADirectoryError(f"{what} {str(p)!r} is a directory, not a file")
     if not stat.S_ISREG(st.st_mode):
         kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
-                or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file")
-        raise NotRegularFileError(f"{what} {str(p)!r} is {kind}; only regular files are read")
+                or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "something else")
+        raise NotRegularFileError(f"{what} {str(p)!r} is {kind}, not a regular file; only regular files are read")
     real = os.path.realpath(p)
     if any(real == root or real.startswith(root + os.sep) for root in _PSEUDO_ROOTS):
-        raise NotRegularFileError(f"{what} {str(p)!r} is a pseudo-file ({real}); only regular files are read")
+        raise NotRegularFileError(f"{what} {str(p)!r} is a pseudo-file ({real}), not a regular file; only regular "
+                                  "files are read")
     return p
+
+
+def open_regular(path: PathLike, what: str = "file", max_bytes: Optional[int] = None) -> BinaryIO:
+    """Open the regular file `path` for binary reading (of at most `max_bytes` bytes: ValueError beyond).
+
+    `regular_file` names the problem first; the file is then opened without blocking and checked
+    again on the opened descriptor, so a FIFO swapped in between cannot block the reader.
+    """
+    p = regular_file(path, what)
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; regular files ignore the flag
+    fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(f"{what} {str(p)!r} is not a regular file; only regular files are read")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise ValueError(f"{what} {str(p)!r} is {st.st_size:,} bytes, more than the {max_bytes:,} such a file "
+                             "can need; refusing to read it")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return io.open(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_bytes(path: PathLike, what: str = "file", limit: int = 1 << 30) -> bytes:
     """The bytes of the regular file `path`, refused (ValueError) when it holds more than `limit` bytes."""
-    p = regular_file(path, what)
-    with open(p, "rb") as f:
+    with open_regular(path, what, limit) as f:
         data = f.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"{what} {str(p)!r} is larger than {limit:,} bytes; refusing to read it")
+    if len(data) > limit:  # it grew after the check
+        raise ValueError(f"{what} {os.fspath(path)!r} is more than the {limit:,} bytes such a file can need; "
+                         "refusing to read it")
     return data
 
 
