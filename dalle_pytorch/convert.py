@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 from dalle_pytorch.errors import CheckpointError
 from dalle_pytorch.io.build import SOURCE_LEGACY, LoadedCheckpoint
 from dalle_pytorch.io.checkpoint import load_checkpoint, save
+from dalle_pytorch.pretrained import vae_from_flags
 
 __all__ = ["main", "summarize"]
 
@@ -28,6 +29,13 @@ def _fmt(config: dict, keys: Sequence[str]) -> str:
     return " ".join(f"{k}={config[k]}" for k in keys if k in config and config[k] is not None)
 
 
+def _vae_summary(vae) -> str:
+    if isinstance(vae.config, dict) and "image_size" in vae.config:  # DiscreteVAE
+        return _fmt(vae.config, _VAE_SUMMARY_KEYS)
+    return (f"{type(vae).__name__} image_size={vae.image_size} num_tokens={vae.num_tokens} "
+            f"num_layers={vae.num_layers}")
+
+
 def summarize(loaded: LoadedCheckpoint) -> str:
     """A few lines on what `loaded` is: kind, origin (version, epoch), config and VAE summary."""
     if loaded.source == SOURCE_LEGACY:
@@ -39,16 +47,16 @@ def summarize(loaded: LoadedCheckpoint) -> str:
         origin = f"dalle_pytorch {loaded.package_version or '?'}"
     model = loaded.model
     n_params = sum(p.numel() for p in model.parameters())
-    label = "DALLE" if loaded.kind == "dalle" else "DiscreteVAE"
+    label = "DALLE" if loaded.kind == "dalle" else type(model).__name__
     lines = [f"{label} checkpoint from {origin}, {n_params:,} parameters"]
     if loaded.kind == "dalle":
         config = dict(loaded.config)
         if "conv_like" not in (config.get("attn_types") or ()):
             config.pop("conv_variant", None)
         lines.append(f"  model: {_fmt(config, _DALLE_SUMMARY_KEYS)}")
-        lines.append(f"  vae:   {_fmt(model.vae.config, _VAE_SUMMARY_KEYS)}")
+        lines.append(f"  vae:   {_vae_summary(model.vae)}")
     else:
-        lines.append(f"  vae:   {_fmt(model.config, _VAE_SUMMARY_KEYS)}")
+        lines.append(f"  vae:   {_vae_summary(model)}")
     if loaded.tokenizer_description is not None:
         lines.append(f"  tokenizer: {loaded.tokenizer_description.get('type')}")
     return "\n".join(lines)
@@ -64,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="the .safetensors file to write")
     p.add_argument("--vae_path", default=None,
                    help="separate VAE checkpoint, for DALLE files saved without VAE parameters")
+    vae = p.add_argument_group("pretrained VAEs (DALLE-pytorch files over VQGanVAE / OpenAIDiscreteVAE; the output "
+                               "stores the VAE whole)")
+    vae.add_argument("--taming", action="store_true",
+                     help="the model is over a taming VQGAN (default files: ~/.cache/dalle/vqgan.1024.*)")
+    vae.add_argument("--vqgan_model_path", default=None, help="the VQGAN's taming / Lightning .ckpt")
+    vae.add_argument("--vqgan_config_path", default=None, help="the VQGAN's taming .yaml config")
+    vae.add_argument("--openai_encoder_path", default=None, help="OpenAI's dVAE encoder.pkl (default ~/.cache/dalle)")
+    vae.add_argument("--openai_decoder_path", default=None, help="OpenAI's dVAE decoder.pkl (default ~/.cache/dalle)")
     p.add_argument("--bpe_path", default=None,
                    help="the tokenizer file the model was trained with, stored in the output: a HuggingFace "
                         "tokenizers JSON (*.json), a youtokentome BPE model (DALLE-pytorch's --bpe_path) or CLIP "
@@ -87,7 +103,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("error: give either --bpe_path or --default_tokenizer", file=sys.stderr)
         return 1
     try:
-        loaded = load_checkpoint(args.input, vae_path=args.vae_path)
+        vae = vae_from_flags(taming=args.taming, vqgan_model_path=args.vqgan_model_path,
+                             vqgan_config_path=args.vqgan_config_path, openai_encoder_path=args.openai_encoder_path,
+                             openai_decoder_path=args.openai_decoder_path)
+        loaded = load_checkpoint(args.input, vae=vae, vae_path=args.vae_path)
         tokenizer = loaded.tokenizer_description
         if args.bpe_path:
             from dalle_pytorch.tokenizer import tokenizer_from_file
@@ -101,7 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                           **{k: v for k, v in loaded.metadata.items() if v is not None}}
         save(loaded.model, args.output, tokenizer=tokenizer, metadata=metadata)
     except (CheckpointError, ValueError, TypeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
     print(f"converted {args.input} -> {args.output}")
     print(summarize(loaded))

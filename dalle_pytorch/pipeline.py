@@ -157,11 +157,16 @@ class Pipeline:
         self.checkpoint = None
 
     @classmethod
-    def from_checkpoint(cls, dalle_path: Optional[PathLike] = None, *, vae_path: Optional[PathLike] = None,
-                        bpe_path: Optional[PathLike] = None, hug: bool = False, clip_path: Optional[PathLike] = None,
-                        device: str = "auto", dtype: str = "float32") -> "Pipeline":
+    def from_checkpoint(cls, dalle_path: Optional[PathLike] = None, *, vae: Optional[nn.Module] = None,
+                        vae_path: Optional[PathLike] = None, bpe_path: Optional[PathLike] = None, hug: bool = False,
+                        clip_path: Optional[PathLike] = None, device: str = "auto",
+                        dtype: str = "float32") -> "Pipeline":
         """Load a DALLE checkpoint (ours, DALLE-pytorch's, or the demo model when `dalle_path` is None or
         "demo"), its tokenizer (or the one `bpe_path` / `hug` select) and an optional CLIP.
+
+        vae / vae_path: as for `load_checkpoint` (a DALLE-pytorch model over a pretrained VAE needs
+        `vae=VQGanVAE(...)`, see `dalle_pytorch.pretrained.vae_from_flags`, unless its files are in
+        ~/.cache/dalle).
 
         Raises GenerationError with a one-line reason for anything that does not fit.
         """
@@ -169,7 +174,7 @@ class Pipeline:
         dt = resolve_dtype(dtype, dev)
         path, _ = resolve_checkpoint(dalle_path)
         try:
-            loaded = load_checkpoint(path, map_location=dev, vae_path=vae_path)
+            loaded = load_checkpoint(path, map_location=dev, vae=vae, vae_path=vae_path)
         except (CheckpointError, OSError) as e:  # OSError: missing, a directory, a FIFO, ...
             raise GenerationError(str(e)) from None
         if loaded.kind != "dalle":

@@ -255,8 +255,10 @@ def test_foreign_safetensors_and_bad_metadata(good_file, tmp_path):
         load(write("bare.safetensors", None))
     with pytest.raises(CheckpointError, match="format_version '99'"):
         load(write("future.safetensors", {**meta, "format_version": "99"}))
-    with pytest.raises(CheckpointError, match="VAE class 'VQGanVAE' is not supported"):
-        load(write("vqgan.safetensors", {**meta, "vae_class": "VQGanVAE"}))
+    with pytest.raises(CheckpointError, match="VAE class 'SomeOtherVAE' is not supported"):
+        load(write("other.safetensors", {**meta, "vae_class": "SomeOtherVAE"}))
+    with pytest.raises(CheckpointError, match="cannot build a VQGanVAE from the stored config"):
+        load(write("vqgan.safetensors", {**meta, "vae_class": "VQGanVAE"}))  # a DiscreteVAE's config
 
     config = json.loads(meta["config"])
     config["dim"] = 96
@@ -306,13 +308,20 @@ def test_malicious_pickle_is_not_executed(tmp_path):
     assert not marker.exists()
 
 
-def test_unsupported_vaes_refused(tmp_path):
+def test_pretrained_vae_files_need_that_vae(tmp_path, monkeypatch):
+    """A DALLE-pytorch file over VQGanVAE / OpenAIDiscreteVAE needs that VAE (tests/test_pretrained_dalle.py
+    loads real ones): a DiscreteVAE is refused, and without one the error says how to give it."""
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/dalle
     vae = train_vae_file(tmp_path, "full_plain-v1.6.6")
     for cls in ("OpenAIDiscreteVAE", "VQGanVAE"):
         path = legacy_file(tmp_path, "full_plain-v1.6.6", vae_class_name=cls, vae_params=None)
-        for vae_path in (None, vae):
-            with pytest.raises(CheckpointError, match=f"{cls}.*not supported by this package"):
-                load(path, vae_path=vae_path)
+        with pytest.raises(CheckpointError, match=f"is a DALLE over a {cls}, not over the DiscreteVAE given"):
+            load(path, vae_path=vae)
+        with pytest.raises(CheckpointError, match=f"is a DALLE over a {cls} .*give it with .*default files are missing"):
+            load(path)
+    path = legacy_file(tmp_path, "full_plain-v1.6.6", vae_class_name="SomeOtherVAE")
+    with pytest.raises(CheckpointError, match="VAE class 'SomeOtherVAE' is not supported"):
+        load(path)
 
 
 def test_unsupported_layers_and_deepspeed(tmp_path):

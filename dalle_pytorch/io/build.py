@@ -24,12 +24,14 @@ from torch import nn
 from dalle_pytorch.config import DALLEConfig
 from dalle_pytorch.dalle import DALLE
 from dalle_pytorch.errors import CheckpointError
+from dalle_pytorch.openai_dvae import OpenAIDiscreteVAE
 from dalle_pytorch.vae import DiscreteVAE
+from dalle_pytorch.vqgan import VQGanVAE
 from dalle_pytorch.version import __version__
 
-__all__ = ["LoadedCheckpoint", "OVERRIDABLE", "SOURCE_OURS", "SOURCE_LEGACY", "DERIVED_BYTES_LIMIT", "apply_overrides",
-           "build_checked", "build_dalle", "build_vae", "check_dalle_size", "check_state", "dalle_config_of", "finish",
-           "swap_vae"]
+__all__ = ["LoadedCheckpoint", "OVERRIDABLE", "SOURCE_OURS", "SOURCE_LEGACY", "DERIVED_BYTES_LIMIT", "VAE_CLASSES",
+           "apply_overrides", "build_checked", "build_dalle", "build_stored_vae", "build_vae", "check_dalle_size",
+           "check_state", "dalle_config_of", "finish", "swap_vae", "vae_class_name"]
 
 SOURCE_OURS = "dalle_pytorch"
 SOURCE_LEGACY = "dalle-pytorch-legacy"
@@ -158,6 +160,32 @@ def apply_overrides(config: dict, overrides: dict, kind: str) -> dict:
         raise ValueError(f"cannot override {bad} when loading: only {sorted(OVERRIDABLE)} can change without "
                          "changing the parameters; build the model yourself to change anything else")
     return {**config, **overrides}
+
+
+#: The VAE classes a checkpoint can hold, by the name stored with it (`vae_class`).
+VAE_CLASSES = {"DiscreteVAE": DiscreteVAE, "VQGanVAE": VQGanVAE, "OpenAIDiscreteVAE": OpenAIDiscreteVAE}
+
+
+def vae_class_name(vae: nn.Module) -> str:
+    """The stored name of `vae`'s class; TypeError for a VAE a checkpoint cannot hold."""
+    for name, cls in VAE_CLASSES.items():
+        if type(vae) is cls:
+            return name
+    raise TypeError(f"a checkpoint can hold a {', '.join(VAE_CLASSES)}, not a {type(vae).__name__}")
+
+
+def build_stored_vae(vae_class: Any, config: Any, path: str) -> nn.Module:
+    """A VAE of the stored class `vae_class` built from its stored config (weights initialised, to be loaded)."""
+    if vae_class == "DiscreteVAE":
+        return build_vae(config, path)
+    if vae_class not in VAE_CLASSES:
+        raise CheckpointError(f"{path}: VAE class {vae_class!r} is not supported (known: {', '.join(VAE_CLASSES)})")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: the {vae_class} config must be a dict, got {type(config).__name__}")
+    try:
+        return VAE_CLASSES[vae_class].from_config(config)
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: cannot build a {vae_class} from the stored config: {e}") from e
 
 
 def build_vae(params: Any, path: str) -> DiscreteVAE:

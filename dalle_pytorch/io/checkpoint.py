@@ -7,9 +7,10 @@ Our format (`save` / `load_checkpoint`): ONE `.safetensors` file holding the mod
     format_version  "1"
     kind            "dalle" | "vae" | "clip"
     package_version dalle_pytorch.__version__ of the writer
-    config          JSON of DALLE.config.to_dict(), DiscreteVAE.config or CLIP.config
+    config          JSON of DALLE.config.to_dict(), the VAE's config or CLIP.config
     vae_config      JSON of the VAE's config (not for CLIP)
-    vae_class       "DiscreteVAE" (not for CLIP)
+    vae_class       "DiscreteVAE", "VQGanVAE" or "OpenAIDiscreteVAE" (not for CLIP): the pretrained
+                    VAEs are stored whole, so a converted DALLE-pytorch model is one self-contained file
     tokenizer       JSON of tokenizer.describe() (absent when no tokenizer was given)
     metadata        JSON of the caller's dict (step, epoch, ...)
 
@@ -43,22 +44,23 @@ from dalle_pytorch.dalle import DALLE
 from dalle_pytorch.errors import CheckpointError
 from dalle_pytorch.io.build import (
     SOURCE_OURS,
+    VAE_CLASSES,
     LoadedCheckpoint,
     apply_overrides,
     build_checked,
     build_dalle,
-    build_vae,
+    build_stored_vae,
     check_dalle_size,
     check_state,
     dalle_config_of,
     finish,
     swap_vae,
+    vae_class_name,
 )
 from dalle_pytorch.io.files import atomic_write, regular_file
 from dalle_pytorch.io.integrity import INTEGRITY_KEY, check_header, check_tensors, integrity_record
 from dalle_pytorch.io.legacy import load_legacy
 from dalle_pytorch.tokenizer import tokenizer_from_description
-from dalle_pytorch.vae import DiscreteVAE
 from dalle_pytorch.version import __version__
 
 __all__ = ["CheckpointError", "LoadedCheckpoint", "save", "load", "load_checkpoint", "FORMAT", "FORMAT_VERSION"]
@@ -140,30 +142,30 @@ def _check_finite(tensors: dict[str, torch.Tensor]) -> None:
 
 
 def save(model: nn.Module, path: PathLike, *, tokenizer: Any = None, metadata: Optional[dict] = None) -> None:
-    """Save a DALLE or a DiscreteVAE (with its config, tokenizer and `metadata`) as one safetensors file.
+    """Save a DALLE, a VAE or a CLIP (with its config, tokenizer and `metadata`) as one safetensors file.
 
     Args:
-        model: a DALLE (its VAE is saved with it, under `vae.*`) or a DiscreteVAE.
+        model: a DALLE (its VAE is saved with it, under `vae.*`), a VAE (DiscreteVAE, VQGanVAE,
+            OpenAIDiscreteVAE) or a CLIP.
         path: the file to write (conventionally `*.safetensors`); replaced atomically.
         tokenizer: the tokenizer the model was trained with (anything with `describe()`), stored so
             that `load_checkpoint` can rebuild it.
         metadata: extra JSON-serialisable information (step, epoch, loss, ...), returned as
             `LoadedCheckpoint.metadata`.
     Raises:
-        TypeError: not a DALLE / DiscreteVAE, or a DALLE whose VAE is not a DiscreteVAE.
+        TypeError: not a DALLE / VAE / CLIP, or a DALLE over a VAE class a checkpoint cannot hold.
         ValueError: non-finite weights (NaN / inf), or metadata / tokenizer that is not JSON-serialisable.
     """
     model = _unwrap(model)
     if isinstance(model, DALLE):
         kind, vae, config = "dalle", model.vae, model.config.to_dict()
-    elif isinstance(model, DiscreteVAE):
+    elif isinstance(model, tuple(VAE_CLASSES.values())):
         kind, vae, config = "vae", model, model.config
     elif isinstance(model, CLIP):
         kind, vae, config = "clip", None, model.config
     else:
-        raise TypeError(f"save() takes a DALLE, a DiscreteVAE or a CLIP, got {type(model).__name__}")
-    if kind != "clip" and not isinstance(vae, DiscreteVAE):
-        raise TypeError(f"only DALLE models over a DiscreteVAE can be saved, this one uses a {type(vae).__name__}")
+        raise TypeError(f"save() takes a DALLE, a VAE or a CLIP, got {type(model).__name__}")
+    vae_class = vae_class_name(vae) if vae is not None else None
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict):
@@ -178,7 +180,7 @@ def save(model: nn.Module, path: PathLike, *, tokenizer: Any = None, metadata: O
     }
     if vae is not None:
         header["vae_config"] = _to_json(vae.config, "the VAE config")
-        header["vae_class"] = "DiscreteVAE"
+        header["vae_class"] = vae_class
     if tokenizer is not None:
         header["tokenizer"] = _to_json(_describe_tokenizer(tokenizer), "the tokenizer description")
     tensors = _state_tensors(model)
@@ -250,8 +252,8 @@ def _load_ours(path: str, map_location: Any, vae: Optional[nn.Module], vae_sourc
     if kind not in ("dalle", "vae", "clip"):
         raise CheckpointError(f"{path}: unknown checkpoint kind {kind!r} (expected 'dalle', 'vae' or 'clip')")
     vae_class = meta.get("vae_class")
-    if kind != "clip" and vae_class != "DiscreteVAE":
-        raise CheckpointError(f"{path}: VAE class {vae_class!r} is not supported; only DiscreteVAE models can be loaded")
+    if kind != "clip" and vae_class not in VAE_CLASSES:
+        raise CheckpointError(f"{path}: VAE class {vae_class!r} is not supported (known: {', '.join(VAE_CLASSES)})")
     config = _json_field(meta, "config", path)
     vae_config = _json_field(meta, "vae_config", path) if kind != "clip" else {}
     user_meta = _json_field(meta, "metadata", path, required=False) or {}
@@ -277,7 +279,7 @@ def _load_ours(path: str, map_location: Any, vae: Optional[nn.Module], vae_sourc
     elif kind == "vae":
         if vae is not None:
             raise ValueError("vae / vae_path is for DALLE checkpoints; this is a VAE checkpoint")
-        model = build_checked(lambda: build_vae(config, path), check("the DiscreteVAE"))
+        model = build_checked(lambda: build_stored_vae(vae_class, config, path), check(f"the {vae_class}"))
     else:
         external = vae is not None
         dalle_config = dalle_config_of(config, path)
@@ -286,9 +288,12 @@ def _load_ours(path: str, map_location: Any, vae: Optional[nn.Module], vae_sourc
             theirs = {f"vae.{k}": tuple(v.shape) for k, v in vae.state_dict().items()}
             shapes = {**ours_without_vae, **theirs}
             dtypes = {k: d for k, d in dtypes.items() if not k.startswith("vae.")}
+        def own_vae() -> nn.Module:
+            return build_stored_vae(vae_class, vae_config, path)
+
         with torch.device("meta"):
-            check_dalle_size(path, dalle_config, vae if external else build_vae(vae_config, path))
-        model = build_checked(lambda: build_dalle(dalle_config, vae if external else build_vae(vae_config, path), path),
+            check_dalle_size(path, dalle_config, vae if external else own_vae())
+        model = build_checked(lambda: build_dalle(dalle_config, vae if external else own_vae(), path),
                               check("the DALLE"))
         config = model.config.to_dict()
     state = load_file(path, device="cpu")
@@ -308,29 +313,38 @@ def _load_ours(path: str, map_location: Any, vae: Optional[nn.Module], vae_sourc
                             tokenizer_description=description, verified=verified)
 
 
-def load_checkpoint(path: PathLike, map_location: Any = None, *, vae_path: Optional[PathLike] = None,
-                    **overrides: Any) -> LoadedCheckpoint:
+def load_checkpoint(path: PathLike, map_location: Any = None, *, vae: Optional[nn.Module] = None,
+                    vae_path: Optional[PathLike] = None, **overrides: Any) -> LoadedCheckpoint:
     """Load a checkpoint: ours (`save`, safetensors) or DALLE-pytorch's (`train_dalle.py` / `train_vae.py` `.pt`).
 
     Args:
         path: the checkpoint file.
         map_location: device for the model (default CPU); str or torch.device.
-        vae_path: a separate VAE checkpoint (ours, DALLE or VAE, or a DALLE-pytorch train_vae file)
-            whose DiscreteVAE replaces the file's own (needed when a DALLE-pytorch file has no
-            vae_params); if the file carries its own VAE weights they must be identical.
+        vae: the VAE of a DALLE-pytorch model over a pretrained VAE (`VQGanVAE(model, config)`,
+            `OpenAIDiscreteVAE(encoder, decoder)`): such files store no VAE config. Without it, the
+            files DALLE-pytorch downloaded to ~/.cache/dalle are used when present. It may also
+            replace a DALLE's own VAE; if the file carries VAE weights they must be the same.
+        vae_path: a VAE checkpoint (ours, DALLE or VAE, or a DALLE-pytorch train_vae file) whose VAE
+            is used as `vae` (needed when a DALLE-pytorch file has no vae_params).
         overrides: DALLE config values to change before building: only optimize_for_inference,
             attn_dropout, ff_dropout (they change no parameters).
     Returns:
         LoadedCheckpoint(model (eval mode), tokenizer, metadata, source, kind, ...).
     Raises:
         CheckpointError (a ValueError): unreadable, truncated or foreign files, pickles that need
-            code to load, unsupported VAEs or layers, weights that do not fit the config.
-        ValueError: an override that would change the parameters.
-        FileNotFoundError: no such file.
+            code to load, unsupported VAEs or layers, weights that do not fit the config, a
+            pretrained VAE that cannot be found.
+        ValueError: an override that would change the parameters; both vae and vae_path.
+        FileNotFoundError, IsADirectoryError, NotRegularFileError: no such file, a folder, a FIFO.
     """
     path = _checked_path(path, "checkpoint")
-    vae = vae_source = None
-    if vae_path is not None:  # read first: its errors name the VAE file, not the DALLE one
+    vae_source = None
+    if vae is not None and vae_path is not None:
+        raise ValueError("give vae or vae_path, not both")
+    if vae is not None:
+        vae_class_name(vae)  # a VAE a checkpoint can hold
+        vae_source = f"the given {type(vae).__name__}"
+    elif vae_path is not None:  # read first: its errors name the VAE file, not the DALLE one
         vae_source = os.fspath(_checked_path(vae_path, "vae_path"))
         loaded_vae = load_checkpoint(vae_source)
         if loaded_vae.kind not in ("dalle", "vae"):
@@ -347,7 +361,7 @@ def load_checkpoint(path: PathLike, map_location: Any = None, *, vae_path: Optio
         raise CheckpointError(f"{path}: {e}") from e
 
 
-def load(path: PathLike, map_location: Any = None, *, vae_path: Optional[PathLike] = None, **overrides: Any) -> nn.Module:
-    """The model of `load_checkpoint(path, map_location, vae_path=vae_path, **overrides)`."""
-    return load_checkpoint(path, map_location, vae_path=vae_path, **overrides).model
-
+def load(path: PathLike, map_location: Any = None, *, vae: Optional[nn.Module] = None,
+         vae_path: Optional[PathLike] = None, **overrides: Any) -> nn.Module:
+    """The model of `load_checkpoint(path, map_location, vae=vae, vae_path=vae_path, **overrides)`."""
+    return load_checkpoint(path, map_location, vae=vae, vae_path=vae_path, **overrides).model

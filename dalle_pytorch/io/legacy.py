@@ -38,6 +38,8 @@ from dalle_pytorch.io.build import (
     swap_vae,
 )
 from dalle_pytorch.io.pickles import torch_load
+from dalle_pytorch.openai_dvae import OpenAIDiscreteVAE
+from dalle_pytorch.vqgan import VQGanVAE
 
 # DALLE constructor arguments a DALLE-pytorch `hparams` dict may carry
 _DALLE_KEYS = {
@@ -211,10 +213,29 @@ def layout_hparams(hparams: dict, weights: dict) -> dict:
 
 # -- reading a DALLE-pytorch file ---------------------------------------------------------------
 
-_UNSUPPORTED_VAES = {
-    "OpenAIDiscreteVAE": "OpenAI's pretrained dVAE",
-    "VQGanVAE": "the taming-transformers VQGAN",
+# DALLE-pytorch's pretrained VAEs: a train_dalle.py file stores their weights but not their config
+# (vae_params is None), so the VAE comes from its own files: how a user gives them
+_PRETRAINED_VAES = {
+    "VQGanVAE": ("the taming-transformers VQGAN", "vae=VQGanVAE(model.ckpt, config.yaml) in Python, --taming "
+                 "--vqgan_model_path model.ckpt --vqgan_config_path config.yaml for the scripts"),
+    "OpenAIDiscreteVAE": ("OpenAI's dVAE", "vae=OpenAIDiscreteVAE(encoder.pkl, decoder.pkl) in Python, or the two "
+                          "files in ~/.cache/dalle/ for the scripts"),
 }
+
+
+def _default_pretrained_vae(vae_class: str, path: str) -> nn.Module:
+    """The pretrained VAE from the files DALLE-pytorch downloaded (~/.cache/dalle/), or a CheckpointError
+    naming the class, the files and how to give them."""
+    what, how = _PRETRAINED_VAES[vae_class]
+    try:
+        return VQGanVAE() if vae_class == "VQGanVAE" else OpenAIDiscreteVAE()
+    except FileNotFoundError as e:
+        missing = "; ".join(line.strip() for line in str(e).splitlines()[1:-1])
+        raise CheckpointError(f"{path} is a DALLE over a {vae_class} ({what}), whose config the file does not hold: "
+                              f"give it with {how}. Its default files are missing: {missing}") from None
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"{path} is a DALLE over a {vae_class} ({what}); its default files in ~/.cache/dalle "
+                              f"could not be read: {' '.join(str(e).split())}") from None
 
 
 def _shapes(state: dict) -> dict[str, tuple]:
@@ -267,14 +288,14 @@ def load_legacy(path: str, map_location: Any, vae: Optional[nn.Module], vae_sour
                                 config=dict(model.config), path=path)
 
     vae_class = obj.get("vae_class_name")
-    if vae_class in _UNSUPPORTED_VAES:
-        raise CheckpointError(
-            f"{path} is a DALLE over {vae_class} ({_UNSUPPORTED_VAES[vae_class]}): these VAEs are not supported by "
-            "this package (their weights are downloaded from the internet, which this package never does). Train "
-            "or convert to a DiscreteVAE-based model instead."
-        )
-    if vae_class not in (None, "DiscreteVAE"):
-        raise CheckpointError(f"{path}: VAE class {vae_class!r} is not supported; only DiscreteVAE models can be loaded")
+    if vae_class not in (None, "DiscreteVAE", *_PRETRAINED_VAES):
+        raise CheckpointError(f"{path}: VAE class {vae_class!r} is not supported (known: DiscreteVAE, "
+                              f"{', '.join(_PRETRAINED_VAES)})")
+    if vae_class in _PRETRAINED_VAES and vae is None:
+        vae, vae_source = _default_pretrained_vae(vae_class, path), "the files in ~/.cache/dalle"
+    if vae_class in _PRETRAINED_VAES and type(vae).__name__ != vae_class:
+        raise CheckpointError(f"{path} is a DALLE over a {vae_class}, not over the {type(vae).__name__} given "
+                              f"({vae_source})")
     weights = _legacy_weights(obj, path)
     version = obj.get("version")
     config = dalle_config_from_hparams(layout_hparams(hparams, weights), version)

@@ -1,0 +1,45 @@
+"""DALLE-pytorch's pretrained VAEs as its scripts choose them: the one rule behind every script's
+`--taming`, `--vqgan_model_path`, `--vqgan_config_path` (and our `--openai_encoder_path`,
+`--openai_decoder_path`).
+
+    vae_from_flags(taming=True, vqgan_model_path="m.ckpt", vqgan_config_path="c.yaml")  -> VQGanVAE
+    vae_from_flags(taming=True)                       -> VQGanVAE from ~/.cache/dalle (as DALLE-pytorch)
+    vae_from_flags(openai=True)                       -> OpenAIDiscreteVAE from ~/.cache/dalle
+    vae_from_flags()                                  -> None (nothing asked for)
+
+Nothing is downloaded: a missing default file is an error naming it and where it came from.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Union
+
+from torch import nn
+
+from dalle_pytorch.openai_dvae import OpenAIDiscreteVAE
+from dalle_pytorch.vqgan import VQGanVAE
+
+__all__ = ["vae_from_flags"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def vae_from_flags(*, taming: bool = False, vqgan_model_path: Optional[PathLike] = None,
+                   vqgan_config_path: Optional[PathLike] = None, openai: bool = False,
+                   openai_encoder_path: Optional[PathLike] = None,
+                   openai_decoder_path: Optional[PathLike] = None) -> Optional[nn.Module]:
+    """The pretrained VAE the flags ask for, or None.
+
+    The VQGAN paths imply --taming (DALLE-pytorch ignores them without it: here they are never
+    silently ignored). Raises ValueError for contradicting flags, FileNotFoundError (naming each
+    missing file) and the VAEs' own errors for files that cannot be read.
+    """
+    vqgan = taming or vqgan_model_path is not None or vqgan_config_path is not None
+    dvae = openai or openai_encoder_path is not None or openai_decoder_path is not None
+    if vqgan and dvae:
+        raise ValueError("--taming / --vqgan_* and --openai_* ask for two different VAEs; choose one")
+    if vqgan:
+        return VQGanVAE(vqgan_model_path, vqgan_config_path)
+    if dvae:
+        return OpenAIDiscreteVAE(openai_encoder_path, openai_decoder_path)
+    return None
