@@ -164,7 +164,8 @@ def save(model: nn.Module, path: PathLike, *, tokenizer: Any = None, metadata: O
     elif isinstance(model, CLIP):
         kind, vae, config = "clip", None, model.config
     else:
-        raise TypeError(f"save() takes a DALLE, a VAE or a CLIP, got {type(model).__name__}")
+        raise TypeError(f"save() takes a DALLE, a DiscreteVAE or a CLIP (or a VQGanVAE / OpenAIDiscreteVAE), "
+                        f"got {type(model).__name__}")
     vae_class = vae_class_name(vae) if vae is not None else None
     if metadata is None:
         metadata = {}
