@@ -220,6 +220,18 @@ def test_filters():
     assert torch.isfinite(p[0, 2:]).all() and torch.isinf(p[0, :2]).all()
 
 
+def test_top_k_filter_threshold_is_the_kth_largest_value():
+    """The unsorted top-k threshold equals the k-th value of a full sort, ties included (so seeded
+    samples are the ones the sorted top-k gave)."""
+    g = torch.Generator().manual_seed(0)
+    for v, thres in ((512, 0.5), (1024, 0.9), (37, 0.0), (8, 0.99)):
+        logits = torch.randint(-20, 20, (16, v), generator=g).float()  # many ties
+        k = max(int((1 - thres) * v), 1)
+        kth = logits.sort(dim=-1, descending=True).values[:, k - 1 : k]
+        expected = logits.masked_fill(logits < kth, float("-inf"))
+        assert torch.equal(top_k_filter(logits, thres), expected)
+
+
 def test_gumbel_sampling_follows_the_softmax():
     from dalle_pytorch.sampling import gumbel_sample
 
