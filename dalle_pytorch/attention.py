@@ -258,7 +258,7 @@ class Attention(nn.Module):
             cos, sin, swap = rotary
             qkv = apply_rotary_step(cos, sin, swap, qkv)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (b, h, 1, d)
-        kv.write(pos, k, v)
+        kv.write(pos if length is None else length - 1, k, v)  # the prefix step's slot is length - 1 == pos
         n = kv.max_len if length is None else length
         # narrow, not [:n]: a slice clamps n to the size, and that comparison becomes a compile guard
         # (torch.compile with dynamic shapes would recompile when n reaches the cache's length)
@@ -266,5 +266,7 @@ class Attention(nn.Module):
             mask = None  # every filled position is visible
         else:
             mask = self.pattern.index_select(0, pos.view(1)).narrow(1, 0, n)  # (1, n)
-        out = attend(q, kv.k.narrow(2, 0, n), kv.v.narrow(2, 0, n), mask, self.scale, self.stable)
+        cast = kv.k.dtype != q.dtype  # a cache in another dtype (DALLE.setup_cache's kv_dtype): attend in its dtype
+        out = attend(q.to(kv.k.dtype) if cast else q, kv.k.narrow(2, 0, n), kv.v.narrow(2, 0, n), mask, self.scale, self.stable)
+        out = out.to(x.dtype) if cast else out
         return F.linear(out.transpose(1, 2).reshape(b, 1, -1), self.to_out.weight, self.to_out.bias)

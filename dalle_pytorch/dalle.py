@@ -279,14 +279,17 @@ class DALLE(nn.Module):
 
     # -- cached inference -----------------------------------------------------------------------------
 
-    def setup_cache(self, batch: int, max_len: int | None = None) -> InferenceCache:
-        """Preallocate the inference state for `batch` rows and up to `max_len` positions."""
+    def setup_cache(self, batch: int, max_len: int | None = None, kv_dtype: torch.dtype | None = None) -> InferenceCache:
+        """Preallocate the inference state for `batch` rows and up to `max_len` positions.
+
+        kv_dtype: the keys' and values' dtype (default: the model's); decode steps attend in it.
+        """
         t = self.transformer
         param = self.to_logits[1].weight
         return InferenceCache.allocate(
             depth=t.depth, batch=batch, heads=t.heads, dim_head=t.dim_head,
             max_len=max_len or self.total_seq_len, shift_channels=t.shift_cache_channels,
-            fmap_size=self.fmap_size, device=param.device, dtype=param.dtype,
+            fmap_size=self.fmap_size, device=param.device, dtype=param.dtype, kv_dtype=kv_dtype,
         )
 
     def prefill(self, ids: torch.Tensor, codes: torch.Tensor | None, cache: InferenceCache) -> torch.Tensor:
@@ -383,6 +386,7 @@ class DALLE(nn.Module):
         return_codes: bool = False,
         progress: bool = False,
         compile: bool | str = False,
+        kv_dtype: torch.dtype | None = None,
     ):
         """Sample images for captions.
 
@@ -396,19 +400,29 @@ class DALLE(nn.Module):
         dynamic shapes, each step attends over the filled prefix (fastest on CPU); "static": every
         step attends over the whole preallocated cache with fixed shapes (what CUDA graphs need).
         The first call compiles (seconds); later calls on the same model reuse the graphs.
+        kv_dtype: the KV cache's dtype (default: the model's). Reduced precision is opt-in: a model
+        converted with `.to(torch.bfloat16)` samples in bf16 (docs/benchmarks.md: what it gains on
+        CPU, and kv_dtype=torch.float32 beside it); images come back as float32.
         """
         if compile not in (False, True, "prefix", "static"):
             raise ValueError(f'compile must be False, True, "prefix" or "static", got {compile!r}')
         if compile and not use_cache:
             raise ValueError("compile applies to the cached decode step: it needs use_cache=True")
+        if kv_dtype is not None and not (isinstance(kv_dtype, torch.dtype) and kv_dtype.is_floating_point):
+            raise ValueError(f"kv_dtype must be a floating torch.dtype, got {kv_dtype!r}")
+        if kv_dtype is not None and not use_cache:
+            raise ValueError("kv_dtype is the KV cache's dtype: it needs use_cache=True")
         was_training = self.training
         self.eval()
         try:
             codes = self._generate_codes(text, filter_thres, top_p, temperature, img, num_init_img_tokens,
-                                         cond_scale, null_text, use_cache, num_images, generator, progress, compile)
+                                         cond_scale, null_text, use_cache, num_images, generator, progress, compile,
+                                         kv_dtype)
             if return_codes:
                 return codes
             images = self.vae.decode(codes).clamp(0.0, 1.0)
+            if images.dtype in (torch.bfloat16, torch.float16):
+                images = images.float()  # pixels as float32 from a reduced-precision model too
             if clip is not None:
                 rows = text.long().repeat_interleave(num_images, dim=0)
                 return images, clip(rows, images)
@@ -417,7 +431,7 @@ class DALLE(nn.Module):
             self.train(was_training)
 
     def _generate_codes(self, text, filter_thres, top_p, temperature, img, num_init_img_tokens,
-                        cond_scale, null_text, use_cache, num_images, generator, progress, compile):
+                        cond_scale, null_text, use_cache, num_images, generator, progress, compile, kv_dtype=None):
         text = self._check_text(text)
         check_sampling_args(filter_thres, top_p, temperature)
         if not cond_scale >= 0:
@@ -460,11 +474,14 @@ class DALLE(nn.Module):
         steps = range(start, self.image_seq_len)
         bar = tqdm(steps, desc="image tokens", disable=not progress, leave=False)
         if use_cache:
-            prefix = self.setup_cache(unique_text.shape[0], self.text_len + start)
-            last = self.prefill(ids, unique_prime, prefix)[expand, self.num_text_tokens :]
-            cache = self.setup_cache(expand.shape[0])
-            cache.copy_rows_from(prefix, expand)
-            del prefix
+            cache = self.setup_cache(expand.shape[0], kv_dtype=kv_dtype)
+            if num_images == 1:  # every row is unique: prefill the cache itself, no gather
+                last = self.prefill(ids, unique_prime, cache)[:, self.num_text_tokens :]
+            else:  # one prefill per caption, its cache rows copied to each of its images
+                prefix = self.setup_cache(unique_text.shape[0], self.text_len + start, kv_dtype=kv_dtype)
+                last = self.prefill(ids, unique_prime, prefix)[expand, self.num_text_tokens :]
+                cache.copy_rows_from(prefix, expand)
+                del prefix
             mode = "prefix" if compile is True else compile
             if compile and progress and mode not in self.__dict__.get("_compiled_steps", {}):
                 bar.write(f"compiling the decode step (compile={mode!r}): a one-off wait of seconds to a minute")
