@@ -191,7 +191,8 @@ class DALLE(nn.Module):
             c, size = self.vae.channels, self.vae.image_size
             if tuple(image.shape[1:]) != (c, size, size):
                 raise ValueError(f"images must have shape (b, {c}, {size}, {size}), got {tuple(image.shape)}")
-            return self.vae.get_codebook_indices(image)
+            weight = next(self.vae.parameters(), None)  # a bf16 VAE encodes float32 pixels too
+            return self.vae.get_codebook_indices(image if weight is None else image.to(weight.dtype))
         if image.dim() != 2 or image.dtype.is_floating_point:
             raise ValueError(f"image must be pixels (b, c, H, W) or integer codes (b, n), got {tuple(image.shape)} {image.dtype}")
         if image.shape[1] > self.image_seq_len:
@@ -400,9 +401,10 @@ class DALLE(nn.Module):
         dynamic shapes, each step attends over the filled prefix (fastest on CPU); "static": every
         step attends over the whole preallocated cache with fixed shapes (what CUDA graphs need).
         The first call compiles (seconds); later calls on the same model reuse the graphs.
-        kv_dtype: the KV cache's dtype (default: the model's). Reduced precision is opt-in: a model
-        converted with `.to(torch.bfloat16)` samples in bf16 (docs/benchmarks.md: what it gains on
-        CPU, and kv_dtype=torch.float32 beside it); images come back as float32.
+        kv_dtype: the KV cache's dtype. Default: the model's, except that a bf16/fp16 model decoding
+        eagerly on CPU keeps a float32 cache (there SDPA reads fp32 faster than bf16; compiled steps
+        read a bf16 cache fastest: docs/benchmarks.md). Reduced precision is opt-in: a model
+        converted with `.to(torch.bfloat16)` samples in bf16; images come back as float32.
         """
         if compile not in (False, True, "prefix", "static"):
             raise ValueError(f'compile must be False, True, "prefix" or "static", got {compile!r}')
@@ -474,6 +476,9 @@ class DALLE(nn.Module):
         steps = range(start, self.image_seq_len)
         bar = tqdm(steps, desc="image tokens", disable=not progress, leave=False)
         if use_cache:
+            weight = self.to_logits[1].weight
+            if kv_dtype is None and not compile and weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
+                kv_dtype = torch.float32  # eager CPU attention: fp32 reads faster (see the docstring)
             cache = self.setup_cache(expand.shape[0], kv_dtype=kv_dtype)
             if num_images == 1:  # every row is unique: prefill the cache itself, no gather
                 last = self.prefill(ids, unique_prime, cache)[:, self.num_text_tokens :]
