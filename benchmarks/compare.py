@@ -178,6 +178,7 @@ def main(argv=None):
                         help="the reference venv's python (benchmarks/dalle_pytorch_ref.sh)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a small grid (smoke test)")
+    parser.add_argument("--model", choices=["bench", "community"], help="only this model's rows")
     parser.add_argument("--out", help="also write the table (markdown) and the raw results (.json beside it)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--floor_worker", help=argparse.SUPPRESS)
@@ -206,6 +207,10 @@ def main(argv=None):
     check = spawn([args.ref_python, "-P", ref_script, "check"], args.threads)
     say(f"DALLE-pytorch with its cache kept at cond_scale 1: cached codes == uncached codes: {check['cached_equals_uncached']}")
     grid = QUICK if args.quick else GRID
+    floors = QUICK_FLOORS if args.quick else FLOORS
+    if args.model:
+        grid = [g for g in grid if g[0] == args.model]
+        floors = [f for f in floors if f[0] == args.model]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = {}
@@ -243,7 +248,7 @@ def main(argv=None):
                 f"{batch / ours['seconds']:.2f} | {batch / ref['seconds']:.2f} | **{ref['seconds'] / ours['seconds']:.2f}x** | "
                 f"{ours['first_token']:.3f} / {ref['first_token']:.3f} | {ours['peak_rss_mb']:.0f} / {ref['peak_rss_mb']:.0f} |")
         say()
-        for model, b in (QUICK_FLOORS if args.quick else FLOORS):
+        for model, b in floors:
             fl = spawn([sys.executable, __file__, "--floor_worker", json.dumps(
                 {"checkpoint": ckpt[model], "batch": b, "threads": args.threads, "variant": "fp32"})], args.threads)
             results.append({"model": model, "batch": b, "floor": fl})

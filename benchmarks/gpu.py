@@ -48,14 +48,14 @@ def sync(device):
 
 
 @torch.inference_mode()
-def graphs_generate(model, text, step, generator):
-    """generate_images' decode loop (cond_scale 1, no priming) around a compiled static step."""
+def graphs_generate(model, text, step, generator, cache):
+    """generate_images' decode loop (cond_scale 1, no priming) around a compiled static step.
+    cache: one InferenceCache per model and batch, reused (reset) by every call so that the
+    captured graphs always see the same buffers."""
     from dalle_pytorch.sampling import sample
 
     b = text.shape[0]
-    cache = model.setup_cache(b)
-    for t in cache.tensors():  # in-place writes to these stay inside the captured graph
-        torch._dynamo.mark_static_address(t)
+    cache.reset()
     last = model.prefill(model.text_ids(text), None, cache)[:, model.num_text_tokens:]
     codes = torch.empty(b, model.image_seq_len, dtype=torch.long, device=text.device)
     positions = torch.arange(model.transformer.seq_len, device=text.device)
@@ -103,7 +103,10 @@ def main(argv=None):
                         if variant == "eager":
                             run = lambda: model.generate_images(text, generator=g)  # noqa: E731
                         else:
-                            run = lambda: graphs_generate(model, text, step, g)  # noqa: E731
+                            cache = model.setup_cache(b)
+                            for t in cache.tensors():  # in-place writes to these stay inside the graph
+                                torch._dynamo.mark_static_address(t)
+                            run = lambda: graphs_generate(model, text, step, g, cache)  # noqa: E731
                         sync(device)
                         t0 = time.perf_counter()
                         run()
