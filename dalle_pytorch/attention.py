@@ -61,6 +61,21 @@ def attend(q, k, v, mask: torch.Tensor | None, scale: float, stable: bool, causa
     return stable_softmax(dots) @ v
 
 
+def attend_one(q, k, v, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """One query per row as two reductions over the cached keys, accumulated in float32.
+
+    q: (b, h, 1, d); k, v: (b, h, n, d) in any float dtype; mask: bool (1, n) or None -> (b, h, 1, d)
+    float32.  Under torch.compile each reduction becomes one fused pass that reads a bf16 K or V
+    once and converts in registers: on a CPU without AMX that reads a bf16 cache about twice as
+    fast as scaled_dot_product_attention reads an fp32 one, while SDPA's bf16 kernel is slower
+    than its fp32 one (docs/benchmarks.md).  Eagerly it would materialise k * q: compiled use only.
+    """
+    s = (k.float() * q.float()).sum(-1, keepdim=True) * scale  # (b, h, n, 1)
+    if mask is not None:
+        s = s.masked_fill(~mask.view(1, 1, -1, 1), float("-inf"))
+    return (v.float() * s.softmax(dim=2)).sum(2, keepdim=True)
+
+
 class Attention(nn.Module):
     """Causal self-attention for one pattern.  Parameters: to_qkv (no bias), to_out."""
 
@@ -260,7 +275,7 @@ class Attention(nn.Module):
             cos, sin, swap = rotary
             qkv = apply_rotary_step(cos, sin, swap, qkv)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (b, h, 1, d)
-        kv.write(pos, k, v)
+        kv.write(pos if length is None else length - 1, k, v)  # the prefix step's slot is length - 1 == pos
         n = kv.max_len if length is None else length
         # narrow, not [:n]: a slice clamps n to the size, and that comparison becomes a compile guard
         # (torch.compile with dynamic shapes would recompile when n reaches the cache's length)
@@ -268,5 +283,11 @@ class Attention(nn.Module):
             mask = None  # every filled position is visible
         else:
             mask = self.pattern.index_select(0, pos.view(1)).narrow(1, 0, n)  # (1, n)
-        out = attend(q, kv.k.narrow(2, 0, n), kv.v.narrow(2, 0, n), mask, self.scale, self.stable)
+        keys, values = kv.k.narrow(2, 0, n), kv.v.narrow(2, 0, n)
+        if kv.k.dtype in (torch.bfloat16, torch.float16) and not self.stable and torch.compiler.is_compiling():
+            out = attend_one(q, keys, values, mask, self.scale).to(x.dtype)  # fused reads of the reduced-precision cache
+        else:
+            cast = kv.k.dtype != q.dtype  # a cache in another dtype (DALLE.setup_cache's kv_dtype): attend in its dtype
+            out = attend(q.to(kv.k.dtype) if cast else q, keys, values, mask, self.scale, self.stable)
+            out = out.to(x.dtype) if cast else out
         return F.linear(out.transpose(1, 2).reshape(b, 1, -1), self.to_out.weight, self.to_out.bias)

@@ -38,14 +38,25 @@ class KVCache:
 
     def write_prefix(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store positions 0..n-1.  k, v: (B, H, n, D)."""
-        n = k.shape[2]
+        n = k.shape[2]  # copy_ casts to the cache's dtype
         self.k[:, :, :n].copy_(k)
         self.v[:, :, :n].copy_(v)
 
-    def write(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store one position.  pos: 0-d long tensor; k, v: (B, H, 1, D)."""
-        self.k.index_copy_(2, pos.view(1), k)
-        self.v.index_copy_(2, pos.view(1), v)
+    def write(self, pos: torch.Tensor | int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store one position (cast to the cache's dtype).  k, v: (B, H, 1, D).
+
+        pos: a 0-d long tensor (the static-shape step: no shape depends on it), or a Python or
+        symbolic int (the prefix step knows its length): then a copy into the slot's view, which
+        skips index_copy_'s index checks (measured in docs/benchmarks.md).
+        """
+        if isinstance(pos, torch.Tensor):
+            if k.dtype != self.k.dtype:
+                k, v = k.to(self.k.dtype), v.to(self.v.dtype)
+            self.k.index_copy_(2, pos.view(1), k)
+            self.v.index_copy_(2, pos.view(1), v)
+        else:
+            self.k.narrow(2, pos, 1).copy_(k)
+            self.v.narrow(2, pos, 1).copy_(v)
 
 
 @dataclass
@@ -60,11 +71,15 @@ class InferenceCache:
 
     @classmethod
     def allocate(cls, *, depth: int, batch: int, heads: int, dim_head: int, max_len: int,
-                 shift_channels: int | None, fmap_size: int, device, dtype) -> "InferenceCache":
-        def zeros(*shape):
+                 shift_channels: int | None, fmap_size: int, device, dtype,
+                 kv_dtype: torch.dtype | None = None) -> "InferenceCache":
+        """dtype: the shift rings' (the model's activations); kv_dtype: the keys' and values'
+        (default dtype)."""
+        def zeros(*shape, dtype=dtype):
             return torch.zeros(*shape, device=device, dtype=dtype)
 
-        kv = [KVCache(zeros(batch, heads, max_len + 1, dim_head), zeros(batch, heads, max_len + 1, dim_head))
+        kd = kv_dtype or dtype
+        kv = [KVCache(zeros(batch, heads, max_len + 1, dim_head, dtype=kd), zeros(batch, heads, max_len + 1, dim_head, dtype=kd))
               for _ in range(depth)]  # + 1: the spare slot (see KVCache)
         if shift_channels:
             sa = [ShiftCache(zeros(batch, fmap_size, shift_channels)) for _ in range(depth)]

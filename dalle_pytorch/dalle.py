@@ -141,7 +141,8 @@ class DALLE(nn.Module):
                 if low < 0.0 or high > 1.0:
                     raise ValueError(f"image pixels must be in [0, 1], got values in [{low:.4g}, {high:.4g}] "
                                      "(scale 0..255 images by 1/255)")
-            return self.vae.get_codebook_indices(image)
+            weight = next(self.vae.parameters(), None)  # a bf16 VAE encodes float32 pixels too
+            return self.vae.get_codebook_indices(image if weight is None else image.to(weight.dtype))
         if image.dim() != 2 or image.dtype.is_floating_point:
             raise ValueError(f"image must be pixels (b, c, H, W) or integer codes (b, n), got {tuple(image.shape)} {image.dtype}")
         if image.shape[1] > self.image_seq_len:
@@ -229,14 +230,17 @@ class DALLE(nn.Module):
 
     # -- cached inference -----------------------------------------------------------------------------
 
-    def setup_cache(self, batch: int, max_len: int | None = None) -> InferenceCache:
-        """Preallocate the inference state for `batch` rows and up to `max_len` positions."""
+    def setup_cache(self, batch: int, max_len: int | None = None, kv_dtype: torch.dtype | None = None) -> InferenceCache:
+        """Preallocate the inference state for `batch` rows and up to `max_len` positions.
+
+        kv_dtype: the keys' and values' dtype (default: the model's); decode steps attend in it.
+        """
         t = self.transformer
         param = self.to_logits[1].weight
         return InferenceCache.allocate(
             depth=t.depth, batch=batch, heads=t.heads, dim_head=t.dim_head,
             max_len=max_len or self.total_seq_len, shift_channels=t.shift_cache_channels,
-            fmap_size=self.fmap_size, device=param.device, dtype=param.dtype,
+            fmap_size=self.fmap_size, device=param.device, dtype=param.dtype, kv_dtype=kv_dtype,
         )
 
     def prefill(self, ids: torch.Tensor, codes: torch.Tensor | None, cache: InferenceCache) -> torch.Tensor:
@@ -333,6 +337,7 @@ class DALLE(nn.Module):
         return_codes: bool = False,
         progress: bool = False,
         compile: bool | str = False,
+        kv_dtype: torch.dtype | None = None,
     ):
         """Sample images for captions.
 
@@ -346,6 +351,10 @@ class DALLE(nn.Module):
         dynamic shapes, each step attends over the filled prefix (fastest on CPU); "static": every
         step attends over the whole preallocated cache with fixed shapes (what CUDA graphs need).
         The first call compiles (seconds); later calls on the same model reuse the graphs.
+        kv_dtype: the KV cache's dtype. Default: the model's, except that a bf16/fp16 model decoding
+        eagerly on CPU keeps a float32 cache (there SDPA reads fp32 faster than bf16; compiled steps
+        read a bf16 cache fastest: docs/benchmarks.md). Reduced precision is opt-in: a model
+        converted with `.to(torch.bfloat16)` samples in bf16; images come back as float32.
         """
         sampling = SamplingConfig(filter_thres=filter_thres, top_p=top_p, temperature=temperature, cond_scale=cond_scale)
         was_training = self.training
@@ -353,10 +362,12 @@ class DALLE(nn.Module):
         try:
             codes = self.generate_codes(text, sampling, img=img, num_init_img_tokens=num_init_img_tokens,
                                         null_text=null_text, use_cache=use_cache, num_images=num_images,
-                                        generator=generator, progress=progress, compile=compile)
+                                        generator=generator, progress=progress, compile=compile, kv_dtype=kv_dtype)
             if return_codes:
                 return codes
             images = self.vae.decode(codes).clamp(0.0, 1.0)
+            if images.dtype in (torch.bfloat16, torch.float16):
+                images = images.float()  # pixels as float32 from a reduced-precision model too
             if clip is not None:
                 if images.shape[0] == 0:
                     return images, images.new_zeros(0)
@@ -370,7 +381,8 @@ class DALLE(nn.Module):
     def generate_codes(self, text: torch.Tensor, sampling: SamplingConfig, *, img: torch.Tensor | None = None,
                        num_init_img_tokens: int | None = None, null_text: torch.Tensor | None = None,
                        use_cache: bool = True, num_images: int = 1, generator: torch.Generator | None = None,
-                       progress: bool = False, compile: bool | str = False) -> torch.Tensor:
+                       progress: bool = False, compile: bool | str = False,
+                       kv_dtype: torch.dtype | None = None) -> torch.Tensor:
         """The image codes (b * num_images, I) that `generate_images` decodes; the model must be in eval mode.
 
         sampling: the validated sampling settings; the other arguments as for `generate_images`.
@@ -380,6 +392,10 @@ class DALLE(nn.Module):
             raise ValueError(f'compile must be False, True, "prefix" or "static", got {compile!r}')
         if compile and not use_cache:
             raise ValueError("compile applies to the cached decode step: it needs use_cache=True")
+        if kv_dtype is not None and not (isinstance(kv_dtype, torch.dtype) and kv_dtype.is_floating_point):
+            raise ValueError(f"kv_dtype must be a floating torch.dtype, got {kv_dtype!r}")
+        if kv_dtype is not None and not use_cache:
+            raise ValueError("kv_dtype is the KV cache's dtype: it needs use_cache=True")
         cond_scale = sampling.cond_scale
         if int(num_images) != num_images or num_images < 1:
             raise ValueError(f"num_images must be a positive integer, got {num_images}")
@@ -421,11 +437,17 @@ class DALLE(nn.Module):
         steps = range(start, self.image_seq_len)
         bar = tqdm(steps, desc="image tokens", disable=not progress, leave=False)
         if use_cache:
-            prefix = self.setup_cache(unique_text.shape[0], self.text_len + start)
-            last = self.prefill(ids, unique_prime, prefix)[expand, self.num_text_tokens :]
-            cache = self.setup_cache(expand.shape[0])
-            cache.copy_rows_from(prefix, expand)
-            del prefix
+            weight = self.to_logits[1].weight
+            if kv_dtype is None and not compile and weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
+                kv_dtype = torch.float32  # eager CPU attention: fp32 reads faster (see the docstring)
+            cache = self.setup_cache(expand.shape[0], kv_dtype=kv_dtype)
+            if num_images == 1:  # every row is unique: prefill the cache itself, no gather
+                last = self.prefill(ids, unique_prime, cache)[:, self.num_text_tokens :]
+            else:  # one prefill per caption, its cache rows copied to each of its images
+                prefix = self.setup_cache(unique_text.shape[0], self.text_len + start, kv_dtype=kv_dtype)
+                last = self.prefill(ids, unique_prime, prefix)[expand, self.num_text_tokens :]
+                cache.copy_rows_from(prefix, expand)
+                del prefix
             mode = "prefix" if compile is True else compile
             if compile and progress and mode not in self.__dict__.get("_compiled_steps", {}):
                 bar.write(f"compiling the decode step (compile={mode!r}): a one-off wait of seconds to a minute")

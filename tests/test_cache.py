@@ -220,6 +220,18 @@ def test_filters():
     assert torch.isfinite(p[0, 2:]).all() and torch.isinf(p[0, :2]).all()
 
 
+def test_top_k_filter_threshold_is_the_kth_largest_value():
+    """The unsorted top-k threshold equals the k-th value of a full sort, ties included (so seeded
+    samples are the ones the sorted top-k gave)."""
+    g = torch.Generator().manual_seed(0)
+    for v, thres in ((512, 0.5), (1024, 0.9), (37, 0.0), (8, 0.99)):
+        logits = torch.randint(-20, 20, (16, v), generator=g).float()  # many ties
+        k = max(int((1 - thres) * v), 1)
+        kth = logits.sort(dim=-1, descending=True).values[:, k - 1 : k]
+        expected = logits.masked_fill(logits < kth, float("-inf"))
+        assert torch.equal(top_k_filter(logits, thres), expected)
+
+
 def test_gumbel_sampling_follows_the_softmax():
     from dalle_pytorch.sampling import gumbel_sample
 
@@ -253,6 +265,23 @@ def test_compiled_decode_step_matches_eager():
     assert torch.equal(eager, run_on(torch.load(buf, weights_only=False)))
 
 
+@pytest.mark.slow
+def test_compiled_bf16_step_attends_like_eager():
+    """The compiled step over a bf16 cache (fused reductions, attend_one) gives eager bf16's logits."""
+    model = tiny_dalle("axial_row").to(torch.bfloat16).eval()
+    text, codes = random_text(), torch.randint(0, 64, (2, 64))
+    step = model._compiled_decode_step("prefix")
+    with torch.inference_mode():
+        caches = [model.setup_cache(2) for _ in range(2)]
+        for c in caches:
+            model.prefill(model.text_ids(text), None, c)
+        for t in range(12):
+            pos = model.text_len + t
+            a = model.decode_step(codes[:, t], torch.tensor(pos), caches[0], length=pos + 1).float()
+            b = step(codes[:, t], torch.tensor(pos), caches[1], length=pos + 1).float()
+            assert (a - b).abs().max() <= 0.02 * a.abs().max()
+
+
 def test_compile_argument_errors():
     model = tiny_dalle("full")
     with pytest.raises(ValueError, match="compile must be"):
@@ -275,6 +304,35 @@ def test_prefix_length_step_equals_full_length_step(attn_type):
             a = model.decode_step(codes[:, t], torch.tensor(pos), caches[0])
             b = model.decode_step(codes[:, t], torch.tensor(pos), caches[1], length=pos + 1)
             assert (a - b).abs().max() < 1e-5
+
+
+def test_single_query_reductions_equal_sdpa():
+    """attend_one (the compiled step's attention over a reduced-precision cache) is attention."""
+    from dalle_pytorch.attention import attend, attend_one
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, n, 16, generator=g) for n in (1, 40, 40))
+    mask = torch.rand(1, 40, generator=g) > 0.3
+    mask[0, 0] = True
+    for m in (None, mask):
+        ref = attend(q, k, v, m, 0.25, stable=False)
+        assert (attend_one(q, k, v, m, 0.25) - ref).abs().max() < 1e-5
+        half = attend_one(q.bfloat16(), k.bfloat16(), v.bfloat16(), m, 0.25)
+        assert half.dtype == torch.float32 and (half - ref).abs().max() < 0.05
+
+
+def test_kv_dtype_cache_and_errors():
+    """A bf16 model with an fp32 KV cache (or the reverse) decodes; bad kv_dtype values raise."""
+    model = tiny_dalle().to(torch.bfloat16)
+    cache = model.setup_cache(2, kv_dtype=torch.float32)
+    assert cache.kv[0].k.dtype == torch.float32 and cache.shift_attn[0].ring.dtype == torch.bfloat16
+    for kv_dtype in (None, torch.float32):
+        codes = model.generate_images(random_text(), kv_dtype=kv_dtype, return_codes=True, num_images=2, cond_scale=2.0)
+        assert codes.shape == (4, 64)
+    with pytest.raises(ValueError, match="kv_dtype must be"):
+        model.generate_images(random_text(), kv_dtype=torch.int8)
+    with pytest.raises(ValueError, match="needs use_cache=True"):
+        model.generate_images(random_text(), kv_dtype=torch.float32, use_cache=False)
 
 
 class _CountOps(TorchDispatchMode):

@@ -127,3 +127,26 @@ def test_demo_cached_and_uncached_agree(demo):
     b = model.generate_images(text, num_images=2, return_codes=True, use_cache=False,
                               generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
+
+
+def test_demo_in_bfloat16_draws_the_colours_of_fp32(demo):
+    """The opt-in reduced precision (weights and KV cache in bf16) keeps image quality: over all 90
+    captions, 4 images each, the colour accuracy is within 1 point of fp32's, and most sampled
+    codes are fp32's (the same seed; a code that differs changes the rest of its image)."""
+    import copy
+
+    model, tok = demo.model, demo.tokenizer
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    captions = [caption(*c) for c in _combinations()]
+    text = tok.tokenize(captions, model.text_seq_len)
+    accuracy, codes = {}, {}
+    for name, m in (("fp32", model), ("bf16", half)):
+        codes[name] = m.generate_images(text, num_images=4, filter_thres=0.9, return_codes=True,
+                                        generator=torch.Generator().manual_seed(1))
+        report = _check(model.vae.decode(codes[name]).clamp(0, 1), captions, 4)
+        accuracy[name] = [sum(r[k] for r in report.values()) / len(report) for k in (0, 1)]  # background, shape
+    assert half.generate_images(text[:1], generator=torch.Generator().manual_seed(0)).dtype == torch.float32
+    same = (codes["bf16"] == codes["fp32"]).float().mean().item()
+    for k, what in enumerate(("background", "shape colour")):
+        assert abs(accuracy["bf16"][k] - accuracy["fp32"][k]) <= 0.01, f"{what}: {accuracy}; codes equal: {same:.1%}"
+    assert same >= 0.9, f"only {same:.1%} of the bf16 codes are fp32's"
