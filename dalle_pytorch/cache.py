@@ -47,6 +47,12 @@ class KVCache:
         self.k.index_copy_(2, pos.view(1), k)
         self.v.index_copy_(2, pos.view(1), v)
 
+    def write_rows(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store one position per row, each row at its own.  pos: (B,) long; k, v: (B, H, 1, D)."""
+        index = pos.view(-1, 1, 1, 1).expand(k.shape)  # row i writes slot pos[i] of every head
+        self.k.scatter_(2, index, k)
+        self.v.scatter_(2, index, v)
+
 
 @dataclass
 class InferenceCache:
@@ -107,6 +113,28 @@ class InferenceCache:
                 if dst is not None:
                     dst.ring.copy_(src.ring[index])
         self.length = n
+
+    def narrow_rows(self, start: int, count: int) -> "InferenceCache":
+        """Rows start..start+count-1 as a cache of views: steps on it write into this cache's buffers.
+
+        The views keep the buffers' layout (rows are the outermost dimension), so a step on the
+        first rows computes exactly what it computes on a cache of just those rows.
+        """
+        def rows(t):
+            return t.narrow(0, start, count)
+
+        return InferenceCache(
+            kv=[KVCache(rows(kv.k), rows(kv.v)) for kv in self.kv],
+            shift_attn=[None if s is None else ShiftCache(rows(s.ring)) for s in self.shift_attn],
+            shift_ff=[None if s is None else ShiftCache(rows(s.ring)) for s in self.shift_ff],
+            length=self.length, max_len=self.max_len,
+        )
+
+    def move_rows(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Copy rows `src` (k,) onto rows `dst` (k,) of this cache, every position (compaction when
+        rows leave a running batch).  src and dst must not overlap."""
+        for t in self.tensors():
+            t.index_copy_(0, dst, t.index_select(0, src))
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())

@@ -10,6 +10,7 @@ Position i < T predicts text, position i >= T predicts image codes (logits maske
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -278,6 +279,26 @@ class DALLE(nn.Module):
         rows = slice(self.num_text_tokens, None) if image else slice(0, self.num_text_tokens)
         return F.linear(norm(out[:, 0]), proj.weight[rows], proj.bias[rows])
 
+    def decode_step_rows(self, token: torch.Tensor, pos: torch.Tensor, cache: InferenceCache,
+                         length: int | None = None) -> torch.Tensor:
+        """`decode_step` for image codes with each row at its own position (continuous batching).
+
+        token: (b,) image codes; pos: (b,) long positions (each >= text_len); length: positions the
+        attention spans, at least max(pos) + 1 (None: the whole cache).  Returns (b, num_image_tokens).
+        Row i reads and writes only cache row i, so rows of different requests can share a step.
+        """
+        x = self.image_emb(token[:, None])
+        if not self.rotary_emb:
+            x = x + self.image_pos_emb.table().index_select(0, pos - self.text_len)[:, None]
+        if self.stable:
+            x = x * 0.1 + x.detach() * 0.9
+        out = self.transformer.step_rows(x, pos, cache, length)
+        if self.stable:
+            out = out / out.amax(dim=-1, keepdim=True).detach()
+        norm, proj = self.to_logits
+        rows = slice(self.num_text_tokens, None)
+        return F.linear(norm(out[:, 0]), proj.weight[rows], proj.bias[rows])
+
     def __getstate__(self):
         # compiled decode steps are a per-process cache bound to this object: not pickled or deep-copied
         state = self.__dict__.copy()
@@ -333,6 +354,7 @@ class DALLE(nn.Module):
         return_codes: bool = False,
         progress: bool = False,
         compile: bool | str = False,
+        callback: Callable[[int, torch.Tensor], None] | None = None,
     ):
         """Sample images for captions.
 
@@ -346,6 +368,7 @@ class DALLE(nn.Module):
         dynamic shapes, each step attends over the filled prefix (fastest on CPU); "static": every
         step attends over the whole preallocated cache with fixed shapes (what CUDA graphs need).
         The first call compiles (seconds); later calls on the same model reuse the graphs.
+        callback(filled, codes): called after every sampled code, see `generate_codes`.
         """
         sampling = SamplingConfig(filter_thres=filter_thres, top_p=top_p, temperature=temperature, cond_scale=cond_scale)
         was_training = self.training
@@ -353,7 +376,8 @@ class DALLE(nn.Module):
         try:
             codes = self.generate_codes(text, sampling, img=img, num_init_img_tokens=num_init_img_tokens,
                                         null_text=null_text, use_cache=use_cache, num_images=num_images,
-                                        generator=generator, progress=progress, compile=compile)
+                                        generator=generator, progress=progress, compile=compile,
+                                        callback=callback)
             if return_codes:
                 return codes
             images = self.vae.decode(codes).clamp(0.0, 1.0)
@@ -370,10 +394,14 @@ class DALLE(nn.Module):
     def generate_codes(self, text: torch.Tensor, sampling: SamplingConfig, *, img: torch.Tensor | None = None,
                        num_init_img_tokens: int | None = None, null_text: torch.Tensor | None = None,
                        use_cache: bool = True, num_images: int = 1, generator: torch.Generator | None = None,
-                       progress: bool = False, compile: bool | str = False) -> torch.Tensor:
+                       progress: bool = False, compile: bool | str = False,
+                       callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
         """The image codes (b * num_images, I) that `generate_images` decodes; the model must be in eval mode.
 
         sampling: the validated sampling settings; the other arguments as for `generate_images`.
+        callback(filled, codes): called after each sampled code with the number of codes filled so
+        far and the codes (b * num_images, I) (positions >= filled are not sampled yet; priming
+        codes count as filled).  It sees the live buffer: copy what it keeps.  Absent, it costs nothing.
         """
         text = self._check_text(text)
         if compile not in (False, True, "prefix", "static"):
@@ -434,6 +462,8 @@ class DALLE(nn.Module):
             for t in bar:
                 code = sample(combine(last), sampling, generator)
                 codes[:, t] = code
+                if callback is not None:
+                    callback(t + 1, codes)
                 if t + 1 < self.image_seq_len:
                     token = torch.cat((code, code)) if guided else code
                     pos = self.text_len + t
@@ -449,6 +479,8 @@ class DALLE(nn.Module):
                 last = self._logits(out[:, -1:], torch.tensor([tokens.shape[1] - 1], device=device))[:, 0]
                 last = last[:, self.num_text_tokens :]
                 codes[:, t] = sample(combine(last), sampling, generator)
+                if callback is not None:
+                    callback(t + 1, codes)
         return codes
 
     @torch.inference_mode()
