@@ -130,11 +130,17 @@ class InferenceCache:
             length=self.length, max_len=self.max_len,
         )
 
-    def move_rows(self, src: torch.Tensor, dst: torch.Tensor) -> None:
-        """Copy rows `src` (k,) onto rows `dst` (k,) of this cache, every position (compaction when
-        rows leave a running batch).  src and dst must not overlap."""
-        for t in self.tensors():
-            t.index_copy_(0, dst, t.index_select(0, src))
+    def move_rows(self, src: torch.Tensor, dst: torch.Tensor, length: int | None = None) -> None:
+        """Copy rows `src` (k,) onto rows `dst` (k,) of this cache (compaction when rows leave a
+        running batch); the ranges may overlap (the source rows are read first).  length: copy only
+        key/value positions 0..length-1 (the filled part); None: all of them.  Rings are copied whole."""
+        for kv in self.kv:
+            for t in (kv.k, kv.v):
+                part = t if length is None else t.narrow(2, 0, length)
+                part.index_copy_(0, dst, part.index_select(0, src))
+        for s in self.shift_attn + self.shift_ff:
+            if s is not None:
+                s.ring.index_copy_(0, dst, s.ring.index_select(0, src))
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from dalle_pytorch.cache import InferenceCache
 from dalle_pytorch.config import DALLEConfig
-from dalle_pytorch.sampling import SamplingConfig, sample
+from dalle_pytorch.sampling import SamplingConfig, guided_logits, sample
 from dalle_pytorch.transformer import Transformer
 
 
@@ -441,10 +441,7 @@ class DALLE(nn.Module):
         ids = self.text_ids(unique_text)
 
         def combine(img_logits):  # (R or 2R, num_image_tokens) -> guided (R, num_image_tokens)
-            if not guided:
-                return img_logits
-            cond, null = img_logits[:rows], img_logits[rows:]
-            return null + (cond - null) * cond_scale
+            return guided_logits(img_logits, rows, cond_scale) if guided else img_logits
 
         steps = range(start, self.image_seq_len)
         bar = tqdm(steps, desc="image tokens", disable=not progress, leave=False)

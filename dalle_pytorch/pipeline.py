@@ -36,7 +36,7 @@ from dalle_pytorch.sampling import SamplingConfig
 from dalle_pytorch.tokenizer import BaseTokenizer, tokenizer_for_flags
 
 __all__ = ["DEMO", "DTYPES", "GeneratedImages", "Pipeline", "PipelineOutput", "Step", "batch_seeds", "demo_path",
-           "fresh_seed", "preview_images", "resolve_checkpoint", "resolve_device", "resolve_dtype"]
+           "fresh_seed", "generation_settings", "preview_images", "resolve_checkpoint", "resolve_device", "resolve_dtype"]
 
 #: The `--dalle_path` value (and default) that selects the demo model shipped with the package.
 DEMO = "demo"
@@ -117,6 +117,14 @@ def batch_seeds(seed: int, num_images: int, batch_size: int) -> list[tuple[int, 
         raise GenerationError(f"--seed must be in [0, 2**64 - {n_batches}] so that the seeds of its {n_batches} "
                               f"batches (seed + k) stay below 2**64; got {seed}")
     return [(seed + k, min(batch_size, num_images - k * batch_size)) for k in range(n_batches)]
+
+
+def generation_settings(sampling: SamplingConfig, null_prompt: Optional[str], batch_size: int,
+                        num_init_img_tokens: Optional[int] = None) -> dict:
+    """The settings that determine a caption's images (with its seed), as recorded in PNG text chunks
+    and generation.json, and returned by the server."""
+    return {**sampling.to_dict(), "null_text": null_prompt, "num_init_img_tokens": num_init_img_tokens,
+            "batch_size": batch_size}
 
 
 def fresh_seed() -> int:
@@ -301,9 +309,8 @@ class Pipeline:
         text = self.tokenize([caption])
         null = self.tokenize([null_prompt]) if null_prompt is not None else None
         prime = img.to(device=self.device, dtype=self.dtype) if img is not None else None
-        settings = {**sampling.to_dict(), "null_text": null_prompt,
-                    "num_init_img_tokens": num_init_img_tokens if img is not None else None,
-                    "batch_size": batch_size}
+        settings = generation_settings(sampling, null_prompt, batch_size,
+                                       num_init_img_tokens if img is not None else None)
         images, seeds, scores = [], [], []
         start = time.perf_counter()
         total = self.model.image_seq_len
