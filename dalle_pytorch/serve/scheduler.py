@@ -485,12 +485,12 @@ class Scheduler:
             self.batch.leave([g.seq for g in self._running])
             self._running = []
 
-    def _emit(self, t: Ticket, kind: str, **data) -> None:
+    def _emit(self, t: Ticket, event: str, **data) -> None:
         if t.on_event is None:
             return
         try:
-            t.on_event(Event(kind, data))
+            t.on_event(Event(event, data))
         except Exception as e:  # a broken consumer fails its own request only
             log.exception("event handler of request %d failed", t.id)
-            if kind != "error":
+            if event != "error":
                 self._fail(t, f"event handler failed: {e}")
