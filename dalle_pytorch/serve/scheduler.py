@@ -434,6 +434,9 @@ class Scheduler:
                 g.images = self.model.vae.decode(g.codes).clamp(0.0, 1.0).float().cpu()  # as generate_images
                 if all(x.images is not None for x in t.groups):
                     self._complete(t)
+                elif t.request.preview_every:  # the group's final images, while the request's other groups run
+                    self._emit(t, "preview", group=g.index, first_image=g.index * t.request.batch_size,
+                               filled=total, total=total, images=g.images)
             except Exception as e:
                 log.exception("finishing request %d failed", t.id)
                 self._fail(t, f"decoding the images failed: {e}")

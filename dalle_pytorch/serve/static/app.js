@@ -5,8 +5,11 @@
 const $ = (id) => document.getElementById(id);
 const form = $("form"), grid = $("grid"), errorBox = $("error"), statusBox = $("status-box");
 const progress = $("progress"), statusText = $("status"), generateButton = $("generate"), cancelButton = $("cancel");
-// what the page rendered, in order (read by the browser tests; handy in the console too)
+// what the page rendered, in order, and the progress and queue places it showed (read by the
+// browser tests; handy in the console too)
 window.dalleLog = [];
+window.dalleProgress = [];
+window.dalleQueue = [];
 let controller = null;
 
 function showError(text) {
@@ -95,6 +98,7 @@ function handle(kind, data) {
   if (kind === "queued") {
     statusText.textContent = `Waiting: place ${data.position} in the queue`;
     window.dalleLog.push("queued");
+    window.dalleQueue.push(data.position);
   } else if (kind === "started") {
     statusText.textContent = "Sampling…";
     window.dalleLog.push("started");
@@ -103,6 +107,7 @@ function handle(kind, data) {
     progress.value = data.done;
     statusText.textContent = `Sampling: ${data.done} of ${data.total} codes`;
     window.dalleLog.push("progress");
+    window.dalleProgress.push(data.done / data.total);
   } else if (kind === "preview") {
     showPreview(data);
   } else if (kind === "done") {
