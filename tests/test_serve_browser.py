@@ -24,7 +24,9 @@ from dalle_pytorch.pipeline import Pipeline  # noqa: E402
 from dalle_pytorch.serve.app import create_app  # noqa: E402
 from dalle_pytorch.synthetic import dominant_colors, parse_caption  # noqa: E402
 from dalle_pytorch.train.datasets import image_to_tensor  # noqa: E402
-from tests.serve_helpers import live_server  # noqa: E402
+from tests.serve_helpers import live_server, one_thread_fixture  # noqa: E402
+
+one_thread = one_thread_fixture()
 
 # Playwright's own browser download cannot work here: it drives the system Chromium
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
