@@ -313,14 +313,9 @@ class Pipeline:
                                        num_init_img_tokens if img is not None else None)
         images, seeds, scores = [], [], []
         start = time.perf_counter()
-        total = self.model.image_seq_len
         for k, (batch_seed, n) in enumerate(batch_seeds(seed, num_images, batch_size)):
             generator = torch.Generator().manual_seed(batch_seed)
-            hook = None
-            if callback is not None:
-                def hook(filled, codes, k=k, batch_seed=batch_seed):
-                    if filled % callback_steps == 0 or filled == total:
-                        callback(Step(caption, k, batch_seed, filled, total, codes, self.model.vae))
+            hook = None if callback is None else self._step_hook(callback, callback_steps, caption, k, batch_seed)
             try:
                 out = self.model.generate_images(
                     text, clip=self.clip, filter_thres=sampling.filter_thres, top_p=sampling.top_p,
@@ -347,6 +342,17 @@ class Pipeline:
             pixels, seeds, scores = pixels[order], [seeds[i] for i in order], [scores[i] for i in order]
         return GeneratedImages(caption=caption, images=pixels, seeds=seeds, settings=settings, elapsed=elapsed,
                                scores=scores or None, order=order)
+
+    def _step_hook(self, callback: Callable[[Step], None], every: int, caption: str, batch: int,
+                   seed: int) -> Callable[[int, torch.Tensor], None]:
+        """generate_codes' callback(filled, codes) -> callback(Step) every `every` codes and at the last."""
+        total, vae = self.model.image_seq_len, self.model.vae
+
+        def hook(filled: int, codes: torch.Tensor) -> None:
+            if filled % every == 0 or filled == total:
+                callback(Step(caption, batch, seed, filled, total, codes, vae))
+
+        return hook
 
     def sampling_config(self, *, top_k: float = 0.9, top_p: Optional[float] = None, temperature: float = 1.0,
                         cond_scale: float = 1.0, null_prompt: Optional[str] = None) -> SamplingConfig:

@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="the server tests need the [serve] extra (fastapi, uvicorn)")

@@ -37,7 +37,7 @@ import torch
 
 from dalle_pytorch.errors import GenerationError
 from dalle_pytorch.images import tensor_to_pil
-from dalle_pytorch.io.images import save_png
+from dalle_pytorch.io.images import png_text
 from dalle_pytorch.pipeline import Pipeline
 from dalle_pytorch.serve.scheduler import (Event, ImageRequest, ImageResult, QueueFull, RequestFailed, Scheduler,
                                            ShuttingDown, Ticket)
@@ -80,12 +80,12 @@ class ImagesResponse(BaseModel):
 # -- helpers -----------------------------------------------------------------------------------------
 
 
-def png_base64(image: torch.Tensor, **metadata) -> str:
+def png_base64(image: torch.Tensor, caption: Optional[str] = None, seed: Optional[int] = None,
+               settings: Optional[dict] = None) -> str:
+    """(c, H, W) pixels in [0, 1] -> base64 PNG; with a caption, the text chunks generate.py writes."""
     buf = io.BytesIO()
-    if metadata:
-        save_png(tensor_to_pil(image), buf, **metadata)
-    else:
-        tensor_to_pil(image).save(buf, format="PNG")
+    info = png_text(caption, seed, settings) if caption is not None else None
+    tensor_to_pil(image).save(buf, format="PNG", pnginfo=info)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
