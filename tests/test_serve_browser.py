@@ -37,8 +37,8 @@ TIMEOUT_MS = 120_000
 
 @pytest.fixture(scope="module")
 def server():
-    # 4 rows: the first tab's 8 images (two batches of 4) keep the second tab waiting in the queue
-    app = create_app(lambda: Pipeline.from_checkpoint("demo", device="cpu"), max_rows=4, preview_every=8)
+    # 2 rows: the first tab's 16 images (16 batches of 1, two at a time) keep the second tab waiting
+    app = create_app(lambda: Pipeline.from_checkpoint("demo", device="cpu"), max_rows=2, preview_every=8)
     with live_server(app) as url:
         yield url
 
@@ -55,6 +55,7 @@ def _generate(page, caption: str, n: int, seed: int) -> None:
     page.fill("#prompt", caption)
     page.fill("#n", str(n))
     page.fill("#seed", str(seed))
+    page.fill("#batch_size", "1")
     page.click("#generate")
 
 
@@ -77,7 +78,7 @@ def test_two_tabs_generate_with_progress_previews_and_queue_places(server, brows
     for page in (first, second):
         page.goto(server)
     red, green = "a red circle on a blue background", "a green square on a white background"
-    _generate(first, red, 8, 0)
+    _generate(first, red, 16, 0)
     first.wait_for_function("window.dalleLog.includes('started')", timeout=TIMEOUT_MS)
     _generate(second, green, 4, 1)  # while the first tab's rows fill the batch
     for page in (first, second):
@@ -85,7 +86,7 @@ def test_two_tabs_generate_with_progress_previews_and_queue_places(server, brows
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     first.screenshot(path=str(ARTIFACTS / "serve_page.png"), full_page=True)
 
-    for page, caption, n in ((first, red, 8), (second, green, 4)):
+    for page, caption, n in ((first, red, 16), (second, green, 4)):
         log = page.evaluate("window.dalleLog")
         progress = page.evaluate("window.dalleProgress")
         assert "error" not in log, page.inner_text("#error")
@@ -105,7 +106,7 @@ def test_two_tabs_generate_with_progress_previews_and_queue_places(server, brows
     path = tmp_path / download.value.suggested_filename
     download.value.save_as(path)
     with Image.open(path) as png:
-        assert png.text["caption"] == green and png.text["seed"] == "1" and '"filter_thres": 0.9' in png.text["settings"]
+        assert png.text["caption"] == green and png.text["seed"] == "1" and '"batch_size": 1' in png.text["settings"]
     context.close()
 
 

@@ -163,7 +163,8 @@ def test_groups_of_waiting_requests_are_admitted_round_robin(pipe):
     (dict(n=0), "n must be an integer from 1 to 16"),
     (dict(negative_prompt=GREEN), "only has an effect with guidance"),
     (dict(batch_size=9, sampling=GUIDED), r"batch_size must be an integer from 1 to 8 \(guidance"),
-    (dict(seed=-1), "seed must be"),
+    (dict(seed=-1), "seed must be in"),
+    (dict(seed=2**64 - 1, n=8), "seed must be in"),
 ])
 def test_invalid_requests_are_refused_with_a_reason(pipe, request_kwargs, reason):
     scheduler = Scheduler(pipe, max_rows=16, max_images=16)

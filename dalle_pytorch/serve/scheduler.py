@@ -38,16 +38,13 @@ from typing import Callable, Optional
 import torch
 
 from dalle_pytorch.errors import GenerationError
-from dalle_pytorch.pipeline import Pipeline, fresh_seed, generation_settings, preview_images
+from dalle_pytorch.pipeline import Pipeline, batch_seeds, fresh_seed, generation_settings, preview_images
 from dalle_pytorch.sampling import SamplingConfig, guided_logits, sample
 from dalle_pytorch.serve.batch import PrefixCache, RunningBatch, Sequence, prefill
 
 __all__ = ["Event", "ImageRequest", "ImageResult", "QueueFull", "RequestFailed", "Scheduler", "ShuttingDown", "Ticket"]
 
 log = logging.getLogger("dalle_pytorch.serve")
-
-MAX_SEED = 2**63 - 2**20  # seed + k must stay a valid torch seed
-
 
 class QueueFull(Exception):
     """The waiting queue is full; try again after `retry_after` seconds."""
@@ -184,9 +181,8 @@ class Scheduler:
             raise GenerationError("prompt is empty: give a caption")
         if isinstance(request.n, bool) or not isinstance(request.n, int) or not 1 <= request.n <= self.max_images:
             raise GenerationError(f"n must be an integer from 1 to {self.max_images}, got {request.n!r}")
-        if request.seed is not None and (isinstance(request.seed, bool) or not isinstance(request.seed, int)
-                                         or not 0 <= request.seed < MAX_SEED):
-            raise GenerationError(f"seed must be an integer in [0, 2**63 - 2**20), got {request.seed!r}")
+        if request.seed is not None and (isinstance(request.seed, bool) or not isinstance(request.seed, int)):
+            raise GenerationError(f"seed must be an integer, got {request.seed!r}")
         if not isinstance(request.sampling, SamplingConfig):
             raise GenerationError("sampling must be a SamplingConfig")
         guided = request.sampling.guided
@@ -194,6 +190,8 @@ class Scheduler:
         if isinstance(request.batch_size, bool) or not 1 <= rows <= self.max_rows:
             raise GenerationError(f"batch_size must be an integer from 1 to {self.max_rows // (2 if guided else 1)}"
                                   f"{' (guidance doubles the rows)' if guided else ''}, got {request.batch_size!r}")
+        if request.seed is not None:
+            batch_seeds(request.seed, request.n, request.batch_size)  # seed + k must stay a torch seed
         if not isinstance(request.preview_every, int) or request.preview_every < 0:
             raise GenerationError(f"preview_every must be an integer >= 0, got {request.preview_every!r}")
         if request.timeout is not None and not (isinstance(request.timeout, (int, float)) and request.timeout > 0):
