@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -38,10 +39,24 @@ ARTIFACTS = Path(os.environ.get("DALLE_TEST_ARTIFACTS", Path(__file__).resolve()
 TIMEOUT_MS = 120_000
 
 
+def paced_demo() -> Pipeline:
+    """The demo model with every decode step taking at least 8 ms, so that the first tab's request
+    (16 batches of 1 on 2 rows: 512 steps, >= 4 s) surely outlasts the second tab's typing, however
+    fast the machine: the second tab then has to wait in the queue.  The images are unchanged."""
+    pipe = Pipeline.from_checkpoint("demo", device="cpu")
+    step = pipe.model.decode_step
+
+    def paced_step(*args, **kwargs):
+        time.sleep(0.008)
+        return step(*args, **kwargs)
+
+    pipe.model.decode_step = paced_step  # an instance attribute: the model's class is untouched
+    return pipe
+
+
 @pytest.fixture(scope="module")
 def server():
-    # 2 rows: the first tab's 16 images (16 batches of 1, two at a time) keep the second tab waiting
-    app = create_app(lambda: Pipeline.from_checkpoint("demo", device="cpu"), max_rows=2, preview_every=8)
+    app = create_app(paced_demo, max_rows=2, preview_every=8)
     with live_server(app) as url:
         yield url
 
