@@ -31,7 +31,7 @@ from dalle_pytorch.io.outputs import (
     save_outputs,
     split_captions,
 )
-from dalle_pytorch.pipeline import DEMO, DTYPES, Pipeline, batch_seeds, resolve_checkpoint
+from dalle_pytorch.pipeline import DEMO, DTYPES, Pipeline, batch_seeds, fresh_seed, resolve_checkpoint
 from dalle_pytorch.sampling import SamplingConfig
 from dalle_pytorch.train.distributed import DistEnv, init_distributed
 
@@ -171,7 +171,7 @@ def main(args: argparse.Namespace) -> list:
 def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env: DistEnv) -> list:
     seed = args.seed
     if seed is None:  # a fresh seed, the same on every rank
-        seed = _shared(env, lambda: int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF)
+        seed = _shared(env, fresh_seed)
     batch_seeds(seed, args.num_images, args.batch_size)
 
     def check_folder() -> None:

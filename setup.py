@@ -13,7 +13,8 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     packages=find_packages(exclude=["tests", "tests.*", "benchmarks"]),
-    package_data={"dalle_pytorch": ["data/*.txt.gz", "data/LICENSE-CLIP-BPE", "demo/*.safetensors", "demo/*.json", "demo/*.md"]},
+    package_data={"dalle_pytorch": ["data/*.txt.gz", "data/LICENSE-CLIP-BPE", "demo/*.safetensors", "demo/*.json", "demo/*.md",
+                                    "serve/static/*.html", "serve/static/*.js", "serve/static/*.css"]},
     include_package_data=True,
     python_requires=">=3.9",
     install_requires=[
@@ -33,7 +34,10 @@ setup(
         # pyyaml: the oracle of the taming-config reader; attrs, requests: what the dall-e oracle imports. The
         # oracles taming-transformers-rom1504==0.0.6 and dall-e==0.1 are NOT listed: their requirements
         # (torchvision, pytorch-lightning, an unpinned torch) would replace torch; .ci/run installs them --no-deps.
-        "test": ["pytest", "hypothesis", "webdataset", "transformers", "pyyaml", "attrs", "requests", "matplotlib"],
+        # fastapi/uvicorn/httpx: the server tests; playwright: the page in headless Chromium (Debian's chromium)
+        "test": ["pytest", "hypothesis", "webdataset", "transformers", "pyyaml", "attrs", "requests", "matplotlib",
+                 "fastapi", "uvicorn", "httpx", "playwright"],
+        "serve": ["fastapi", "uvicorn"],
         "webdataset": ["webdataset"],
         "wandb": ["wandb"],
         "tensorboard": ["tensorboard"],

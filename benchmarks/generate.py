@@ -29,11 +29,11 @@ def now() -> float:
     return time.perf_counter()
 
 
-def build(fmap: int, **kwargs) -> DALLE:
+def build(fmap: int, text_seq_len: int = 32, **kwargs) -> DALLE:
     torch.manual_seed(0)
     # the VAE only fixes the grid size here (image_size / 2**num_layers = fmap); codes are sampled directly
     vae = DiscreteVAE(image_size=fmap * 2, num_layers=1, num_tokens=512, codebook_dim=16, hidden_dim=8)
-    return DALLE(dim=256, vae=vae, num_text_tokens=10000, text_seq_len=32, depth=4, heads=4, dim_head=64,
+    return DALLE(dim=256, vae=vae, num_text_tokens=10000, text_seq_len=text_seq_len, depth=4, heads=4, dim_head=64,
                  **kwargs).eval().to(DEVICE)
 
 

@@ -291,3 +291,27 @@ class Attention(nn.Module):
             out = attend(q.to(kv.k.dtype) if cast else q, keys, values, mask, self.scale, self.stable)
             out = out.to(x.dtype) if cast else out
         return F.linear(out.transpose(1, 2).reshape(b, 1, -1), self.to_out.weight, self.to_out.bias)
+
+    def step_rows(self, x: torch.Tensor, pos: torch.Tensor, rotary, kv, length: int | None = None) -> torch.Tensor:
+        """`step` with each row at its own position (continuous batching: rows of different requests).
+
+        x: (b, 1, dim); pos: (b,) long; rotary: (cos, sin, swap) with cos, sin (b, 1, 1, 1, dim_head)
+        (each row's table row) or None; kv: this layer's KVCache.  Row i writes its k, v at pos[i]
+        and attends with the pattern's row for pos[i], which also hides slots past pos[i] (stale
+        keys of an earlier occupant of the cache row).  length: positions to attend over, at least
+        max(pos) + 1 (None: the whole cache).  Returns (b, 1, dim).
+        """
+        b = x.shape[0]
+        qkv = F.linear(x, self.to_qkv.weight).view(b, 1, 3, self.heads, self.dim_head)
+        if rotary is not None:
+            cos, sin, swap = rotary
+            qkv = apply_rotary_step(cos, sin, swap, qkv)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (b, h, 1, d)
+        kv.write_rows(pos, k, v)
+        n = kv.max_len if length is None else length
+        mask = self.pattern.index_select(0, pos).narrow(1, 0, n)[:, None, None, :]  # (b, 1, 1, n)
+        cast = kv.k.dtype != q.dtype  # a cache in another dtype (setup_cache's kv_dtype): attend in its dtype
+        out = attend(q.to(kv.k.dtype) if cast else q, kv.k.narrow(2, 0, n), kv.v.narrow(2, 0, n), mask, self.scale,
+                     self.stable)
+        out = out.to(x.dtype) if cast else out
+        return F.linear(out.transpose(1, 2).reshape(b, 1, -1), self.to_out.weight, self.to_out.bias)

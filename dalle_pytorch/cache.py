@@ -58,6 +58,15 @@ class KVCache:
             self.k.narrow(2, pos, 1).copy_(k)
             self.v.narrow(2, pos, 1).copy_(v)
 
+    def write_rows(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store one position per row, each row at its own (cast to the cache's dtype).  pos: (B,) long;
+        k, v: (B, H, 1, D)."""
+        if k.dtype != self.k.dtype:
+            k, v = k.to(self.k.dtype), v.to(self.v.dtype)
+        index = pos.view(-1, 1, 1, 1).expand(k.shape)  # row i writes slot pos[i] of every head
+        self.k.scatter_(2, index, k)
+        self.v.scatter_(2, index, v)
+
 
 @dataclass
 class InferenceCache:
@@ -122,6 +131,34 @@ class InferenceCache:
                 if dst is not None:
                     dst.ring.copy_(src.ring[index])
         self.length = n
+
+    def narrow_rows(self, start: int, count: int) -> "InferenceCache":
+        """Rows start..start+count-1 as a cache of views: steps on it write into this cache's buffers.
+
+        The views keep the buffers' layout (rows are the outermost dimension), so a step on the
+        first rows computes exactly what it computes on a cache of just those rows.
+        """
+        def rows(t):
+            return t.narrow(0, start, count)
+
+        return InferenceCache(
+            kv=[KVCache(rows(kv.k), rows(kv.v)) for kv in self.kv],
+            shift_attn=[None if s is None else ShiftCache(rows(s.ring)) for s in self.shift_attn],
+            shift_ff=[None if s is None else ShiftCache(rows(s.ring)) for s in self.shift_ff],
+            length=self.length, max_len=self.max_len,
+        )
+
+    def move_rows(self, src: torch.Tensor, dst: torch.Tensor, length: int | None = None) -> None:
+        """Copy rows `src` (k,) onto rows `dst` (k,) of this cache (compaction when rows leave a
+        running batch); the ranges may overlap (the source rows are read first).  length: copy only
+        key/value positions 0..length-1 (the filled part); None: all of them.  Rings are copied whole."""
+        for kv in self.kv:
+            for t in (kv.k, kv.v):
+                part = t if length is None else t.narrow(2, 0, length)
+                part.index_copy_(0, dst, part.index_select(0, src))
+        for s in self.shift_attn + self.shift_ff:
+            if s is not None:
+                s.ring.index_copy_(0, dst, s.ring.index_select(0, src))
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors())

@@ -10,6 +10,7 @@ Position i < T predicts text, position i >= T predicts image codes (logits maske
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 
 from dalle_pytorch.cache import InferenceCache
 from dalle_pytorch.config import DALLEConfig
-from dalle_pytorch.sampling import SamplingConfig, sample
+from dalle_pytorch.sampling import SamplingConfig, guided_logits, sample
 from dalle_pytorch.transformer import Transformer
 
 
@@ -282,6 +283,26 @@ class DALLE(nn.Module):
         rows = slice(self.num_text_tokens, None) if image else slice(0, self.num_text_tokens)
         return F.linear(norm(out[:, 0]), proj.weight[rows], proj.bias[rows])
 
+    def decode_step_rows(self, token: torch.Tensor, pos: torch.Tensor, cache: InferenceCache,
+                         length: int | None = None) -> torch.Tensor:
+        """`decode_step` for image codes with each row at its own position (continuous batching).
+
+        token: (b,) image codes; pos: (b,) long positions (each >= text_len); length: positions the
+        attention spans, at least max(pos) + 1 (None: the whole cache).  Returns (b, num_image_tokens).
+        Row i reads and writes only cache row i, so rows of different requests can share a step.
+        """
+        x = self.image_emb(token[:, None])
+        if not self.rotary_emb:
+            x = x + self.image_pos_emb.table().index_select(0, pos - self.text_len)[:, None]
+        if self.stable:
+            x = x * 0.1 + x.detach() * 0.9
+        out = self.transformer.step_rows(x, pos, cache, length)
+        if self.stable:
+            out = out / out.amax(dim=-1, keepdim=True).detach()
+        norm, proj = self.to_logits
+        rows = slice(self.num_text_tokens, None)
+        return F.linear(norm(out[:, 0]), proj.weight[rows], proj.bias[rows])
+
     def __getstate__(self):
         # compiled decode steps are a per-process cache bound to this object: not pickled or deep-copied
         state = self.__dict__.copy()
@@ -338,6 +359,7 @@ class DALLE(nn.Module):
         progress: bool = False,
         compile: bool | str = False,
         kv_dtype: torch.dtype | None = None,
+        callback: Callable[[int, torch.Tensor], None] | None = None,
     ):
         """Sample images for captions.
 
@@ -355,6 +377,7 @@ class DALLE(nn.Module):
         eagerly on CPU keeps a float32 cache (there SDPA reads fp32 faster than bf16; compiled steps
         read a bf16 cache fastest: docs/benchmarks.md). Reduced precision is opt-in: a model
         converted with `.to(torch.bfloat16)` samples in bf16; images come back as float32.
+        callback(filled, codes): called after every sampled code, see `generate_codes`.
         """
         sampling = SamplingConfig(filter_thres=filter_thres, top_p=top_p, temperature=temperature, cond_scale=cond_scale)
         was_training = self.training
@@ -362,7 +385,8 @@ class DALLE(nn.Module):
         try:
             codes = self.generate_codes(text, sampling, img=img, num_init_img_tokens=num_init_img_tokens,
                                         null_text=null_text, use_cache=use_cache, num_images=num_images,
-                                        generator=generator, progress=progress, compile=compile, kv_dtype=kv_dtype)
+                                        generator=generator, progress=progress, compile=compile, kv_dtype=kv_dtype,
+                                        callback=callback)
             if return_codes:
                 return codes
             images = self.vae.decode(codes).clamp(0.0, 1.0)
@@ -382,10 +406,14 @@ class DALLE(nn.Module):
                        num_init_img_tokens: int | None = None, null_text: torch.Tensor | None = None,
                        use_cache: bool = True, num_images: int = 1, generator: torch.Generator | None = None,
                        progress: bool = False, compile: bool | str = False,
-                       kv_dtype: torch.dtype | None = None) -> torch.Tensor:
+                       kv_dtype: torch.dtype | None = None,
+                       callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
         """The image codes (b * num_images, I) that `generate_images` decodes; the model must be in eval mode.
 
         sampling: the validated sampling settings; the other arguments as for `generate_images`.
+        callback(filled, codes): called after each sampled code with the number of codes filled so
+        far and the codes (b * num_images, I) (positions >= filled are not sampled yet; priming
+        codes count as filled).  It sees the live buffer: copy what it keeps.  Absent, it costs nothing.
         """
         text = self._check_text(text)
         if compile not in (False, True, "prefix", "static"):
@@ -429,10 +457,7 @@ class DALLE(nn.Module):
         ids = self.text_ids(unique_text)
 
         def combine(img_logits):  # (R or 2R, num_image_tokens) -> guided (R, num_image_tokens)
-            if not guided:
-                return img_logits
-            cond, null = img_logits[:rows], img_logits[rows:]
-            return null + (cond - null) * cond_scale
+            return guided_logits(img_logits, rows, cond_scale) if guided else img_logits
 
         steps = range(start, self.image_seq_len)
         bar = tqdm(steps, desc="image tokens", disable=not progress, leave=False)
@@ -456,6 +481,8 @@ class DALLE(nn.Module):
             for t in bar:
                 code = sample(combine(last), sampling, generator)
                 codes[:, t] = code
+                if callback is not None:
+                    callback(t + 1, codes)
                 if t + 1 < self.image_seq_len:
                     token = torch.cat((code, code)) if guided else code
                     pos = self.text_len + t
@@ -471,6 +498,8 @@ class DALLE(nn.Module):
                 last = self._logits(out[:, -1:], torch.tensor([tokens.shape[1] - 1], device=device))[:, 0]
                 last = last[:, self.num_text_tokens :]
                 codes[:, t] = sample(combine(last), sampling, generator)
+                if callback is not None:
+                    callback(t + 1, codes)
         return codes
 
     @torch.inference_mode()

@@ -1,8 +1,12 @@
 """`Pipeline`: captions in, images out; the one path from text to pictures.
 
     pipe = Pipeline.from_checkpoint("dalle.safetensors")         # or Pipeline(model, tokenizer)
-    result = pipe.generate("a red circle on a blue background", num_images=4, seed=0)
-    result.pil_images()                                          # PIL images, result.seeds their seeds
+    out = pipe(["a red circle on a blue background"], num_images=4, seed=0, cond_scale=3.0)
+    out.images, out.seeds, out.settings                          # PIL images, each one's batch seed
+    result = pipe.generate("a red circle on a blue background", num_images=4, seed=0)   # one caption
+
+A `callback(step)` sees every batch's codes as they are sampled; `step.preview()` decodes the
+partial grid (unsampled codes painted a neutral grey), cheaply enough to show every few codes.
 
 `generate.py` (which also writes the files) and the server both use it; neither re-implements it.
 A caption's images are sampled in batches of `batch_size`: batch k with a CPU
@@ -31,8 +35,8 @@ from dalle_pytorch.io.checkpoint import load_checkpoint
 from dalle_pytorch.sampling import SamplingConfig
 from dalle_pytorch.tokenizer import BaseTokenizer, tokenizer_for_flags
 
-__all__ = ["DEMO", "DTYPES", "GeneratedImages", "Pipeline", "batch_seeds", "demo_path", "resolve_checkpoint",
-           "resolve_device", "resolve_dtype"]
+__all__ = ["DEMO", "DTYPES", "GeneratedImages", "Pipeline", "PipelineOutput", "Step", "batch_seeds", "demo_path",
+           "fresh_seed", "generation_settings", "preview_images", "resolve_checkpoint", "resolve_device", "resolve_dtype"]
 
 #: The `--dalle_path` value (and default) that selects the demo model shipped with the package.
 DEMO = "demo"
@@ -115,6 +119,65 @@ def batch_seeds(seed: int, num_images: int, batch_size: int) -> list[tuple[int, 
     return [(seed + k, min(batch_size, num_images - k * batch_size)) for k in range(n_batches)]
 
 
+def generation_settings(sampling: SamplingConfig, null_prompt: Optional[str], batch_size: int,
+                        num_init_img_tokens: Optional[int] = None) -> dict:
+    """The settings that determine a caption's images (with its seed), as recorded in PNG text chunks
+    and generation.json, and returned by the server."""
+    return {**sampling.to_dict(), "null_text": null_prompt, "num_init_img_tokens": num_init_img_tokens,
+            "batch_size": batch_size}
+
+
+def fresh_seed() -> int:
+    """A new random seed in [0, 2**31) for a request that gave none (recorded with its images)."""
+    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+
+
+# ------------------------------------------------------------------------------------------------
+# previews
+# ------------------------------------------------------------------------------------------------
+
+#: the colour of the codes not sampled yet in a preview (pixels in [0, 1])
+PREVIEW_GREY = 0.5
+
+
+@torch.inference_mode()
+def preview_images(vae: nn.Module, codes: torch.Tensor, filled: int) -> torch.Tensor:
+    """Decode a partly sampled grid: (b, I) codes whose first `filled` are sampled -> (b, c, H, W) in [0, 1].
+
+    The unsampled codes are set to each row's most frequent sampled code (a cheap stand-in for the
+    mean code, so the VAE's receptive field does not smear an arbitrary code into the filled part),
+    and their cells are painted PREVIEW_GREY: the picture sharpens row by row as codes arrive.
+    """
+    b, n = codes.shape
+    side = math.isqrt(n)
+    if filled >= n:
+        return vae.decode(codes).clamp(0.0, 1.0).float()
+    fill = codes[:, :filled].mode(dim=1).values if filled > 0 else torch.zeros(b, dtype=codes.dtype, device=codes.device)
+    stand_in = torch.where(torch.arange(n, device=codes.device) < filled, codes, fill[:, None])
+    images = vae.decode(stand_in).clamp(0.0, 1.0).float()
+    cell = images.shape[-1] // side
+    empty = (torch.arange(n, device=images.device) >= filled).view(side, side)
+    empty = empty.repeat_interleave(cell, 0).repeat_interleave(cell, 1)  # (H, W)
+    return images.masked_fill(empty, PREVIEW_GREY)
+
+
+@dataclass
+class Step:
+    """What a `Pipeline` callback sees after each sampled code of a batch."""
+
+    caption: str
+    batch: int  # index of the batch within its caption (seed = seed + batch)
+    seed: int  # the batch's seed
+    filled: int  # codes sampled so far (of `total`)
+    total: int  # image_seq_len
+    codes: torch.Tensor  # (n, I) the batch's codes, live: positions >= filled are not sampled yet
+    vae: nn.Module
+
+    def preview(self) -> torch.Tensor:
+        """(n, c, H, W) the batch's partial images (see `preview_images`)."""
+        return preview_images(self.vae, self.codes, self.filled)
+
+
 # ------------------------------------------------------------------------------------------------
 # the pipeline
 # ------------------------------------------------------------------------------------------------
@@ -134,6 +197,17 @@ class GeneratedImages:
 
     def pil_images(self) -> list[Image.Image]:
         return [tensor_to_pil(im) for im in self.images]
+
+
+@dataclass
+class PipelineOutput:
+    """What `Pipeline.__call__` returns: every caption's images, caption 0's first."""
+
+    images: list[Image.Image]
+    seeds: list[int]  # the batch seed of each image
+    captions: list[str]  # the caption of each image
+    settings: dict  # the sampling settings shared by all images
+    results: list[GeneratedImages]  # per caption, with the pixels as tensors and the timings
 
 
 class Pipeline:
@@ -219,31 +293,35 @@ class Pipeline:
                  sampling: SamplingConfig = SamplingConfig(filter_thres=0.9), null_prompt: Optional[str] = None,
                  img: Optional[torch.Tensor] = None, num_init_img_tokens: Optional[int] = None,
                  use_cache: bool = True, compile: bool | str = False, progress: bool = False,
-                 on_batch: Optional[Callable[[int], None]] = None) -> GeneratedImages:
+                 on_batch: Optional[Callable[[int], None]] = None, callback: Optional[Callable[[Step], None]] = None,
+                 callback_steps: int = 1) -> GeneratedImages:
         """Sample `num_images` images for `caption`.
 
         Batch k (of `batch_size` images) is sampled with a CPU generator seeded `seed + k`.
         null_prompt: the caption guidance steers away from (needs sampling.cond_scale != 1).
         img: (1, c, H, W) pixels in [0, 1] whose first `num_init_img_tokens` codes prime every image.
         `use_cache` and `compile` change the speed, never the images.  on_batch(n) is called after
-        each batch of n images.
+        each batch of n images.  callback(Step) is called every `callback_steps` sampled codes of a
+        batch and after its last one; it changes nothing that is sampled.
         """
+        if int(callback_steps) != callback_steps or callback_steps < 1:
+            raise GenerationError(f"callback_steps must be a positive integer, got {callback_steps}")
         text = self.tokenize([caption])
         null = self.tokenize([null_prompt]) if null_prompt is not None else None
         prime = img.to(device=self.device, dtype=self.dtype) if img is not None else None
-        settings = {**sampling.to_dict(), "null_text": null_prompt,
-                    "num_init_img_tokens": num_init_img_tokens if img is not None else None,
-                    "batch_size": batch_size}
+        settings = generation_settings(sampling, null_prompt, batch_size,
+                                       num_init_img_tokens if img is not None else None)
         images, seeds, scores = [], [], []
         start = time.perf_counter()
-        for batch_seed, n in batch_seeds(seed, num_images, batch_size):
+        for k, (batch_seed, n) in enumerate(batch_seeds(seed, num_images, batch_size)):
             generator = torch.Generator().manual_seed(batch_seed)
+            hook = None if callback is None else self._step_hook(callback, callback_steps, caption, k, batch_seed)
             try:
                 out = self.model.generate_images(
                     text, clip=self.clip, filter_thres=sampling.filter_thres, top_p=sampling.top_p,
                     temperature=sampling.temperature, img=prime, num_init_img_tokens=num_init_img_tokens,
                     cond_scale=sampling.cond_scale, null_text=null, use_cache=use_cache, num_images=n,
-                    generator=generator, progress=progress, compile=compile,
+                    generator=generator, progress=progress, compile=compile, callback=hook,
                 )
             except ValueError as e:  # bad settings for this model (e.g. num_init_img_tokens too large)
                 raise GenerationError(str(e)) from None
@@ -265,10 +343,55 @@ class Pipeline:
         return GeneratedImages(caption=caption, images=pixels, seeds=seeds, settings=settings, elapsed=elapsed,
                                scores=scores or None, order=order)
 
-    def __call__(self, captions: str | list[str], *, num_images: int = 4, seed: int = 0,
-                 **kwargs: Any) -> list[GeneratedImages]:
-        """`generate` for each caption (a string or a list of them); keyword arguments as for `generate`."""
+    def _step_hook(self, callback: Callable[[Step], None], every: int, caption: str, batch: int,
+                   seed: int) -> Callable[[int, torch.Tensor], None]:
+        """generate_codes' callback(filled, codes) -> callback(Step) every `every` codes and at the last."""
+        total, vae = self.model.image_seq_len, self.model.vae
+
+        def hook(filled: int, codes: torch.Tensor) -> None:
+            if filled % every == 0 or filled == total:
+                callback(Step(caption, batch, seed, filled, total, codes, vae))
+
+        return hook
+
+    def sampling_config(self, *, top_k: float = 0.9, top_p: Optional[float] = None, temperature: float = 1.0,
+                        cond_scale: float = 1.0, null_prompt: Optional[str] = None) -> SamplingConfig:
+        """The validated SamplingConfig of these settings; GenerationError with the CLI's one-line reason.
+
+        top_k is DALLE-pytorch's filter_thres (generate.py's --top_k): keep the top (1 - top_k) fraction.
+        """
+        try:
+            sampling = SamplingConfig(filter_thres=top_k, top_p=top_p, temperature=temperature, cond_scale=cond_scale)
+        except ValueError as e:
+            raise GenerationError(str(e)) from None
+        if null_prompt is not None and not sampling.guided:
+            raise GenerationError("null_prompt (a negative prompt) only has an effect with guidance: set cond_scale != 1")
+        return sampling
+
+    def __call__(self, captions: str | list[str], *, num_images: int = 4, seed: Optional[int] = None,
+                 batch_size: int = 4, cond_scale: float = 1.0, top_k: float = 0.9, top_p: Optional[float] = None,
+                 temperature: float = 1.0, null_prompt: Optional[str] = None,
+                 callback: Optional[Callable[[Step], None]] = None, callback_steps: int = 1,
+                 **kwargs: Any) -> PipelineOutput:
+        """Sample `num_images` images for each caption (a string or a list of them).
+
+        Captions are tokenized with the model's own tokenizer; every one is checked before any
+        sampling.  seed: batch k of each caption uses seed + k (None: a fresh seed, in the output).
+        top_k (filter_thres), top_p, temperature, cond_scale, null_prompt: as for generate.py.
+        Other keyword arguments (use_cache, compile, img, ...) go to `generate`.
+        """
         if isinstance(captions, str):
             captions = [captions]
-        self.tokenize(captions)  # every caption is checked before any sampling
-        return [self.generate(c, num_images=num_images, seed=seed, **kwargs) for c in captions]
+        if not captions:
+            raise GenerationError("give at least one caption")
+        sampling = self.sampling_config(top_k=top_k, top_p=top_p, temperature=temperature, cond_scale=cond_scale,
+                                        null_prompt=null_prompt)
+        self.tokenize(list(captions) + ([null_prompt] if null_prompt is not None else []))
+        seed = fresh_seed() if seed is None else seed
+        results = [self.generate(c, num_images=num_images, seed=seed, batch_size=batch_size, sampling=sampling,
+                                 null_prompt=null_prompt, callback=callback, callback_steps=callback_steps, **kwargs)
+                   for c in captions]
+        return PipelineOutput(images=[im for r in results for im in r.pil_images()],
+                              seeds=[s for r in results for s in r.seeds],
+                              captions=[r.caption for r in results for _ in r.seeds],
+                              settings=dict(results[0].settings, seed=seed), results=results)

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["SamplingConfig", "sample", "top_k_filter", "top_p_filter", "gumbel_sample"]
+__all__ = ["SamplingConfig", "sample", "guided_logits", "top_k_filter", "top_p_filter", "gumbel_sample"]
 
 
 def _number(name: str, value) -> float:
@@ -86,6 +86,13 @@ def gumbel_sample(logits: torch.Tensor, temperature: float = 1.0, generator: tor
     u = u.clamp(1e-20, 1.0)
     noise = -torch.log((-torch.log(u)).clamp_min(1e-20))  # Gumbel(0, 1)
     return (logits.float() / temperature + noise).argmax(dim=-1)
+
+
+def guided_logits(logits: torch.Tensor, rows: int, cond_scale: float) -> torch.Tensor:
+    """Classifier-free guidance: logits (2R, v), the R conditional rows then their R null rows ->
+    null + (cond - null) * cond_scale, (R, v)."""
+    cond, null = logits[:rows], logits[rows:]
+    return null + (cond - null) * cond_scale
 
 
 def sample(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:

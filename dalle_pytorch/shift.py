@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["PreShiftToken", "ShiftCache", "shift_channels", "shift_tokens_full", "shift_tokens_step",
-           "shift_step_tables", "fill_shift_ring"]
+           "shift_tokens_step_rows", "shift_step_tables", "fill_shift_ring"]
 
 
 @dataclass
@@ -99,6 +99,22 @@ def shift_tokens_step(xn: torch.Tensor, ring: torch.Tensor, w_self: torch.Tensor
     return out
 
 
+def shift_tokens_step_rows(xn: torch.Tensor, ring: torch.Tensor, w_self: torch.Tensor, w_prev: torch.Tensor,
+                           w_top: torch.Tensor, slot_prev: torch.Tensor, slot_top: torch.Tensor) -> torch.Tensor:
+    """`shift_tokens_step` with each row at its own position (continuous batching).
+
+    xn: (b, 1, c); ring: (b, F, c); w_self, w_prev, w_top: (b, 1, c), each row's row of
+    shift_step_tables; slot_prev, slot_top: (b,) each row's ring slots.
+    """
+    b, _, c = xn.shape
+    prev = ring.gather(1, slot_prev.view(b, 1, 1).expand(b, 1, c))
+    top_index = slot_top.view(b, 1, 1).expand(b, 1, c)
+    top = ring.gather(1, top_index)
+    out = torch.addcmul(torch.addcmul(xn * w_self, prev, w_prev), top, w_top)
+    ring.scatter_(1, top_index, xn)
+    return out
+
+
 class PreShiftToken(nn.Module):
     """Token shift of a branch input, over a whole sequence (`forward`) or one cached step (`step`).
 
@@ -131,6 +147,17 @@ class PreShiftToken(nn.Module):
     def step(self, xn: torch.Tensor, cache: ShiftCache, tables: tuple) -> torch.Tensor:
         """One token.  xn: (b, 1, c) at the position `tables` were made for -> (b, 1, c); updates the ring."""
         return shift_tokens_step(xn, cache.ring, *tables)
+
+    def step_tables_rows(self, pos: torch.Tensor) -> tuple:
+        """`step_tables` with one position per row.  pos: (b,) long -> (w_self, w_prev, w_top) each
+        (b, 1, c), then the ring slots (b,) of each row's previous token and token above."""
+        w = self.step_weights.index_select(0, pos)  # (b, 3, c)
+        f = self.fmap_size
+        return (*w.unsqueeze(2).unbind(1), (pos - 1) % f, pos % f)
+
+    def step_rows(self, xn: torch.Tensor, cache: ShiftCache, tables: tuple) -> torch.Tensor:
+        """One token per row, each at its own position (`step_tables_rows`).  xn: (b, 1, c) -> (b, 1, c)."""
+        return shift_tokens_step_rows(xn, cache.ring, *tables)
 
     def new_cache(self, batch: int, device, dtype) -> ShiftCache:
         """An empty ring for `batch` rows."""

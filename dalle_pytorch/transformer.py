@@ -257,6 +257,13 @@ class Transformer(nn.Module):
         p = pos.view(1)
         return self.rot_cos_step.index_select(0, p), self.rot_sin_step.index_select(0, p), self.rot_swap
 
+    def _rotary_step_rows(self, pos: torch.Tensor):
+        """`_rotary_step_at` with one position per row: cos, sin (b, 1, 1, 1, dim_head), or None."""
+        if not self.rotary_emb:
+            return None
+        shape = (pos.shape[0], 1, 1, 1, -1)  # broadcast over (token, q/k/v, head) of (b, 1, 3, h, d)
+        return self.rot_cos_step.index_select(0, pos).view(shape), self.rot_sin_step.index_select(0, pos).view(shape), self.rot_swap
+
     def _branch(self, i: int, kind: str, x, rotary=None, cache=None, masked=None):
         """One branch over positions 0..n-1 (training / uncached / prefill)."""
         block = self.layers[i]
@@ -270,17 +277,20 @@ class Transformer(nn.Module):
             out = self.ffs[self.ff_index[i]](xn)
         return branch.post(out)
 
-    def _branch_step(self, i: int, kind: str, x, pos, rotary, cache, shift, length, residual=None):
+    def _branch_step(self, i: int, kind: str, x, pos, rotary, cache, shift, length, residual=None, rows=False):
         """residual + branch(x) for one token (residual defaults to x): the same function as
-        `_branch`, with fewer ops and module calls (a decode step is dominated by per-op overhead)."""
+        `_branch`, with fewer ops and module calls (a decode step is dominated by per-op overhead).
+        rows: pos is (b,), one position per row (`step_rows`); else a 0-d tensor."""
         block = self.layers[i]
         branch = block.attn if kind == "attn" else block.ff
         norm = branch.norm
         xn = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         if self.shift is not None:
-            xn = self.shift.step(xn, (cache.shift_attn if kind == "attn" else cache.shift_ff)[i], shift)
+            ring = (cache.shift_attn if kind == "attn" else cache.shift_ff)[i]
+            xn = self.shift.step_rows(xn, ring, shift) if rows else self.shift.step(xn, ring, shift)
         if kind == "attn":
-            out = self.attns[self.attn_index[i]].step(xn, pos, rotary, cache.kv[i], length)
+            attn = self.attns[self.attn_index[i]]
+            out = (attn.step_rows if rows else attn.step)(xn, pos, rotary, cache.kv[i], length)
         else:
             out = self.ffs[self.ff_index[i]].step(xn)
         if branch.norm_out is not None:
@@ -349,4 +359,26 @@ class Transformer(nn.Module):
         for i in range(self.depth):  # x1 + f(x2), then x2 + g(x1)
             x1 = self._branch_step(i, "attn", x2, pos, rotary, cache, shift, length, residual=x1)
             x2 = self._branch_step(i, "ff", x1, pos, rotary, cache, shift, length, residual=x2)
+        return (x1 + x2) / 2
+
+    def step_rows(self, x: torch.Tensor, pos: torch.Tensor, cache, length: int | None = None) -> torch.Tensor:
+        """`step` with each row at its own position: x (b, 1, c), pos (b,) long -> (b, 1, c).
+
+        The rows of a continuous batch belong to different requests at different steps; each row
+        reads and writes only its own cache row, so its result does not depend on the other rows
+        (up to float rounding of the batched products).  length: at least max(pos) + 1, the
+        positions every row's attention spans (each row masks what lies past its own position);
+        None = the whole cache.
+        """
+        rotary = self._rotary_step_rows(pos)
+        shift = None if self.shift is None else self.shift.step_tables_rows(pos)
+        if not self.reversible:
+            for i in range(self.depth):
+                x = self._branch_step(i, "attn", x, pos, rotary, cache, shift, length, rows=True)
+                x = self._branch_step(i, "ff", x, pos, rotary, cache, shift, length, rows=True)
+            return x
+        x1, x2 = x, x
+        for i in range(self.depth):
+            x1 = self._branch_step(i, "attn", x2, pos, rotary, cache, shift, length, residual=x1, rows=True)
+            x2 = self._branch_step(i, "ff", x1, pos, rotary, cache, shift, length, residual=x2, rows=True)
         return (x1 + x2) / 2

@@ -26,3 +26,24 @@ def random_text(batch=2, seed=0, num_text_tokens=50, text_seq_len=6):
     text = torch.randint(1, num_text_tokens, (batch, text_seq_len), generator=g)
     text[-1, text_seq_len - 2 :] = 0  # padding in the last row
     return text
+
+
+def demo_tokenizer():
+    """The demo model's word-level tokenizer (15 tokens: the shapes captions' words)."""
+    from pathlib import Path
+
+    import dalle_pytorch
+    from dalle_pytorch.tokenizer import HugTokenizer
+
+    return HugTokenizer(Path(dalle_pytorch.__file__).parent / "demo" / "tokenizer.json")
+
+
+def tiny_pipeline(attn_type="full", seed=0, **kwargs):
+    """A Pipeline over a tiny random DALLE (text_seq_len 8) with the demo tokenizer: captions are
+    shapes captions ("a red circle on a blue background")."""
+    from dalle_pytorch.pipeline import Pipeline
+
+    tokenizer = demo_tokenizer()
+    cfg = dict(num_text_tokens=tokenizer.vocab_size, text_seq_len=8)
+    cfg.update(kwargs)
+    return Pipeline(tiny_dalle(attn_type, seed=seed, **cfg).eval(), tokenizer)

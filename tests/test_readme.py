@@ -6,6 +6,9 @@ Substitutions (documented in the README's "Tests" section):
   with `pip install --dry-run --no-deps --no-index --no-build-isolation`.
 * `python -m pytest -q` is run with `--collect-only` (CI's .ci/run runs the suite for real).
 * `python benchmarks/...` (over a minute on 2 cores) runs as written in its own test, marked slow.
+* `python -m dalle_pytorch.serve ...` (a server: it runs until stopped) is started with `--port` set to a
+  free port, asked for /health, the page and one image, then stopped with Ctrl-C (SIGINT), which must
+  end it cleanly.
 Everything else runs as written, in order, with `bash -c` in a scratch folder that links the
 repository's scripts, package, benchmarks and test fixtures (so outputs land in the scratch folder).
 """
@@ -25,6 +28,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 TEST_COMMAND = "python -m pytest -q"
+SERVE_COMMAND = "python -m dalle_pytorch.serve"
 LINKED = ["generate.py", "train_vae.py", "train_dalle.py", "benchmarks", "dalle_pytorch", "tests"]
 
 
@@ -50,6 +54,8 @@ def kind(command: str) -> str:
         return "pytest"
     if command.startswith("python benchmarks/"):
         return "slow"
+    if command.startswith(SERVE_COMMAND):
+        return "serve"
     return "run"
 
 
@@ -61,7 +67,7 @@ def test_readme_has_the_expected_commands():
     assert first.startswith("pip install torch==") and "&& python generate.py --text" in first  # install + main job
     assert "## Tests" in README.read_text(encoding="utf-8")
     for script in ("train_vae.py", "train_dalle.py", "torchrun", "python -m dalle_pytorch.convert",
-                   "python benchmarks/generate.py"):
+                   "python benchmarks/generate.py", SERVE_COMMAND, "python benchmarks/serve.py"):
         assert any(script in c for c in commands), script
     assert code_blocks("python"), "the README has Python examples"
 
@@ -164,3 +170,44 @@ def test_python_blocks_run(index, workdir, monkeypatch):
 def test_slow_shell_commands_run(command, workdir):
     proc = _run(command, workdir)
     assert proc.stdout.strip(), "the benchmark prints its table"
+
+
+@pytest.mark.parametrize("command", [c for c in shell_commands() if kind(c) == "serve"])
+def test_server_command_serves_and_stops_on_ctrl_c(command, workdir):
+    pytest.importorskip("fastapi", reason="the server needs the [serve] extra")
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(shlex.split(command) + ["--port", str(port)], cwd=workdir, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    assert json.loads(r.read()) == {"status": "ok"}
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not start"
+                time.sleep(0.2)
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert b"<form" in r.read()
+        body = json.dumps({"prompt": "a red circle on a blue background", "n": 1, "seed": 0}).encode()
+        request = urllib.request.Request(f"{url}/v1/images", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as r:
+            assert len(json.loads(r.read())["images"]) == 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, out[-3000:]

@@ -1,0 +1,262 @@
+"""The HTTP API over one `Scheduler`: FastAPI (the `[serve]` extra), OpenAPI docs at /docs.
+
+    app = create_app(lambda: Pipeline.from_checkpoint("demo"))   # the model loads once, in the lifespan
+    uvicorn.run(app, host="127.0.0.1", port=8000)                  # or: python -m dalle_pytorch.serve
+
+Endpoints (docs/serving.md has examples):
+    POST /v1/images         JSON request -> {"images": [{"png": base64, "seed": int}, ...], settings, timings}
+    POST /v1/images/stream  the same request -> server-sent events: queued, started, progress,
+                            preview, done (the POST answer), error
+    GET  /health, GET /metrics, GET /v1/config (limits and defaults), GET / (the page), /static/*
+Invalid input: 422 with a one-line `detail`; a full queue: 429 with Retry-After; shutting down:
+503; a request past its timeout: 504.  A client that disconnects cancels its request's rows.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import shlex
+import time
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any, Callable, Optional, Union
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+    from fastapi.staticfiles import StaticFiles
+    from pydantic import BaseModel, ConfigDict, Field
+    from starlette.concurrency import run_in_threadpool
+except ImportError as e:  # pragma: no cover - depends on the installed extras
+    raise ImportError("the server needs FastAPI and uvicorn: pip install 'dalle-pytorch[serve]'") from e
+
+import torch
+
+from dalle_pytorch.errors import GenerationError
+from dalle_pytorch.images import tensor_to_pil
+from dalle_pytorch.io.images import png_text
+from dalle_pytorch.pipeline import Pipeline
+from dalle_pytorch.serve.scheduler import (Event, ImageRequest, ImageResult, QueueFull, RequestFailed, Scheduler,
+                                           ShuttingDown, Ticket)
+
+__all__ = ["ImagesRequest", "ImagesResponse", "create_app"]
+
+STATIC = resources.files("dalle_pytorch.serve").joinpath("static")
+STATUS = {"timed_out": 504, "cancelled": 503, "failed": 500}  # RequestFailed.kind -> HTTP status
+
+
+class ImagesRequest(BaseModel):
+    """A caption and its sampling settings (generate.py's flags of the same names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="the caption", examples=["a red circle on a blue background"])
+    n: int = Field(4, description="number of images")
+    seed: Optional[int] = Field(None, description="batch k of the images uses seed + k; omitted: a fresh seed")
+    cond_scale: float = Field(1.0, description="classifier-free guidance scale (1 = none)")
+    top_k: float = Field(0.9, description="filter_thres: keep the top (1 - top_k) fraction of the image codes")
+    top_p: Optional[float] = Field(None, description="nucleus sampling threshold in (0, 1]; omitted: off")
+    temperature: float = Field(1.0, description="sampling temperature, > 0")
+    negative_prompt: Optional[str] = Field(None, description="the caption guidance steers away from")
+    batch_size: int = Field(4, description="images per generator, as generate.py's --batch_size")
+
+
+class ImageOut(BaseModel):
+    png: str = Field(description="base64 PNG with caption, seed and settings text chunks, as generate.py writes")
+    seed: int = Field(description="the seed of the image's batch (generate.py --seed, with the same --batch_size)")
+
+
+class ImagesResponse(BaseModel):
+    images: list[ImageOut]
+    prompt: str
+    settings: dict[str, Any]
+    timings: dict[str, float]
+    reproduce: str = Field(description="the generate.py command line that samples the same images")
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+
+
+def png_base64(image: torch.Tensor, caption: Optional[str] = None, seed: Optional[int] = None,
+               settings: Optional[dict] = None) -> str:
+    """(c, H, W) pixels in [0, 1] -> base64 PNG; with a caption, the text chunks generate.py writes."""
+    buf = io.BytesIO()
+    info = png_text(caption, seed, settings) if caption is not None else None
+    tensor_to_pil(image).save(buf, format="PNG", pnginfo=info)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _error(status: int, detail: str, headers: Optional[dict] = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _reproduce(body: ImagesRequest, result: ImageResult, dalle_path: str) -> str:
+    s = result.settings
+    args = ["python", "generate.py", "--dalle_path", dalle_path, "--text", body.prompt, "--seed", str(s["seed"]),
+            "--num_images", str(body.n), "--batch_size", str(s["batch_size"]), "--top_k", str(s["filter_thres"]),
+            "--temperature", str(s["temperature"])]
+    if s["top_p"] is not None:
+        args += ["--top_p", str(s["top_p"])]
+    if s["cond_scale"] != 1.0:
+        args += ["--cond_scale", str(s["cond_scale"])]
+    if s["null_text"] is not None:
+        args += ["--null_text", s["null_text"]]
+    return shlex.join(args)
+
+
+# -- the app ------------------------------------------------------------------------------------------
+
+
+def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int = 64, max_queue: int = 64,
+               max_images: int = 16, timeout: float = 300.0, preview_every: int = 8, prefix_cache_entries: int = 64,
+               shutdown_grace: float = 30.0, dalle_path: str = "demo",
+               checkpoint_sha256: Optional[str] = None) -> FastAPI:
+    """The FastAPI app.  `pipe` is a Pipeline or a function that loads one (called once, at startup).
+
+    max_rows: the running batch's capacity in rows (a guided image takes two); max_queue: requests
+    waiting before 429; max_images: the largest n; timeout: seconds per request; preview_every:
+    codes between previews on the stream; shutdown_grace: seconds in-flight work may take at shutdown.
+    dalle_path and checkpoint_sha256 go into the PNG settings and the reproduce command line.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loaded = pipe if isinstance(pipe, Pipeline) else await run_in_threadpool(pipe)
+        scheduler = Scheduler(loaded, max_rows=max_rows, max_queue=max_queue, max_images=max_images, timeout=timeout,
+                              prefix_cache_entries=prefix_cache_entries).start()
+        app.state.scheduler, app.state.pipe, app.state.started = scheduler, loaded, time.time()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(scheduler.shutdown, shutdown_grace)
+
+    app = FastAPI(title="dalle_pytorch", version="1", lifespan=lifespan,
+                  description="Text to image with continuous batching. See docs/serving.md.")
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        reasons = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            reasons.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        return _error(422, "; ".join(reasons) or "invalid request")
+
+    def submit(request: Request, body: ImagesRequest, on_event=None, preview: int = 0) -> Union[Ticket, JSONResponse]:
+        scheduler: Scheduler = request.app.state.scheduler
+        try:
+            sampling = request.app.state.pipe.sampling_config(
+                top_k=body.top_k, top_p=body.top_p, temperature=body.temperature, cond_scale=body.cond_scale)
+            return scheduler.submit(ImageRequest(body.prompt, n=body.n, seed=body.seed, sampling=sampling,
+                                                 negative_prompt=body.negative_prompt, batch_size=body.batch_size,
+                                                 preview_every=preview), on_event)
+        except GenerationError as e:
+            return _error(422, str(e))
+        except QueueFull as e:
+            return _error(429, str(e), {"Retry-After": str(e.retry_after)})
+        except ShuttingDown as e:
+            return _error(503, str(e))
+
+    def answer(body: ImagesRequest, result: ImageResult) -> dict:
+        png_settings = {k: v for k, v in result.settings.items() if k != "seed"}
+        png_settings["img"] = None
+        if checkpoint_sha256:
+            png_settings["checkpoint_sha256"] = checkpoint_sha256
+        images = [{"png": png_base64(im, caption=body.prompt, seed=seed, settings=png_settings), "seed": seed}
+                  for im, seed in zip(result.images, result.seeds)]
+        return {"images": images, "prompt": body.prompt, "settings": result.settings, "timings": result.timings,
+                "reproduce": _reproduce(body, result, dalle_path)}
+
+    @app.post("/v1/images", response_model=ImagesResponse,
+              responses={422: {"description": "invalid input (the reason in `detail`)"},
+                         429: {"description": "queue full; see Retry-After"}, 503: {"description": "shutting down"},
+                         504: {"description": "timed out"}})
+    async def images(body: ImagesRequest, request: Request):
+        """Sample `n` images for a caption; answers when they are all done."""
+        ticket = submit(request, body)
+        if isinstance(ticket, JSONResponse):
+            return ticket
+        waiter = asyncio.wrap_future(ticket.future)
+        while not waiter.done():
+            await asyncio.wait({waiter}, timeout=0.25)
+            if not waiter.done() and await request.is_disconnected():
+                request.app.state.scheduler.cancel(ticket, "client disconnected")
+        try:
+            result = waiter.result()
+        except RequestFailed as e:
+            return _error(STATUS[e.kind], str(e))
+        return await run_in_threadpool(answer, body, result)
+
+    @app.post("/v1/images/stream", responses={200: {"content": {"text/event-stream": {}},
+                                                    "description": "server-sent events"}})
+    async def images_stream(body: ImagesRequest, request: Request):
+        """The same request as POST /v1/images, answered as server-sent events: `queued` {position},
+        `started`, `progress` {done, total} (codes), `preview` {group, first_image, filled, total,
+        images: [base64 PNG]} every few codes, then `done` (the /v1/images answer) or `error`
+        {detail, status}.  Closing the connection cancels the request."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def on_event(event: Event) -> None:  # the scheduler's thread
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        ticket = submit(request, body, on_event, preview_every)
+        if isinstance(ticket, JSONResponse):
+            return ticket
+        scheduler: Scheduler = request.app.state.scheduler
+
+        async def stream():
+            try:
+                while True:
+                    try:
+                        event = await asyncio.wait_for(events.get(), timeout=10.0)
+                    except asyncio.TimeoutError:
+                        yield ": keep-alive\n\n"  # a closed connection shows up when written to
+                        continue
+                    data = dict(event.data)
+                    if event.kind == "preview":
+                        data["images"] = [png_base64(im) for im in data["images"]]
+                    elif event.kind == "done":
+                        data = await run_in_threadpool(answer, body, data["result"])
+                    elif event.kind == "error":
+                        data = {"detail": data["message"], "kind": data["kind"], "status": STATUS[data["kind"]]}
+                    yield f"event: {event.kind}\ndata: {json.dumps(data)}\n\n"
+                    if event.kind in ("done", "error"):
+                        return
+            finally:
+                if not ticket.future.done():
+                    scheduler.cancel(ticket, "client disconnected")
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    @app.get("/health")
+    async def health(request: Request):
+        """200 while the scheduler accepts requests, 503 while it shuts down."""
+        m = request.app.state.scheduler.metrics()
+        status = 200 if m["accepting"] else 503
+        return JSONResponse({"status": "ok" if status == 200 else "shutting down"}, status_code=status)
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        """queue_length, requests_in_flight, batch_rows / batch_capacity, tokens_per_s (image codes per
+        second, last 5 s), images_served, request counts, prefix cache counters, uptime_s."""
+        return {**request.app.state.scheduler.metrics(), "uptime_s": time.time() - request.app.state.started}
+
+    @app.get("/v1/config")
+    async def config(request: Request):
+        """What the page needs: limits, defaults and the model's sizes."""
+        model = request.app.state.pipe.model
+        defaults = {k: v.default for k, v in ImagesRequest.model_fields.items() if k != "prompt"}
+        return {"max_images": max_images, "max_rows": max_rows, "text_seq_len": model.text_seq_len,
+                "image_size": model.vae.image_size, "image_seq_len": model.image_seq_len, "preview_every": preview_every,
+                "dalle_path": dalle_path, "defaults": defaults}
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(str(STATIC.joinpath("index.html")))
+
+    return app

@@ -1,0 +1,497 @@
+"""Continuous batching of image requests: one decode loop; requests join and leave between steps.
+
+    scheduler = Scheduler(Pipeline.from_checkpoint("demo"), max_rows=64)
+    scheduler.start()                                     # the loop runs in one background thread
+    ticket = scheduler.submit(ImageRequest("a red circle on a blue background", n=4, seed=0))
+    result = ticket.result(timeout=60)                    # images (n, c, H, W), seeds, settings, timings
+    scheduler.shutdown(grace=10)
+
+Pure Python + torch (no HTTP): the server (`app.py`) talks to it through `submit`, `cancel` and
+each request's `on_event` callback, which the loop thread calls.
+
+A request of n images with batch size B is ceil(n / B) *groups*, group k sampled with its own
+`torch.Generator().manual_seed(seed + k)` exactly as `generate.py` samples batch k: same rows, same
+noise shapes, guidance combined per group.  Each loop iteration:
+  1. cancellations and timeouts take their rows out;
+  2. waiting groups are admitted while their rows fit (round robin over the waiting requests, so
+     tabs share the server fairly): their caption is prefilled, or found in the prefix cache, and
+     copied into free rows of the running batch;
+  3. every running group samples its next codes from its own logits with its own generator;
+  4. finished groups are decoded to pixels and leave; a request whose groups are all done is answered;
+  5. one decode step for all remaining rows (`RunningBatch.step`).
+Nothing waits for another request to finish.  A failure inside one request (its sampling, its
+callback, its decoding) fails that request only; a failure of the shared step fails the requests in
+the batch, never the loop.  Every accepted request ends with its images or an error.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Callable, Optional
+
+import torch
+
+from dalle_pytorch.errors import GenerationError
+from dalle_pytorch.pipeline import Pipeline, batch_seeds, fresh_seed, generation_settings, preview_images
+from dalle_pytorch.sampling import SamplingConfig, guided_logits, sample
+from dalle_pytorch.serve.batch import PrefixCache, RunningBatch, Sequence, prefill
+
+__all__ = ["Event", "ImageRequest", "ImageResult", "QueueFull", "RequestFailed", "Scheduler", "ShuttingDown", "Ticket"]
+
+log = logging.getLogger("dalle_pytorch.serve")
+
+class QueueFull(Exception):
+    """The waiting queue is full; try again after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ShuttingDown(Exception):
+    """The scheduler no longer accepts requests."""
+
+
+class RequestFailed(Exception):
+    """An accepted request ended without images: timed out, cancelled, or failed.  `kind` says which."""
+
+    def __init__(self, message: str, kind: str = "failed"):
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One caption's images; validated by `Scheduler.submit` with the CLI's one-line reasons."""
+
+    prompt: str
+    n: int = 4  # images
+    seed: Optional[int] = None  # group k uses seed + k; None: a fresh seed (returned)
+    sampling: SamplingConfig = SamplingConfig(filter_thres=0.9)
+    negative_prompt: Optional[str] = None  # the null caption of guidance (needs cond_scale != 1)
+    batch_size: int = 4  # images per generator, as generate.py's --batch_size
+    preview_every: int = 0  # codes between preview events of a group (0: no previews)
+    timeout: Optional[float] = None  # seconds from submission (None: the scheduler's default)
+
+
+@dataclass
+class Event:
+    """What a request's `on_event` receives: queued (position), started, progress (done, total),
+    preview (group, first_image, filled, total, images (m, c, H, W)), done (result), error (message, kind)."""
+
+    kind: str
+    data: dict
+
+
+@dataclass
+class ImageResult:
+    images: torch.Tensor  # (n, c, H, W) float32 on CPU, in [0, 1]
+    seeds: list[int]  # each image's group seed
+    settings: dict  # generation_settings + seed
+    timings: dict  # queued_s, run_s, total_s
+
+
+@dataclass(eq=False)
+class _Group:
+    """One generator's batch of a request: m images (2m rows when guided)."""
+
+    ticket: "Ticket"
+    index: int  # k: seed + k
+    seed: int
+    m: int
+    generator: torch.Generator
+    codes: torch.Tensor  # (m, I)
+    filled: int = 0
+    last: Optional[torch.Tensor] = None  # (rows, V) logits of the next code
+    seq: Optional[Sequence] = None
+    images: Optional[torch.Tensor] = None  # (m, c, H, W) once finished
+
+
+@dataclass(eq=False)
+class Ticket:
+    """A submitted request: its future, its events, its state (owned by the loop thread)."""
+
+    id: int
+    request: ImageRequest
+    seed: int
+    text: torch.Tensor  # (u, T): the caption, then the null caption when guided
+    settings: dict
+    on_event: Optional[Callable[[Event], None]]
+    deadline: float
+    submitted: float = field(default_factory=time.perf_counter)
+    future: Future = field(default_factory=Future)
+    groups: list = field(default_factory=list)
+    pending: deque = field(default_factory=deque)  # groups not admitted yet
+    started: Optional[float] = None
+    closed: bool = False
+    position: Optional[int] = None  # last queue position sent
+    percent: int = -1  # last progress percent sent
+    cancel_reason: Optional[str] = None  # set by another thread; acted on by the loop
+
+    @property
+    def guided(self) -> bool:
+        return self.request.sampling.guided
+
+    def result(self, timeout: Optional[float] = None) -> ImageResult:
+        """Wait for the images; raises RequestFailed if the request ended without them."""
+        return self.future.result(timeout)
+
+
+class Scheduler:
+    """Continuous batching over one `Pipeline`.
+
+    max_rows: capacity of the running batch in rows (guided images take two); max_queue: requests
+    waiting to start before `submit` raises QueueFull; max_images: the largest n; timeout: default
+    seconds a request may take from submission; prefix_cache_entries / prefix_cache_mb: bounds of
+    the LRU of prefilled captions (0 entries: no prefix cache).
+    """
+
+    def __init__(self, pipe: Pipeline, *, max_rows: int = 64, max_queue: int = 64, max_images: int = 16,
+                 timeout: float = 300.0, prefix_cache_entries: int = 64, prefix_cache_mb: float = 256.0):
+        if max_queue < 1 or max_images < 1:
+            raise ValueError("max_queue and max_images must be >= 1")
+        self.pipe, self.model = pipe, pipe.model
+        self.max_rows, self.max_queue, self.max_images, self.timeout = max_rows, max_queue, max_images, timeout
+        self.batch = RunningBatch(self.model, max_rows)
+        self.prefixes = PrefixCache(prefix_cache_entries, int(prefix_cache_mb * 2**20))
+        self._running: list[_Group] = []  # in the batch's sequence order (loop thread only)
+        self._waiting: deque[Ticket] = deque()  # requests with groups not admitted yet
+        self._live: dict[int, Ticket] = {}  # every accepted, unfinished request
+        self._lock = threading.Condition()
+        self._ids = count(1)
+        self._accepting = True
+        self._stop_at: Optional[float] = None
+        self._thread: Optional[threading.Thread] = None
+        self._rate = deque()  # (time, image codes sampled) of recent steps
+        self._recent_totals = deque(maxlen=32)  # total_s of recent answers
+        self.stats = dict(accepted=0, rejected=0, completed=0, failed=0, cancelled=0, timed_out=0,
+                          images_served=0, steps=0)
+
+    # -- the caller's side (any thread) ----------------------------------------------------------
+
+    def validate(self, request: ImageRequest) -> torch.Tensor:
+        """The request's caption rows (u, T), or GenerationError with the one-line reason."""
+        if not isinstance(request.prompt, str) or not request.prompt.strip():
+            raise GenerationError("prompt is empty: give a caption")
+        if isinstance(request.n, bool) or not isinstance(request.n, int) or not 1 <= request.n <= self.max_images:
+            raise GenerationError(f"n must be an integer from 1 to {self.max_images}, got {request.n!r}")
+        if request.seed is not None and (isinstance(request.seed, bool) or not isinstance(request.seed, int)):
+            raise GenerationError(f"seed must be an integer, got {request.seed!r}")
+        if not isinstance(request.sampling, SamplingConfig):
+            raise GenerationError("sampling must be a SamplingConfig")
+        guided = request.sampling.guided
+        rows = request.batch_size * (2 if guided else 1) if isinstance(request.batch_size, int) else -1
+        if isinstance(request.batch_size, bool) or not 1 <= rows <= self.max_rows:
+            raise GenerationError(f"batch_size must be an integer from 1 to {self.max_rows // (2 if guided else 1)}"
+                                  f"{' (guidance doubles the rows)' if guided else ''}, got {request.batch_size!r}")
+        if request.seed is not None:
+            batch_seeds(request.seed, request.n, request.batch_size)  # seed + k must stay a torch seed
+        if not isinstance(request.preview_every, int) or request.preview_every < 0:
+            raise GenerationError(f"preview_every must be an integer >= 0, got {request.preview_every!r}")
+        if request.timeout is not None and not (isinstance(request.timeout, (int, float)) and request.timeout > 0):
+            raise GenerationError(f"timeout must be > 0 seconds, got {request.timeout!r}")
+        if request.negative_prompt is not None and not guided:
+            raise GenerationError("negative_prompt only has an effect with guidance: set cond_scale != 1 (e.g. 3)")
+        captions = [request.prompt]
+        if guided:
+            captions.append(request.negative_prompt if request.negative_prompt is not None else "")
+        return self.pipe.tokenize(captions)  # GenerationError: a caption longer than the model's text_seq_len
+
+    def submit(self, request: ImageRequest, on_event: Optional[Callable[[Event], None]] = None) -> Ticket:
+        """Accept a request (GenerationError: invalid; QueueFull; ShuttingDown).  `on_event` is called
+        from the loop thread with every `Event` of the request; it must be quick and not block."""
+        text = self.validate(request)
+        seed = fresh_seed() if request.seed is None else request.seed
+        settings = dict(generation_settings(request.sampling, request.negative_prompt, request.batch_size), seed=seed)
+        timeout = request.timeout if request.timeout is not None else self.timeout
+        ticket = Ticket(next(self._ids), request, seed, text, settings, on_event, deadline=0.0)
+        ticket.deadline = ticket.submitted + timeout
+        n_groups = math.ceil(request.n / request.batch_size)
+        for k in range(n_groups):
+            m = min(request.batch_size, request.n - k * request.batch_size)
+            group = _Group(ticket, k, seed + k, m, torch.Generator().manual_seed(seed + k),
+                           torch.zeros(m, self.model.image_seq_len, dtype=torch.long, device=self.pipe.device))
+            ticket.groups.append(group)
+            ticket.pending.append(group)
+        with self._lock:
+            if not self._accepting:
+                raise ShuttingDown("the server is shutting down")
+            queued = sum(1 for t in self._waiting if t.started is None)
+            if queued >= self.max_queue:
+                self.stats["rejected"] += 1
+                raise QueueFull(f"the queue is full ({queued} requests waiting); retry later", self._retry_after())
+            self._waiting.append(ticket)
+            self._live[ticket.id] = ticket
+            self.stats["accepted"] += 1
+            self._lock.notify_all()
+        return ticket
+
+    def cancel(self, ticket: Ticket, reason: str = "cancelled") -> None:
+        """Take the request's rows out at the next step; it ends with RequestFailed(kind='cancelled')."""
+        with self._lock:
+            if not ticket.closed and ticket.cancel_reason is None:
+                ticket.cancel_reason = reason
+                self._lock.notify_all()
+
+    def metrics(self) -> dict:
+        """Queue length, running requests and rows, tokens/s (image codes sampled per second over the
+        last 5 s), images served, request counts and the prefix cache's counters."""
+        with self._lock:
+            queued = sum(1 for t in self._waiting if t.started is None)
+            live = len(self._live)
+        now = time.perf_counter()
+        recent = [(t, n) for t, n in list(self._rate) if now - t <= 5.0]
+        span = now - recent[0][0] if recent else 0.0
+        return {
+            "queue_length": queued, "requests_in_flight": live, "batch_rows": self.batch.rows,
+            "batch_capacity": self.max_rows, "tokens_per_s": sum(n for _, n in recent) / span if span > 0 else 0.0,
+            **self.stats, "scalar_steps": self.batch.scalar_steps, "row_steps": self.batch.row_steps,
+            "prefix_cache": {"entries": len(self.prefixes), "hits": self.prefixes.hits, "misses": self.prefixes.misses,
+                             "evictions": self.prefixes.evictions, "mb": self.prefixes.nbytes / 2**20},
+            "accepting": self._accepting,
+        }
+
+    def _retry_after(self) -> int:
+        recent = list(self._recent_totals)
+        return max(1, min(60, math.ceil(sum(recent) / len(recent)))) if recent else 1
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> "Scheduler":
+        """Run the loop in a background thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="dalle-scheduler", daemon=True)
+            self._thread.start()
+        return self
+
+    def shutdown(self, grace: float = 30.0) -> None:
+        """Stop accepting; let the accepted requests finish for up to `grace` seconds, then fail the
+        rest with 'the server is shutting down'.  Every accepted request gets its answer."""
+        with self._lock:
+            self._accepting = False
+            self._stop_at = time.perf_counter() + grace
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(grace + 30.0)
+            self._thread = None
+        else:
+            self.run_until_idle(deadline=self._stop_at)
+        self._fail_everything("the server is shutting down", "cancelled")
+
+    def __enter__(self) -> "Scheduler":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def _has_work(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._has_work() and self._accepting:
+                    self._lock.wait(0.5)
+                if not self._accepting and (not self._has_work() or time.perf_counter() >= self._stop_at):
+                    break
+            try:
+                self.step()
+            except Exception:  # the loop survives anything: the step already failed whom it could
+                log.exception("scheduler step failed")
+                self._fail_running("internal error in the decode loop")
+        self._fail_everything("the server is shutting down", "cancelled")
+
+    def run_until_idle(self, deadline: Optional[float] = None) -> None:
+        """Run steps in the calling thread until no work is left (tests, or without `start`)."""
+        while self._has_work() and (deadline is None or time.perf_counter() < deadline):
+            self.step()
+
+    # -- the loop (one thread) ---------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self) -> bool:
+        """One iteration (see the module docstring).  Returns whether any row ran."""
+        self._reap()
+        self._admit()
+        self._send_queue_positions()
+        if not self._running:
+            return False
+        self._sample()
+        self._finish()
+        if self._running:
+            try:
+                tokens = [torch.cat((g.codes[:, g.filled - 1],) * (2 if g.ticket.guided else 1)) for g in self._running]
+                logits = self.batch.step(tokens)
+            except Exception as e:  # shared by every row: fail the requests in the batch, keep the loop
+                log.exception("decode step failed")
+                self._fail_running(f"the decode step failed: {e}")
+                return True
+            for g, out in zip(self._running, logits):
+                g.last = out
+        self.stats["steps"] += 1
+        return True
+
+    def _reap(self) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            tickets = list(self._live.values())
+        for t in tickets:
+            if t.cancel_reason is not None:
+                self._fail(t, t.cancel_reason, "cancelled")
+            elif now > t.deadline:
+                self._fail(t, f"timed out after {t.deadline - t.submitted:g} s", "timed_out")
+
+    def _admit(self) -> None:
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    return
+                ticket = self._waiting[0]
+                group = ticket.pending[0]
+                rows = group.m * (2 if ticket.guided else 1)
+                if rows > self.batch.free_rows:
+                    return  # the head waits for room: no request is overtaken forever
+                ticket.pending.popleft()
+                self._waiting.popleft()
+                if ticket.pending:
+                    self._waiting.append(ticket)  # round robin: the next request's group goes next
+            try:
+                self._join(group)
+            except Exception as e:
+                log.exception("admitting request %d failed", ticket.id)
+                self._fail(ticket, f"prefill failed: {e}")
+
+    def _join(self, group: _Group) -> None:
+        ticket = group.ticket
+        key = tuple(tuple(row) for row in ticket.text.tolist())
+        prefix = self.prefixes.get(key)
+        if prefix is None:
+            prefix = prefill(self.model, ticket.text)
+            self.prefixes.put(key, prefix)
+        index = torch.zeros(group.m, dtype=torch.long)
+        if ticket.guided:
+            index = torch.cat((index, torch.ones(group.m, dtype=torch.long)))
+        group.seq, group.last = self.batch.join(prefix, index, owner=group)
+        self._running.append(group)
+        if ticket.started is None:
+            ticket.started = time.perf_counter()
+            self._emit(ticket, "started", queued_s=ticket.started - ticket.submitted)
+
+    def _send_queue_positions(self) -> None:
+        with self._lock:
+            waiting = [t for t in self._waiting if t.started is None]
+        for position, t in enumerate(waiting, 1):
+            if t.position != position:
+                t.position = position
+                self._emit(t, "queued", position=position)
+
+    def _sample(self) -> None:
+        total = self.model.image_seq_len
+        for g in list(self._running):
+            t = g.ticket
+            if t.closed:
+                continue
+            try:
+                logits = guided_logits(g.last, g.m, t.request.sampling.cond_scale) if t.guided else g.last
+                g.codes[:, g.filled] = sample(logits, t.request.sampling, g.generator)
+                g.filled += 1
+                every = t.request.preview_every
+                if every and g.filled % every == 0 and g.filled < total:
+                    self._emit(t, "preview", group=g.index, first_image=g.index * t.request.batch_size,
+                               filled=g.filled, total=total, images=preview_images(self.model.vae, g.codes, g.filled))
+                done = sum(x.filled for x in t.groups)
+                percent = 100 * done // (len(t.groups) * total)
+                if percent != t.percent:
+                    t.percent = percent
+                    self._emit(t, "progress", done=done, total=len(t.groups) * total)
+            except Exception as e:
+                log.exception("sampling request %d failed", t.id)
+                self._fail(t, f"sampling failed: {e}")
+        self._rate.append((time.perf_counter(), sum(g.m for g in self._running if not g.ticket.closed)))
+        while len(self._rate) > 4096:
+            self._rate.popleft()
+
+    def _finish(self) -> None:
+        total = self.model.image_seq_len
+        gone = [g for g in self._running if g.ticket.closed or g.filled == total]
+        if not gone:
+            return
+        self.batch.leave([g.seq for g in gone])
+        self._running = [g for g in self._running if g not in gone]
+        for g in gone:
+            t = g.ticket
+            if t.closed:
+                continue
+            try:
+                g.images = self.model.vae.decode(g.codes).clamp(0.0, 1.0).float().cpu()  # as generate_images
+                if all(x.images is not None for x in t.groups):
+                    self._complete(t)
+                elif t.request.preview_every:  # the group's final images, while the request's other groups run
+                    self._emit(t, "preview", group=g.index, first_image=g.index * t.request.batch_size,
+                               filled=total, total=total, images=g.images)
+            except Exception as e:
+                log.exception("finishing request %d failed", t.id)
+                self._fail(t, f"decoding the images failed: {e}")
+
+    def _complete(self, t: Ticket) -> None:
+        now = time.perf_counter()
+        timings = {"queued_s": t.started - t.submitted, "run_s": now - t.started, "total_s": now - t.submitted}
+        result = ImageResult(images=torch.cat([g.images for g in t.groups]),
+                             seeds=[g.seed for g in t.groups for _ in range(g.m)], settings=t.settings,
+                             timings=timings)
+        self._close(t)
+        self.stats["completed"] += 1
+        self.stats["images_served"] += t.request.n
+        self._recent_totals.append(timings["total_s"])
+        self._emit(t, "done", result=result)
+        t.future.set_result(result)
+
+    # -- failures ------------------------------------------------------------------------------------
+
+    def _close(self, t: Ticket) -> None:
+        with self._lock:
+            t.closed = True
+            self._live.pop(t.id, None)
+            if t in self._waiting:
+                self._waiting.remove(t)
+        t.pending.clear()
+
+    def _fail(self, t: Ticket, message: str, kind: str = "failed") -> None:
+        """End a request with an error (its rows leave at the next `_finish`); idempotent."""
+        if t.closed:
+            return
+        self._close(t)
+        self.stats[kind] += 1
+        self._emit(t, "error", message=message, kind=kind)
+        t.future.set_exception(RequestFailed(message, kind))
+
+    def _fail_running(self, message: str) -> None:
+        for g in self._running:
+            self._fail(g.ticket, message)
+        self.batch.leave([g.seq for g in self._running])
+        self._running = []
+
+    def _fail_everything(self, message: str, kind: str) -> None:
+        with self._lock:
+            tickets = list(self._live.values())
+        for t in tickets:
+            self._fail(t, message, kind)
+        if self._running:
+            self.batch.leave([g.seq for g in self._running])
+            self._running = []
+
+    def _emit(self, t: Ticket, event: str, **data) -> None:
+        if t.on_event is None:
+            return
+        try:
+            t.on_event(Event(event, data))
+        except Exception as e:  # a broken consumer fails its own request only
+            log.exception("event handler of request %d failed", t.id)
+            if event != "error":
+                self._fail(t, f"event handler failed: {e}")

@@ -1,0 +1,52 @@
+"""A real uvicorn server on a free loopback port, for the HTTP and browser tests."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def live_server(app, timeout: float = 60.0):
+    """Run `app` with uvicorn in a thread on 127.0.0.1:<free port>; yields the base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           timeout_graceful_shutdown=5))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def one_thread_fixture():
+    """A module fixture: torch on one thread.  The server tests run a model in a background thread
+    next to the test's own; with other processes on the cores, two OpenMP threads per process wait
+    on each other (benchmarks/serve.py measured 5-10x slower steps under load)."""
+    import pytest
+    import torch
+
+    @pytest.fixture(scope="module", autouse=True)
+    def one_thread():
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(before)
+
+    return one_thread

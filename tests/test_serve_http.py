@@ -1,0 +1,180 @@
+"""The HTTP API (FastAPI's TestClient, and a real uvicorn on a loopback port where a connection must
+really close): images with generate.py's PNG metadata, 422 reasons, 429, 503/504, the event stream,
+client disconnects, health, metrics, the page's files and the CLI's defaults."""
+import base64
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="the server tests need the [serve] extra (fastapi, uvicorn)")
+pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from dalle_pytorch.sampling import SamplingConfig  # noqa: E402
+from dalle_pytorch.serve import scheduler as scheduler_module  # noqa: E402
+from dalle_pytorch.serve.__main__ import parse_args  # noqa: E402
+from dalle_pytorch.serve.app import create_app  # noqa: E402
+from tests.helpers import tiny_pipeline, tiny_vae  # noqa: E402
+from tests.serve_helpers import live_server, one_thread_fixture  # noqa: E402
+
+one_thread = one_thread_fixture()
+
+RED = "a red circle on a blue background"
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline(vae=tiny_vae(num_layers=3))  # 4 x 4 codes
+
+
+@pytest.fixture(scope="module")
+def client(pipe):
+    with TestClient(create_app(pipe, max_rows=16, max_images=8, preview_every=4, checkpoint_sha256="abc")) as c:
+        yield c
+
+
+def _png(b64: str) -> Image.Image:
+    im = Image.open(io.BytesIO(base64.b64decode(b64)))
+    im.load()
+    return im
+
+
+def _events(text: str) -> list:
+    out = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.split("\n") if not line.startswith(":"))
+        if "event" in lines:
+            out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+def test_images_come_with_seeds_settings_and_generate_py_metadata(client, pipe):
+    body = {"prompt": RED, "n": 3, "seed": 5, "batch_size": 2, "cond_scale": 2.0, "top_k": 0.8,
+            "negative_prompt": "a black square on a white background"}
+    r = client.post("/v1/images", json=body)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert [im["seed"] for im in answer["images"]] == [5, 5, 6]
+    assert answer["settings"] == {"filter_thres": 0.8, "top_p": None, "temperature": 1.0, "cond_scale": 2.0,
+                                  "null_text": body["negative_prompt"], "num_init_img_tokens": None, "batch_size": 2,
+                                  "seed": 5}
+    assert set(answer["timings"]) == {"queued_s", "run_s", "total_s"}
+    assert "--seed 5 --num_images 3 --batch_size 2 --top_k 0.8" in answer["reproduce"]
+    expected = pipe.generate(RED, num_images=3, seed=5, batch_size=2, null_prompt=body["negative_prompt"],
+                             sampling=SamplingConfig(filter_thres=0.8, cond_scale=2.0)).pil_images()
+    for image, want in zip(answer["images"], expected):
+        png = _png(image["png"])
+        assert np.array_equal(np.asarray(png), np.asarray(want))
+        assert png.text["caption"] == RED and png.text["seed"] == str(image["seed"])
+        settings = json.loads(png.text["settings"])
+        assert settings["checkpoint_sha256"] == "abc" and settings["img"] is None and "seed" not in settings
+        assert png.text["software"].startswith("dalle_pytorch ")
+
+
+@pytest.mark.parametrize("body, reason", [
+    ({"prompt": ""}, "prompt is empty"),
+    ({"prompt": RED + " , " + RED}, "longer than"),
+    ({"prompt": RED, "n": 9}, "n must be an integer from 1 to 8"),
+    ({"prompt": RED, "top_k": 1.5}, "filter_thres must be in [0, 1), got 1.5"),
+    ({"prompt": RED, "top_p": 0}, "top_p must be in (0, 1]"),
+    ({"prompt": RED, "temperature": -1}, "temperature must be > 0"),
+    ({"prompt": RED, "cond_scale": -2}, "cond_scale must be >= 0"),
+    ({"prompt": RED, "negative_prompt": "a red circle"}, "only has an effect with guidance"),
+    ({"prompt": RED, "n": "four"}, "n: Input should be a valid integer"),
+    ({"prompt": RED, "steps": 3}, "steps: Extra inputs are not permitted"),
+    ({"n": 2}, "prompt: Field required"),
+])
+def test_invalid_input_is_422_with_the_reason(client, body, reason):
+    for path in ("/v1/images", "/v1/images/stream"):
+        r = client.post(path, json=body)
+        assert r.status_code == 422 and reason in r.json()["detail"], r.text
+
+
+def test_the_stream_sends_progress_previews_then_the_images(client):
+    r = client.post("/v1/images/stream", json={"prompt": RED, "n": 2, "seed": 1})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = _events(r.text)
+    kinds = [k for k, _ in events]
+    assert kinds[0] == "started" and kinds[-1] == "done" and "progress" in kinds
+    previews = [d for k, d in events if k == "preview"]
+    assert [p["filled"] for p in previews] == [4, 8, 12] and all(len(p["images"]) == 2 for p in previews)
+    assert _png(previews[0]["images"][0]).size == (32, 32)
+    done = events[-1][1]
+    assert [im["seed"] for im in done["images"]] == [1, 1]
+    plain = client.post("/v1/images", json={"prompt": RED, "n": 2, "seed": 1}).json()
+    assert [im["png"] for im in done["images"]] == [im["png"] for im in plain["images"]]
+
+
+def test_health_metrics_config_page_and_openapi(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    m = client.get("/metrics").json()
+    for key in ("queue_length", "batch_rows", "batch_capacity", "tokens_per_s", "images_served", "prefix_cache"):
+        assert key in m
+    config = client.get("/v1/config").json()
+    assert config["max_images"] == 8 and config["defaults"]["top_k"] == 0.9 and config["image_seq_len"] == 16
+    page = client.get("/")
+    assert page.status_code == 200 and "<form" in page.text and "/static/app.js" in page.text
+    for name in ("app.js", "style.css"):
+        assert client.get(f"/static/{name}").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/images", "/v1/images/stream", "/health", "/metrics"} <= set(paths)
+
+
+def test_a_full_queue_is_429_with_retry_after(pipe, monkeypatch):
+    monkeypatch.setattr(scheduler_module.Scheduler, "start", lambda self: self)  # nothing runs: the queue stays
+    with TestClient(create_app(pipe, max_queue=2)) as c:
+        scheduler = c.app.state.scheduler
+        for seed in range(2):
+            scheduler.submit(scheduler_module.ImageRequest(RED, n=1, seed=seed))
+        r = c.post("/v1/images", json={"prompt": RED, "n": 1})
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1 and "queue is full" in r.json()["detail"]
+        assert c.get("/metrics").json()["queue_length"] == 2
+    # the lifespan's shutdown ran the two accepted requests to the end (nothing accepted is lost)
+    assert scheduler.metrics()["completed"] == 2
+
+
+def test_a_request_past_its_timeout_is_504(pipe):
+    with TestClient(create_app(pipe, timeout=1e-6)) as c:
+        r = c.post("/v1/images", json={"prompt": RED, "n": 1})
+        assert r.status_code == 504 and "timed out" in r.json()["detail"]
+        events = _events(c.post("/v1/images/stream", json={"prompt": RED, "n": 1}).text)
+        assert events[-1] == ("error", {"detail": events[-1][1]["detail"], "kind": "timed_out", "status": 504})
+
+
+def test_shutdown_finishes_in_flight_work_and_then_refuses(pipe):
+    with TestClient(create_app(pipe, shutdown_grace=30)) as c:
+        scheduler = c.app.state.scheduler
+        tickets = [scheduler.submit(scheduler_module.ImageRequest(RED, n=4, seed=s)) for s in range(3)]
+    assert all(t.result(0).images.shape[0] == 4 for t in tickets)  # answered before the lifespan ended
+    with pytest.raises(scheduler_module.ShuttingDown):
+        scheduler.submit(scheduler_module.ImageRequest(RED, n=1))
+
+
+def test_closing_the_stream_cancels_the_request(pipe):
+    import httpx
+
+    app = create_app(pipe, max_rows=1)
+    with live_server(app) as url:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            with http.stream("POST", "/v1/images/stream", json={"prompt": RED, "n": 8, "batch_size": 1}) as r:
+                assert r.status_code == 200
+                for line in r.iter_lines():
+                    if line.startswith("event: progress"):
+                        break  # hang up mid-way
+            deadline = time.monotonic() + 20
+            while http.get("/metrics").json()["cancelled"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            m = http.get("/metrics").json()
+            assert m["cancelled"] == 1 and m["completed"] == 0 and m["batch_rows"] == 0
+            # and the server goes on serving
+            assert http.post("/v1/images", json={"prompt": RED, "n": 1, "batch_size": 1}).status_code == 200
+
+
+def test_cli_defaults_are_loopback_port_8000_and_the_demo_model():
+    args = parse_args([])
+    assert (args.host, args.port, args.dalle_path) == ("127.0.0.1", 8000, "demo")
