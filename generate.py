@@ -25,6 +25,7 @@ from dalle_pytorch.io.outputs import (
     create_run_dir,
     file_sha256,
     load_image,
+    load_mask,
     make_run_dir,
     plan_run_dirs,
     read_prompts,
@@ -80,6 +81,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                            "closely; the model must have been trained with caption dropout)")
     samp.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, printed and saved)")
     samp.add_argument("--img", default=None, help="image file whose first codes prime every generated image")
+    samp.add_argument("--mask", default=None,
+                      help="masked completion (inpainting / outpainting): a black-and-white image; the codes of --img "
+                           "where it is white are kept, the rest sampled (in raster order: a kept code conditions "
+                           "only the codes after it)")
     samp.add_argument("--num_init_img_tokens", type=int, default=None,
                       help="how many codes of --img to keep (default 43.75%% of the image's codes)")
     samp.add_argument("--use_cache", dest="use_cache", action="store_true", default=True,
@@ -149,6 +154,10 @@ def main(args: argparse.Namespace) -> list:
         raise GenerationError("--null_text only has an effect with guidance: add --cond_scale (e.g. 3)")
     if args.num_init_img_tokens is not None and args.img is None:
         raise GenerationError("--num_init_img_tokens needs --img")
+    if args.mask is not None and args.img is None:
+        raise GenerationError("--mask needs --img (the image whose codes the mask keeps)")
+    if args.mask is not None and args.num_init_img_tokens is not None:
+        raise GenerationError("give --num_init_img_tokens (keep the first codes) or --mask, not both")
     if args.compile and not args.use_cache:
         raise GenerationError("--compile compiles the cached decode step: it cannot be used with --no_use_cache")
     if args.seed is not None:
@@ -185,9 +194,11 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
     model, tokenizer = pipe.model, pipe.tokenizer
     # every caption (and the negative one) is checked before the first image is sampled
     pipe.tokenize([c for c in captions if c is not None] + ([args.null_text] if args.null_text is not None else []))
-    img = None
+    img = mask = None
     if args.img is not None:
         img = load_image(args.img, model.vae.image_size, model.vae.channels)
+    if args.mask is not None:
+        mask = load_mask(args.mask, model.vae.image_size)
     # folder names as one process would give them (planned on rank 0; with --gentxt the captions are sampled)
     planned = None if args.gentxt else _shared(env, lambda: plan_run_dirs(args.outputs_dir, captions))
 
@@ -228,9 +239,10 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
                 bar.write(f"generated caption: {caption!r}")
             generated = pipe.generate(
                 caption, num_images=args.num_images, seed=seed, batch_size=args.batch_size, sampling=sampling,
-                null_prompt=args.null_text, img=img, num_init_img_tokens=args.num_init_img_tokens,
+                null_prompt=args.null_text, img=img, num_init_img_tokens=args.num_init_img_tokens, mask=mask,
                 use_cache=args.use_cache, compile=args.compile or False, progress=progress, on_batch=bar.update)
             generated.settings["img"] = os.path.basename(args.img) if args.img else None
+            generated.settings["mask"] = os.path.basename(args.mask) if args.mask else None
             folder = (make_run_dir(args.outputs_dir, caption) if planned is None
                       else create_run_dir(args.outputs_dir, planned[i], caption))
             result = save_outputs(folder, generated, seed=seed, run_info=info,

@@ -339,6 +339,35 @@ class DALLE(nn.Module):
         codes = self._check_image(img, img.shape[0])[:, :n]
         return codes.expand(batch, n) if codes.shape[0] == 1 else codes
 
+    def _kept_codes(self, img, mask, batch):
+        """Masked completion: (known codes, keep) each (batch, I) from `img` and `mask`.
+
+        mask: 1 / True keeps, 0 / False generates; (H, W) or (1 or batch, [1,] H, W) at the image's
+        resolution (a code is kept when at least half of its cell's pixels are) or at the code grid's
+        (F, F) (each entry one code).
+        """
+        if img is None:
+            raise ValueError("mask needs img (the image whose codes the mask keeps)")
+        if img.dim() != 4 or img.shape[0] not in (1, batch):
+            raise ValueError(f"img must be (1 or {batch}, c, H, W) pixels in [0, 1], got {tuple(img.shape)}")
+        known = self._check_image(img, img.shape[0]).expand(batch, self.image_seq_len)
+        m = torch.as_tensor(mask, device=known.device)
+        if not (m.dtype == torch.bool or m.is_floating_point() or m.dtype in (torch.uint8, torch.int64, torch.int32)):
+            raise ValueError(f"mask must be a bool or numeric tensor, got {m.dtype}")
+        if m.dim() == 2:  # (H, W)
+            m = m[None, None]
+        elif m.dim() == 3:  # (b, H, W)
+            m = m[:, None]
+        f, size = self.fmap_size, self.vae.image_size
+        if m.dim() != 4 or m.shape[1] != 1 or m.shape[0] not in (1, batch) or tuple(m.shape[2:]) not in ((f, f), (size, size)):
+            raise ValueError(f"mask must be (H, W) or (1 or {batch}, [1,] H, W) with H = W = {size} (pixels) or {f} "
+                             f"(codes), got {tuple(torch.as_tensor(mask).shape)}")
+        m = m.float()
+        if m.shape[-1] != f:  # pixel mask -> code mask: a code is kept when most of its cell is
+            m = F.avg_pool2d(m, size // f)
+        keep = (m >= 0.5).reshape(m.shape[0], f * f).expand(batch, f * f)
+        return known, keep
+
     @torch.inference_mode()
     def generate_images(
         self,
@@ -350,6 +379,7 @@ class DALLE(nn.Module):
         temperature: float = 1.0,
         img: torch.Tensor | None = None,
         num_init_img_tokens: int | None = None,
+        mask: torch.Tensor | None = None,
         cond_scale: float = 1.0,
         null_text: torch.Tensor | None = None,
         use_cache: bool = True,
@@ -378,13 +408,17 @@ class DALLE(nn.Module):
         read a bf16 cache fastest: docs/benchmarks.md). Reduced precision is opt-in: a model
         converted with `.to(torch.bfloat16)` samples in bf16; images come back as float32.
         callback(filled, codes): called after every sampled code, see `generate_codes`.
+        img: (1 or b, c, H, W) pixels in [0, 1]: its first `num_init_img_tokens` codes (default 43.75%)
+        prime every image. With `mask` (masked completion: inpainting / outpainting) the codes the
+        mask keeps are fixed instead (mask 1 keeps, 0 generates; see `_kept_codes` for its shapes)
+        and the others sampled, in raster order: a kept code conditions only the codes after it.
         """
         sampling = SamplingConfig(filter_thres=filter_thres, top_p=top_p, temperature=temperature, cond_scale=cond_scale)
         was_training = self.training
         self.eval()
         try:
             codes = self.generate_codes(text, sampling, img=img, num_init_img_tokens=num_init_img_tokens,
-                                        null_text=null_text, use_cache=use_cache, num_images=num_images,
+                                        mask=mask, null_text=null_text, use_cache=use_cache, num_images=num_images,
                                         generator=generator, progress=progress, compile=compile, kv_dtype=kv_dtype,
                                         callback=callback)
             if return_codes:
@@ -403,7 +437,8 @@ class DALLE(nn.Module):
 
     @torch.inference_mode()
     def generate_codes(self, text: torch.Tensor, sampling: SamplingConfig, *, img: torch.Tensor | None = None,
-                       num_init_img_tokens: int | None = None, null_text: torch.Tensor | None = None,
+                       num_init_img_tokens: int | None = None, mask: torch.Tensor | None = None,
+                       null_text: torch.Tensor | None = None,
                        use_cache: bool = True, num_images: int = 1, generator: torch.Generator | None = None,
                        progress: bool = False, compile: bool | str = False,
                        kv_dtype: torch.dtype | None = None,
@@ -440,7 +475,16 @@ class DALLE(nn.Module):
             null_text = null_text.expand(b, -1)
         else:
             null_text = torch.zeros_like(text)
-        prime = self._prime_codes(img, num_init_img_tokens, b)
+        known = keep = None
+        if mask is not None:
+            if num_init_img_tokens is not None:
+                raise ValueError("give num_init_img_tokens (keep the first codes) or mask, not both")
+            known, keep = self._kept_codes(img, mask, b)
+            # the codes every row keeps from the start are a prefix, exactly as priming (same noise drawn)
+            lead = int(keep.all(dim=0).long().cumprod(0).sum())
+            prime = known[:, :min(lead, self.image_seq_len - 1)] if lead else None
+        else:
+            prime = self._prime_codes(img, num_init_img_tokens, b)
 
         # unique rows (one per caption, then one per null caption) and their expansion to all rows
         unique_text = torch.cat((text, null_text)) if guided else text
@@ -454,6 +498,16 @@ class DALLE(nn.Module):
         codes = torch.zeros(rows, self.image_seq_len, dtype=torch.long, device=device)
         if prime is not None:
             codes[:, :start] = prime[expand[:rows]]
+        if keep is not None:
+            known, keep = known[expand[:rows]], keep[expand[:rows]]
+
+        def draw(img_logits, t):  # the code of every row at image position t
+            if keep is None:
+                return sample(combine(img_logits), sampling, generator)
+            forced = keep[:, t]
+            if bool(forced.all()):  # nothing to sample at t: no noise drawn
+                return known[:, t]
+            return torch.where(forced, known[:, t], sample(combine(img_logits), sampling, generator))
         ids = self.text_ids(unique_text)
 
         def combine(img_logits):  # (R or 2R, num_image_tokens) -> guided (R, num_image_tokens)
@@ -479,7 +533,7 @@ class DALLE(nn.Module):
             step_fn = self._compiled_decode_step(mode) if compile else self.decode_step
             positions = torch.arange(self.text_len + self.image_seq_len, device=device)
             for t in bar:
-                code = sample(combine(last), sampling, generator)
+                code = draw(last, t)
                 codes[:, t] = code
                 if callback is not None:
                     callback(t + 1, codes)
@@ -497,7 +551,7 @@ class DALLE(nn.Module):
                 out = self._transform(tokens)
                 last = self._logits(out[:, -1:], torch.tensor([tokens.shape[1] - 1], device=device))[:, 0]
                 last = last[:, self.num_text_tokens :]
-                codes[:, t] = sample(combine(last), sampling, generator)
+                codes[:, t] = draw(last, t)
                 if callback is not None:
                     callback(t + 1, codes)
         return codes

@@ -292,14 +292,15 @@ class Pipeline:
     def generate(self, caption: str, *, num_images: int = 4, seed: int = 0, batch_size: int = 4,
                  sampling: SamplingConfig = SamplingConfig(filter_thres=0.9), null_prompt: Optional[str] = None,
                  img: Optional[torch.Tensor] = None, num_init_img_tokens: Optional[int] = None,
-                 use_cache: bool = True, compile: bool | str = False, progress: bool = False,
-                 on_batch: Optional[Callable[[int], None]] = None, callback: Optional[Callable[[Step], None]] = None,
-                 callback_steps: int = 1) -> GeneratedImages:
+                 mask: Optional[torch.Tensor] = None, use_cache: bool = True, compile: bool | str = False,
+                 progress: bool = False, on_batch: Optional[Callable[[int], None]] = None,
+                 callback: Optional[Callable[[Step], None]] = None, callback_steps: int = 1) -> GeneratedImages:
         """Sample `num_images` images for `caption`.
 
         Batch k (of `batch_size` images) is sampled with a CPU generator seeded `seed + k`.
         null_prompt: the caption guidance steers away from (needs sampling.cond_scale != 1).
-        img: (1, c, H, W) pixels in [0, 1] whose first `num_init_img_tokens` codes prime every image.
+        img: (1, c, H, W) pixels in [0, 1] whose first `num_init_img_tokens` codes prime every image,
+        or, with `mask` (H, W) (1 keeps, 0 generates), whose kept codes are fixed (masked completion).
         `use_cache` and `compile` change the speed, never the images.  on_batch(n) is called after
         each batch of n images.  callback(Step) is called every `callback_steps` sampled codes of a
         batch and after its last one; it changes nothing that is sampled.
@@ -320,7 +321,7 @@ class Pipeline:
                 out = self.model.generate_images(
                     text, clip=self.clip, filter_thres=sampling.filter_thres, top_p=sampling.top_p,
                     temperature=sampling.temperature, img=prime, num_init_img_tokens=num_init_img_tokens,
-                    cond_scale=sampling.cond_scale, null_text=null, use_cache=use_cache, num_images=n,
+                    mask=mask, cond_scale=sampling.cond_scale, null_text=null, use_cache=use_cache, num_images=n,
                     generator=generator, progress=progress, compile=compile, callback=hook,
                 )
             except ValueError as e:  # bad settings for this model (e.g. num_init_img_tokens too large)

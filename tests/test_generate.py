@@ -445,3 +445,22 @@ def test_torchrun_shards_captions_like_one_process(tmp_path):
     assert [c["folder"] for c in index["captions"]] == [
         "a-red-circle-on-a-blue-background", "a-green-square-on-a-white-background",
         "a-red-circle-on-a-blue-background-2", "a-yellow-triangle-on-a-black-background"]
+
+
+def test_mask_keeps_the_codes_of_img(tiny, tmp_path):
+    """--mask: white keeps --img's codes; a mask of the top half samples exactly what priming with half the
+    codes does (the same PNG files), and the mask is recorded."""
+    img_path = tmp_path / "prime.png"
+    render("circle", "red", "blue", 32, rng=0).save(img_path)
+    top = Image.new("L", (32, 32), 0)
+    top.paste(255, (0, 0, 32, 16))
+    top.save(tmp_path / "top.png")
+    (masked,) = run_tiny(tiny, tmp_path / "a", "--text", CAPTION, "--seed", "1", "--num_images", "2", "--img",
+                         str(img_path), "--mask", str(tmp_path / "top.png"))
+    (primed,) = run_tiny(tiny, tmp_path / "b", "--text", CAPTION, "--seed", "1", "--num_images", "2", "--img",
+                         str(img_path), "--num_init_img_tokens", "32")
+    assert png_bytes(masked.folder).keys() == png_bytes(primed.folder).keys()
+    assert all(torch.equal(pixels(masked.folder / n), pixels(primed.folder / n)) for n in png_bytes(masked.folder))
+    assert masked.record["settings"]["mask"] == "top.png"
+    with pytest.raises(GenerationError, match="--mask needs --img"):
+        run_tiny(tiny, tmp_path, "--text", CAPTION, "--mask", str(tmp_path / "top.png"))

@@ -27,6 +27,7 @@ from dalle_pytorch.io.images import ImageFileError, read_image, save_png
 from dalle_pytorch.version import __version__
 
 __all__ = ["CaptionResult", "INDEX_NAME", "append_index", "check_outputs_dir", "create_run_dir", "file_sha256", "load_image",
+           "load_mask",
            "make_run_dir", "plan_run_dirs", "read_prompts", "save_outputs", "slugify", "split_captions"]
 
 MAX_SLUG_LEN = 60
@@ -182,6 +183,22 @@ def load_image(path: str | os.PathLike, image_size: int, channels: int = 3) -> t
         im = im.resize((image_size, image_size), Image.BICUBIC, box=box)
     data = torch.tensor(list(im.tobytes()), dtype=torch.uint8)
     return data.view(image_size, image_size, channels).permute(2, 0, 1)[None].float().div(255.0)
+
+
+def load_mask(path: str | os.PathLike, image_size: int) -> torch.Tensor:
+    """`--mask`: a black-and-white image, cropped and resized as `load_image` does (nearest neighbour):
+    white (>= 50%) keeps the image's codes there, black generates.  Returns (image_size, image_size)
+    float32 in [0, 1]."""
+    try:
+        im = read_image(path, "L", "--mask")
+    except (ImageFileError, OSError) as e:
+        raise GenerationError(str(e)) from None
+    w, h = im.size
+    side = min(w, h)
+    box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+    im = im.resize((image_size, image_size), Image.NEAREST, box=box)
+    data = torch.tensor(list(im.tobytes()), dtype=torch.uint8)
+    return data.view(image_size, image_size).float().div(255.0)
 
 
 @dataclass

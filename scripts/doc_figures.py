@@ -1,0 +1,76 @@
+"""Make the pictures in docs/images/ (run from the repository root; a minute on a CPU).
+
+    python scripts/doc_figures.py
+
+* masked_completion.png: the demo model completing images under a mask (generate.py --img --mask):
+  per row the original, the mask (white keeps), then four completions.
+* curves.png: python -m dalle_pytorch.plot of a short real train_vae.py run on the synthetic shapes.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "images"
+
+
+def masked_completion() -> Path:
+    from dalle_pytorch import Pipeline, SamplingConfig
+    from dalle_pytorch.images import tensor_to_pil
+    from dalle_pytorch.io.outputs import load_image
+    from dalle_pytorch.synthetic import render
+
+    pipe = Pipeline.from_checkpoint("demo")
+    size, scale, pad = 32, 4, 6
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for caption, shape, mask_box in (
+            ("a red circle on a blue background", ("circle", "red", "blue"), (8, 8, 24, 24)),  # inpaint the middle
+            ("a green square on a white background", ("square", "green", "white"), (0, 16, 32, 32)),  # bottom half
+        ):
+            path = Path(tmp) / "img.png"
+            render(*shape, size, rng=1).save(path)
+            img = load_image(path, size)
+            mask = torch.ones(size, size)
+            x0, y0, x1, y1 = mask_box
+            mask[y0:y1, x0:x1] = 0
+            out = pipe.generate(caption, num_images=4, seed=0, img=img, mask=mask,
+                                sampling=SamplingConfig(filter_thres=0.9))
+            tiles = [tensor_to_pil(img[0]), tensor_to_pil(mask[None])] + out.pil_images()
+            rows.append(tiles)
+    w = size * scale
+    sheet = Image.new("RGB", (pad + 6 * (w + pad), pad + len(rows) * (w + pad)), (255, 255, 255))
+    for r, tiles in enumerate(rows):
+        for c, tile in enumerate(tiles):
+            sheet.paste(tile.convert("RGB").resize((w, w), Image.NEAREST), (pad + c * (w + pad), pad + r * (w + pad)))
+    ImageDraw.Draw(sheet)
+    path = OUT / "masked_completion.png"
+    sheet.save(path)
+    return path
+
+
+def curves() -> Path:
+    from dalle_pytorch.plot import write_curves
+    from dalle_pytorch.synthetic import make_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data, run = Path(tmp) / "shapes", Path(tmp) / "vae"
+        make_dataset(data, 64, image_size=32, seed=0)
+        subprocess.run([sys.executable, str(ROOT / "train_vae.py"), "--image_folder", str(data), "--image_size", "32",
+                        "--num_layers", "2", "--num_tokens", "64", "--emb_dim", "32", "--hidden_dim", "32",
+                        "--num_resnet_blocks", "0", "--batch_size", "16", "--max_steps", "150", "--warmup_steps", "20",
+                        "--save_every_steps", "50", "--output_dir", str(run), "--no_progress", "--sample_every", "0"],
+                       check=True, capture_output=True)
+        return write_curves(run, OUT / "curves.png")
+
+
+if __name__ == "__main__":
+    OUT.mkdir(parents=True, exist_ok=True)
+    print(masked_completion())
+    print(curves())
