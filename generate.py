@@ -118,6 +118,21 @@ def _captions(args) -> list:
     return captions
 
 
+def _postfix_codes(bar: tqdm, every: float = 0.2):
+    """A Pipeline callback showing the current batch's codes as the bar's postfix (redrawn at most
+    every `every` seconds), so that one bar shows both levels of progress."""
+    last = [0.0]
+
+    def show(step) -> None:
+        bar.set_postfix_str(f"codes {step.filled}/{step.total}", refresh=False)
+        now = time.monotonic()
+        if now - last[0] >= every or step.filled == step.total:
+            last[0] = now
+            bar.refresh()
+
+    return show
+
+
 def _launched_ranks() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -202,7 +217,9 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
     # folder names as one process would give them (planned on rank 0; with --gentxt the captions are sampled)
     planned = None if args.gentxt else _shared(env, lambda: plan_run_dirs(args.outputs_dir, captions))
 
-    progress = not args.no_progress and env.is_main
+    # one bar over the images, the codes of the current batch as its postfix; none when stderr is not a
+    # terminal (a pipe or a log file gets the one line per caption below, not carriage returns)
+    progress = not args.no_progress and env.is_main and sys.stderr.isatty()
     loaded = pipe.checkpoint
     run_info = {
         "checkpoint": {"path": os.path.abspath(path), "sha256": file_sha256(path), "demo": is_demo,
@@ -221,6 +238,10 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
     results, error = [], None
     total = args.num_images * len(mine)
     bar = tqdm(total=total, desc="images", unit="img", disable=not progress)
+    show_codes = _postfix_codes(bar) if progress else None
+    if args.compile and env.is_main:
+        print(f"compiling the decode step (--compile {args.compile}): a one-off wait of seconds to a minute",
+              flush=True)
     start = time.perf_counter()
     try:
         for i in mine:
@@ -236,18 +257,19 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
                     raise GenerationError(f"--gentxt: {e}") from None
                 caption = texts[0].strip()
                 info["gentxt_prompt"] = prompt
-                bar.write(f"generated caption: {caption!r}")
+                tqdm.write(f"generated caption: {caption!r}")
             generated = pipe.generate(
                 caption, num_images=args.num_images, seed=seed, batch_size=args.batch_size, sampling=sampling,
                 null_prompt=args.null_text, img=img, num_init_img_tokens=args.num_init_img_tokens, mask=mask,
-                use_cache=args.use_cache, compile=args.compile or False, progress=progress, on_batch=bar.update)
+                use_cache=args.use_cache, compile=args.compile or False, on_batch=bar.update, callback=show_codes,
+                callback_steps=4)
             generated.settings["img"] = os.path.basename(args.img) if args.img else None
             generated.settings["mask"] = os.path.basename(args.mask) if args.mask else None
             folder = (make_run_dir(args.outputs_dir, caption) if planned is None
                       else create_run_dir(args.outputs_dir, planned[i], caption))
             result = save_outputs(folder, generated, seed=seed, run_info=info,
                                   record_extra={"use_cache": args.use_cache, "compile": args.compile or False})
-            bar.write(f"{caption!r}: {len(result.files)} images in {result.folder}")
+            tqdm.write(f"{caption!r}: {len(result.files)} images in {result.folder}")
             results.append((i, result))
     except (GenerationError, OSError) as e:
         if not env.distributed:

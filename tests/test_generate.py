@@ -464,3 +464,49 @@ def test_mask_keeps_the_codes_of_img(tiny, tmp_path):
     assert masked.record["settings"]["mask"] == "top.png"
     with pytest.raises(GenerationError, match="--mask needs --img"):
         run_tiny(tiny, tmp_path, "--text", CAPTION, "--mask", str(tmp_path / "top.png"))
+
+
+def test_progress_is_one_clean_bar_in_a_terminal_and_none_in_a_pipe(tmp_path):
+    """In a terminal: one bar over the images with the batch's codes as its postfix (no nested bar whose
+    cursor movements garble the last lines); piped: no carriage returns, one line per caption."""
+    import pty
+    import select
+
+    argv = [sys.executable, str(ROOT / "generate.py"), "--text", CAPTION, "--num_images", "4", "--batch_size", "2",
+            "--seed", "0", "--outputs_dir", str(tmp_path / "tty")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
+    import fcntl
+    import struct
+    import termios
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: generate.py with a 40 x 120 terminal on stdin, stdout and stderr
+        try:
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+            os.execve(sys.executable, argv, env)
+        finally:
+            os._exit(127)
+    out = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], 120)
+        if not ready:
+            break
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    text = out.decode("utf-8", "replace")
+    assert os.WEXITSTATUS(status) == 0, text
+    assert "\x1b[A" not in text and "image tokens" not in text  # no nested bar moving the cursor up
+    assert "codes " in text and "/64" in text  # the batch's progress, as the bar's postfix
+    screen = [line.rsplit("\r", 1)[-1] for line in text.replace("\r\n", "\n").split("\n")]
+    assert sum("images: 100%" in line for line in screen) == 1, screen
+    assert any(line.startswith("done: 4 images") for line in screen)
+
+    piped = subprocess.run([*argv[:-1], str(tmp_path / "pipe")], capture_output=True, text=True, env=env, timeout=300)
+    assert piped.returncode == 0 and "\r" not in piped.stderr + piped.stdout
+    assert f"{CAPTION!r}: 4 images in" in piped.stdout
