@@ -41,7 +41,8 @@ def build(fmap: int, path: Path) -> None:
 
 def run(argv: list[str], threads: int, out: Path) -> float:
     """Seconds the run reported in its index line (sampling and writing, all ranks)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    # PASSIVE: on a shared machine OpenMP threads spinning on descheduled ones distort both runs
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
     proc = subprocess.run(argv + ["--outputs_dir", str(out)], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr)
