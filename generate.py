@@ -33,13 +33,14 @@ from dalle_pytorch.io.outputs import (
     split_captions,
 )
 from dalle_pytorch.pipeline import DEMO, DTYPES, Pipeline, batch_seeds, fresh_seed, resolve_checkpoint
-from dalle_pytorch.sampling import SamplingConfig
+from dalle_pytorch.pretrained import vae_from_flags
+from dalle_pytorch.sampling import FILTER_SCOPES, SamplingConfig
 from dalle_pytorch.train.distributed import DistEnv, init_distributed
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="generate.py",
+        prog="generate.py", allow_abbrev=False,
         description="Generate images from captions with a trained DALLE. Each caption gets a new folder "
                     "OUTPUTS_DIR/<slug>/ with NNN_seedS.png, grid.png and generation.json.")
     model = p.add_argument_group("model")
@@ -54,26 +55,43 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="tokenizer file overriding the checkpoint's: a `tokenizers` JSON with --hug (or any "
                             "*.json), a youtokentome BPE model (e.g. model.bpe, recognised by its content), else a "
                             "CLIP BPE merges file (.txt / .txt.gz)")
-    model.add_argument("--hug", action="store_true", help="--bpe_path is a HuggingFace `tokenizers` JSON file")
+    model.add_argument("--hug", action="store_true",
+                       help="--bpe_path is a HuggingFace `tokenizers` JSON file (without --bpe_path: ignored, as in "
+                            "DALLE-pytorch, unless that would pick the wrong tokenizer)")
+    model.add_argument("--chinese", action="store_true",
+                       help="Chinese captions: --bpe_path is bert-base-chinese's vocab.txt (DALLE-pytorch's "
+                            "ChineseTokenizer); a checkpoint of ours stores it")
+    model.add_argument("--taming", action="store_true",
+                       help="DALLE-pytorch's VQGAN for a DALLE-pytorch checkpoint saved over it: from --vqgan_model_path "
+                            "/ --vqgan_config_path, else the files DALLE-pytorch downloaded to ~/.cache/dalle")
+    model.add_argument("--vqgan_model_path", default=None, help="the VQGAN weights (.ckpt); implies --taming")
+    model.add_argument("--vqgan_config_path", default=None, help="the VQGAN config (.yaml); implies --taming")
+    model.add_argument("--openai_encoder_path", default=None,
+                       help="OpenAI's dVAE encoder.pkl for a checkpoint over OpenAIDiscreteVAE (default ~/.cache/dalle)")
+    model.add_argument("--openai_decoder_path", default=None, help="OpenAI's dVAE decoder.pkl (see --openai_encoder_path)")
 
     text = p.add_argument_group("captions")
     text.add_argument("--text", default=None,
                       help="the caption; several captions may be separated by '|'. With --gentxt: the start of "
                            "the caption to continue (optional)")
     text.add_argument("--prompts_file", default=None, help="a text file with one caption per line")
-    text.add_argument("--gentxt", action="store_true",
+    text.add_argument("--gentxt", "--gentext", dest="gentxt", action="store_true",
                       help="first sample a caption with the model (continuing --text if given), then images for it")
     text.add_argument("--null_text", default=None,
                       help="negative prompt: the caption guidance steers away from (needs --cond_scale != 1)")
 
     samp = p.add_argument_group("sampling")
-    samp.add_argument("--num_images", type=int, default=4, help="images per caption (default 4)")
+    samp.add_argument("--num_images", type=int, default=128, help="images per caption (default 128, as DALLE-pytorch)")
     samp.add_argument("--batch_size", type=int, default=4,
                       help="images sampled together (default 4); batch k uses seed + k, so a file is reproduced "
                            "by the same --seed and --batch_size")
     samp.add_argument("--top_k", "--filter_thres", dest="filter_thres", type=float, default=0.9,
-                      help="DALLE-pytorch's filter_thres: keep the top (1 - top_k) fraction of image codes "
-                           "(default 0.9: the top 10%%)")
+                      help="DALLE-pytorch's filter_thres: keep the top (1 - top_k) fraction of the model's whole "
+                           "vocabulary, text tokens included, so at most all the codes (default 0.9)")
+    samp.add_argument("--filter_scope", choices=FILTER_SCOPES, default="vocab",
+                      help="what --top_k's fraction counts: vocab = the whole vocabulary (DALLE-pytorch), candidates "
+                           "= only the image codes (or text tokens with --gentxt): 0.9 keeps the top 10%% of the "
+                           "codes (default vocab)")
     samp.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold in (0, 1] (default off)")
     samp.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     samp.add_argument("--cond_scale", type=float, default=1.0,
@@ -162,7 +180,7 @@ def main(args: argparse.Namespace) -> list:
     captions = _captions(args)
     try:
         sampling = SamplingConfig(filter_thres=args.filter_thres, top_p=args.top_p, temperature=args.temperature,
-                                  cond_scale=args.cond_scale)
+                                  cond_scale=args.cond_scale, filter_scope=args.filter_scope)
     except ValueError as e:  # checked before anything is loaded or sampled
         raise GenerationError(("--gentxt: " if args.gentxt else "") + str(e)) from None
     if args.null_text is not None and args.cond_scale == 1.0:
@@ -192,6 +210,16 @@ def main(args: argparse.Namespace) -> list:
         env.close()
 
 
+def _pretrained_vae(args: argparse.Namespace):
+    """The pretrained VAE --taming / --vqgan_* / --openai_* ask for (`pretrained.vae_from_flags`), or None."""
+    try:
+        return vae_from_flags(taming=args.taming, vqgan_model_path=args.vqgan_model_path,
+                              vqgan_config_path=args.vqgan_config_path, openai_encoder_path=args.openai_encoder_path,
+                              openai_decoder_path=args.openai_decoder_path)
+    except (ValueError, OSError) as e:
+        raise GenerationError(str(e)) from None
+
+
 def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env: DistEnv) -> list:
     seed = args.seed
     if seed is None:  # a fresh seed, the same on every rank
@@ -205,7 +233,8 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
     path, is_demo = resolve_checkpoint(args.dalle_path)
     device = str(env.device) if env.distributed else args.device
     pipe = Pipeline.from_checkpoint(path, vae_path=args.vae_path, bpe_path=args.bpe_path, hug=args.hug,
-                                    clip_path=args.clip_path, device=device, dtype=args.dtype)
+                                    chinese=args.chinese, clip_path=args.clip_path, device=device,
+                                    dtype=args.dtype, vae=_pretrained_vae(args))
     model, tokenizer = pipe.model, pipe.tokenizer
     # every caption (and the negative one) is checked before the first image is sampled
     pipe.tokenize([c for c in captions if c is not None] + ([args.null_text] if args.null_text is not None else []))
@@ -251,6 +280,7 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
             if args.gentxt:
                 try:
                     _, texts = model.generate_texts(tokenizer, prompt, filter_thres=args.filter_thres,
+                                                    filter_scope=args.filter_scope,
                                                     temperature=args.temperature, use_cache=args.use_cache,
                                                     generator=torch.Generator().manual_seed(seed))
                 except ValueError as e:  # a bad sampling flag or prompt: one error line, no traceback

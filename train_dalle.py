@@ -18,11 +18,16 @@ from dalle_pytorch.train.tasks import dalle_task
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Train DALL-E on captioned images.")
+    parser = argparse.ArgumentParser(description="Train DALL-E on captioned images.", allow_abbrev=False)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--vae_path", help="trained DiscreteVAE (ours or a DALLE-pytorch vae.pt) to build a new DALLE on")
-    source.add_argument("--dalle_path", help="DALLE (ours or a DALLE-pytorch dalle.pt) to continue training from "
-                        "(weights only; use --resume to continue a run of this script exactly)")
+    source.add_argument("--dalle_path", help="DALLE to continue training from: a DALLE-pytorch dalle.pt (weights, "
+                        "optimizer, --lr_decay state and epoch, as DALLE-pytorch resumes), one of ours (weights; this "
+                        "run's newest model continues the run exactly, as --resume)")
+    parser.add_argument("--taming", action="store_true",
+                        help="DALLE-pytorch: the pretrained VQGAN as the VAE (not available in this version)")
+    parser.add_argument("--vqgan_model_path", default=None, help="with --taming: the VQGAN weights (.ckpt)")
+    parser.add_argument("--vqgan_config_path", default=None, help="with --taming: the VQGAN config (.yaml)")
 
     data = parser.add_argument_group("data")
     data.add_argument("--image_text_folder", required=True,
@@ -36,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--bpe_path", help="tokenizer file: a tokenizers JSON (with --hug, or *.json), a youtokentome "
                                          "BPE model (e.g. model.bpe, recognised by its content) or CLIP BPE merges")
     data.add_argument("--hug", action="store_true", help="--bpe_path is a HuggingFace tokenizers JSON file")
+    data.add_argument("--chinese", action="store_true",
+                      help="Chinese captions: --bpe_path is bert-base-chinese's vocab.txt (BERT WordPiece)")
 
     model = parser.add_argument_group("model (ignored with --dalle_path / --resume: the checkpoint's config is used)")
     model.add_argument("--dim", type=int, default=512, help="model dimension (default 512)")
@@ -48,13 +55,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--attn_types", default="full",
                        help="comma list cycled over the layers: full, axial_row, axial_col, conv_like, sparse "
                             "(default full)")
-    model.add_argument("--shift_tokens", dest="shift_tokens", action="store_true", default=True,
-                       help="token shift (default on)")
-    model.add_argument("--no_shift_tokens", dest="shift_tokens", action="store_false", help="no token shift")
-    model.add_argument("--rotary_emb", dest="rotary_emb", action="store_true", default=True,
-                       help="rotary position embeddings (default on)")
-    model.add_argument("--no_rotary_emb", dest="rotary_emb", action="store_false",
-                       help="learned absolute position embeddings instead of rotary")
+    model.add_argument("--shift_tokens", dest="shift_tokens", action="store_true", default=False,
+                       help="token shift (default off, as in DALLE-pytorch's script)")
+    model.add_argument("--no_shift_tokens", dest="shift_tokens", action="store_false", help=argparse.SUPPRESS)
+    model.add_argument("--rotary_emb", dest="rotary_emb", action="store_true", default=False,
+                       help="rotary position embeddings (default off, as in DALLE-pytorch's script: learned text "
+                            "positions and axial image positions)")
+    model.add_argument("--no_rotary_emb", dest="rotary_emb", action="store_false", help=argparse.SUPPRESS)
     model.add_argument("--shared_attn_ids", default=None, help="comma list of attention ids per layer (share weights)")
     model.add_argument("--shared_ff_ids", default=None, help="comma list of feed-forward ids per layer (share weights)")
     model.add_argument("--share_input_output_emb", action="store_true", help="tie token embeddings to the output layer")
@@ -78,8 +85,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     samples.add_argument("--num_sample_images", type=int, default=4,
                          help="images in each sample grid; 0 disables samples (default 4)")
     samples.add_argument("--sample_filter_thres", type=float, default=0.9,
-                         help="top-k filter for the samples: keep the top (1 - thres) of the codes (default 0.9)")
+                         help="top-k filter for the samples, DALLE-pytorch's filter_thres: keep the top (1 - thres) "
+                              "of the model's whole vocabulary (default 0.9)")
 
+    parser.add_argument("--lr_decay", action="store_true",
+                        help="DALLE-pytorch's ReduceLROnPlateau: halve the lr after 11 epochs without a 1e-4 relative "
+                             "improvement of the last step's loss, then 10 epochs of cooldown; never below 1e-6")
     add_common_args(parser, name="dalle", learning_rate=3e-4, batch_size=4, clip_grad_norm=0.5,
                              lr_schedule="constant", wandb_project="dalle_train_transformer")
     parser.add_argument("--dalle_output_file_name", dest="name", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -18,7 +18,7 @@ from dalle_pytorch.train.tasks import vae_task
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Train a discrete VAE (image tokenizer) for DALL-E.")
+    parser = argparse.ArgumentParser(description="Train a discrete VAE (image tokenizer) for DALL-E.", allow_abbrev=False)
     parser.add_argument("--image_folder", required=True,
                         help="folder of images, searched recursively (caption files are ignored)")
     parser.add_argument("--image_size", type=int, default=128, help="image side in pixels, a power of 2 (default 128)")
@@ -38,7 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     vae.add_argument("--starting_temp", type=float, default=1.0, help="initial gumbel temperature (default 1.0)")
     vae.add_argument("--temp_min", type=float, default=0.5, help="lowest temperature (default 0.5)")
     vae.add_argument("--anneal_rate", type=float, default=1e-6,
-                     help="temperature = max(starting_temp * exp(-anneal_rate * step), temp_min) (default 1e-6)")
+                     help="DALLE-pytorch's annealing: after the first step of every epoch and every 100th step of "
+                          "it, temperature = max(temperature * exp(-anneal_rate * step), temp_min) (default 1e-6)")
     vae.add_argument("--num_images_save", type=int, default=4,
                      help="images in each reconstruction grid (every --sample_every steps) (default 4)")
 

@@ -1,6 +1,6 @@
 """Convert a checkpoint (DALLE-pytorch `.pt` or ours) into this package's safetensors format.
 
-    python -m dalle_pytorch.convert OLD.pt NEW.safetensors [--vae_path VAE.pt] [--bpe_path tokenizer.json|model.bpe] [--force]
+    python -m dalle_pytorch.convert OLD.pt NEW.safetensors [--vae_path VAE.pt] [--bpe_path tokenizer.json|model.bpe|vocab.txt [--hug] [--chinese]] [--force]
 
 The input is read with `load_checkpoint` (strict, `torch.load(weights_only=True)` for `.pt` files)
 and written with `save` (atomically), so the output reproduces the input model exactly.
@@ -64,7 +64,7 @@ def summarize(loaded: LoadedCheckpoint) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m dalle_pytorch.convert",
+        prog="python -m dalle_pytorch.convert", allow_abbrev=False,
         description="Convert a DALLE-pytorch train_dalle.py / train_vae.py checkpoint (or one of ours) into a "
                     "dalle_pytorch .safetensors checkpoint.",
     )
@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="the tokenizer file the model was trained with, stored in the output: a HuggingFace "
                         "tokenizers JSON (*.json), a youtokentome BPE model (DALLE-pytorch's --bpe_path) or CLIP "
                         "BPE merges")
+    p.add_argument("--hug", action="store_true", help="--bpe_path is a HuggingFace tokenizers JSON file")
+    p.add_argument("--chinese", action="store_true",
+                   help="the model was trained with DALLE-pytorch's --chinese: --bpe_path is bert-base-chinese's vocab.txt")
     p.add_argument("--default_tokenizer", action="store_true",
                    help="record the default CLIP SimpleTokenizer as the model's tokenizer")
     p.add_argument("--force", action="store_true", help="overwrite the output if it exists")
@@ -99,8 +102,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if os.path.abspath(args.input) == os.path.abspath(args.output):
         print("error: the output must be another file than the input", file=sys.stderr)
         return 1
-    if args.bpe_path and args.default_tokenizer:
-        print("error: give either --bpe_path or --default_tokenizer", file=sys.stderr)
+    if (args.bpe_path or args.chinese) and args.default_tokenizer:
+        print("error: give either --bpe_path / --chinese or --default_tokenizer", file=sys.stderr)
         return 1
     try:
         vae = vae_from_flags(taming=args.taming, vqgan_model_path=args.vqgan_model_path,
@@ -108,10 +111,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              openai_decoder_path=args.openai_decoder_path)
         loaded = load_checkpoint(args.input, vae=vae, vae_path=args.vae_path)
         tokenizer = loaded.tokenizer_description
-        if args.bpe_path:
-            from dalle_pytorch.tokenizer import tokenizer_from_file
+        if args.bpe_path or args.chinese or args.hug:
+            from dalle_pytorch.tokenizer import tokenizer_for_flags
 
-            tokenizer = tokenizer_from_file(args.bpe_path)
+            stored = loaded.tokenizer if loaded.kind == "dalle" else None
+            model_tokens = loaded.model.num_user_text_tokens if loaded.kind == "dalle" else None
+            tokenizer = tokenizer_for_flags(args.bpe_path, hug=args.hug, chinese=args.chinese, stored=stored,
+                                            model_text_tokens=model_tokens)
         elif args.default_tokenizer:
             tokenizer = {"type": "simple"}
         metadata = dict(loaded.metadata) if loaded.source == "dalle_pytorch" else {}

@@ -377,6 +377,7 @@ class DALLE(nn.Module):
         filter_thres: float = 0.5,
         top_p: float | None = None,
         temperature: float = 1.0,
+        filter_scope: str = "vocab",
         img: torch.Tensor | None = None,
         num_init_img_tokens: int | None = None,
         mask: torch.Tensor | None = None,
@@ -393,7 +394,9 @@ class DALLE(nn.Module):
     ):
         """Sample images for captions.
 
-        text: (b, T) ids.  Returns images (b * num_images, c, H, W) in [0, 1] (rows grouped by
+        text: (b, T) ids.  filter_thres: keep the top (1 - filter_thres) fraction of the whole
+        vocabulary (DALLE-pytorch's meaning; filter_scope="candidates": of the image codes, see
+        `sampling`).  Returns images (b * num_images, c, H, W) in [0, 1] (rows grouped by
         caption: caption 0's images first), or codes (b * num_images, I) with return_codes=True;
         with `clip`, returns (images, scores) where scores (b * num_images,) are CLIP similarities.
         cond_scale: classifier-free guidance, logits = null + (cond - null) * cond_scale (>= 0;
@@ -413,7 +416,8 @@ class DALLE(nn.Module):
         mask keeps are fixed instead (mask 1 keeps, 0 generates; see `_kept_codes` for its shapes)
         and the others sampled, in raster order: a kept code conditions only the codes after it.
         """
-        sampling = SamplingConfig(filter_thres=filter_thres, top_p=top_p, temperature=temperature, cond_scale=cond_scale)
+        sampling = SamplingConfig(filter_thres=filter_thres, top_p=top_p, temperature=temperature, cond_scale=cond_scale,
+                                  filter_scope=filter_scope)
         was_training = self.training
         self.eval()
         try:
@@ -503,11 +507,12 @@ class DALLE(nn.Module):
 
         def draw(img_logits, t):  # the code of every row at image position t
             if keep is None:
-                return sample(combine(img_logits), sampling, generator)
+                return sample(combine(img_logits), sampling, generator, vocab_size=self.total_tokens)
             forced = keep[:, t]
             if bool(forced.all()):  # nothing to sample at t: no noise drawn
                 return known[:, t]
-            return torch.where(forced, known[:, t], sample(combine(img_logits), sampling, generator))
+            drawn = sample(combine(img_logits), sampling, generator, vocab_size=self.total_tokens)
+            return torch.where(forced, known[:, t], drawn)
         ids = self.text_ids(unique_text)
 
         def combine(img_logits):  # (R or 2R, num_image_tokens) -> guided (R, num_image_tokens)
@@ -558,12 +563,15 @@ class DALLE(nn.Module):
 
     @torch.inference_mode()
     def generate_texts(self, tokenizer, text: str | None = None, *, filter_thres: float = 0.5,
-                       temperature: float = 1.0, use_cache: bool = True, generator: torch.Generator | None = None):
+                       temperature: float = 1.0, use_cache: bool = True, generator: torch.Generator | None = None,
+                       filter_scope: str = "vocab"):
         """Continue a caption (or start one) up to text_seq_len tokens.
 
+        filter_thres: the top (1 - filter_thres) fraction of the whole vocabulary is kept, as in
+        DALLE-pytorch (filter_scope="candidates": of the text tokens).
         Returns (tokens (1, T) with pads as 0, [decoded caption]).
         """
-        sampling = SamplingConfig(filter_thres=filter_thres, temperature=temperature)
+        sampling = SamplingConfig(filter_thres=filter_thres, temperature=temperature, filter_scope=filter_scope)
         was_training = self.training
         self.eval()
         try:
@@ -577,7 +585,7 @@ class DALLE(nn.Module):
             ids = torch.tensor([[0] + prompt], dtype=torch.long, device=device)  # <bos> + prompt
 
             def pick(logits):  # text logits (1, num_text_tokens)
-                return sample(logits, sampling, generator)
+                return sample(logits, sampling, generator, vocab_size=self.total_tokens)
 
             n0 = ids.shape[1]
             if use_cache and n0 < self.text_len:

@@ -233,10 +233,11 @@ class Pipeline:
     @classmethod
     def from_checkpoint(cls, dalle_path: Optional[PathLike] = None, *, vae: Optional[nn.Module] = None,
                         vae_path: Optional[PathLike] = None, bpe_path: Optional[PathLike] = None, hug: bool = False,
-                        clip_path: Optional[PathLike] = None, device: str = "auto",
+                        chinese: bool = False, clip_path: Optional[PathLike] = None, device: str = "auto",
                         dtype: str = "float32") -> "Pipeline":
         """Load a DALLE checkpoint (ours, DALLE-pytorch's, or the demo model when `dalle_path` is None or
-        "demo"), its tokenizer (or the one `bpe_path` / `hug` select) and an optional CLIP.
+        "demo"), its tokenizer (or the one `bpe_path` / `hug` / `chinese` select: `tokenizer_for_flags`)
+        and an optional CLIP.
 
         vae / vae_path: as for `load_checkpoint` (a DALLE-pytorch model over a pretrained VAE needs
         `vae=VQGanVAE(...)`, see `dalle_pytorch.pretrained.vae_from_flags`, unless its files are in
@@ -266,7 +267,8 @@ class Pipeline:
         if loaded.tokenizer is None and loaded.tokenizer_description is not None and bpe_path is None:
             warnings.warn("the checkpoint's tokenizer could not be rebuilt; using the default CLIP SimpleTokenizer")
         try:
-            tokenizer = tokenizer_for_flags(bpe_path, hug=hug, stored=loaded.tokenizer)
+            tokenizer = tokenizer_for_flags(bpe_path, hug=hug, chinese=chinese, stored=loaded.tokenizer,
+                                            model_text_tokens=loaded.model.num_user_text_tokens)
         except ValueError as e:
             raise GenerationError(str(e)) from None
         model = loaded.model.to(dt)
@@ -319,7 +321,8 @@ class Pipeline:
             hook = None if callback is None else self._step_hook(callback, callback_steps, caption, k, batch_seed)
             try:
                 out = self.model.generate_images(
-                    text, clip=self.clip, filter_thres=sampling.filter_thres, top_p=sampling.top_p,
+                    text, clip=self.clip, filter_thres=sampling.filter_thres, filter_scope=sampling.filter_scope,
+                    top_p=sampling.top_p,
                     temperature=sampling.temperature, img=prime, num_init_img_tokens=num_init_img_tokens,
                     mask=mask, cond_scale=sampling.cond_scale, null_text=null, use_cache=use_cache, num_images=n,
                     generator=generator, progress=progress, compile=compile, callback=hook,

@@ -1,5 +1,13 @@
 """Sampling from logits: top-k by fraction (DALLE-pytorch's filter_thres), nucleus, Gumbel-max.
 
+DALLE-pytorch's `filter_thres` keeps the top `k = max(int((1 - filter_thres) * V), 1)` logits,
+where V is the model's WHOLE vocabulary (`total_tokens`: text ids, one pad id per text position and
+image codes): at an image position the codes compete with text logits masked to -inf, so it keeps
+the top min(k, num_image_tokens) codes (all 512 of 512 codes with 10,000 text tokens and 0.9).
+`filter_scope="vocab"` (the default) is that meaning; `filter_scope="candidates"` counts the
+fraction over the tokens that can be sampled at the position (image codes, or text tokens), a
+sharper filter of this package (0.9 keeps the top 10% of the codes).
+
 `SamplingConfig` holds the sampling settings, validated once where they enter (the Python API,
 generate.py, the server) and passed down as is. All randomness comes from an optional
 torch.Generator, so a seed reproduces a sample exactly.
@@ -13,7 +21,10 @@ from typing import Optional
 
 import torch
 
-__all__ = ["SamplingConfig", "sample", "guided_logits", "top_k_filter", "top_p_filter", "gumbel_sample"]
+__all__ = ["FILTER_SCOPES", "SamplingConfig", "sample", "guided_logits", "top_k_filter", "top_p_filter",
+           "gumbel_sample"]
+
+FILTER_SCOPES = ("vocab", "candidates")
 
 
 def _number(name: str, value) -> float:
@@ -28,14 +39,19 @@ def _number(name: str, value) -> float:
 class SamplingConfig:
     """How image codes (or caption tokens) are drawn from the model's logits."""
 
-    filter_thres: float = 0.5  # keep the top (1 - filter_thres) fraction of the candidates; in [0, 1)
+    filter_thres: float = 0.5  # keep the top (1 - filter_thres) fraction (of `filter_scope`); in [0, 1)
     top_p: Optional[float] = None  # nucleus sampling threshold in (0, 1], None = off
     temperature: float = 1.0  # > 0; logits are divided by it
     cond_scale: float = 1.0  # classifier-free guidance: null + (cond - null) * cond_scale; >= 0, 1 = none
+    # what the fraction counts: "vocab" = the model's whole vocabulary (DALLE-pytorch), "candidates" =
+    # the tokens that can be sampled at the position (the image codes, or the text tokens)
+    filter_scope: str = "vocab"
 
     def __post_init__(self) -> None:
         if not 0.0 <= _number("filter_thres", self.filter_thres) < 1.0:
             raise ValueError(f"filter_thres must be in [0, 1), got {self.filter_thres}")
+        if self.filter_scope not in FILTER_SCOPES:
+            raise ValueError(f"filter_scope must be one of {', '.join(FILTER_SCOPES)}, got {self.filter_scope!r}")
         if self.top_p is not None and not 0.0 < _number("top_p", self.top_p) <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not _number("temperature", self.temperature) > 0:
@@ -50,14 +66,20 @@ class SamplingConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def top_k_vocab(self, vocab_size: int) -> Optional[int]:
+        """The vocabulary size `top_k_filter` counts the fraction over for a model of `vocab_size` tokens."""
+        return vocab_size if self.filter_scope == "vocab" else None
 
-def top_k_filter(logits: torch.Tensor, thres: float = 0.5) -> torch.Tensor:
-    """Keep the top (1 - thres) fraction of candidates (at least one); others become -inf.
 
-    logits: (b, v) over the candidate vocabulary -> (b, v).
+def top_k_filter(logits: torch.Tensor, thres: float = 0.5, vocab_size: Optional[int] = None) -> torch.Tensor:
+    """Keep the top k = max(int((1 - thres) * vocab_size), 1) candidates (all when k >= v); others become -inf.
+
+    logits: (b, v) over the candidates -> (b, v). vocab_size: what the fraction counts; None = v.
+    DALLE-pytorch's filter passes its whole vocabulary (total_tokens) here. Ties with the k-th value
+    are all kept (torch.topk keeps exactly k).
     """
     v = logits.shape[-1]
-    k = max(int((1 - thres) * v), 1)
+    k = max(int((1 - thres) * (v if vocab_size is None else vocab_size)), 1)
     if k >= v:
         return logits
     # the k-th largest value is the smallest of the top k: an unsorted top-k skips sorting the k
@@ -95,9 +117,14 @@ def guided_logits(logits: torch.Tensor, rows: int, cond_scale: float) -> torch.T
     return null + (cond - null) * cond_scale
 
 
-def sample(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Filter (top-k fraction, then nucleus) and draw one token per row.  (b, v) -> (b,)."""
-    logits = top_k_filter(logits, config.filter_thres)
+def sample(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None = None, *,
+           vocab_size: Optional[int] = None) -> torch.Tensor:
+    """Filter (top-k fraction, then nucleus) and draw one token per row.  (b, v) -> (b,).
+
+    vocab_size: the model's whole vocabulary (`DALLE.total_tokens`), which filter_scope="vocab" counts
+    the top-k fraction over; None: the v candidates.
+    """
+    logits = top_k_filter(logits, config.filter_thres, None if vocab_size is None else config.top_k_vocab(vocab_size))
     if config.top_p is not None:
         logits = top_p_filter(logits, config.top_p)
     return gumbel_sample(logits, config.temperature, generator)

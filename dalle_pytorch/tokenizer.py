@@ -127,24 +127,48 @@ def tokenizer_from_description(d: dict) -> BaseTokenizer:
     raise ValueError(f"unknown tokenizer type {kind!r}; expected 'simple', 'hug', 'yttm' or 'chinese'")
 
 
-def tokenizer_for_flags(bpe_path: Union[str, Path, None] = None, *, hug: bool = False,
-                        stored: BaseTokenizer | None = None) -> BaseTokenizer:
-    """The tokenizer the scripts' `--bpe_path` / `--hug` flags select (one rule for every script).
+def tokenizer_for_flags(bpe_path: Union[str, Path, None] = None, *, hug: bool = False, chinese: bool = False,
+                        stored: BaseTokenizer | None = None, model_text_tokens: int | None = None) -> BaseTokenizer:
+    """The tokenizer the scripts' `--bpe_path` / `--hug` / `--chinese` flags select (one rule for every script).
 
-    `--bpe_path` given: the tokenizer that file holds (`tokenizer_from_file`); otherwise the
-    checkpoint's `stored` tokenizer, else the default CLIP BPE.  Raises ValueError (naming the
-    flag) for `--hug` without `--bpe_path` and for a missing, unreadable or invalid file.
+    - `--bpe_path` given: the tokenizer that file holds (`tokenizer_from_file`, `hug` and `chinese`
+      passed on: with `--chinese` the file is bert-base-chinese's vocab.txt).
+    - otherwise the checkpoint's `stored` tokenizer, the one the model was trained with; `--hug` /
+      `--chinese` do not change it (a warning when it is of another kind).
+    - otherwise (a new model, or a DALLE-pytorch file, which stores none) the default CLIP BPE, as
+      in DALLE-pytorch. `--chinese` then needs the vocab.txt. `--hug` is ignored there too (with a
+      warning), except when the model's `model_text_tokens` is not the CLIP vocabulary's size: then
+      the model was trained with another tokenizer, the CLIP ids would be wrong, and it is an error.
+
+    Raises ValueError (naming the flag) for those and for a missing, unreadable or invalid file.
     """
     if bpe_path is None:
+        if stored is not None:
+            flag = None
+            if chinese and not isinstance(stored, ChineseTokenizer):
+                flag = "--chinese"
+            elif hug and not isinstance(stored, HugTokenizer):
+                flag = "--hug"
+            if flag is not None:
+                warnings.warn(f"{flag} without --bpe_path is ignored: the checkpoint stores the tokenizer the model "
+                              f"was trained with ({type(stored).__name__}), which is used", stacklevel=2)
+            return stored
+        if chinese:
+            raise ValueError(f"--chinese: {CHINESE_VOCAB_HELP}")
+        default = get_default_tokenizer()
         if hug:
-            raise ValueError("--hug needs --bpe_path (the tokenizers JSON file)")
-        return stored if stored is not None else get_default_tokenizer()
+            if model_text_tokens is not None and model_text_tokens != default.vocab_size:
+                raise ValueError(f"--hug needs --bpe_path (the tokenizers JSON file): without it the CLIP tokenizer "
+                                 f"({default.vocab_size} tokens) would be used, as in DALLE-pytorch, but this model has "
+                                 f"{model_text_tokens} text tokens, so it was trained with another tokenizer")
+            warnings.warn("--hug without --bpe_path is ignored, as in DALLE-pytorch: the default CLIP tokenizer is "
+                          "used (pass the tokenizers JSON with --bpe_path for a HuggingFace tokenizer)", stacklevel=2)
+        return default
     try:
         path = regular_file(bpe_path, "--bpe_path")
     except OSError as e:
         raise ValueError(str(e)) from None
     try:
-        return tokenizer_from_file(path, hug=hug)
+        return tokenizer_from_file(path, hug=hug, chinese=chinese)
     except (ValueError, OSError) as e:
         raise ValueError(f"--bpe_path: {e}") from None
-

@@ -47,3 +47,29 @@ def tiny_pipeline(attn_type="full", seed=0, **kwargs):
     cfg = dict(num_text_tokens=tokenizer.vocab_size, text_seq_len=8)
     cfg.update(kwargs)
     return Pipeline(tiny_dalle(attn_type, seed=seed, **cfg).eval(), tokenizer)
+
+
+def load_script(name):
+    """A root script (train_vae, train_dalle, generate) as a module, without running it."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def word_tokenizer_json(path):
+    """A word-level `tokenizers` JSON over the synthetic captions' words ([PAD] = 0); returns `path`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    from dalle_pytorch.synthetic import COLORS, SHAPES
+
+    words = ["[PAD]", "[UNK]", "a", "on", "background", ","] + list(COLORS) + list(SHAPES)
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(path))
+    return path

@@ -293,7 +293,6 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     (["--text", CAPTION, "--img", "missing.png"], "does not exist"),
     (["--text", CAPTION, "--vae_path", "missing.safetensors"], "does not exist"),
     (["--text", CAPTION, "--bpe_path", "missing.json", "--hug"], "does not exist"),
-    (["--text", CAPTION, "--hug"], "--hug needs --bpe_path"),
     (["--text", CAPTION, "--prompts_file", "missing.txt"], "does not exist"),
     (["--text", "a " * 20 + "circle"], "longer than the context length"),
     (["--text", CAPTION, "--top_k", "1.5"], "filter_thres must be in [0, 1)"),

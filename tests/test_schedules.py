@@ -1,4 +1,4 @@
-"""DALLE-pytorch 1.6.6's schedules (dalle_pytorch/schedules.py) against direct transcriptions of its loops."""
+"""DALLE-pytorch 1.6.6's schedules (dalle_pytorch/train/schedules.py) against direct transcriptions of its loops."""
 import math
 
 import pytest
@@ -6,8 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dalle_pytorch.schedules import (
+from dalle_pytorch.train.schedules import (
     PLATEAU_DEFAULTS,
+    AnnealedTemperature,
     VAE_DEFAULTS,
     anneal_temperature,
     dalle_plateau_scheduler,
@@ -143,3 +144,13 @@ def test_plateau_scheduler_has_dalle_pytorchs_settings():
     flat = reduce_lr_on_plateau_transcribed([1.0] * 40, 3e-4)
     assert [e + 1 for e in range(1, 40) if flat[e] < flat[e - 1]] == [12, 33]  # 11 bad epochs, then 10 cooling
     assert min(got) == 1e-6
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 3000), min_size=1, max_size=30), st.one_of(st.none(), st.integers(1, 400)))
+def test_annealed_temperature_equals_vae_temperature(queries, batches_per_epoch):
+    """The carried-forward temperature is vae_temperature bit for bit, in any order of steps (resumes go back)."""
+    kw = dict(starting_temp=0.95, temp_min=0.1, anneal_rate=2e-5)
+    temperature = AnnealedTemperature(batches_per_epoch=batches_per_epoch, **kw)
+    for g in sorted(queries)[: len(queries) // 2] + queries:  # forward steps, then jumps back and forth
+        assert temperature(g) == vae_temperature(g, batches_per_epoch=batches_per_epoch, **kw)

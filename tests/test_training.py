@@ -19,6 +19,7 @@ from dalle_pytorch.checkpoint import load_checkpoint, load_training_state
 from dalle_pytorch.dalle import DALLE
 from dalle_pytorch.synthetic import COLORS, SHAPES, make_dataset
 from dalle_pytorch.training import TrainingError
+from dalle_pytorch.train.schedules import vae_learning_rate, vae_temperature
 from dalle_pytorch.vae import DiscreteVAE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,8 +118,10 @@ def test_train_vae_writes_loadable_model_grid_and_rotates(vae_run):
     steps = _records(out)
     assert [r["step"] for r in steps] == [1, 2, 3]
     assert all(math.isfinite(r["loss"]) and r["lr"] > 0 and "samples_per_sec" in r for r in steps)
-    # temperature annealing: max(starting_temp * exp(-anneal_rate * step), temp_min)
-    assert steps[0]["temperature"] == 1.0 and steps[2]["temperature"] == pytest.approx(math.exp(-2e-6))
+    # DALLE-pytorch's annealing and lr cadence (4 steps an epoch): see test_vae_schedules_follow_dalle_pytorch
+    assert [r["temperature"] for r in steps] == [vae_temperature(g, batches_per_epoch=4) for g in range(3)]
+    assert [r["lr"] for r in steps] == pytest.approx([vae_learning_rate(g, batches_per_epoch=4) for g in range(3)],
+                                                     rel=1e-12)
 
 
 def test_existing_run_needs_resume(vae_run, data_dir):
@@ -331,7 +334,16 @@ def test_lr_schedules():
     assert f(5, schedule="cosine", total_steps=10) == pytest.approx(0.5)
     assert f(10, schedule="cosine", total_steps=10) == pytest.approx(0.0)
     assert f(2, schedule="cosine", warmup_steps=2, total_steps=12) == 1.0
-    assert f(250, schedule="exponential", decay_rate=0.5, decay_every=100) == 0.25
+    # exponential: DALLE-pytorch train_vae.py's cadence, decays after steps 0, 100, 200 (and every epoch start)
+    assert [f(s, schedule="exponential", decay_rate=0.5, decay_every=100) for s in (0, 1, 100, 101, 250)] == [
+        1.0, 0.5, 0.5, 0.25, 0.125]
+    assert f(151, schedule="exponential", decay_rate=0.5, decay_every=100, steps_per_epoch=150) == 0.125
+    # after warmup: only the decays after steps warmup .. step - 1 count
+    assert [f(s, schedule="exponential", warmup_steps=2, decay_rate=0.5, decay_every=100) for s in (1, 2, 100, 101)] == [
+        1.0, 1.0, 1.0, 0.5]
+    for g in range(0, 700, 7):
+        assert f(g, schedule="exponential", decay_rate=0.9, decay_every=100, steps_per_epoch=230) == pytest.approx(
+            vae_learning_rate(g, batches_per_epoch=230, learning_rate=1.0, lr_decay_rate=0.9), rel=1e-12)
 
 
 def test_image_grid_layout():

@@ -65,6 +65,8 @@ class LoadedCheckpoint:
         package_version: the dalle_pytorch version that wrote the file (None for DALLE-pytorch files).
         tokenizer_description: the stored tokenizer description (kept even if it could not be rebuilt).
         verified: whether the file's SHA-256 digests were checked (our files written since they carry them).
+        training: DALLE-pytorch train_dalle.py files: what they hold to resume beyond the model
+            (epoch, opt_state, scheduler_state, param_names: see `io.legacy.training_state`); else None.
     """
 
     model: nn.Module
@@ -77,6 +79,7 @@ class LoadedCheckpoint:
     package_version: Optional[str] = None
     tokenizer_description: Optional[dict] = None
     verified: bool = False
+    training: Optional[dict] = None
 
 
 def _few(names: list[str]) -> str:

@@ -11,7 +11,9 @@ One remapper for every layout DALLE-pytorch has written:
 - shared layers: one tensor saved under every layer that uses it (we keep one, after checking
   the copies are equal);
 - share_input_output_emb: `text_emb.linear` / `image_emb.linear` duplicate `to_logits.1` (checked equal, then dropped);
-- the rotary table `transformer.pos_emb` (derived from the config here: checked, then dropped).
+- the rotary table `transformer.pos_emb` (derived from the config here: checked, then dropped);
+- the axial image positions `image_pos_emb.weights_0` (axial_positional_embedding <= 0.2.1) or
+  `image_pos_emb.weights.0` (0.3 and later): DALLE-pytorch does not pin that package.
 conv_like changed its window in 1.5: older checkpoints get conv_variant='centred'.
 Old releases lacked the shift_tokens / rotary_emb switches: `layout_hparams` reads them from the key layout.
 """
@@ -81,6 +83,7 @@ def dalle_config_from_hparams(hparams: dict, version=None) -> dict:
     return config
 
 
+_AXIAL_WEIGHT = re.compile(r"^image_pos_emb\.weights_(\d+)$")
 _BLOCK = re.compile(r"^transformer\.layers\.(?:layers\.(\d+)\.([01])|blocks\.(\d+)\.([fg])\.net)\.(.+)$")
 _INNER = {
     "to_qkv.weight": ("attns", "to_qkv.weight"),
@@ -93,8 +96,40 @@ _INNER = {
 }
 
 
+def legacy_key(key: str, transformer) -> Optional[str]:
+    """This package's name for a DALLE-pytorch DALLE state-dict key (None: the rotary table, derived here).
+
+    The `text_emb.linear.*` / `image_emb.linear.*` copies of share_input_output_emb name their twin
+    `to_logits.1.*`; keys it does not understand come back unchanged (the strict key check reports them).
+    """
+    m = _BLOCK.match(key)
+    if m:
+        depth = int(m.group(1) if m.group(1) is not None else m.group(3))
+        branch = ("attn", "ff")[int(m.group(2))] if m.group(2) is not None else {"f": "attn", "g": "ff"}[m.group(4)]
+        rest = m.group(5)
+        if rest == "scale":
+            return f"transformer.layers.{depth}.{branch}.scale"
+        rest = re.sub(r"^fn\.", "", rest)  # the PreNorm level
+        if rest.startswith(("norm.", "norm_out.")):
+            return f"transformer.layers.{depth}.{branch}.{rest}"
+        inner = re.sub(r"^(?:fn\.)+", "", rest)  # CachedAs / PreShiftToken / NonCached levels
+        if inner not in _INNER or depth >= transformer.depth:
+            return key
+        group, name = _INNER[inner]
+        index = (transformer.attn_index if group == "attns" else transformer.ff_index)[depth]
+        return f"transformer.{group}.{index}.{name}"
+    if key == "transformer.pos_emb":
+        return None
+    if key.startswith(("text_emb.linear.", "image_emb.linear.")):
+        return "to_logits.1." + key.split(".linear.", 1)[1]
+    m = _AXIAL_WEIGHT.match(key)
+    if m:  # axial_positional_embedding <= 0.2.1 names them weights_0, 0.3 and later weights.0
+        return f"image_pos_emb.weights.{m.group(1)}"
+    return key
+
+
 def remap_state_dict(weights: dict, transformer) -> dict:
-    """Map a DALLE-pytorch DALLE state dict onto this package's names.
+    """Map a DALLE-pytorch DALLE state dict onto this package's names (`legacy_key`).
 
     transformer: our Transformer built from the same config (it says which depth uses which
     shared attention / feed-forward module).  Raises CheckpointError on conflicting copies of a
@@ -103,48 +138,62 @@ def remap_state_dict(weights: dict, transformer) -> dict:
     unchanged so that a strict key check reports them.
     """
     out: dict[str, torch.Tensor] = {}
-
-    def put(key, value, origin):
-        if key in out:
-            if out[key].shape != value.shape or not torch.equal(out[key], value):
-                raise CheckpointError(f"'{origin}' differs from another copy of the shared parameter '{key}'; "
-                                      "do shared_attn_ids / shared_ff_ids match the checkpoint?")
-            return
-        out[key] = value
-
     for key, value in weights.items():
-        m = _BLOCK.match(key)
-        if m:
-            depth = int(m.group(1) if m.group(1) is not None else m.group(3))
-            branch = ("attn", "ff")[int(m.group(2))] if m.group(2) is not None else {"f": "attn", "g": "ff"}[m.group(4)]
-            rest = m.group(5)
-            if rest == "scale":
-                put(f"transformer.layers.{depth}.{branch}.scale", value, key)
-                continue
-            rest = re.sub(r"^fn\.", "", rest)  # the PreNorm level
-            if rest.startswith(("norm.", "norm_out.")):
-                put(f"transformer.layers.{depth}.{branch}.{rest}", value, key)
-                continue
-            inner = re.sub(r"^(?:fn\.)+", "", rest)  # CachedAs / PreShiftToken / NonCached levels
-            if inner not in _INNER or depth >= transformer.depth:
-                put(key, value, key)  # left for the strict check to report
-                continue
-            group, name = _INNER[inner]
-            index = (transformer.attn_index if group == "attns" else transformer.ff_index)[depth]
-            put(f"transformer.{group}.{index}.{name}", value, key)
-        elif key == "transformer.pos_emb":
-            continue  # checked by check_rotary_table
-        elif key.startswith(("text_emb.linear.", "image_emb.linear.")):
+        target = legacy_key(key, transformer)
+        if target is None:
+            continue  # the rotary table: checked by check_rotary_table
+        if key.startswith(("text_emb.linear.", "image_emb.linear.")):
             # share_input_output_emb: a second copy of to_logits.1; dropped once it is seen to be one
-            twin = "to_logits.1." + key.split(".linear.", 1)[1]
+            twin = target
             if twin not in weights or weights[twin].shape != value.shape or not torch.equal(weights[twin], value):
                 raise CheckpointError(f"'{key}' should be a copy of '{twin}' (share_input_output_emb) but "
                                       f"{'the checkpoint has no ' + repr(twin) if twin not in weights else 'they differ'}; "
                                       "the checkpoint is corrupted or was not written by DALLE-pytorch")
             continue
-        else:
-            put(key, value, key)
+        if target in out:
+            if out[target].shape != value.shape or not torch.equal(out[target], value):
+                raise CheckpointError(f"'{key}' differs from another copy of the shared parameter '{target}'; "
+                                      "do shared_attn_ids / shared_ff_ids match the checkpoint?")
+            continue
+        out[target] = value
     return out
+
+
+def optimizer_param_names(weights: dict, model: nn.Module) -> list[str]:
+    """Our names of the parameters DALLE-pytorch's train_dalle.py optimizer holds, in its order.
+
+    Its `Adam(get_trainable_params(dalle))` takes `dalle.parameters()` minus the frozen VAE: the
+    state dict's order without buffers, each shared tensor once, at its first name; `opt_state`'s
+    parameter indices count in that order.
+    """
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    names: list[str] = []
+    for key in weights:
+        target = legacy_key(key, model.transformer)
+        if target in trainable and target not in names:
+            names.append(target)
+    return names
+
+
+def training_state(obj: dict, weights: dict, model: nn.Module, path: str) -> Optional[dict]:
+    """What a train_dalle.py file holds beyond the model (`LoadedCheckpoint.training`), or None.
+
+    epoch (where its loop restarts), opt_state (Adam, by parameter index), param_names (ours, for
+    those indices: `optimizer_param_names`), scheduler_state (ReduceLROnPlateau with --lr_decay, or
+    None). Checked for types here; matched against a model and optimizer by the trainer.
+    """
+    opt_state, scheduler_state, epoch = obj.get("opt_state"), obj.get("scheduler_state"), obj.get("epoch")
+    if opt_state is None and scheduler_state is None and not epoch:
+        return None
+    if epoch is None:
+        epoch = 0
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise CheckpointError(f"{path}: 'epoch' must be an integer >= 0, got {epoch!r}")
+    for key, value in (("opt_state", opt_state), ("scheduler_state", scheduler_state)):
+        if value is not None and not isinstance(value, dict):
+            raise CheckpointError(f"{path}: {key!r} must be a state dict, got {type(value).__name__}")
+    return {"epoch": epoch, "opt_state": opt_state, "scheduler_state": scheduler_state,
+            "param_names": optimizer_param_names(weights, model)}
 
 
 def check_rotary_table(weights: dict, transformer) -> None:
@@ -327,7 +376,8 @@ def load_legacy(path: str, map_location: Any, vae: Optional[nn.Module], vae_sour
     model = build_checked(build, lambda probe: check_state(path, probe, _shapes(remapped(probe.transformer)),
                                                            "the DALLE", dtypes))
     check_rotary_table(weights, model.transformer)
+    training = training_state(obj, weights, model, path)
     model = finish(model, remapped(model.transformer), path, map_location)
     return LoadedCheckpoint(model=model, tokenizer=None, metadata=meta, source=SOURCE_LEGACY, kind="dalle",
-                            config=model.config.to_dict(), path=path)
+                            config=model.config.to_dict(), path=path, training=training)
 

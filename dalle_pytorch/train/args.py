@@ -6,7 +6,8 @@ import importlib.util
 
 from dalle_pytorch.errors import TrainingError
 
-__all__ = ["add_common_args", "check_common_args", "check_optional_packages", "positive_int", "non_negative_int"]
+__all__ = ["add_common_args", "add_backend_args", "check_common_args", "check_optional_packages", "positive_int",
+           "non_negative_int"]
 
 
 def positive_int(text: str) -> int:
@@ -58,8 +59,19 @@ def add_common_args(
                        help="exponential schedule: multiply the lr by this every --lr_decay_every steps (default 0.98)")
     train.add_argument("--lr_decay_every", type=positive_int, default=100,
                        help="exponential schedule: steps between decays (default 100)")
-    train.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+    train.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
                        help="autocast precision (default fp32); fp16 needs CUDA (GradScaler)")
+    train.add_argument("--fp16", action="store_true",
+                       help="DALLE-pytorch's flag: --precision fp16 (float16 autocast + loss scaling; needs CUDA)")
+    train.add_argument("--amp", action="store_true",
+                       help="DALLE-pytorch's flag (Apex O1 there): mixed precision, --precision fp16 on CUDA, "
+                            "bf16 on CPU")
+    train.add_argument("--flops_profiler", action="store_true",
+                       help="print the FLOPs of one training step (--flops_profiler_step), per module; the run "
+                            "goes on (pass --max_steps to stop after it)")
+    train.add_argument("--flops_profiler_step", type=non_negative_int, default=200,
+                       help="the step --flops_profiler counts (default 200, DALLE-pytorch's; the last step of a "
+                            "shorter run)")
     train.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     train.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     train.add_argument("--num_workers", type=non_negative_int, default=0,
@@ -94,8 +106,35 @@ def add_common_args(
                           "one line")
     out.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (needs tensorboard)")
     out.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (needs wandb)")
-    out.add_argument("--wandb_name", default=wandb_project, help=f"W&B project (default {wandb_project})")
-    out.add_argument("--wandb_entity", default=None, help="W&B entity (team or user)")
+    out.add_argument("--wandb_name", default=None,
+                     help=f"W&B project (default {wandb_project}); giving it (or --wandb_entity) turns --wandb on, "
+                          "as in DALLE-pytorch")
+    out.add_argument("--wandb_entity", default=None, help="W&B entity (team or user); turns --wandb on")
+    parser.set_defaults(wandb_project=wandb_project)
+    add_backend_args(parser)
+    return parser
+
+
+def add_backend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """DALLE-pytorch's distributed-backend flags, and those the DeepSpeed launcher adds or passes.
+
+    What they do here: `dalle_pytorch.train.backends.apply_backend_args`.
+    """
+    group = parser.add_argument_group(
+        "DALLE-pytorch launchers (this package runs DDP under torchrun or the deepspeed launcher; see "
+        "docs/training.md)")
+    group.add_argument("--distributed_backend", "--distr_backend", dest="distributed_backend", default=None,
+                       type=str.lower, choices=("deepspeed", "horovod", "dummy"),
+                       help="deepspeed: --batch_size is the global batch per optimizer step, as under DeepSpeed "
+                            "(the run itself is DDP); horovod: refused (use torchrun); dummy: no effect")
+    group.add_argument("--deepspeed", action="store_true", help="the same as --distributed_backend deepspeed")
+    group.add_argument("--deepspeed_config", default=None,
+                       help="accepted and ignored (DALLE-pytorch's own settings took precedence over it too)")
+    group.add_argument("--deepscale", action="store_true", help=argparse.SUPPRESS)  # DeepSpeed's deprecated names
+    group.add_argument("--deepscale_config", default=None, help=argparse.SUPPRESS)
+    group.add_argument("--deepspeed_mpi", action="store_true", help=argparse.SUPPRESS)
+    group.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, default=-1,
+                       help="passed by launchers; ignored (LOCAL_RANK from the environment is used)")
     return parser
 
 
@@ -110,6 +149,12 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise TrainingError(f"--lr_decay_rate must be in (0, 1], got {args.lr_decay_rate}")
     if args.max_bad_fraction < 0:
         raise TrainingError(f"--max_bad_fraction must be >= 0, got {args.max_bad_fraction}")
+    if args.wandb_name is not None or args.wandb_entity is not None:
+        args.wandb = True  # DALLE-pytorch always logs to W&B; naming a project or entity asks for it here
+    if args.wandb_name is None:
+        args.wandb_name = args.wandb_project
+    if args.flops_profiler and args.compile:
+        raise TrainingError("--flops_profiler counts the eager model's operations: drop --compile")
 
 
 

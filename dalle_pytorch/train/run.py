@@ -21,10 +21,11 @@ from dalle_pytorch.io.checkpoint import load_checkpoint
 from dalle_pytorch.io.files import write_text
 from dalle_pytorch.io.training_state import load_training_state
 from dalle_pytorch.train.args import check_common_args, check_optional_packages
+from dalle_pytorch.train.backends import apply_backend_args
 from dalle_pytorch.train.checkpoints import CheckpointManager, CheckpointPoint
 from dalle_pytorch.train.datasets import DatasetError
 from dalle_pytorch.train.distributed import init_distributed
-from dalle_pytorch.train.precision import check_precision
+from dalle_pytorch.train.precision import check_precision, resolve_precision
 from dalle_pytorch.train.rng import seed_all
 from dalle_pytorch.train.runlog import jsonable
 from dalle_pytorch.train.tasks import TaskBuilder
@@ -44,6 +45,9 @@ def run(args: argparse.Namespace, build_task: TaskBuilder) -> dict:
     env = init_distributed(args.device)
     task = trainer = None
     try:
+        notes = apply_backend_args(args, env)
+        args.precision, note = resolve_precision(args.precision, args.fp16, args.amp, env.device)
+        notes += [note] if note else []
         check_precision(args.precision, env.device)
         if args.fsdp and not env.distributed:
             raise TrainingError("--fsdp shards the model across processes: launch with torchrun "
@@ -64,6 +68,10 @@ def run(args: argparse.Namespace, build_task: TaskBuilder) -> dict:
         if len(set(seen)) != 1:
             raise TrainingError(f"the ranks see different checkpoints in {run_dir} (steps {seen}); the output folder "
                                 "must be on a file system shared by all nodes")
+        if point is not None and not args.resume and continues_run(args, point):
+            # DALLE-pytorch's "resume": --dalle_path pointing at this run's newest model continues the run (exactly)
+            args.resume = True
+            notes.append("--dalle_path is this run's newest model: continuing the run exactly (as --resume)")
         if point is not None and not args.resume:
             raise TrainingError(f"{run_dir} already holds a training run (newest checkpoint: step {point.step}). "
                                 "Pass --resume to continue it, or choose another --output_dir / --name.")
@@ -75,7 +83,7 @@ def run(args: argparse.Namespace, build_task: TaskBuilder) -> dict:
         seed_all(args.seed)  # identical initial weights on every rank
         with env.main_first():
             task = build_task(args, env, resumed)
-        trainer = Trainer(args, env, task, run_dir, manager, resume)
+        trainer = Trainer(args, env, task, run_dir, manager, resume, notes=notes)
         if env.is_main and not trainer.complete:
             config = {k: v for k, v in vars(args).items() if jsonable(v)}
             config.update(world_size=env.world_size, kind=task.kind)
@@ -112,6 +120,14 @@ def _newest_loadable(manager: CheckpointManager, verbose: bool) -> tuple[tuple[C
 
 #: errors a training script reports as one line (the traceback with --debug or DALLE_PYTORCH_DEBUG=1)
 REPORTED = (TrainingError, CheckpointError, DatasetError, OSError, ImportError)
+
+
+def continues_run(args: argparse.Namespace, point: CheckpointPoint) -> bool:
+    """Whether `--dalle_path` is the newest model of the run folder (its final model or newest checkpoint)."""
+    path = getattr(args, "dalle_path", None)
+    if not path or not os.path.isfile(path):
+        return False
+    return os.path.samefile(path, point.model)
 
 
 def cli(main: Callable[[argparse.Namespace], Any], parse_args: Callable[[], argparse.Namespace]) -> int:

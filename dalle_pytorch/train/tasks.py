@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 from typing import Any, Callable, Optional
 
@@ -21,8 +20,10 @@ from dalle_pytorch.io.build import LoadedCheckpoint
 from dalle_pytorch.io.checkpoint import load_checkpoint
 from dalle_pytorch.io.files import write_text
 from dalle_pytorch.io.images import save_image_grid
+from dalle_pytorch.pretrained_vae import pretrained_vae_for_flags, unused_vqgan_flags
 from dalle_pytorch.tokenizer import tokenizer_for_flags
 from dalle_pytorch.train.datasets import ImageFolder, TextImageDataset
+from dalle_pytorch.train.schedules import AnnealedTemperature
 from dalle_pytorch.train.distributed import DistEnv
 from dalle_pytorch.train.webdataset import webdataset_loader
 from dalle_pytorch.vae import DiscreteVAE
@@ -47,6 +48,11 @@ class Task:
         log_fn: step -> extra values for the step's log record.
         tokenizer: stored in the model checkpoints.
         info: lines printed at start.
+        set_steps_per_epoch: called by the trainer with the optimizer steps per epoch (None for
+            streaming data) before training, for schedules that restart with every epoch.
+        start_state: what a DALLE-pytorch `--dalle_path` file holds beyond the weights
+            (`LoadedCheckpoint.training`: epoch, optimizer and scheduler states), restored by the
+            trainer when the run starts.
     """
 
     kind: str
@@ -59,6 +65,8 @@ class Task:
     log_fn: Optional[Callable[[int], dict]] = None
     tokenizer: Any = None
     info: list = dataclasses.field(default_factory=list)
+    set_steps_per_epoch: Optional[Callable[[Optional[int]], None]] = None
+    start_state: Optional[dict] = None
 
 
 #: (args, env, the checkpoint being resumed or None) -> Task
@@ -84,11 +92,19 @@ def vae_task(args: argparse.Namespace, env: DistEnv, resumed: Optional[LoadedChe
         raise TrainingError(f"--transparent needs a 4-channel VAE; the resumed one has {model.channels} channels")
     dataset = ImageFolder(args.image_folder, model.image_size, transparent=model.channels == 4,
                           max_bad_fraction=args.max_bad_fraction)
-    starting_temp, temp_min, anneal_rate = args.starting_temp, args.temp_min, args.anneal_rate
     k = args.num_images_save
+    # DALLE-pytorch train_vae.py's annealing: compounding, after the first step of every epoch and
+    # every 100th step within it; a function of the step (and the epoch length), so resumes match
+    schedule = {"temperature": AnnealedTemperature(starting_temp=args.starting_temp, temp_min=args.temp_min,
+                                                   anneal_rate=args.anneal_rate)}
+
+    def set_steps_per_epoch(steps: Optional[int]) -> None:
+        schedule["temperature"] = AnnealedTemperature(
+            batches_per_epoch=steps, starting_temp=args.starting_temp, temp_min=args.temp_min,
+            anneal_rate=args.anneal_rate)
 
     def temperature(step: int) -> float:
-        return max(starting_temp * math.exp(-anneal_rate * step), temp_min)
+        return schedule["temperature"](step)
 
     def loss_fn(m, images, step):
         loss, recons = m(images, return_loss=True, return_recons=True, temp=temperature(step))
@@ -104,6 +120,7 @@ def vae_task(args: argparse.Namespace, env: DistEnv, resumed: Optional[LoadedChe
 
     return Task(kind="vae", model=model, data=dataset, loss_fn=loss_fn, dummy_batch=dummy_batch,
                 image_fn=image_fn if k > 0 else None, log_fn=lambda step: {"temperature": temperature(step)},
+                set_steps_per_epoch=set_steps_per_epoch,
                 info=[f"{len(dataset)} images in {dataset.folder}",
                       f"VAE: {sum(p.numel() for p in model.parameters()):,} parameters, "
                       f"{model.image_size}px -> {model.fmap_size}x{model.fmap_size} codes of {model.num_tokens}"])
@@ -122,6 +139,7 @@ def dalle_task(args: argparse.Namespace, env: DistEnv, resumed: Optional[LoadedC
     info = []
     if args.optimize_for_inference:
         info.append("note: --optimize_for_inference only affects inference; it is ignored for training")
+    start_state = None
     if resumed is None and args.dalle_path:
         if not os.path.exists(args.dalle_path):
             raise TrainingError(f"--dalle_path {args.dalle_path!r} does not exist")
@@ -129,22 +147,32 @@ def dalle_task(args: argparse.Namespace, env: DistEnv, resumed: Optional[LoadedC
         if resumed.kind != "dalle":
             raise TrainingError(f"--dalle_path {args.dalle_path!r} holds a {resumed.kind} model, not a DALLE "
                                 "(pass a VAE with --vae_path)")
-        info.append(f"initialised from {args.dalle_path} ({resumed.source})")
+        start_state = resumed.training  # DALLE-pytorch files: epoch, optimizer and scheduler states
+        info.append(f"initialised from {args.dalle_path} ({resumed.source}): "
+                    + ("weights, optimizer, scheduler and epoch, as DALLE-pytorch resumes" if start_state is not None
+                       else "weights and tokenizer (use --resume to continue a run of this script exactly)"))
     try:
-        tokenizer = tokenizer_for_flags(args.bpe_path, hug=args.hug, stored=resumed.tokenizer if resumed else None)
+        tokenizer = tokenizer_for_flags(args.bpe_path, hug=args.hug, chinese=args.chinese,
+                                        stored=resumed.tokenizer if resumed else None,
+                                        model_text_tokens=resumed.model.num_user_text_tokens if resumed else None)
     except ValueError as e:
         raise TrainingError(str(e)) from None
+    vqgan_flags = (args.taming, args.vqgan_model_path, args.vqgan_config_path)
 
     if resumed is not None:
         model = resumed.model
         if not isinstance(model, DALLE):
             raise TrainingError(f"the checkpoint holds a {type(model).__name__}, not a DALLE")
+        note = unused_vqgan_flags(*vqgan_flags, why="the checkpoint holds its VAE")
     else:
         if not args.vae_path:
-            raise TrainingError("train_dalle.py needs --vae_path (a trained DiscreteVAE) or --dalle_path (a DALLE to "
-                                "continue from); the pretrained OpenAI / VQGAN VAEs are not supported")
+            try:
+                pretrained_vae_for_flags(*vqgan_flags)
+            except ValueError as e:
+                raise TrainingError(f"train_dalle.py: {e}") from None
         if not os.path.exists(args.vae_path):
             raise TrainingError(f"--vae_path {args.vae_path!r} does not exist")
+        note = unused_vqgan_flags(*vqgan_flags, why="--vae_path gives the VAE")
         loaded_vae = load_checkpoint(args.vae_path, map_location="cpu")
         vae = loaded_vae.model.vae if loaded_vae.kind == "dalle" else loaded_vae.model
         if not isinstance(vae, DiscreteVAE):
@@ -159,6 +187,8 @@ def dalle_task(args: argparse.Namespace, env: DistEnv, resumed: Optional[LoadedC
             shared_attn_ids=parse_ids(args.shared_attn_ids), shared_ff_ids=parse_ids(args.shared_ff_ids),
             share_input_output_emb=args.share_input_output_emb, attn_kernel=args.attn_kernel,
         )
+    if note:
+        info.append(note)
     if tokenizer.vocab_size > model.num_user_text_tokens:
         raise TrainingError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                             f"{model.num_user_text_tokens} text tokens; use the tokenizer the model was trained with")
@@ -216,7 +246,8 @@ def dalle_task(args: argparse.Namespace, env: DistEnv, resumed: Optional[LoadedC
     info.append(f"DALLE: {n_params:,} trainable parameters, {model.text_seq_len} text + {model.image_seq_len} image "
                 f"tokens, vocab {tokenizer.vocab_size}")
     return Task(kind="dalle", model=model, data=data, loss_fn=loss_fn, dummy_batch=dummy_batch,
-                image_fn=image_fn if num_images > 0 else None, image_needs_model=True, tokenizer=tokenizer, info=info)
+                image_fn=image_fn if num_images > 0 else None, image_needs_model=True, tokenizer=tokenizer, info=info,
+                start_state=start_state)
 
 
 def first_caption_of(dataset) -> Optional[str]:

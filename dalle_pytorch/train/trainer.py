@@ -25,7 +25,8 @@ from dalle_pytorch.plot import refresh_curves
 from dalle_pytorch.train.checkpoints import CheckpointManager, CheckpointPoint, link_file, replicas_in_sync
 from dalle_pytorch.train.distributed import DistEnv
 from dalle_pytorch.train.loader import EpochData, batch_len, to_device
-from dalle_pytorch.train.optim import build_optimizer, build_scheduler
+from dalle_pytorch.train.flops import FLOPS_DEPTH, count_flops, flops_report
+from dalle_pytorch.train.optim import LRSchedule, build_optimizer
 from dalle_pytorch.train.parallel import ParallelModel
 from dalle_pytorch.train.precision import autocast
 from dalle_pytorch.train.rng import seed_all
@@ -40,20 +41,23 @@ class Trainer:
     """Trains `task` in `run_dir`; `resume` is the checkpoint pair to continue from (and its state)."""
 
     def __init__(self, args: argparse.Namespace, env: DistEnv, task: Task, run_dir: str,
-                 manager: CheckpointManager, resume: Optional[tuple[CheckpointPoint, dict]]) -> None:
+                 manager: CheckpointManager, resume: Optional[tuple[CheckpointPoint, dict]],
+                 notes: Optional[list[str]] = None) -> None:
         self.args, self.env, self.task = args, env, task
         self.run_dir, self.manager = run_dir, manager
         self.samples_dir = os.path.join(run_dir, "samples")
         task.model.train()
         self.model = ParallelModel(task.model, env, fsdp=args.fsdp, compile=args.compile, loss_fn=task.loss_fn,
                                    dummy_batch=task.dummy_batch)
-        self.notes: list[str] = list(task.info) + self.model.notes
+        self.notes: list[str] = list(notes or []) + list(task.info) + self.model.notes
         self.optimizer = build_optimizer(task.model, args)
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=args.precision == "fp16")
 
         self.data = EpochData(task.data, env, args)
         self.total = self.data.total_steps
-        self.scheduler = build_scheduler(self.optimizer, args, self.total)
+        if task.set_steps_per_epoch is not None:  # schedules that count steps within the epoch
+            task.set_steps_per_epoch(self.data.steps_per_epoch)
+        self.scheduler = LRSchedule(self.optimizer, args, self.total, self.data.steps_per_epoch)
 
         self.progress = Progress()
         self.state = RunState(args, env, task.kind, self.model, self.optimizer, self.scheduler, self.scaler,
@@ -70,6 +74,12 @@ class Trainer:
                 self.notes.append("note: streaming data resumes at a fresh stream position (not exact)")
         else:
             seed_all(args.seed + env.rank)
+            if task.start_state is not None:  # --dalle_path with a DALLE-pytorch file: its optimizer, schedule, epoch
+                self.notes += self.state.load_dalle_pytorch_state(task.start_state, self.data.steps_per_epoch)
+        self.flops_step: Optional[int] = None
+        if getattr(args, "flops_profiler", False):
+            wanted = args.flops_profiler_step
+            self.flops_step = min(wanted, self.total - 1) if self.total is not None else wanted
         self.last_saved = self.progress.step if resume is not None else -1
         self.epochs_completed = 0
         self._tick = time.time()
@@ -188,13 +198,14 @@ class Trainer:
                 if self.total is not None and p.step >= self.total:
                     done = True
                     break
-            if done:
-                break
-            if not self.data.map_style and not got_any:
+            if done and not (self.data.map_style and p.batches_in_epoch >= self.data.steps_per_epoch * ga):
+                break  # stopped inside an epoch
+            if not done and not self.data.map_style and not got_any:
                 raise TrainingError("the data stream produced no batches (empty or unreadable shards?)")
             p.epoch += 1
             p.batches_in_epoch = 0
-            if self.total is None and p.epoch >= args.epochs:
+            self.scheduler.epoch_end(p.last_loss)  # --lr_decay: once per epoch, on its last step's loss
+            if done or (self.total is None and p.epoch >= args.epochs):
                 break
 
         epoch_done = self.data.map_style and p.batches_in_epoch >= self.data.steps_per_epoch * ga
@@ -209,27 +220,12 @@ class Trainer:
         ga = len(micro_batches)
         lr = self.optimizer.param_groups[0]["lr"]
         want_images = bool(args.sample_every and task.image_fn is not None and (p.step + 1) % args.sample_every == 0)
-        loss_sum = torch.zeros((), device=env.device)
-        finite_local = True
-        new_skips: list[str] = []
-        aux = None
-        samples = 0
-        for i, (batch, skipped) in enumerate(micro_batches):
-            last = i == ga - 1
-            if skipped:
-                new_skips.extend(skipped)
-            batch = to_device(batch, env.device)
-            samples += batch_len(batch)
-            with self.model.sync(last):
-                with autocast(args.precision, env.device):
-                    loss, micro_aux = task.loss_fn(self.model.train_model, batch, p.step)
-                loss = loss.float()
-                if not bool(torch.isfinite(loss.detach())):
-                    finite_local = False
-                self.scaler.scale(loss / ga).backward()
-            loss_sum += loss.detach()
-            if last and want_images:
-                aux = micro_aux
+        if p.step == self.flops_step:
+            with count_flops(depth=FLOPS_DEPTH) as counter:
+                loss_sum, finite_local, new_skips, aux, samples = self._forward_backward(micro_batches, want_images)
+            self._flops(counter, samples)
+        else:
+            loss_sum, finite_local, new_skips, aux, samples = self._forward_backward(micro_batches, want_images)
         p.batches_in_epoch += ga
 
         fresh = [f for f in new_skips if f not in p.skipped_files]
@@ -245,6 +241,7 @@ class Trainer:
         p.skipped_total += int(stats[2].item())
         p.samples_seen += int(stats[3].item())
         loss_value = float("nan") if nonfinite else float(stats[0].item()) / env.world_size
+        p.last_loss = loss_value
 
         grad_norm = None
         if not nonfinite:
@@ -287,6 +284,42 @@ class Trainer:
             self.save()
         self._tick = time.time()
         return loss_value
+
+    def _forward_backward(self, micro_batches: list, want_images: bool):
+        """Losses and gradients of one step's micro-batches: (loss sum, all finite, skipped files, aux, samples)."""
+        args, env, task, p = self.args, self.env, self.task, self.progress
+        ga = len(micro_batches)
+        loss_sum = torch.zeros((), device=env.device)
+        finite_local = True
+        new_skips: list[str] = []
+        aux = None
+        samples = 0
+        for i, (batch, skipped) in enumerate(micro_batches):
+            last = i == ga - 1
+            if skipped:
+                new_skips.extend(skipped)
+            batch = to_device(batch, env.device)
+            samples += batch_len(batch)
+            with self.model.sync(last):
+                with autocast(args.precision, env.device):
+                    loss, micro_aux = task.loss_fn(self.model.train_model, batch, p.step)
+                loss = loss.float()
+                if not bool(torch.isfinite(loss.detach())):
+                    finite_local = False
+                self.scaler.scale(loss / ga).backward()
+            loss_sum += loss.detach()
+            if last and want_images:
+                aux = micro_aux
+        return loss_sum, finite_local, new_skips, aux, samples
+
+    def _flops(self, counter, samples: int) -> None:
+        """--flops_profiler: print and log the FLOPs of the step just counted (this process)."""
+        step, log = self.progress.step, self.logger
+        lines, total = flops_report(counter, samples)
+        log.event("flops", step=step, flops=total, samples=samples)
+        log.print(f"--flops_profiler: step {step} (forward + backward of {samples} samples on this process):")
+        for line in lines:
+            log.print("  " + line)
 
     def _report(self, record: dict, loss_value: float, lr: float, nonfinite: bool, fresh: list[str]) -> None:
         args, p, log = self.args, self.progress, self.logger

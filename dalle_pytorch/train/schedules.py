@@ -1,6 +1,6 @@
 """DALLE-pytorch 1.6.6's training schedules, as pure functions of the batch counter.
 
-What its scripts do (see docs/dalle_pytorch_cli_survey.md for the code they transcribe):
+What its scripts do (docs/dalle_pytorch_compat.md quotes the code they transcribe):
 
 train_vae.py keeps `global_step` (batches since the start, 0-based, +1 after every batch) and `i`
 (the batch index within the epoch, restarting at 0 every epoch). After the optimizer step of every
@@ -20,9 +20,12 @@ last batch's loss (averaged over the workers), not the epoch's mean loss.
 
 The functions loop over the update points, multiplying step by step exactly as the scripts do (so
 the floats are the same, not a closed form that differs in the last bits). A training loop should
-not call them every step (each call costs O(global_step / 100)): it computes the value once (at the
-start or on resume) and carries it forward, after batch g: `if vae_update_due(g, batches_per_epoch):
-temp = anneal_temperature(temp, g, ...); lr = lr * lr_decay_rate`.
+not call `vae_temperature` every step (each call costs O(global_step / 100)): `AnnealedTemperature`
+carries the value forward from the previous step (bit-identical), and the learning-rate factor is
+`lr_decay_rate ** vae_updates_before(...)` (closed form, equal up to float rounding).
+
+How train_dalle.py / train_vae.py use them: `dalle_pytorch.train.tasks.vae_task` (temperature),
+`dalle_pytorch.train.optim.LRSchedule` (the exponential lr schedule and `--lr_decay`).
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ __all__ = [
     "vae_temperature",
     "vae_learning_rate",
     "dalle_plateau_scheduler",
+    "AnnealedTemperature",
 ]
 
 VAE_UPDATE_EVERY = 100  # train_vae.py: `if i % 100 == 0:` anneals the temperature and steps the lr
@@ -143,3 +147,44 @@ def dalle_plateau_scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_
     below 1e-6.
     """
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **PLATEAU_DEFAULTS)
+
+
+def _update_points(lo: int, hi: int, batches_per_epoch: Optional[int], every: int) -> Iterator[int]:
+    """The update steps g with lo <= g < hi (those `vae_update_steps` yields), in order."""
+    if batches_per_epoch is None:
+        yield from range(-(-lo // every) * every, hi, every)
+        return
+    epoch, i = divmod(lo, batches_per_epoch)
+    start, first = epoch * batches_per_epoch, -(-i // every) * every
+    while start < hi:
+        for j in range(first, batches_per_epoch, every):
+            if start + j >= hi:
+                return
+            yield start + j
+        start, first = start + batches_per_epoch, 0
+
+
+class AnnealedTemperature:
+    """`vae_temperature` as a function of the global step, carried forward between calls.
+
+    `temperature(g)` equals `vae_temperature(g, ...)` bit for bit (the same multiplications in the
+    same order). Consecutive steps cost O(1); asking for an earlier step than the last one starts
+    again from step 0, so the value only depends on `g` (a resumed run gets the same temperatures).
+    """
+
+    def __init__(self, *, batches_per_epoch: Optional[int] = None, starting_temp: float = 1.0,
+                 temp_min: float = 0.5, anneal_rate: float = 1e-6, every: int = VAE_UPDATE_EVERY) -> None:
+        _check_counters(0, batches_per_epoch, every)
+        self.batches_per_epoch, self.every = batches_per_epoch, every
+        self.starting_temp, self.temp_min, self.anneal_rate = starting_temp, temp_min, anneal_rate
+        self._step, self._temp = 0, starting_temp  # the temperature batch `_step` is trained with
+
+    def __call__(self, global_step: int) -> float:
+        _check_counters(global_step, self.batches_per_epoch, self.every)
+        if global_step < self._step:
+            self._step, self._temp = 0, self.starting_temp
+        temp = self._temp
+        for g in _update_points(self._step, global_step, self.batches_per_epoch, self.every):
+            temp = anneal_temperature(temp, g, temp_min=self.temp_min, anneal_rate=self.anneal_rate)
+        self._step, self._temp = global_step, temp
+        return temp
