@@ -48,10 +48,11 @@ python train_vae.py --image_folder "$WORK/data" --image_size 32 --num_layers 2 -
     --output_dir "$WORK/vae" --save_every_steps 500 --sample_every 500 --log_every 100 --no_progress
 echo "VAE done after $SECONDS s"
 
-# 4. DALLE: 8 caption tokens + 64 image codes, 10% of captions dropped (classifier-free guidance)
+# 4. DALLE: 8 caption tokens + 64 image codes, 10% of captions dropped (classifier-free guidance),
+#    token shift and rotary embeddings (off by default, as in DALLE-pytorch's train_dalle.py)
 python train_dalle.py --vae_path "$WORK/vae/vae.safetensors" --image_text_folder "$WORK/data" \
     --bpe_path "$DEMO/tokenizer.json" --hug --text_seq_len 8 \
-    --dim 96 --depth 4 --heads 3 --dim_head 32 --null_cond_prob 0.1 --resize_ratio 1.0 \
+    --dim 96 --depth 4 --heads 3 --dim_head 32 --shift_tokens --rotary_emb --null_cond_prob 0.1 --resize_ratio 1.0 \
     --batch_size 32 --learning_rate 1e-3 --warmup_steps 100 --lr_schedule cosine --max_steps 3000 --seed 0 \
     --sample_caption "a red circle on a blue background" \
     --output_dir "$WORK/dalle" --save_every_steps 500 --sample_every 500 --log_every 100 --no_progress

@@ -108,8 +108,8 @@ def test_generate_py_uses_the_demo_by_default(tmp_path):
     generate = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generate)
     text = "a green square on a black background"
-    (result,) = generate.main(generate.parse_args(["--text", text, "--seed", "3", "--outputs_dir", str(tmp_path),
-                                                   "--no_progress"]))
+    (result,) = generate.main(generate.parse_args(["--text", text, "--seed", "3", "--num_images", "4",
+                                                   "--outputs_dir", str(tmp_path), "--no_progress"]))
     record = json.loads(result.json_path.read_text())
     assert record["checkpoint"]["demo"] is True and record["checkpoint"]["path"] == str(demo_path())
     found = []

@@ -6,7 +6,10 @@
     parallel.py     ParallelModel: single process, DDP or FSDP2, optimizer state by parameter names
     state.py        Progress, RunState: what a training-state file holds and exact resume
     checkpoints.py  CheckpointManager: a run folder's checkpoint pairs, `latest`, rotation
-    optim.py        AdamW and the learning-rate schedule
+    optim.py        AdamW and the learning-rate schedule (LRSchedule: per step, or --lr_decay per epoch)
+    schedules.py    DALLE-pytorch's schedules as pure functions (VAE temperature and lr cadence, plateau)
+    backends.py     DALLE-pytorch's launcher flags (--deepspeed, --distributed_backend) on DDP
+    flops.py        --flops_profiler: the FLOPs of one training step
     precision.py    autocast and what each device supports
     rng.py          seeding, capturing and restoring every RNG
     args.py         the flags both scripts share
