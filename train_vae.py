@@ -18,7 +18,8 @@ from dalle_pytorch.train.tasks import vae_task
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Train a discrete VAE (image tokenizer) for DALL-E.", allow_abbrev=False)
+    parser = argparse.ArgumentParser(description="Train a discrete VAE (image tokenizer) for DALL-E.",
+                                     allow_abbrev=False)
     parser.add_argument("--image_folder", required=True,
                         help="folder of images, searched recursively (caption files are ignored)")
     parser.add_argument("--image_size", type=int, default=128, help="image side in pixels, a power of 2 (default 128)")

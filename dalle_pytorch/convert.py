@@ -1,6 +1,7 @@
 """Convert a checkpoint (DALLE-pytorch `.pt` or ours) into this package's safetensors format.
 
-    python -m dalle_pytorch.convert OLD.pt NEW.safetensors [--vae_path VAE.pt] [--bpe_path tokenizer.json|model.bpe|vocab.txt [--hug] [--chinese]] [--force]
+    python -m dalle_pytorch.convert OLD.pt NEW.safetensors [--vae_path VAE.pt] [--force]
+        [--bpe_path tokenizer.json|model.bpe|vocab.txt] [--hug] [--chinese]
 
 The input is read with `load_checkpoint` (strict, `torch.load(weights_only=True)` for `.pt` files)
 and written with `save` (atomically), so the output reproduces the input model exactly.
@@ -86,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
                         "BPE merges")
     p.add_argument("--hug", action="store_true", help="--bpe_path is a HuggingFace tokenizers JSON file")
     p.add_argument("--chinese", action="store_true",
-                   help="the model was trained with DALLE-pytorch's --chinese: --bpe_path is bert-base-chinese's vocab.txt")
+                   help="the model was trained with DALLE-pytorch's --chinese: --bpe_path is bert-base-chinese's "
+                        "vocab.txt")
     p.add_argument("--default_tokenizer", action="store_true",
                    help="record the default CLIP SimpleTokenizer as the model's tokenizer")
     p.add_argument("--force", action="store_true", help="overwrite the output if it exists")

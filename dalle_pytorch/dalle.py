@@ -416,8 +416,8 @@ class DALLE(nn.Module):
         mask keeps are fixed instead (mask 1 keeps, 0 generates; see `_kept_codes` for its shapes)
         and the others sampled, in raster order: a kept code conditions only the codes after it.
         """
-        sampling = SamplingConfig(filter_thres=filter_thres, top_p=top_p, temperature=temperature, cond_scale=cond_scale,
-                                  filter_scope=filter_scope)
+        sampling = SamplingConfig(filter_thres=filter_thres, top_p=top_p, temperature=temperature,
+                                  cond_scale=cond_scale, filter_scope=filter_scope)
         was_training = self.training
         self.eval()
         try:

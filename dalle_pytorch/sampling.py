@@ -124,7 +124,8 @@ def sample(logits: torch.Tensor, config: SamplingConfig, generator: torch.Genera
     vocab_size: the model's whole vocabulary (`DALLE.total_tokens`), which filter_scope="vocab" counts
     the top-k fraction over; None: the v candidates.
     """
-    logits = top_k_filter(logits, config.filter_thres, None if vocab_size is None else config.top_k_vocab(vocab_size))
+    vocab = None if vocab_size is None else config.top_k_vocab(vocab_size)
+    logits = top_k_filter(logits, config.filter_thres, vocab)
     if config.top_p is not None:
         logits = top_p_filter(logits, config.top_p)
     return gumbel_sample(logits, config.temperature, generator)

@@ -159,8 +159,8 @@ def tokenizer_for_flags(bpe_path: Union[str, Path, None] = None, *, hug: bool = 
         if hug:
             if model_text_tokens is not None and model_text_tokens != default.vocab_size:
                 raise ValueError(f"--hug needs --bpe_path (the tokenizers JSON file): without it the CLIP tokenizer "
-                                 f"({default.vocab_size} tokens) would be used, as in DALLE-pytorch, but this model has "
-                                 f"{model_text_tokens} text tokens, so it was trained with another tokenizer")
+                                 f"({default.vocab_size} tokens) would be used, as in DALLE-pytorch, but this model "
+                                 f"has {model_text_tokens} text tokens, so it was trained with another tokenizer")
             warnings.warn("--hug without --bpe_path is ignored, as in DALLE-pytorch: the default CLIP tokenizer is "
                           "used (pass the tokenizers JSON with --bpe_path for a HuggingFace tokenizer)", stacklevel=2)
         return default

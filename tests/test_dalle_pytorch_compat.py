@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from dalle_pytorch.checkpoint import load_checkpoint
+from dalle_pytorch.dalle import DALLE
 from dalle_pytorch.errors import GenerationError, TrainingError
 from dalle_pytorch.io.legacy import legacy_key
 from dalle_pytorch.sampling import SamplingConfig, top_k_filter
@@ -230,6 +231,63 @@ def test_readme_resume_restores_optimizer_plateau_and_epoch(tmp_path, data, tok,
     saved_step = saved["opt_state"]["state"][0]["step"]
     assert {float(s["step"]) for s in state["optimizer"]["state"].values()} == {float(saved_step) + 8}
     assert state["epoch"] == 5 and state["batches_in_epoch"] == 0
+
+
+def _kill_then_resume(monkeypatch, cls, at_call: int, main, argv):
+    """Run `main(argv)`, killed in the `at_call`-th forward of `cls`, then the same with --resume."""
+    original = cls.forward
+    calls = {"n": 0}
+
+    def dying_forward(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            raise KeyboardInterrupt("killed")
+        return original(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(cls, "forward", dying_forward)
+        with pytest.raises(KeyboardInterrupt):
+            main(argv)
+    main(argv + ["--resume"])
+
+
+def test_dalle_pytorch_start_and_lr_decay_resume_exactly(tmp_path, data, tok, dp_files, monkeypatch):
+    """Killed after the plateau halved the lr (epoch 3's end) and resumed: the same losses and lrs."""
+    dalle_pt, _ = dp_files
+
+    def argv(out):
+        return ["--dalle_path", str(dalle_pt), "--image_text_folder", str(data), "--bpe_path", str(tok), "--hug",
+                "--lr_decay", *TINY_DALLE, "--epochs", "5", "--save_every_steps", "2", "--ff_dropout", "0.1", *OURS,
+                "--output_dir", str(out)]
+
+    def main(a):
+        return train_dalle.main(train_dalle.parse_args(a))
+
+    main(argv(tmp_path / "straight"))
+    _kill_then_resume(monkeypatch, DALLE, 7, main, argv(tmp_path / "resumed"))  # dies in step 19, resumes at 18
+    a, b = records(tmp_path / "straight"), records(tmp_path / "resumed")
+    assert [r["step"] for r in b] == list(range(13, 21)) and len(records(tmp_path / "resumed", "resume")) == 1
+    assert [r["lr"] for r in b] == [r["lr"] for r in a] == [3e-4] * 4 + [1.5e-4] * 4
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], abs=1e-6)
+
+
+def test_vae_schedules_resume_exactly(tmp_path, data, monkeypatch):
+    from dalle_pytorch.vae import DiscreteVAE
+
+    def argv(out):
+        return ["--image_folder", str(data), *TINY_VAE, "--batch_size", "4", "--max_steps", "10", "--anneal_rate",
+                "0.05", "--lr_decay_every", "3", "--save_every_steps", "5", *OURS, "--output_dir", str(out)]
+
+    def main(a):
+        return train_vae.main(train_vae.parse_args(a))
+
+    main(argv(tmp_path / "straight"))
+    _kill_then_resume(monkeypatch, DiscreteVAE, 7, main, argv(tmp_path / "resumed"))  # dies in step 7, resumes at 5
+    a, b = records(tmp_path / "straight"), records(tmp_path / "resumed")
+    assert [r["step"] for r in b] == list(range(1, 11))
+    for key in ("temperature", "lr"):
+        assert [r[key] for r in b] == [r[key] for r in a]
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], abs=1e-6)
 
 
 def _restored(name: str, lr_decay: bool):
@@ -443,6 +501,15 @@ def test_generate_taming_flags(tmp_path, tok, dp_files):
                                            "--text", "a dog", "--no_progress"]))
 
 
+def test_readme_generate_chinese_line_on_the_demo(tmp_path):
+    """`python generate.py --chinese --text '追老鼠的猫'`: no --dalle_path here means the demo model, whose
+    stored tokenizer is used (with a warning; DALLE-pytorch stops: --dalle_path is required there)."""
+    with pytest.warns(UserWarning, match="--chinese without --bpe_path is ignored: the checkpoint stores"):
+        (r,) = generate.main(generate.parse_args(["--chinese", "--text", "追老鼠的猫", "--num_images", "1",
+                                                  "--no_progress", "--outputs_dir", str(tmp_path)]))
+    assert r.record["tokenizer"] == "HugTokenizer" and len(r.files) == 1
+
+
 # ------------------------------------------------------------------------------------------ sampling
 
 
@@ -492,6 +559,15 @@ def test_generate_images_default_filter_is_dalle_pytorchs():
     assert not torch.equal(default, codes(filter_thres=0.9, filter_scope="candidates"))  # the top 6
     # a threshold that keeps k >= 64 over the whole vocabulary keeps every code: no filter
     assert torch.equal(codes(filter_thres=0.7), codes(filter_thres=0.0, filter_scope="candidates"))
+    # generate_texts counts the same whole vocabulary for its text candidates (200 + 6 of the 270 tokens)
+    tokenizer = argparse.Namespace(encode=lambda text: [], decode=lambda ids: " ".join(map(str, ids.tolist())))
+
+    def texts(**kw):
+        return model.generate_texts(tokenizer, generator=torch.Generator().manual_seed(2), **kw)[0]
+
+    same_k = 1 - (k + 0.5) / model.num_text_tokens  # keeps k of the 206 text candidates
+    assert torch.equal(texts(filter_thres=0.9), texts(filter_thres=same_k, filter_scope="candidates"))
+    assert not torch.equal(texts(filter_thres=0.9), texts(filter_thres=0.9, filter_scope="candidates"))
     assert SamplingConfig().filter_scope == "vocab"
     with pytest.raises(ValueError, match="filter_scope must be one of vocab, candidates"):
         SamplingConfig(filter_scope="codes")
@@ -521,11 +597,11 @@ def test_convert_stores_the_chinese_tokenizer(tmp_path, dp_files):
 
     dalle_pt, _ = dp_files
     out = tmp_path / "zh.safetensors"
-    # the fixture has 16 text tokens; a Chinese vocabulary is larger, so use a model that fits it
+    # the fixture has 16 text tokens: a stand-in vocabulary of 11 fits it
     assert convert([str(dalle_pt), str(out), "--chinese"]) == 1  # no vocab.txt: the one-line error
     vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "猫", "狗", "的", "追", "老", "鼠"]) + "\n",
-                     encoding="utf-8")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "猫", "狗", "的", "追", "老", "鼠"]
+    vocab.write_text("\n".join(words) + "\n", encoding="utf-8")
     assert convert([str(dalle_pt), str(out), "--chinese", "--bpe_path", str(vocab)]) == 0
     loaded = load_checkpoint(out)
     assert isinstance(loaded.tokenizer, ChineseTokenizer) and loaded.tokenizer.encode("猫追老鼠") == [5, 8, 9, 10]
@@ -538,8 +614,8 @@ def test_flops_profiler_counts_one_step_and_goes_on(tmp_path, data, tok, dp_file
     _, vae_pt = dp_files
     out = tmp_path / "run"
     summary = train_dalle.main(train_dalle.parse_args(
-        ["--vae_path", str(vae_pt), "--image_text_folder", str(data), "--bpe_path", str(tok), "--hug", "--flops_profiler",
-         *TINY_DALLE, "--max_steps", "3", *OURS, "--output_dir", str(out)]))
+        ["--vae_path", str(vae_pt), "--image_text_folder", str(data), "--bpe_path", str(tok), "--hug",
+         "--flops_profiler", *TINY_DALLE, "--max_steps", "3", *OURS, "--output_dir", str(out)]))
     assert summary["steps"] == 3  # not stopped early
     (event,) = records(out, "flops")
     assert event["step"] == 2 and event["samples"] == 4  # the last step of a run shorter than 200 steps

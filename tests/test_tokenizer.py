@@ -348,7 +348,8 @@ def test_scripts_pick_yttm_for_a_yttm_model(tmp_path, hug_path):
 
     with pytest.raises(GenerationError, match="bad.bpe.*not a valid youtokentome"):
         Pipeline.from_checkpoint(None, bpe_path=str(bad))
-    args = argparse.Namespace(bpe_path=str(bad), hug=False, chinese=False, optimize_for_inference=False, dalle_path=None)
+    args = argparse.Namespace(bpe_path=str(bad), hug=False, chinese=False, optimize_for_inference=False,
+                              dalle_path=None)
     with pytest.raises(TrainingError, match="bad.bpe.*not a valid youtokentome"):
         dalle_task(args, None, None)
 

@@ -13,8 +13,9 @@ __all__ = ["check_precision", "resolve_precision", "autocast"]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_precision(precision: Optional[str], fp16: bool, amp: bool, device: torch.device) -> tuple[str, Optional[str]]:
-    """The precision `--precision` / DALLE-pytorch's `--fp16` / `--amp` ask for on `device`, and a note on the mapping.
+def resolve_precision(precision: Optional[str], fp16: bool, amp: bool,
+                      device: torch.device) -> tuple[str, Optional[str]]:
+    """The precision `--precision` / DALLE-pytorch's `--fp16` / `--amp` ask for on `device`, and a note.
 
     --fp16: float16 autocast with loss scaling (DALLE-pytorch cast the model to half without
     DeepSpeed, and used DeepSpeed's fp16 mixed precision with it); --amp (Apex O1 there): float16
@@ -25,13 +26,14 @@ def resolve_precision(precision: Optional[str], fp16: bool, amp: bool, device: t
     if fp16:
         mapped = "fp16"
         if device.type != "cuda":
-            raise TrainingError("--fp16 (float16 mixed precision) needs a CUDA GPU; on CPU use --amp or --precision bf16")
+            raise TrainingError("--fp16 (float16 mixed precision) needs a CUDA GPU; on CPU use --amp or "
+                                "--precision bf16")
         note = ("note: --fp16 trains with float16 autocast and loss scaling (fp32 master weights), not "
                 "DALLE-pytorch's model.half()")
     elif amp:
         mapped = "fp16" if device.type == "cuda" else "bf16"
-        note = (f"note: --amp is mixed precision here: {'float16 autocast with loss scaling' if mapped == 'fp16' else 'bfloat16 autocast (float16 needs CUDA)'}"
-                " (Apex O1 in DALLE-pytorch)")
+        how = "float16 autocast with loss scaling" if mapped == "fp16" else "bfloat16 autocast (float16 needs CUDA)"
+        note = f"note: --amp is mixed precision here: {how} (Apex O1 in DALLE-pytorch)"
     if precision is not None and mapped is not None and precision != mapped:
         flag = "--fp16" if fp16 else "--amp"
         raise TrainingError(f"{flag} means --precision {mapped} here, which contradicts --precision {precision}: "

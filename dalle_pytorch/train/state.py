@@ -157,9 +157,9 @@ class RunState:
                                 "(as DALLE-pytorch's train_dalle.py writes)")
         indices = groups[0].get("params")
         if not isinstance(indices, list) or list(indices) != list(range(len(names))):
-            raise TrainingError(f"--dalle_path: its optimizer holds {len(indices) if isinstance(indices, list) else '?'} "
-                                f"parameters but the model has {len(names)} trainable ones; the file's opt_state does "
-                                "not belong to its weights")
+            held = len(indices) if isinstance(indices, list) else "?"
+            raise TrainingError(f"--dalle_path: its optimizer holds {held} parameters but the model has {len(names)} "
+                                "trainable ones; the file's opt_state does not belong to its weights")
         params = dict(self.model.model.named_parameters())
         trainable = sum(1 for p in params.values() if p.requires_grad)
         if len(names) != trainable:
