@@ -145,7 +145,8 @@ class RunState:
             p.step = epoch * steps_per_epoch if steps_per_epoch else 0
             self.scheduler.skip_to(p.step)
             done.append(f"its epoch: continuing at epoch {epoch}, step {p.step}")
-        return [f"--dalle_path (DALLE-pytorch file): restored {', '.join(done)}"] if done else []
+        return [f"--dalle_path (a DALLE-pytorch file): restored its weights, {', '.join(done)}" if done else
+                "--dalle_path (a DALLE-pytorch file): restored its weights (it holds no optimizer state or epoch)"]
 
     def _load_dalle_pytorch_optimizer(self, opt_state: dict, names: list[str]) -> float:
         """Put a DALLE-pytorch Adam state dict (one group, parameters by index) into our optimizer; its lr."""

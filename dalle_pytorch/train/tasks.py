@@ -23,8 +23,8 @@ from dalle_pytorch.io.images import save_image_grid
 from dalle_pytorch.pretrained_vae import pretrained_vae_for_flags, unused_vqgan_flags
 from dalle_pytorch.tokenizer import tokenizer_for_flags
 from dalle_pytorch.train.datasets import ImageFolder, TextImageDataset
-from dalle_pytorch.train.schedules import AnnealedTemperature
 from dalle_pytorch.train.distributed import DistEnv
+from dalle_pytorch.train.schedules import AnnealedTemperature
 from dalle_pytorch.train.webdataset import webdataset_loader
 from dalle_pytorch.vae import DiscreteVAE
 
@@ -148,9 +148,10 @@ def dalle_task(args: argparse.Namespace, env: DistEnv, resumed: Optional[LoadedC
             raise TrainingError(f"--dalle_path {args.dalle_path!r} holds a {resumed.kind} model, not a DALLE "
                                 "(pass a VAE with --vae_path)")
         start_state = resumed.training  # DALLE-pytorch files: epoch, optimizer and scheduler states
-        info.append(f"initialised from {args.dalle_path} ({resumed.source}): "
-                    + ("weights, optimizer, scheduler and epoch, as DALLE-pytorch resumes" if start_state is not None
-                       else "weights and tokenizer (use --resume to continue a run of this script exactly)"))
+        if start_state is None:
+            what = "weights and tokenizer" if resumed.tokenizer is not None else "weights"
+            info.append(f"initialised from {args.dalle_path} ({resumed.source}): its {what} (--resume continues a run "
+                        "of this script exactly)")
     try:
         tokenizer = tokenizer_for_flags(args.bpe_path, hug=args.hug, chinese=args.chinese,
                                         stored=resumed.tokenizer if resumed else None,
