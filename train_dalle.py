@@ -24,10 +24,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     source.add_argument("--dalle_path", help="DALLE to continue training from: a DALLE-pytorch dalle.pt (weights, "
                         "optimizer, --lr_decay state and epoch, as DALLE-pytorch resumes), one of ours (weights; this "
                         "run's newest model continues the run exactly, as --resume)")
-    parser.add_argument("--taming", action="store_true",
-                        help="DALLE-pytorch: the pretrained VQGAN as the VAE (not available in this version)")
-    parser.add_argument("--vqgan_model_path", default=None, help="with --taming: the VQGAN weights (.ckpt)")
-    parser.add_argument("--vqgan_config_path", default=None, help="with --taming: the VQGAN config (.yaml)")
+    pretrained = parser.add_argument_group(
+        "pretrained VAEs (without --vae_path, as DALLE-pytorch: the VQGAN with --taming, else OpenAI's dVAE; their "
+        "files from these flags or ~/.cache/dalle, never downloaded)")
+    pretrained.add_argument("--taming", action="store_true", help="taming-transformers' VQGAN as the VAE")
+    pretrained.add_argument("--vqgan_model_path", default=None, help="the VQGAN weights (.ckpt); implies --taming")
+    pretrained.add_argument("--vqgan_config_path", default=None, help="the VQGAN config (.yaml); implies --taming")
+    pretrained.add_argument("--openai_encoder_path", default=None, help="OpenAI's dVAE encoder.pkl")
+    pretrained.add_argument("--openai_decoder_path", default=None, help="OpenAI's dVAE decoder.pkl")
 
     data = parser.add_argument_group("data")
     data.add_argument("--image_text_folder", required=True,

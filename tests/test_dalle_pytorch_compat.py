@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -40,6 +41,7 @@ from tests.helpers import load_script, tiny_dalle, word_tokenizer_json
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RESUME = FIXTURES / "dalle_pytorch_resume"
+PRETRAINED = FIXTURES / "pretrained_vae"
 CONFIGS = ("plain_lr_decay", "shared_shift_rotary", "reversible")
 
 train_vae = load_script("train_vae")
@@ -433,20 +435,45 @@ def test_readme_horovod_line_names_the_torchrun_command(monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    # `python train_dalle.py --image_text_folder /path/to/coco/dataset` (the OpenAI VAE)
-    ([], "OpenAI's pretrained dVAE, which needs the pretrained VAE support"),
+    # `python train_dalle.py --image_text_folder /path/to/coco/dataset`: OpenAI's dVAE, from ~/.cache/dalle
+    ([], "OpenAIDiscreteVAE: no file paths were given and 2 of its default files are missing"),
     # `deepspeed train_dalle.py --taming --image_text_folder 'DatasetsDir' --distr_backend 'deepspeed' --amp`
-    (["--taming", "--distr_backend", "deepspeed", "--amp"], "--taming (taming-transformers' VQGAN: the default "
-                                                             "ImageNet VQGAN) needs the pretrained VAE support"),
-    (["--taming", "--vqgan_model_path", "m.ckpt", "--vqgan_config_path", "c.yaml"], "VQGAN: m.ckpt, c.yaml"),
-    # `python train_dalle.py --chinese --image_text_folder ./path/to/data`
-    (["--chinese"], CHINESE_VOCAB_HELP[:40]),
+    (["--taming", "--distr_backend", "deepspeed", "--amp"], "VQGanVAE: no file paths were given"),
+    (["--taming", "--vqgan_model_path", "m.ckpt", "--vqgan_config_path", "c.yaml"], "'c.yaml' does not exist"),
+    (["--vqgan_model_path", "m.ckpt"], "VQGanVAE needs both vqgan_model_path and vqgan_config_path"),
 ])
-def test_readme_lines_without_their_files_stop_in_one_line(tmp_path, data, argv, message):
-    with pytest.raises(TrainingError) as e:
+def test_readme_lines_without_their_vae_files_name_them(tmp_path, data, monkeypatch, argv, message):
+    monkeypatch.setenv("HOME", str(tmp_path))  # an empty ~/.cache/dalle: nothing is downloaded
+    with pytest.raises(TrainingError, match=re.escape(message)):
         train_dalle.main(train_dalle.parse_args(["--image_text_folder", str(data), *argv, *TINY_DALLE, *OURS,
                                                  "--output_dir", str(tmp_path / "run")]))
-    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_readme_chinese_line_without_its_vocabulary(tmp_path, data, dp_files):
+    """`python train_dalle.py --chinese --image_text_folder ./path/to/data`: one line saying where vocab.txt comes from."""
+    with pytest.raises(TrainingError) as e:
+        train_dalle.main(train_dalle.parse_args(["--image_text_folder", str(data), "--chinese", "--vae_path",
+                                                 str(dp_files[1]), *TINY_DALLE, *OURS, "--output_dir",
+                                                 str(tmp_path / "run")]))
+    assert CHINESE_VOCAB_HELP in str(e.value) and "\n" not in str(e.value)
+
+
+def test_vae_flags_that_contradict(tmp_path, data, dp_files):
+    with pytest.raises(TrainingError, match="ask for two different VAEs; choose one"):
+        train_dalle.main(train_dalle.parse_args(["--image_text_folder", str(data), "--vae_path", str(dp_files[1]),
+                                                 "--taming", *OURS, "--output_dir", str(tmp_path / "run")]))
+
+
+def test_train_dalle_over_the_vqgan(tmp_path, data, tok):
+    """`--taming --vqgan_model_path ... --vqgan_config_path ...`: a DALLE over the VQGAN, stored whole in one file."""
+    out = tmp_path / "run"
+    train_dalle.main(train_dalle.parse_args(
+        ["--image_text_folder", str(data), "--taming", "--vqgan_model_path", str(PRETRAINED / "vqgan.ckpt"),
+         "--vqgan_config_path", str(PRETRAINED / "vqgan.yaml"), "--bpe_path", str(tok), "--hug", *TINY_DALLE,
+         "--batch_size", "2", "--max_steps", "1", *OURS, "--output_dir", str(out)]))
+    loaded = load_checkpoint(out / "dalle.safetensors")
+    assert type(loaded.model.vae).__name__ == "VQGanVAE" and loaded.model.image_seq_len == 256
+    assert loaded.config["shift_tokens"] is False and loaded.config["rotary_emb"] is False
 
 
 @pytest.mark.parametrize("kind", ["yttm", "chinese"])
@@ -485,20 +512,17 @@ def test_readme_generate_lines(tmp_path, tok, dp_files, monkeypatch):
 
 
 def test_generate_taming_flags(tmp_path, tok, dp_files):
-    dalle_pt, _ = dp_files
-    # --taming is ignored when the checkpoint holds its VAE (as there), with a warning
-    with pytest.warns(UserWarning, match="--taming ignored: the VAE comes from the checkpoint"):
-        generate.main(generate.parse_args(["--dalle_path", str(dalle_pt), "--taming", "--text", "a dog",
-                                           "--bpe_path", str(tok), "--hug", "--num_images", "1", "--no_progress",
-                                           "--outputs_dir", str(tmp_path)]))
-    # a file saved over a VQGAN (no vae_params): --taming would build it
-    obj = torch.load(dalle_pt, weights_only=True)
-    obj.update(vae_params=None, vae_class_name="VQGanVAE")
-    obj["weights"] = {k: v for k, v in obj["weights"].items() if not k.startswith("vae.")}
-    torch.save(obj, tmp_path / "vqgan_dalle.pt")
-    with pytest.raises(GenerationError, match="--taming .*needs the pretrained VAE support"):
-        generate.main(generate.parse_args(["--dalle_path", str(tmp_path / "vqgan_dalle.pt"), "--taming",
-                                           "--text", "a dog", "--no_progress"]))
+    """`python generate.py --dalle_path dalle.pt --taming --vqgan_model_path ... --vqgan_config_path ...` for a
+    DALLE-pytorch model saved over the VQGAN (its file holds no VAE config)."""
+    flags = ["--taming", "--vqgan_model_path", str(PRETRAINED / "vqgan.ckpt"), "--vqgan_config_path",
+             str(PRETRAINED / "vqgan.yaml"), "--bpe_path", str(tok), "--hug", "--text", "a red circle",
+             "--num_images", "1", "--no_progress", "--outputs_dir", str(tmp_path)]
+    (r,) = generate.main(generate.parse_args(["--dalle_path", str(PRETRAINED / "dalle_vqgan-v1.6.6.pt"), *flags]))
+    assert len(r.files) == 1
+    # the flags are never silently ignored: a checkpoint over another VAE says so in one line
+    with pytest.raises(GenerationError) as e:
+        generate.main(generate.parse_args(["--dalle_path", str(dp_files[0]), *flags]))
+    assert "\n" not in str(e.value)
 
 
 def test_readme_generate_chinese_line_on_the_demo(tmp_path):

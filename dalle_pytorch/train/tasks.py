@@ -20,7 +20,7 @@ from dalle_pytorch.io.build import LoadedCheckpoint
 from dalle_pytorch.io.checkpoint import load_checkpoint
 from dalle_pytorch.io.files import write_text
 from dalle_pytorch.io.images import save_image_grid
-from dalle_pytorch.pretrained_vae import pretrained_vae_for_flags, unused_vqgan_flags
+from dalle_pytorch.pretrained import vae_from_flags
 from dalle_pytorch.tokenizer import tokenizer_for_flags
 from dalle_pytorch.train.datasets import ImageFolder, TextImageDataset
 from dalle_pytorch.train.distributed import DistEnv
@@ -28,7 +28,7 @@ from dalle_pytorch.train.schedules import AnnealedTemperature
 from dalle_pytorch.train.webdataset import webdataset_loader
 from dalle_pytorch.vae import DiscreteVAE
 
-__all__ = ["Task", "TaskBuilder", "vae_task", "dalle_task", "parse_ids"]
+__all__ = ["Task", "TaskBuilder", "vae_task", "dalle_task", "parse_ids", "pretrained_vae"]
 
 
 @dataclasses.dataclass
@@ -127,6 +127,28 @@ def vae_task(args: argparse.Namespace, env: DistEnv, resumed: Optional[LoadedChe
 
 
 
+def pretrained_vae(args: argparse.Namespace, resumed: Optional[LoadedCheckpoint]) -> Optional[nn.Module]:
+    """The pretrained VAE train_dalle.py's flags select, as DALLE-pytorch chooses it; None for --vae_path.
+
+    A new model without --vae_path gets the VQGAN with --taming (from --vqgan_model_path /
+    --vqgan_config_path, else ~/.cache/dalle) and OpenAI's dVAE otherwise (--openai_*_path, else
+    ~/.cache/dalle); --dalle_path takes the one the flags give (its file may need it). Nothing is
+    downloaded: a missing file stops the run naming it (`pretrained.vae_from_flags`).
+    """
+    flags = dict(taming=args.taming, vqgan_model_path=args.vqgan_model_path, vqgan_config_path=args.vqgan_config_path,
+                 openai_encoder_path=args.openai_encoder_path, openai_decoder_path=args.openai_decoder_path)
+    given = any(v not in (None, False) for v in flags.values())
+    if args.vae_path and given:
+        raise TrainingError("--vae_path and --taming / --vqgan_* / --openai_* ask for two different VAEs; choose one")
+    if resumed is not None or args.vae_path or (args.dalle_path and not given):
+        return None
+    vqgan = args.taming or args.vqgan_model_path is not None or args.vqgan_config_path is not None
+    try:  # without --taming DALLE-pytorch trains over OpenAI's dVAE
+        return vae_from_flags(openai=not args.dalle_path and not vqgan, **flags)
+    except (ValueError, OSError) as e:
+        raise TrainingError(f"train_dalle.py: {e}") from None
+
+
 def parse_ids(text: Optional[str]):
     if text is None:
         return None
@@ -140,10 +162,15 @@ def dalle_task(args: argparse.Namespace, env: DistEnv, resumed: Optional[LoadedC
     if args.optimize_for_inference:
         info.append("note: --optimize_for_inference only affects inference; it is ignored for training")
     start_state = None
+    pretrained = pretrained_vae(args, resumed)
+    if resumed is not None and (args.taming or args.vqgan_model_path or args.openai_encoder_path):
+        info.append("note: the VAE flags are not used: the run's checkpoint holds its VAE")
     if resumed is None and args.dalle_path:
         if not os.path.exists(args.dalle_path):
             raise TrainingError(f"--dalle_path {args.dalle_path!r} does not exist")
-        resumed = load_checkpoint(args.dalle_path, map_location="cpu")
+        # a DALLE-pytorch file over a pretrained VAE takes it from --taming / --vqgan_* / --openai_* (or
+        # the files in ~/.cache/dalle), as there
+        resumed = load_checkpoint(args.dalle_path, map_location="cpu", vae=pretrained)
         if resumed.kind != "dalle":
             raise TrainingError(f"--dalle_path {args.dalle_path!r} holds a {resumed.kind} model, not a DALLE "
                                 "(pass a VAE with --vae_path)")
@@ -158,26 +185,22 @@ def dalle_task(args: argparse.Namespace, env: DistEnv, resumed: Optional[LoadedC
                                         model_text_tokens=resumed.model.num_user_text_tokens if resumed else None)
     except ValueError as e:
         raise TrainingError(str(e)) from None
-    vqgan_flags = (args.taming, args.vqgan_model_path, args.vqgan_config_path)
 
     if resumed is not None:
         model = resumed.model
         if not isinstance(model, DALLE):
             raise TrainingError(f"the checkpoint holds a {type(model).__name__}, not a DALLE")
-        note = unused_vqgan_flags(*vqgan_flags, why="the checkpoint holds its VAE")
     else:
-        if not args.vae_path:
-            try:
-                pretrained_vae_for_flags(*vqgan_flags)
-            except ValueError as e:
-                raise TrainingError(f"train_dalle.py: {e}") from None
-        if not os.path.exists(args.vae_path):
-            raise TrainingError(f"--vae_path {args.vae_path!r} does not exist")
-        note = unused_vqgan_flags(*vqgan_flags, why="--vae_path gives the VAE")
-        loaded_vae = load_checkpoint(args.vae_path, map_location="cpu")
-        vae = loaded_vae.model.vae if loaded_vae.kind == "dalle" else loaded_vae.model
-        if not isinstance(vae, DiscreteVAE):
-            raise TrainingError(f"--vae_path {args.vae_path!r} does not hold a DiscreteVAE")
+        if pretrained is not None:
+            vae = pretrained
+            info.append(f"VAE: the pretrained {type(vae).__name__} ({vae.image_size}px -> {vae.num_tokens} codes)")
+        else:
+            if not os.path.exists(args.vae_path):
+                raise TrainingError(f"--vae_path {args.vae_path!r} does not exist")
+            loaded_vae = load_checkpoint(args.vae_path, map_location="cpu")
+            vae = loaded_vae.model.vae if loaded_vae.kind == "dalle" else loaded_vae.model
+            if not isinstance(vae, DiscreteVAE):
+                raise TrainingError(f"--vae_path {args.vae_path!r} does not hold a DiscreteVAE")
         attn_types = tuple(t.strip() for t in args.attn_types.split(",") if t.strip())
         model = DALLE(
             dim=args.dim, vae=vae, num_text_tokens=tokenizer.vocab_size, text_seq_len=args.text_seq_len,
@@ -188,8 +211,6 @@ def dalle_task(args: argparse.Namespace, env: DistEnv, resumed: Optional[LoadedC
             shared_attn_ids=parse_ids(args.shared_attn_ids), shared_ff_ids=parse_ids(args.shared_ff_ids),
             share_input_output_emb=args.share_input_output_emb, attn_kernel=args.attn_kernel,
         )
-    if note:
-        info.append(note)
     if tokenizer.vocab_size > model.num_user_text_tokens:
         raise TrainingError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                             f"{model.num_user_text_tokens} text tokens; use the tokenizer the model was trained with")
