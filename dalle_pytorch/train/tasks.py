@@ -162,7 +162,6 @@ def dalle_task(args: argparse.Namespace, env: DistEnv, resumed: Optional[LoadedC
     if args.optimize_for_inference:
         info.append("note: --optimize_for_inference only affects inference; it is ignored for training")
     start_state = None
-    pretrained = pretrained_vae(args, resumed)
     if resumed is not None and (args.taming or args.vqgan_model_path or args.openai_encoder_path):
         info.append("note: the VAE flags are not used: the run's checkpoint holds its VAE")
     if resumed is None and args.dalle_path:
@@ -170,7 +169,7 @@ def dalle_task(args: argparse.Namespace, env: DistEnv, resumed: Optional[LoadedC
             raise TrainingError(f"--dalle_path {args.dalle_path!r} does not exist")
         # a DALLE-pytorch file over a pretrained VAE takes it from --taming / --vqgan_* / --openai_* (or
         # the files in ~/.cache/dalle), as there
-        resumed = load_checkpoint(args.dalle_path, map_location="cpu", vae=pretrained)
+        resumed = load_checkpoint(args.dalle_path, map_location="cpu", vae=pretrained_vae(args, None))
         if resumed.kind != "dalle":
             raise TrainingError(f"--dalle_path {args.dalle_path!r} holds a {resumed.kind} model, not a DALLE "
                                 "(pass a VAE with --vae_path)")
@@ -190,9 +189,9 @@ def dalle_task(args: argparse.Namespace, env: DistEnv, resumed: Optional[LoadedC
         model = resumed.model
         if not isinstance(model, DALLE):
             raise TrainingError(f"the checkpoint holds a {type(model).__name__}, not a DALLE")
-    else:
-        if pretrained is not None:
-            vae = pretrained
+    else:  # a new model: its tokenizer is settled first, then its VAE (as DALLE-pytorch)
+        vae = pretrained_vae(args, None)
+        if vae is not None:
             info.append(f"VAE: the pretrained {type(vae).__name__} ({vae.image_size}px -> {vae.num_tokens} codes)")
         else:
             if not os.path.exists(args.vae_path):
