@@ -52,7 +52,7 @@ def graphs_generate(model, text, step, generator, cache):
     """generate_images' decode loop (cond_scale 1, no priming) around a compiled static step.
     cache: one InferenceCache per model and batch, reused (reset) by every call so that the
     captured graphs always see the same buffers."""
-    from dalle_pytorch.sampling import sample
+    from dalle_pytorch.sampling import SamplingConfig, sample
 
     b = text.shape[0]
     cache.reset()
@@ -60,7 +60,7 @@ def graphs_generate(model, text, step, generator, cache):
     codes = torch.empty(b, model.image_seq_len, dtype=torch.long, device=text.device)
     positions = torch.arange(model.transformer.seq_len, device=text.device)
     for t in range(model.image_seq_len):
-        codes[:, t] = sample(last.float(), filter_thres=0.5, generator=generator)
+        codes[:, t] = sample(last.float(), SamplingConfig(filter_thres=0.5), generator, vocab_size=model.total_tokens)
         if t + 1 < model.image_seq_len:
             last = step(codes[:, t].clone(), positions[model.text_len + t], cache, length=None)
             last = last.clone()  # a CUDA-graph output is overwritten by the next replay
