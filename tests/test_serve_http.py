@@ -60,9 +60,9 @@ def test_images_come_with_seeds_settings_and_generate_py_metadata(client, pipe):
     assert r.status_code == 200, r.text
     answer = r.json()
     assert [im["seed"] for im in answer["images"]] == [5, 5, 6]
-    assert answer["settings"] == {"filter_thres": 0.8, "top_p": None, "temperature": 1.0, "cond_scale": 2.0,
-                                  "null_text": body["negative_prompt"], "num_init_img_tokens": None, "batch_size": 2,
-                                  "seed": 5}
+    assert answer["settings"] == {"filter_thres": 0.8, "filter_scope": "vocab", "top_p": None, "temperature": 1.0,
+                                  "cond_scale": 2.0, "null_text": body["negative_prompt"], "num_init_img_tokens": None,
+                                  "batch_size": 2, "seed": 5}
     assert set(answer["timings"]) == {"queued_s", "run_s", "total_s"}
     assert "--seed 5 --num_images 3 --batch_size 2 --top_k 0.8" in answer["reproduce"]
     expected = pipe.generate(RED, num_images=3, seed=5, batch_size=2, null_prompt=body["negative_prompt"],

@@ -216,10 +216,10 @@ def test_a_request_past_its_timeout_ends_with_an_error(pipe):
 def test_a_crash_inside_one_request_does_not_stop_the_loop(pipe, monkeypatch):
     real_sample = scheduler_module.sample
 
-    def sample(logits, config, generator=None):
+    def sample(logits, config, generator=None, **kwargs):
         if config.temperature == 0.5:
             raise RuntimeError("boom")
-        return real_sample(logits, config, generator)
+        return real_sample(logits, config, generator, **kwargs)
 
     monkeypatch.setattr(scheduler_module, "sample", sample)
 

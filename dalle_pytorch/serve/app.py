@@ -57,7 +57,8 @@ class ImagesRequest(BaseModel):
     n: int = Field(4, description="number of images")
     seed: Optional[int] = Field(None, description="batch k of the images uses seed + k; omitted: a fresh seed")
     cond_scale: float = Field(1.0, description="classifier-free guidance scale (1 = none)")
-    top_k: float = Field(0.9, description="filter_thres: keep the top (1 - top_k) fraction of the image codes")
+    top_k: float = Field(0.9, description="filter_thres, as generate.py --top_k and DALLE-pytorch: keep the top "
+                                          "(1 - top_k) fraction of the model's whole vocabulary (at most every code)")
     top_p: Optional[float] = Field(None, description="nucleus sampling threshold in (0, 1]; omitted: off")
     temperature: float = Field(1.0, description="sampling temperature, > 0")
     negative_prompt: Optional[str] = Field(None, description="the caption guidance steers away from")

@@ -399,7 +399,9 @@ class Scheduler:
                 continue
             try:
                 logits = guided_logits(g.last, g.m, t.request.sampling.cond_scale) if t.guided else g.last
-                g.codes[:, g.filled] = sample(logits, t.request.sampling, g.generator)
+                # the top-k fraction counts the whole vocabulary, as generate_images does
+                g.codes[:, g.filled] = sample(logits, t.request.sampling, g.generator,
+                                              vocab_size=self.model.total_tokens)
                 g.filled += 1
                 every = t.request.preview_every
                 if every and g.filled % every == 0 and g.filled < total:
