@@ -115,7 +115,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                            "fastest on CPU; 'static' keeps every shape fixed (for CUDA graphs)")
 
     run = p.add_argument_group("run")
-    run.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1'")
+    run.add_argument("--device", default="auto",
+                     help="'auto' (cuda if available, else Apple's mps, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps' "
+                          "(mps is untested)")
     run.add_argument("--dtype", default="float32", choices=list(DTYPES),
                      help="weights and activations (default float32; float16 needs a GPU)")
     run.add_argument("--outputs_dir", default="./outputs", help="where run folders are created (default ./outputs)")

@@ -6,7 +6,8 @@ version = {}
 exec(Path(__file__).with_name("dalle_pytorch").joinpath("version.py").read_text(), version)
 
 setup(
-    name="dalle-pytorch",
+    # not "dalle-pytorch": that is lucidrains' project on PyPI; the import name stays dalle_pytorch
+    name="dalle-torch",
     version=version["__version__"],
     description="DALL-E in PyTorch: discrete VAE + transformer, with exact and fast cached inference",
     long_description=Path(__file__).with_name("README.md").read_text(),

@@ -80,15 +80,21 @@ def resolve_checkpoint(dalle_path: Optional[PathLike]) -> tuple[Path, bool]:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda if available, else cpu; anything else is passed to torch.device."""
+    """'auto' -> cuda if available, else Apple's mps if available, else cpu; anything else is passed to
+    torch.device (mps is untested: the project's machines have none)."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps is not None and mps.is_available())
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as e:
         raise GenerationError(f"--device {name!r} is not a device torch knows ({e})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GenerationError(f"--device {name!r}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "mps" and not has_mps:
+        raise GenerationError(f"--device {name!r}: this PyTorch has no usable MPS device (Apple GPUs only; use "
+                              "--device cpu)")
     return device
 
 

@@ -320,7 +320,7 @@ def write_shards(root, num_shards=2, per_shard=3):
 
 def test_webdataset_missing_gives_install_hint(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "webdataset", None)
-    with pytest.raises(ImportError, match=r"pip install dalle-pytorch\[webdataset\]"):
+    with pytest.raises(ImportError, match=r"pip install webdataset \(the webdataset extra"):
         webdataset_loader(str(tmp_path / "*.tar"), tokenizer=FakeTokenizer())
 
 

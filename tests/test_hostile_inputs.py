@@ -195,3 +195,25 @@ def test_a_folder_as_bpe_path_is_called_a_folder(tmp_path):
         tokenizer_for_flags(tmp_path)
     with pytest.raises(ValueError, match="does not exist"):
         tokenizer_for_flags(tmp_path / "missing.json")
+
+
+def test_mps_is_chosen_when_present_and_refused_when_not(monkeypatch):
+    """Apple's MPS: picked by 'auto' after CUDA, one clear line when asked for without one (untested on a
+    real Mac: the project's machines have none)."""
+    from dalle_pytorch.errors import TrainingError
+    from dalle_pytorch.pipeline import resolve_device
+    from dalle_pytorch.train.distributed import init_distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(GenerationError, match="no usable MPS device"):
+        resolve_device("mps")
+    with pytest.raises(TrainingError, match="no usable MPS device"):
+        init_distributed("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto").type == "mps" and resolve_device("mps").type == "mps"
+    assert init_distributed("auto").device.type == "mps"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(TrainingError, match="cannot share an MPS device"):
+        init_distributed("mps")

@@ -1,7 +1,7 @@
 """python -m dalle_pytorch.serve [--dalle_path demo] [--host 127.0.0.1] [--port 8000]: the image server.
 
 Open http://127.0.0.1:8000/ for the page, /docs for the API.  Needs the `[serve]` extra
-(pip install 'dalle-pytorch[serve]').  See docs/serving.md.
+(pip install fastapi uvicorn, or this package's serve extra).  See docs/serving.md.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
 
         from dalle_pytorch.serve.app import create_app
     except ImportError as e:
-        print(f"dalle_pytorch.serve: error: {e} (pip install 'dalle-pytorch[serve]')", file=sys.stderr)
+        print(f"dalle_pytorch.serve: error: {e} (pip install fastapi uvicorn: the serve extra)", file=sys.stderr)
         return 2
     import torch
 

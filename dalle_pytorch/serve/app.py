@@ -31,7 +31,7 @@ try:
     from pydantic import BaseModel, ConfigDict, Field
     from starlette.concurrency import run_in_threadpool
 except ImportError as e:  # pragma: no cover - depends on the installed extras
-    raise ImportError("the server needs FastAPI and uvicorn: pip install 'dalle-pytorch[serve]'") from e
+    raise ImportError("the server needs FastAPI and uvicorn: pip install fastapi uvicorn (the serve extra of this package)") from e
 
 import torch
 

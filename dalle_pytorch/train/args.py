@@ -76,8 +76,9 @@ def add_common_args(
     train.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     train.add_argument("--num_workers", type=non_negative_int, default=0,
                        help="DataLoader worker processes per rank (default 0)")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                       help="auto: CUDA when available (default auto)")
+    train.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                       help="auto: CUDA when available, else Apple's MPS (one process), else the CPU (default auto; "
+                            "mps is untested)")
     train.add_argument("--max_bad_fraction", type=float, default=0.01,
                        help="fraction of unreadable samples tolerated before the dataset raises (default 0.01)")
     train.add_argument("--max_nonfinite", type=non_negative_int, default=5,

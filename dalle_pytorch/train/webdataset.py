@@ -22,7 +22,7 @@ __all__ = ["webdataset_loader"]
 
 _WEBDATASET_HINT = (
     "webdataset_loader needs the optional 'webdataset' package: "
-    "pip install dalle-pytorch[webdataset]"
+    "pip install webdataset (the webdataset extra of this package)"
 )
 
 
@@ -97,7 +97,7 @@ def webdataset_loader(
 ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of (text, image) read from WebDataset tar shards.
 
-    Needs the optional ``webdataset`` package (``pip install dalle-pytorch[webdataset]``).
+    Needs the optional ``webdataset`` package (``pip install webdataset``).
     Shards are split across distributed ranks (``wds.split_by_node``) and then across
     DataLoader workers (``wds.split_by_worker``), so use at least ``world_size *
     max(1, num_workers)`` shards or some ranks/workers get none. Samples whose image or
