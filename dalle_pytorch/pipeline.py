@@ -32,7 +32,8 @@ from dalle_pytorch.dalle import DALLE
 from dalle_pytorch.errors import CheckpointError, GenerationError
 from dalle_pytorch.images import tensor_to_pil
 from dalle_pytorch.io.checkpoint import load_checkpoint
-from dalle_pytorch.rerank import OpenCLIPReranker, Reranker, as_reranker
+from dalle_pytorch.io.clip_weights import load_open_clip
+from dalle_pytorch.rerank import Reranker, as_reranker
 from dalle_pytorch.sampling import SamplingConfig
 from dalle_pytorch.tokenizer import BaseTokenizer, tokenizer_for_flags
 
@@ -271,7 +272,7 @@ class Pipeline:
             if clip_path is None:
                 raise GenerationError("--clip_model needs --clip_path, the file of its weights (nothing is downloaded)")
             try:
-                clip = OpenCLIPReranker.from_files(clip_model, clip_path, device=dev)
+                clip = load_open_clip(clip_model, clip_path, device=dev)
             except (CheckpointError, ValueError, OSError, ImportError) as e:
                 raise GenerationError(str(e)) from None
         elif clip_path is not None:

@@ -6,8 +6,8 @@ A reranker is anything with `score(captions, images, tokens) -> (n,)` (the `Rera
 - `CLIPReranker`: a CLIP trained by this package (`dalle_pytorch.CLIP`), fed the DALLE's own
   caption tokens; the score is its `forward` (cosine * exp(temperature)).
 - `OpenCLIPReranker`: a pretrained OpenAI-CLIP / OpenCLIP model run by `open_clip` (the optional
-  `[clip]` extra), built from an open_clip model name or a config JSON, with weights read from a
-  local file by this package (safetensors, or a torch pickle with weights_only=True; strictly).
+  `[clip]` extra), built from an open_clip model config; `io.clip_weights.load_open_clip` reads the
+  config (a model name or a JSON file) and the weights from local files, safely and strictly.
   The score is open_clip's cosine similarity of the normalised image and text features (no logit
   scale), after open_clip's own preprocessing, re-implemented here with PIL and torch
   (`ImagePreprocess`) so that no torchvision is needed beyond what open_clip imports itself.
@@ -20,39 +20,25 @@ from __future__ import annotations
 
 import copy
 import difflib
-import json
-import os
-import zipfile
 from dataclasses import asdict, dataclass
 from importlib import util as importlib_util
-from typing import Any, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
 from dalle_pytorch.clip import CLIP
-from dalle_pytorch.errors import CheckpointError
 from dalle_pytorch.images import tensor_to_pil
-from dalle_pytorch.io.files import read_bytes, regular_file
-from dalle_pytorch.io.pickles import torch_load
 
-__all__ = ["CLIPReranker", "ImagePreprocess", "OpenCLIPReranker", "Reranker", "WEIGHTS_HINT", "as_reranker",
-           "import_open_clip", "open_clip_config", "open_clip_model", "read_state_dict"]
+__all__ = ["CLIPReranker", "ImagePreprocess", "OpenCLIPReranker", "Reranker", "as_reranker", "builtin_config",
+           "check_no_hub", "import_open_clip", "open_clip_model"]
 
-PathLike = Union[str, "os.PathLike[str]"]
-
-#: where OpenCLIP weights come from, for the error about a missing file (nothing is downloaded)
-WEIGHTS_HINT = ("OpenCLIP weights are files such as open_clip_pytorch_model.bin or open_clip_model.safetensors, "
-                "downloaded by hand from the model's page on the Hugging Face hub (e.g. "
-                "laion/CLIP-ViT-B-32-laion2B-s34B-b79K for --clip_model ViT-B-32, or timm/vit_base_patch32_clip_224.openai "
-                "for OpenAI's CLIP with --clip_model ViT-B-32-quickgelu); this package never downloads them")
 #: open_clip's default text length (open_clip.tokenizer.DEFAULT_CONTEXT_LENGTH)
 DEFAULT_CONTEXT_LENGTH = 77
 #: open_clip's default normalisation (open_clip.OPENAI_DATASET_MEAN / _STD) and preprocessing (transform.PreprocessCfg)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-MAX_CONFIG_BYTES = 1 << 20  # a model config JSON is a few hundred bytes
 
 
 @runtime_checkable
@@ -125,59 +111,31 @@ def import_open_clip():
     return open_clip
 
 
-def _hub_part(text_cfg: dict, name: str) -> Optional[str]:
-    """Why open_clip would fetch something from a hub for this text config (None: it would not)."""
-    if text_cfg.get("hf_tokenizer_name"):
-        return f"its tokenizer ({text_cfg['hf_tokenizer_name']!r})"
-    if text_cfg.get("hf_model_name"):
-        return f"its text tower ({text_cfg['hf_model_name']!r})"
-    if "siglip" in name.lower():  # open_clip.get_tokenizer picks a hub SigLipTokenizer by name
-        return "its SigLIP tokenizer"
-    return None
-
-
-def open_clip_config(model: str) -> tuple[str, dict, dict]:
-    """`--clip_model`: an open_clip model name (`open_clip.list_models()`), or a JSON file holding a model
-    config (`{"embed_dim", "vision_cfg", "text_cfg", ...}`, as open_clip's model_configs/*.json) or a
-    hub-style open_clip_config.json (`{"model_cfg": ..., "preprocess_cfg": ...}`).
-
-    Returns (name, model config, preprocess overrides). Raises ValueError for an unknown name, a bad
-    file, or a model whose tokenizer or text tower open_clip would download; ImportError without
-    open_clip (only a name needs it here).
-    """
-    if model.startswith(("hf-hub:", "local-dir:")):
-        raise ValueError(f"--clip_model {model!r}: open_clip's hub and folder schemas are not used (nothing is "
-                         "downloaded); give a model name such as ViT-B-32, or the model's config JSON file")
-    if model.lower().endswith(".json") or os.path.sep in model or os.path.isfile(model):
-        name = os.path.splitext(os.path.basename(model))[0]
-        try:
-            cfg = json.loads(read_bytes(model, "--clip_model config", MAX_CONFIG_BYTES).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"--clip_model {model!r} is not a JSON model config ({e})") from None
-        except (OSError, ValueError) as e:
-            raise ValueError(str(e)) from None
-        preprocess = {}
-        if isinstance(cfg, dict) and isinstance(cfg.get("model_cfg"), dict):  # a hub-style open_clip_config.json
-            preprocess = cfg.get("preprocess_cfg") or {}
-            cfg = cfg["model_cfg"]
-        if not (isinstance(cfg, dict) and all(isinstance(cfg.get(k), dict) for k in ("vision_cfg", "text_cfg"))
-                and "embed_dim" in cfg and isinstance(preprocess, dict)):
-            raise ValueError(f"--clip_model {model!r} is not an open_clip model config: it needs 'embed_dim', "
-                             "'vision_cfg' and 'text_cfg' (as open_clip's model_configs/*.json), or 'model_cfg'")
-    else:
-        open_clip = import_open_clip()
-        cfg = open_clip.get_model_config(model)
-        if cfg is None:
-            close = difflib.get_close_matches(model, open_clip.list_models(), n=5, cutoff=0.6)
-            raise ValueError(f"--clip_model {model!r} is not an open_clip model name"
-                             + (f" (similar: {', '.join(close)})" if close else "")
-                             + "; see open_clip.list_models(), or give a model config JSON file")
-        name, preprocess = model, {}
-    hub = _hub_part(cfg["text_cfg"], name)
+def check_no_hub(cfg: dict, name: str, shown: str) -> None:
+    """ValueError unless open_clip builds and tokenizes the model `cfg` (named `name`; `shown` as the user
+    gave it) from what it bundles: a tokenizer or text tower from a hub, or a SigLIP tokenizer (which
+    open_clip picks by name), would be downloaded."""
+    text_cfg = cfg["text_cfg"]
+    hub = (f"its tokenizer ({text_cfg['hf_tokenizer_name']!r})" if text_cfg.get("hf_tokenizer_name")
+           else f"its text tower ({text_cfg['hf_model_name']!r})" if text_cfg.get("hf_model_name")
+           else "its SigLIP tokenizer" if "siglip" in name.lower() else None)
     if hub is not None:
-        raise ValueError(f"--clip_model {model!r}: open_clip would download {hub} from a hub, and nothing is "
+        raise ValueError(f"--clip_model {shown!r}: open_clip would download {hub} from a hub, and nothing is "
                          "downloaded here; only models with open_clip's bundled CLIP tokenizer are supported")
-    return name, cfg, preprocess
+
+
+def builtin_config(open_clip, name: str) -> dict:
+    """The model config open_clip ships for `name` (`open_clip.list_models()`); ValueError naming close ones."""
+    if name.startswith(("hf-hub:", "local-dir:")):
+        raise ValueError(f"--clip_model {name!r}: open_clip's hub and folder schemas are not used (nothing is "
+                         "downloaded); give a model name such as ViT-B-32, or the model's config JSON file")
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        close = difflib.get_close_matches(name, open_clip.list_models(), n=5, cutoff=0.6)
+        raise ValueError(f"--clip_model {name!r} is not an open_clip model name"
+                         + (f" (similar: {', '.join(close)})" if close else "")
+                         + "; see open_clip.list_models(), or give a model config JSON file")
+    return cfg
 
 
 def open_clip_model(open_clip, cfg: dict) -> nn.Module:
@@ -196,91 +154,6 @@ def open_clip_model(open_clip, cfg: dict) -> nn.Module:
         return cls(**cfg, cast_dtype=None)
     except (TypeError, ValueError, KeyError, AssertionError) as e:
         raise ValueError(f"open_clip cannot build a model from this config ({type(e).__name__}: {e})") from None
-
-
-def _weights_file(path: PathLike) -> str:
-    """`path` as a str if it names a regular file; FileNotFoundError naming it and where OpenCLIP weights
-    come from if it does not exist."""
-    try:
-        return os.fspath(regular_file(path, "--clip_path"))
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{e}. {WEIGHTS_HINT}") from None
-
-
-def _is_torchscript(path: str) -> bool:
-    """A TorchScript archive (OpenAI's original CLIP release) holds code/ and constants.pkl."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
-def _is_safetensors(path: str) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{"
-
-
-def read_state_dict(path: PathLike) -> dict[str, Tensor]:
-    """The tensors of an OpenCLIP weights file: safetensors, or a torch pickle read with weights_only=True
-    (a training checkpoint's 'state_dict' is taken, a DDP 'module.' prefix dropped). Both formats hold
-    their tensors' bytes, so what is allocated is bounded by the file's size.
-
-    Raises FileNotFoundError (with `WEIGHTS_HINT`) for a missing file, CheckpointError for anything
-    unreadable, unsafe or not a state dict.
-    """
-    p = _weights_file(path)
-    if _is_safetensors(p):
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(p)
-        except Exception as e:  # SafetensorError and friends
-            raise CheckpointError(f"{p}: cannot read this safetensors file ({e}); it is truncated or corrupted") from e
-    else:
-        if _is_torchscript(p):
-            raise CheckpointError(f"{p} is a TorchScript archive (OpenAI's original CLIP release format), whose code "
-                                  "this package does not run; use the same weights as a plain state dict ("
-                                  "open_clip_pytorch_model.bin or open_clip_model.safetensors)")
-        state = torch_load(p, map_location="cpu")
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # an open_clip training checkpoint
-        state = state["state_dict"]
-    if not (isinstance(state, dict) and state and all(isinstance(k, str) and isinstance(v, Tensor)
-                                                      for k, v in state.items())):
-        raise CheckpointError(f"{p} holds no state dict (a mapping of parameter names to tensors)")
-    if all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def _check_fit(path: str, found: dict[str, torch.Size], expected: dict[str, torch.Size]) -> None:
-    """CheckpointError unless the file's names and shapes are exactly the model's."""
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    wrong = [f"{k}: file {tuple(found[k])} vs model {tuple(expected[k])}" for k in expected
-             if k in found and tuple(found[k]) != tuple(expected[k])]
-    if missing or unexpected or wrong:
-        parts = [f"{len(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})" if unexpected else "",
-                 f"{len(wrong)} of another shape (e.g. {'; '.join(wrong[:2])})" if wrong else ""]
-        raise CheckpointError(f"{path} does not fit this --clip_model: {', '.join(p for p in parts if p)} "
-                              "parameters; is --clip_model the architecture these weights were trained as?")
-
-
-def _adapt(model: nn.Module, state: dict[str, Tensor], open_clip) -> dict[str, Tensor]:
-    """The renamings open_clip.load_checkpoint applies that change no value: an old-format text tower for
-    a custom-text model, and a 0-d vs 1-d logit scale / bias. (It also interpolates position embeddings
-    of another size: that is a different model here, reported by `_check_fit`.)"""
-    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
-        state = open_clip.model.convert_to_custom_text_state_dict(state)
-    for key in ("logit_scale", "logit_bias"):
-        param = getattr(model, key, None)
-        if key in state and isinstance(param, Tensor) and state[key].numel() == param.numel():
-            state[key] = state[key].reshape(param.shape)
-    if "logit_bias" not in state and getattr(model, "logit_bias", None) is not None:
-        state["logit_bias"] = torch.zeros_like(model.logit_bias)  # as open_clip (unused by the cosine)
-    return state
 
 
 # ------------------------------------------------------------------------------------------------
@@ -373,8 +246,8 @@ class OpenCLIPReranker(nn.Module):
     text features (what `model.encode_image(x, normalize=True) @ model.encode_text(t, normalize=True).T`
     gives for each image with its own caption), in float32.
 
-    Build it with `from_files(model, weights_path)`; the captions are tokenized with open_clip's
-    bundled CLIP tokenizer (the DALLE's tokens are not used).
+    Load one with `dalle_pytorch.io.clip_weights.load_open_clip(model, weights_path)`; the captions are
+    tokenized with open_clip's bundled CLIP tokenizer (the DALLE's tokens are not used).
     """
 
     def __init__(self, model: nn.Module, tokenizer: Any, preprocess: ImagePreprocess, name: str) -> None:
@@ -385,36 +258,25 @@ class OpenCLIPReranker(nn.Module):
         self.name = name
 
     @classmethod
-    def from_files(cls, model: str, weights_path: PathLike, device: Union[str, torch.device] = "cpu"
-                   ) -> "OpenCLIPReranker":
-        """`model`: an open_clip model name or config JSON (see `open_clip_config`); `weights_path`: its weights.
-
-        Raises FileNotFoundError (naming the file and where such weights come from), CheckpointError
-        (unreadable, unsafe, or weights of another architecture), ValueError (a bad or hub-only
-        model) or ImportError (open_clip is missing).
-        """
-        _weights_file(weights_path)  # a missing file is reported first, open_clip or not
-        open_clip = import_open_clip()
-        name, cfg, preprocess_cfg = open_clip_config(model)
+    def build(cls, open_clip, name: str, cfg: dict, preprocess_cfg: Optional[dict] = None) -> "OpenCLIPReranker":
+        """The reranker of the open_clip model config `cfg` with randomly initialised weights (fp32, CPU): its
+        model, its tokenizer (the bundled CLIP tokenizer open_clip.get_tokenizer gives such a model) and its
+        preprocessing (`preprocess_cfg` overrides open_clip's defaults). `io.clip_weights.load_open_clip`
+        fills the weights from a file. ValueError for a config that cannot be run without a download."""
+        check_no_hub(cfg, name, name)
         net = open_clip_model(open_clip, cfg)
         text_cfg = cfg["text_cfg"]
-        try:  # what open_clip.get_tokenizer gives a model without a hub tokenizer
+        try:
             tokenizer = open_clip.SimpleTokenizer(context_length=text_cfg.get("context_length", DEFAULT_CONTEXT_LENGTH),
                                                   **text_cfg.get("tokenizer_kwargs", {}))
         except TypeError as e:
-            raise ValueError(f"--clip_model {model!r}: bad tokenizer_kwargs ({e})") from None
+            raise ValueError(f"--clip_model {name!r}: bad tokenizer_kwargs ({e})") from None
         vocab = getattr(net, "vocab_size", None)
         if vocab is not None and vocab < tokenizer.vocab_size:  # open_clip's CLIP tokenizer needs its whole vocabulary
-            raise ValueError(f"--clip_model {model!r}: a text vocabulary of {vocab} tokens is smaller than "
+            raise ValueError(f"--clip_model {name!r}: a text vocabulary of {vocab} tokens is smaller than "
                              f"open_clip's CLIP tokenizer's {tokenizer.vocab_size}")
-        preprocess = ImagePreprocess.from_config(getattr(net.visual, "image_size", cfg["vision_cfg"].get("image_size")),
-                                                 preprocess_cfg)
-        # the weights, last: every parameter from the file, names and shapes exactly the model's
-        expected = {k: v.shape for k, v in net.state_dict().items()}
-        state = _adapt(net, read_state_dict(weights_path), open_clip)
-        _check_fit(os.fspath(weights_path), {k: v.shape for k, v in state.items()}, expected)
-        net.load_state_dict(state, strict=True)
-        return cls(net.to(device), tokenizer, preprocess, name)
+        size = getattr(net.visual, "image_size", cfg["vision_cfg"].get("image_size"))
+        return cls(net, tokenizer, ImagePreprocess.from_config(size, preprocess_cfg), name)
 
     @torch.inference_mode()
     def score(self, captions: Sequence[str], images: Tensor, tokens: Optional[Tensor] = None) -> Tensor:

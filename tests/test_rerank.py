@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 from dalle_pytorch import CLIP, Pipeline
 from dalle_pytorch.errors import CheckpointError, GenerationError
 from dalle_pytorch.images import tensor_to_pil
-from dalle_pytorch.rerank import (CLIPReranker, ImagePreprocess, OpenCLIPReranker, as_reranker, import_open_clip,
-                                  open_clip_config, open_clip_model)
+from dalle_pytorch.io.clip_weights import load_open_clip, open_clip_config
+from dalle_pytorch.rerank import CLIPReranker, ImagePreprocess, as_reranker, import_open_clip, open_clip_model
 from tests.clip_oracles import TINY, TINY_CUSTOM_TEXT, oracle_model
 from tests.clip_oracles import import_open_clip as import_oracle
 from tests.helpers import demo_tokenizer, tiny_dalle
@@ -112,7 +112,7 @@ def test_preprocess_validation():
 def test_scores_equal_open_clip(oc, tiny_files, fmt):
     """Our scores are open_clip's cosine similarities (its model, its preprocess, its tokenizer, loading
     the same file), so the ranking is the order of open_clip's similarities."""
-    reranker = OpenCLIPReranker.from_files(str(tiny_files["json"]), tiny_files[fmt])
+    reranker = load_open_clip(str(tiny_files["json"]), tiny_files[fmt])
     model, _, preprocess = oc.create_model_and_transforms("tiny_rerank", pretrained=str(tiny_files[fmt]))
     images = torch.rand(len(CAPTIONS), 3, 32, 32, generator=torch.Generator().manual_seed(1))
     ours = reranker.score(CAPTIONS, images)
@@ -150,7 +150,7 @@ def test_custom_text_model_and_training_checkpoint(oc, tiny_files, tmp_path):
     state = tiny_files["model"].state_dict()
     checkpoint = tmp_path / "epoch_3.pt"
     torch.save({"epoch": 3, "name": "run", "state_dict": {f"module.{k}": v for k, v in state.items()}}, checkpoint)
-    reranker = OpenCLIPReranker.from_files(str(config), checkpoint)
+    reranker = load_open_clip(str(config), checkpoint)
     model = oc.create_model("tiny_rerank_custom", pretrained=str(checkpoint)).eval()
     assert type(reranker.model).__name__ == type(model).__name__ == "CustomTextCLIP"
     _, _, preprocess = oc.create_model_and_transforms("tiny_rerank_custom", pretrained=None)
@@ -168,7 +168,7 @@ def test_hub_style_config_with_its_preprocessing(oc, tiny_files, tmp_path):
     pre = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear", "resize_mode": "squash"}
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY, "preprocess_cfg": pre}))
     torch.save(tiny_files["model"].state_dict(), folder / "open_clip_pytorch_model.bin")
-    reranker = OpenCLIPReranker.from_files(str(folder / "open_clip_config.json"), folder / "open_clip_pytorch_model.bin")
+    reranker = load_open_clip(str(folder / "open_clip_config.json"), folder / "open_clip_pytorch_model.bin")
     assert reranker.describe()["preprocess"] == {"size": 40, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
                                                  "interpolation": "bilinear", "resize_mode": "squash"}
     model, _, preprocess = oc.create_model_and_transforms(f"local-dir:{folder}")
@@ -246,7 +246,7 @@ def test_missing_weights_file_is_named(tmp_path):
     """No file: one line naming it and where such weights come from (open_clip installed or not)."""
     missing = tmp_path / "open_clip_pytorch_model.bin"
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing)) + ".*does not exist.*Hugging Face hub"):
-        OpenCLIPReranker.from_files("ViT-B-32", missing)
+        load_open_clip("ViT-B-32", missing)
     with pytest.raises(GenerationError, match="open_clip_pytorch_model.bin' does not exist. OpenCLIP weights are"):
         run("--dalle_path", "demo", "--text", CAPTIONS[0], "--outputs_dir", tmp_path, "--clip_model", "ViT-B-32",
             "--clip_path", missing)
@@ -308,23 +308,23 @@ def test_weights_of_another_architecture(oc, tiny_files, tmp_path, change, messa
     config = tmp_path / "other.json"
     config.write_text(json.dumps({**TINY, **change}))
     with pytest.raises(CheckpointError, match="does not fit this --clip_model: .*" + re.escape(message)):
-        OpenCLIPReranker.from_files(str(config), tiny_files["safetensors"])
+        load_open_clip(str(config), tiny_files["safetensors"])
 
 
 def test_unsafe_and_foreign_files(oc, tiny_files, tmp_path):
     scripted = tmp_path / "ViT-B-32.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), scripted)
     with pytest.raises(CheckpointError, match="TorchScript archive"):
-        OpenCLIPReranker.from_files(str(tiny_files["json"]), scripted)
+        load_open_clip(str(tiny_files["json"]), scripted)
     pickled = tmp_path / "code.bin"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "opt": Path("x")}, pickled)
     with pytest.raises(CheckpointError, match="refusing to unpickle arbitrary code"):
-        OpenCLIPReranker.from_files(str(tiny_files["json"]), pickled)
+        load_open_clip(str(tiny_files["json"]), pickled)
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{" + b"x" * 20)
     with pytest.raises(CheckpointError, match="cannot read this safetensors file"):
-        OpenCLIPReranker.from_files(str(tiny_files["json"]), junk)
+        load_open_clip(str(tiny_files["json"]), junk)
     not_weights = tmp_path / "list.bin"
     torch.save([torch.zeros(1)], not_weights)
     with pytest.raises(CheckpointError, match="holds no state dict"):
-        OpenCLIPReranker.from_files(str(tiny_files["json"]), not_weights)
+        load_open_clip(str(tiny_files["json"]), not_weights)
