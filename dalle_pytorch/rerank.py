@@ -105,8 +105,8 @@ def import_open_clip():
         lines = str(e).strip().splitlines() or [type(e).__name__]
         reason = "it is not installed" if isinstance(e, ImportError) else f"importing it failed ({lines[0]})"
         raise ImportError(
-            f"a pretrained CLIP (--clip_model) needs open_clip, but {reason}: pip install 'dalle-pytorch[clip]' (or "
-            "pip install open_clip_torch), with the torchvision release that matches your torch"
+            f"a pretrained CLIP (--clip_model) needs open_clip, but {reason}: pip install open_clip_torch (this "
+            "package's clip extra), with the torchvision release built for your torch"
         ) from None
     return open_clip
 

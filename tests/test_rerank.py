@@ -258,9 +258,10 @@ def test_missing_open_clip_names_the_extra(tmp_path, monkeypatch):
     weights = tmp_path / "w.bin"
     torch.save({"x": torch.zeros(1)}, weights)
     monkeypatch.setitem(sys.modules, "open_clip", None)  # `import open_clip` raises ImportError
-    with pytest.raises(ImportError, match=re.escape("it is not installed: pip install 'dalle-pytorch[clip]'")):
+    with pytest.raises(ImportError, match=re.escape("it is not installed: pip install open_clip_torch (this package's "
+                                                    "clip extra)")):
         import_open_clip()
-    with pytest.raises(GenerationError, match=re.escape("dalle-pytorch[clip]")):
+    with pytest.raises(GenerationError, match=re.escape("pip install open_clip_torch")):
         run("--dalle_path", "demo", "--text", CAPTIONS[0], "--outputs_dir", tmp_path, "--clip_model", "ViT-B-32",
             "--clip_path", weights)
     # an open_clip whose import fails (a torchvision built for another torch) is one line too
