@@ -50,7 +50,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--vae_path", default=None,
                        help="DiscreteVAE checkpoint to use instead of the one stored with the DALLE (needed for "
                             "DALLE-pytorch files saved without vae_params)")
-    model.add_argument("--clip_path", default=None, help="CLIP checkpoint to rerank the images with (best first)")
+    model.add_argument("--clip_path", default=None,
+                       help="CLIP to rerank the images with (best first): a CLIP checkpoint of ours, or with "
+                            "--clip_model the weights file of a pretrained OpenCLIP / OpenAI CLIP")
+    model.add_argument("--clip_model", default=None,
+                       help="rerank with open_clip (the [clip] extra): an open_clip model name (e.g. ViT-B-32) or "
+                            "model config JSON whose weights --clip_path holds (nothing is downloaded)")
     model.add_argument("--bpe_path", default=None,
                        help="tokenizer file overriding the checkpoint's: a `tokenizers` JSON with --hug (or any "
                             "*.json), a youtokentome BPE model (e.g. model.bpe, recognised by its content), else a "
@@ -235,8 +240,8 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
     path, is_demo = resolve_checkpoint(args.dalle_path)
     device = str(env.device) if env.distributed else args.device
     pipe = Pipeline.from_checkpoint(path, vae_path=args.vae_path, bpe_path=args.bpe_path, hug=args.hug,
-                                    chinese=args.chinese, clip_path=args.clip_path, device=device,
-                                    dtype=args.dtype, vae=_pretrained_vae(args))
+                                    chinese=args.chinese, clip_path=args.clip_path, clip_model=args.clip_model,
+                                    device=device, dtype=args.dtype, vae=_pretrained_vae(args))
     model, tokenizer = pipe.model, pipe.tokenizer
     # every caption (and the negative one) is checked before the first image is sampled
     pipe.tokenize([c for c in captions if c is not None] + ([args.null_text] if args.null_text is not None else []))
@@ -257,6 +262,8 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
                        "source": loaded.source, "written_by_version": loaded.package_version},
         "vae_path": os.path.abspath(args.vae_path) if args.vae_path else None,
         "clip_path": os.path.abspath(args.clip_path) if args.clip_path else None,
+        "clip_model": args.clip_model,
+        "reranker": pipe.clip.describe() if pipe.clip is not None else None,
         "tokenizer": type(tokenizer).__name__,
         "img_path": os.path.abspath(args.img) if args.img else None,
         "device": str(pipe.device),

@@ -35,7 +35,9 @@ setup(
         # pyyaml: the oracle of the taming-config reader; attrs, requests: what the dall-e oracle imports. The
         # oracles taming-transformers-rom1504==0.0.6 and dall-e==0.1 are NOT listed: their requirements
         # (torchvision, pytorch-lightning, an unpinned torch) would replace torch; .ci/run installs them --no-deps.
-        # fastapi/uvicorn/httpx: the server tests; playwright: the page in headless Chromium (Debian's chromium)
+        # fastapi/uvicorn/httpx: the server tests; playwright: the page in headless Chromium (Debian's chromium).
+        # open_clip_torch==3.3.0 and torchvision==0.28.0, the reranking oracles, are installed --no-deps by .ci/run too
+        # (what they import, regex, ftfy, tqdm, safetensors, numpy, pillow, is already required)
         "test": ["pytest", "hypothesis", "webdataset", "transformers", "pyyaml", "attrs", "requests", "matplotlib",
                  "fastapi", "uvicorn", "httpx", "playwright"],
         "serve": ["fastapi", "uvicorn"],
@@ -43,6 +45,9 @@ setup(
         "wandb": ["wandb"],
         "tensorboard": ["tensorboard"],
         "plot": ["matplotlib"],  # curves.png of a training run (python -m dalle_pytorch.plot)
+        # generate.py --clip_model: rerank with a pretrained OpenCLIP / OpenAI CLIP. open_clip requires torchvision:
+        # install the torchvision release that matches your torch (an unpinned one may replace torch)
+        "clip": ["open_clip_torch"],
     },
     entry_points={"console_scripts": ["dalle-convert=dalle_pytorch.convert:main"]},
 )

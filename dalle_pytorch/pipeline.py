@@ -32,6 +32,8 @@ from dalle_pytorch.dalle import DALLE
 from dalle_pytorch.errors import CheckpointError, GenerationError
 from dalle_pytorch.images import tensor_to_pil
 from dalle_pytorch.io.checkpoint import load_checkpoint
+from dalle_pytorch.io.clip_weights import load_open_clip
+from dalle_pytorch.rerank import Reranker, as_reranker
 from dalle_pytorch.sampling import SamplingConfig
 from dalle_pytorch.tokenizer import BaseTokenizer, tokenizer_for_flags
 
@@ -198,7 +200,7 @@ class GeneratedImages:
     seeds: list[int]  # the seed of each image's batch
     settings: dict  # the sampling settings that determine the images
     elapsed: float  # seconds of sampling (and decoding)
-    scores: Optional[list[float]] = None  # CLIP scores, with a CLIP
+    scores: Optional[list[float]] = None  # CLIP scores, with a CLIP (see `Pipeline.clip`)
     order: list[int] = field(default_factory=list)  # index of each image before reranking
 
     def pil_images(self) -> list[Image.Image]:
@@ -222,15 +224,18 @@ class Pipeline:
     Args:
         model: a DALLE (put in eval mode; its device and dtype are the pipeline's).
         tokenizer: the tokenizer the model was trained with.
-        clip: a CLIP to rerank each caption's images by (best first), or None.
+        clip: what ranks each caption's images (best first), or None: a `dalle_pytorch.CLIP` (scored on
+            the DALLE's caption tokens) or any `rerank.Reranker`, such as a pretrained
+            `rerank.OpenCLIPReranker`; `self.clip` is it as a Reranker.
     """
 
-    def __init__(self, model: DALLE, tokenizer: BaseTokenizer, *, clip: Optional[nn.Module] = None) -> None:
+    def __init__(self, model: DALLE, tokenizer: BaseTokenizer, *,
+                 clip: Optional[Union[nn.Module, Reranker]] = None) -> None:
         if not isinstance(model, DALLE):
             raise TypeError(f"Pipeline needs a DALLE, got {type(model).__name__}")
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.clip = clip.eval() if clip is not None else None
+        self.clip = as_reranker(clip)
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         #: the LoadedCheckpoint a pipeline made by `from_checkpoint` came from
@@ -239,11 +244,13 @@ class Pipeline:
     @classmethod
     def from_checkpoint(cls, dalle_path: Optional[PathLike] = None, *, vae: Optional[nn.Module] = None,
                         vae_path: Optional[PathLike] = None, bpe_path: Optional[PathLike] = None, hug: bool = False,
-                        chinese: bool = False, clip_path: Optional[PathLike] = None, device: str = "auto",
-                        dtype: str = "float32") -> "Pipeline":
+                        chinese: bool = False, clip_path: Optional[PathLike] = None, clip_model: Optional[str] = None,
+                        device: str = "auto", dtype: str = "float32") -> "Pipeline":
         """Load a DALLE checkpoint (ours, DALLE-pytorch's, or the demo model when `dalle_path` is None or
         "demo"), its tokenizer (or the one `bpe_path` / `hug` / `chinese` select: `tokenizer_for_flags`)
-        and an optional CLIP.
+        and an optional CLIP to rerank with: `clip_path` alone is a CLIP of ours (`dalle_pytorch.save(clip,
+        path)`); with `clip_model` (an open_clip model name or config JSON) it is a pretrained OpenCLIP /
+        OpenAI CLIP's weights (`rerank.OpenCLIPReranker`, run in float32 whatever `dtype`).
 
         vae / vae_path: as for `load_checkpoint` (a DALLE-pytorch model over a pretrained VAE needs
         `vae=VQGanVAE(...)`, see `dalle_pytorch.pretrained.vae_from_flags`, unless its files are in
@@ -261,7 +268,14 @@ class Pipeline:
         if loaded.kind != "dalle":
             raise GenerationError(f"{path} is a {loaded.kind} checkpoint; a DALLE checkpoint is needed")
         clip = None
-        if clip_path is not None:
+        if clip_model is not None:
+            if clip_path is None:
+                raise GenerationError("--clip_model needs --clip_path, the file of its weights (nothing is downloaded)")
+            try:
+                clip = load_open_clip(clip_model, clip_path, device=dev)
+            except (CheckpointError, ValueError, OSError, ImportError) as e:
+                raise GenerationError(str(e)) from None
+        elif clip_path is not None:
             try:
                 loaded_clip = load_checkpoint(clip_path, map_location=dev)
             except (CheckpointError, OSError) as e:
@@ -327,7 +341,7 @@ class Pipeline:
             hook = None if callback is None else self._step_hook(callback, callback_steps, caption, k, batch_seed)
             try:
                 out = self.model.generate_images(
-                    text, clip=self.clip, filter_thres=sampling.filter_thres, filter_scope=sampling.filter_scope,
+                    text, filter_thres=sampling.filter_thres, filter_scope=sampling.filter_scope,
                     top_p=sampling.top_p,
                     temperature=sampling.temperature, img=prime, num_init_img_tokens=num_init_img_tokens,
                     mask=mask, cond_scale=sampling.cond_scale, null_text=null, use_cache=use_cache, num_images=n,
@@ -335,9 +349,9 @@ class Pipeline:
                 )
             except ValueError as e:  # bad settings for this model (e.g. num_init_img_tokens too large)
                 raise GenerationError(str(e)) from None
-            if self.clip is not None:
-                out, batch_scores = out
-                scores.extend(float(s) for s in batch_scores.float().cpu())
+            if self.clip is not None:  # each image scored with its caption (the DALLE's tokens for our own CLIP)
+                batch_scores = self.clip.score([caption] * n, out, text.long().repeat_interleave(n, dim=0))
+                scores.extend(float(s) for s in batch_scores)
             images.append(out.float().cpu())
             seeds.extend([batch_seed] * n)
             if on_batch is not None:
