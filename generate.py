@@ -335,6 +335,9 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
         ranks = f" on {env.world_size} processes" if env.distributed else ""
         print(f"done: {count} images in {seconds:.2f} s ({count / seconds:.2f} images/s){ranks} on "
               f"{pipe.device.type} {args.dtype}")
+    # the ranks leave together: a rank that tears down its gloo group while another still talks to it
+    # (rank 0 writing the index) can abort at exit ("terminate called without an active exception")
+    env.barrier()
     return [r for _, r in results]
 
 
