@@ -16,9 +16,11 @@ codes; compiled variants at their batch), then time whole `generate_images` call
 steps, VAE decode) and the time to the first sampled image code. Both use their cached path
 (DALLE-pytorch with its cache kept at cond_scale 1, see benchmarks/dalle_pytorch_ref.py).
 
-Workers run with OMP_WAIT_POLICY=PASSIVE: on a machine whose 2 cores other processes share,
-OpenMP's spinning threads otherwise wait on descheduled ones (a batch-4 generation took 77 s
-instead of 6 s with two threads under a load of 6).  The load average is printed with the table.
+Workers run with OMP_WAIT_POLICY=PASSIVE by default: on a machine whose 2 cores other processes
+share, OpenMP's spinning threads otherwise wait on descheduled ones (a batch-4 generation took 77 s
+instead of 6 s with two threads under a load of 6).  On a quiet machine `--omp_wait_policy default`
+leaves OpenMP's own policy (threads spin a while before sleeping: faster small steps, for both
+implementations).  The load average is printed with the table.
 The step floor at batch 64 (the weight products plus one read of the step's keys and values,
 timed between the steps of an eager decode) comes from the same run.
 """
@@ -164,8 +166,14 @@ def best(runs: list) -> dict:
     return out
 
 
+OMP_WAIT_POLICY = "PASSIVE"  # set by --omp_wait_policy ("default": unset)
+
+
 def spawn(cmd: list, threads: int) -> dict:
-    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env.pop("OMP_WAIT_POLICY", None)
+    if OMP_WAIT_POLICY != "default":
+        env["OMP_WAIT_POLICY"] = OMP_WAIT_POLICY
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{out.stderr[-3000:]}")
@@ -179,10 +187,14 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a small grid (smoke test)")
     parser.add_argument("--model", choices=["bench", "community"], help="only this model's rows")
+    parser.add_argument("--omp_wait_policy", choices=["PASSIVE", "ACTIVE", "default"], default="PASSIVE",
+                        help="OMP_WAIT_POLICY of the workers (PASSIVE for a shared machine; default: OpenMP's own)")
     parser.add_argument("--out", help="also write the table (markdown) and the raw results (.json beside it)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--floor_worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global OMP_WAIT_POLICY
+    OMP_WAIT_POLICY = args.omp_wait_policy
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
@@ -202,7 +214,7 @@ def main(argv=None):
         print(line, flush=True)
         lines.append(line)
 
-    say(f"torch {torch.__version__}, {args.threads} threads, {cpu_name()}; load average at start "
+    say(f"torch {torch.__version__}, {args.threads} threads, OMP_WAIT_POLICY {args.omp_wait_policy}, {cpu_name()}; load average at start "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     check = spawn([args.ref_python, "-P", ref_script, "check"], args.threads)
     say(f"DALLE-pytorch with its cache kept at cond_scale 1: cached codes == uncached codes: {check['cached_equals_uncached']}")

@@ -160,8 +160,9 @@ def uncached_forward_time(model, text, n_img: int) -> float:
 
 
 def matmul_floor_fn(model, b: int):
-    """A function running one decode step's matrix products alone (same shapes, weights, biases)."""
-    import torch.nn.functional as F
+    """A function running one decode step's matrix products alone (same shapes, weights, biases), by
+    the kernel the step uses: the packed weights of `DALLE.setup_cache` where it packs them."""
+    from dalle_pytorch.packed import PackedLinears, packing_available
 
     t = model.transformer
     layers = []
@@ -171,11 +172,14 @@ def matmul_floor_fn(model, b: int):
                    (f.proj_in.weight, f.proj_in.bias), (f.proj_out.weight, f.proj_out.bias)]
     proj = model.to_logits[1]
     layers.append((proj.weight[model.num_text_tokens :], proj.bias[model.num_text_tokens :]))
-    xs = {w.shape[1]: torch.randn(b, w.shape[1], device=DEVICE) for w, _ in layers}
+    xs = {w.shape[1]: torch.randn(b, w.shape[1], device=DEVICE, dtype=proj.weight.dtype) for w, _ in layers}
+    linear = (PackedLinears(b).linear if packing_available(proj.weight.device, proj.weight.dtype)
+              else torch.nn.functional.linear)
 
     def run():
-        for w, bias in layers:
-            F.linear(xs[w.shape[1]], w, bias)
+        with torch.inference_mode():
+            for w, bias in layers:
+                linear(xs[w.shape[1]], w, bias)
 
     return run
 

@@ -260,17 +260,19 @@ class Attention(nn.Module):
 
     # -- one cached decoding step -----------------------------------------------------------------
 
-    def step(self, x: torch.Tensor, pos: torch.Tensor, rotary, kv, length: int | None = None) -> torch.Tensor:
+    def step(self, x: torch.Tensor, pos: torch.Tensor, rotary, kv, length: int | None = None,
+             linear=F.linear) -> torch.Tensor:
         """x: (b, 1, dim) at position `pos` (0-d long tensor); kv: this layer's KVCache.
 
         Writes k, v at `pos` in place and attends with the pattern's row for `pos`.
         length=None: over the whole preallocated cache (unwritten slots lie after `pos`, so the
         row masks them); shapes then never depend on `pos`, so the step can be compiled and
         graph-captured.  length=pos+1 (eager decoding): over the filled prefix only, which skips
-        the work on empty slots (and, for full attention, the mask).
+        the work on empty slots (and, for full attention, the mask).  linear: the weight products'
+        function (`InferenceCache.linear` in a decode step; F.linear by default).
         """
         b = x.shape[0]
-        qkv = F.linear(x, self.to_qkv.weight).view(b, 1, 3, self.heads, self.dim_head)
+        qkv = linear(x, self.to_qkv.weight).view(b, 1, 3, self.heads, self.dim_head)
         if rotary is not None:  # (cos, sin, swap) of this position: see rotary.rotary_step_tables
             cos, sin, swap = rotary
             qkv = apply_rotary_step(cos, sin, swap, qkv)
@@ -290,9 +292,10 @@ class Attention(nn.Module):
             cast = kv.k.dtype != q.dtype  # a cache in another dtype (DALLE.setup_cache's kv_dtype): attend in its dtype
             out = attend(q.to(kv.k.dtype) if cast else q, keys, values, mask, self.scale, self.stable)
             out = out.to(x.dtype) if cast else out
-        return F.linear(out.transpose(1, 2).reshape(b, 1, -1), self.to_out.weight, self.to_out.bias)
+        return linear(out.transpose(1, 2).reshape(b, 1, -1), self.to_out.weight, self.to_out.bias)
 
-    def step_rows(self, x: torch.Tensor, pos: torch.Tensor, rotary, kv, length: int | None = None) -> torch.Tensor:
+    def step_rows(self, x: torch.Tensor, pos: torch.Tensor, rotary, kv, length: int | None = None,
+                  linear=F.linear) -> torch.Tensor:
         """`step` with each row at its own position (continuous batching: rows of different requests).
 
         x: (b, 1, dim); pos: (b,) long; rotary: (cos, sin, swap) with cos, sin (b, 1, 1, 1, dim_head)
@@ -302,7 +305,7 @@ class Attention(nn.Module):
         max(pos) + 1 (None: the whole cache).  Returns (b, 1, dim).
         """
         b = x.shape[0]
-        qkv = F.linear(x, self.to_qkv.weight).view(b, 1, 3, self.heads, self.dim_head)
+        qkv = linear(x, self.to_qkv.weight).view(b, 1, 3, self.heads, self.dim_head)
         if rotary is not None:
             cos, sin, swap = rotary
             qkv = apply_rotary_step(cos, sin, swap, qkv)
@@ -314,4 +317,4 @@ class Attention(nn.Module):
         out = attend(q.to(kv.k.dtype) if cast else q, kv.k.narrow(2, 0, n), kv.v.narrow(2, 0, n), mask, self.scale,
                      self.stable)
         out = out.to(x.dtype) if cast else out
-        return F.linear(out.transpose(1, 2).reshape(b, 1, -1), self.to_out.weight, self.to_out.bias)
+        return linear(out.transpose(1, 2).reshape(b, 1, -1), self.to_out.weight, self.to_out.bias)

@@ -7,14 +7,18 @@ One `InferenceCache` per generate call holds, for every depth index of the trans
 - a `KVCache`: keys and values (B, H, S + 1, D: one spare slot, see `KVCache`) of that layer's attention, rotary already applied;
 - for token-shift models, two `ShiftCache`s (attention branch, feed-forward branch; see shift.py):
   a ring of the last F normalised inputs (B, F, C), i.e. exactly the row above and the token to
-  the left that the shift of the next token reads.
+  the left that the shift of the next token reads;
+and, on the CPU, the step's weights packed for oneDNN's kernel (`linears`, see packed.py): every
+weight product of a decode step goes through `InferenceCache.linear`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
+from dalle_pytorch.packed import PackedLinears
 from dalle_pytorch.shift import ShiftCache
 
 
@@ -77,13 +81,20 @@ class InferenceCache:
     shift_ff: list  # [ShiftCache | None] per depth index
     length: int = 0  # positions filled so far (0..length-1)
     max_len: int = field(default=0)
+    linears: PackedLinears | None = None  # the step's packed weights (CPU), or None: plain F.linear
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """F.linear(x, weight, bias) for a decode step: through the packed weights when there are any."""
+        if self.linears is None:
+            return F.linear(x, weight, bias)
+        return self.linears.linear(x, weight, bias)
 
     @classmethod
     def allocate(cls, *, depth: int, batch: int, heads: int, dim_head: int, max_len: int,
                  shift_channels: int | None, fmap_size: int, device, dtype,
-                 kv_dtype: torch.dtype | None = None) -> "InferenceCache":
+                 kv_dtype: torch.dtype | None = None, pack_weights: bool = False) -> "InferenceCache":
         """dtype: the shift rings' (the model's activations); kv_dtype: the keys' and values'
-        (default dtype)."""
+        (default dtype); pack_weights: give the steps packed weights (`PackedLinears`, for `batch` rows)."""
         def zeros(*shape, dtype=dtype):
             return torch.zeros(*shape, device=device, dtype=dtype)
 
@@ -95,7 +106,8 @@ class InferenceCache:
             sf = [ShiftCache(zeros(batch, fmap_size, shift_channels)) for _ in range(depth)]
         else:
             sa, sf = [None] * depth, [None] * depth
-        return cls(kv=kv, shift_attn=sa, shift_ff=sf, length=0, max_len=max_len)
+        return cls(kv=kv, shift_attn=sa, shift_ff=sf, length=0, max_len=max_len,
+                   linears=PackedLinears(batch) if pack_weights else None)
 
     @property
     def batch(self) -> int:
@@ -145,7 +157,7 @@ class InferenceCache:
             kv=[KVCache(rows(kv.k), rows(kv.v)) for kv in self.kv],
             shift_attn=[None if s is None else ShiftCache(rows(s.ring)) for s in self.shift_attn],
             shift_ff=[None if s is None else ShiftCache(rows(s.ring)) for s in self.shift_ff],
-            length=self.length, max_len=self.max_len,
+            length=self.length, max_len=self.max_len, linears=self.linears,
         )
 
     def move_rows(self, src: torch.Tensor, dst: torch.Tensor, length: int | None = None) -> None:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from dalle_pytorch.cache import InferenceCache
 from dalle_pytorch.config import DALLEConfig
+from dalle_pytorch.packed import packing_available
 from dalle_pytorch.sampling import SamplingConfig, guided_logits, sample
 from dalle_pytorch.transformer import Transformer
 
@@ -231,10 +232,15 @@ class DALLE(nn.Module):
 
     # -- cached inference -----------------------------------------------------------------------------
 
-    def setup_cache(self, batch: int, max_len: int | None = None, kv_dtype: torch.dtype | None = None) -> InferenceCache:
+    def setup_cache(self, batch: int, max_len: int | None = None, kv_dtype: torch.dtype | None = None,
+                    pack_weights: bool | None = None) -> InferenceCache:
         """Preallocate the inference state for `batch` rows and up to `max_len` positions.
 
         kv_dtype: the keys' and values' dtype (default: the model's); decode steps attend in it.
+        pack_weights: run the decode steps' weight products through weights packed for oneDNN
+        (`packed.PackedLinears`: the same products up to float rounding, faster on the CPU, most at small
+        batches: docs/benchmarks.md; packed at each weight's first use, held by the cache); None = wherever it is available
+        (`packed.packing_available`: the CPU in float32 / bfloat16).
         """
         t = self.transformer
         param = self.to_logits[1].weight
@@ -242,6 +248,7 @@ class DALLE(nn.Module):
             depth=t.depth, batch=batch, heads=t.heads, dim_head=t.dim_head,
             max_len=max_len or self.total_seq_len, shift_channels=t.shift_cache_channels,
             fmap_size=self.fmap_size, device=param.device, dtype=param.dtype, kv_dtype=kv_dtype,
+            pack_weights=packing_available(param.device, param.dtype) if pack_weights is None else pack_weights,
         )
 
     def prefill(self, ids: torch.Tensor, codes: torch.Tensor | None, cache: InferenceCache) -> torch.Tensor:
@@ -281,7 +288,7 @@ class DALLE(nn.Module):
             out = out / out.amax(dim=-1, keepdim=True).detach()
         norm, proj = self.to_logits
         rows = slice(self.num_text_tokens, None) if image else slice(0, self.num_text_tokens)
-        return F.linear(norm(out[:, 0]), proj.weight[rows], proj.bias[rows])
+        return cache.linear(norm(out[:, 0]), proj.weight[rows], proj.bias[rows])
 
     def decode_step_rows(self, token: torch.Tensor, pos: torch.Tensor, cache: InferenceCache,
                          length: int | None = None) -> torch.Tensor:
@@ -301,7 +308,7 @@ class DALLE(nn.Module):
             out = out / out.amax(dim=-1, keepdim=True).detach()
         norm, proj = self.to_logits
         rows = slice(self.num_text_tokens, None)
-        return F.linear(norm(out[:, 0]), proj.weight[rows], proj.bias[rows])
+        return cache.linear(norm(out[:, 0]), proj.weight[rows], proj.bias[rows])
 
     def __getstate__(self):
         # compiled decode steps are a per-process cache bound to this object: not pickled or deep-copied
@@ -524,7 +531,8 @@ class DALLE(nn.Module):
             weight = self.to_logits[1].weight
             if kv_dtype is None and not compile and weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
                 kv_dtype = torch.float32  # eager CPU attention: fp32 reads faster (see the docstring)
-            cache = self.setup_cache(expand.shape[0], kv_dtype=kv_dtype)
+            # a compiled step packs its own weights (inductor); the eager one goes through the cache's
+            cache = self.setup_cache(expand.shape[0], kv_dtype=kv_dtype, pack_weights=False if compile else None)
             if num_images == 1:  # every row is unique: prefill the cache itself, no gather
                 last = self.prefill(ids, unique_prime, cache)[:, self.num_text_tokens :]
             else:  # one prefill per caption, its cache rows copied to each of its images

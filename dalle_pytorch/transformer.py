@@ -58,10 +58,11 @@ class FeedForward(nn.Module):
     def forward(self, x):
         return self.proj_out(self.dropout(self.act(self.proj_in(x))))
 
-    def step(self, x):
-        """forward in eval mode with plain function calls (the one-token decode step)."""
-        x, gates = F.linear(x, self.proj_in.weight, self.proj_in.bias).chunk(2, dim=-1)
-        return F.linear(x * F.gelu(gates), self.proj_out.weight, self.proj_out.bias)
+    def step(self, x, linear=F.linear):
+        """forward in eval mode with plain function calls (the one-token decode step); linear: the
+        weight products' function (`InferenceCache.linear` in a decode step)."""
+        x, gates = linear(x, self.proj_in.weight, self.proj_in.bias).chunk(2, dim=-1)
+        return linear(x * F.gelu(gates), self.proj_out.weight, self.proj_out.bias)
 
 
 class Branch(nn.Module):
@@ -290,9 +291,9 @@ class Transformer(nn.Module):
             xn = self.shift.step_rows(xn, ring, shift) if rows else self.shift.step(xn, ring, shift)
         if kind == "attn":
             attn = self.attns[self.attn_index[i]]
-            out = (attn.step_rows if rows else attn.step)(xn, pos, rotary, cache.kv[i], length)
+            out = (attn.step_rows if rows else attn.step)(xn, pos, rotary, cache.kv[i], length, cache.linear)
         else:
-            out = self.ffs[self.ff_index[i]].step(xn)
+            out = self.ffs[self.ff_index[i]].step(xn, cache.linear)
         if branch.norm_out is not None:
             out = branch.norm_out(out)
         return torch.addcmul(x if residual is None else residual, out, branch.scale)

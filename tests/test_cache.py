@@ -8,6 +8,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.helpers import ATTN_TYPES, random_text, tiny_dalle
+from dalle_pytorch.packed import packing_available
 from dalle_pytorch.sampling import top_k_filter, top_p_filter
 
 GRID = [
@@ -353,13 +354,22 @@ class _CountOps(TorchDispatchMode):
 def test_decode_step_operator_count(kwargs, limit):
     """An eager decode step costs mostly per-operator overhead (docs/benchmarks.md), so the number of
     operators it calls is pinned: 23 per step plus 37 per layer for the defaults, today's counts.
-    An added operator should be a decision, not an accident."""
+    An added operator should be a decision, not an accident. The first step also packs each weight
+    once (one reorder each, `packed.PackedLinears`); later steps reuse the packs."""
     model = tiny_dalle(**kwargs).eval()
     with torch.inference_mode():
         cache = model.setup_cache(2)
         model.prefill(model.text_ids(random_text()), None, cache)
-        pos = cache.length
-        counter = _CountOps()
-        with counter:
-            model.decode_step(torch.tensor([1, 2]), torch.tensor(pos), cache, length=pos + 1)
-    assert 0 < counter.calls <= limit, f"{counter.calls} operators per decode step (limit {limit})"
+        calls = []
+        for _ in range(2):
+            pos = cache.length
+            counter = _CountOps()
+            with counter:
+                model.decode_step(torch.tensor([1, 2]), torch.tensor(pos), cache, length=pos + 1)
+            cache.length += 1
+            calls.append(counter.calls)
+    assert 0 < calls[1] <= limit, f"{calls[1]} operators per decode step (limit {limit})"
+    packs = 0 if cache.linears is None else len(cache.linears)
+    assert calls[0] == calls[1] + packs  # each weight packed at its first product, never again
+    if packing_available(torch.device("cpu"), torch.float32):
+        assert packs == 4 * model.transformer.depth + 1  # qkv, out, ff in, ff out per layer; the logit rows
