@@ -187,6 +187,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a small grid (smoke test)")
     parser.add_argument("--model", choices=["bench", "community"], help="only this model's rows")
+    parser.add_argument("--batch", type=int, nargs="+", help="only the rows (and floors) of these batch sizes")
     parser.add_argument("--omp_wait_policy", choices=["PASSIVE", "ACTIVE", "default"], default="PASSIVE",
                         help="OMP_WAIT_POLICY of the workers (PASSIVE for a shared machine; default: OpenMP's own)")
     parser.add_argument("--out", help="also write the table (markdown) and the raw results (.json beside it)")
@@ -223,6 +224,9 @@ def main(argv=None):
     if args.model:
         grid = [g for g in grid if g[0] == args.model]
         floors = [f for f in floors if f[0] == args.model]
+    if args.batch:
+        grid = [g for g in grid if g[1] in args.batch]
+        floors = [f for f in floors if f[1] in args.batch]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = {}

@@ -397,6 +397,7 @@ class DALLE(nn.Module):
         progress: bool = False,
         compile: bool | str = False,
         kv_dtype: torch.dtype | None = None,
+        pack_weights: bool | None = None,
         callback: Callable[[int, torch.Tensor], None] | None = None,
     ):
         """Sample images for captions.
@@ -417,6 +418,9 @@ class DALLE(nn.Module):
         eagerly on CPU keeps a float32 cache (there SDPA reads fp32 faster than bf16; compiled steps
         read a bf16 cache fastest: docs/benchmarks.md). Reduced precision is opt-in: a model
         converted with `.to(torch.bfloat16)` samples in bf16; images come back as float32.
+        pack_weights: the eager cached steps multiply by weights packed for oneDNN (`setup_cache`;
+        faster on the CPU, for as much memory again as the transformer's weights during the call).
+        None: wherever available (the CPU in fp32 / bf16); False: plain F.linear, no extra memory.
         callback(filled, codes): called after every sampled code, see `generate_codes`.
         img: (1 or b, c, H, W) pixels in [0, 1]: its first `num_init_img_tokens` codes (default 43.75%)
         prime every image. With `mask` (masked completion: inpainting / outpainting) the codes the
@@ -431,7 +435,7 @@ class DALLE(nn.Module):
             codes = self.generate_codes(text, sampling, img=img, num_init_img_tokens=num_init_img_tokens,
                                         mask=mask, null_text=null_text, use_cache=use_cache, num_images=num_images,
                                         generator=generator, progress=progress, compile=compile, kv_dtype=kv_dtype,
-                                        callback=callback)
+                                        pack_weights=pack_weights, callback=callback)
             if return_codes:
                 return codes
             images = self.vae.decode(codes).clamp(0.0, 1.0)
@@ -452,7 +456,7 @@ class DALLE(nn.Module):
                        null_text: torch.Tensor | None = None,
                        use_cache: bool = True, num_images: int = 1, generator: torch.Generator | None = None,
                        progress: bool = False, compile: bool | str = False,
-                       kv_dtype: torch.dtype | None = None,
+                       kv_dtype: torch.dtype | None = None, pack_weights: bool | None = None,
                        callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
         """The image codes (b * num_images, I) that `generate_images` decodes; the model must be in eval mode.
 
@@ -532,7 +536,7 @@ class DALLE(nn.Module):
             if kv_dtype is None and not compile and weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
                 kv_dtype = torch.float32  # eager CPU attention: fp32 reads faster (see the docstring)
             # a compiled step packs its own weights (inductor); the eager one goes through the cache's
-            cache = self.setup_cache(expand.shape[0], kv_dtype=kv_dtype, pack_weights=False if compile else None)
+            cache = self.setup_cache(expand.shape[0], kv_dtype=kv_dtype, pack_weights=False if compile else pack_weights)
             if num_images == 1:  # every row is unique: prefill the cache itself, no gather
                 last = self.prefill(ids, unique_prime, cache)[:, self.num_text_tokens :]
             else:  # one prefill per caption, its cache rows copied to each of its images

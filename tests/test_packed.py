@@ -80,12 +80,13 @@ def test_generation_with_packed_weights_draws_the_codes_of_plain_products():
         return model.generate_images(text, return_codes=True, num_images=2, generator=torch.Generator().manual_seed(5),
                                      **kw)
 
-    packed = codes()
+    made = []  # the caches the calls allocate (the generation cache first, then the prefix cache)
     original = model.setup_cache
-    model.setup_cache = lambda *a, **kw: original(*a, **{**kw, "pack_weights": False})
+    model.setup_cache = lambda *a, **kw: made.append(original(*a, **kw)) or made[-1]
     try:
-        plain = codes()
+        packed, plain = codes(), codes(pack_weights=False)
     finally:
         del model.setup_cache
+    assert len(made[0].linears) == 4 * model.transformer.depth + 1 and made[2].linears is None
     assert torch.equal(packed, plain)
     assert torch.equal(packed, codes(use_cache=False))
