@@ -501,13 +501,21 @@ class DALLE(nn.Module):
         else:
             prime = self._prime_codes(img, num_init_img_tokens, b)
 
-        # unique rows (one per caption, then one per null caption) and their expansion to all rows
-        unique_text = torch.cat((text, null_text)) if guided else text
+        # unique rows (one per caption, then one per distinct null row) and their expansion to all rows
         rows = b * num_images
         expand = torch.arange(b, device=device).repeat_interleave(num_images)
+        unique_text, unique_prime = text, prime
         if guided:
-            expand = torch.cat((expand, expand + b))
-        unique_prime = None if prime is None else (torch.cat((prime, prime)) if guided else prime)
+            # the null rows of different captions are mostly the same (the empty caption, or one negative
+            # prompt, with the same priming codes): each distinct null row is prefilled once
+            null_rows = null_text if prime is None else torch.cat((null_text, prime), dim=1)
+            distinct, which = torch.unique(null_rows, dim=0, return_inverse=True)
+            if distinct.shape[0] == b:  # all differ: keep them in caption order
+                distinct, which = null_rows, torch.arange(b, device=device)
+            unique_text = torch.cat((text, distinct[:, :text.shape[1]]))
+            if prime is not None:
+                unique_prime = torch.cat((prime, distinct[:, text.shape[1]:]))
+            expand = torch.cat((expand, which[expand] + b))
         start = 0 if prime is None else prime.shape[1]
 
         codes = torch.zeros(rows, self.image_seq_len, dtype=torch.long, device=device)
@@ -537,9 +545,9 @@ class DALLE(nn.Module):
                 kv_dtype = torch.float32  # eager CPU attention: fp32 reads faster (see the docstring)
             # a compiled step packs its own weights (inductor); the eager one goes through the cache's
             cache = self.setup_cache(expand.shape[0], kv_dtype=kv_dtype, pack_weights=False if compile else pack_weights)
-            if num_images == 1:  # every row is unique: prefill the cache itself, no gather
+            if unique_text.shape[0] == expand.shape[0]:  # every row is unique: prefill the cache itself, no gather
                 last = self.prefill(ids, unique_prime, cache)[:, self.num_text_tokens :]
-            else:  # one prefill per caption, its cache rows copied to each of its images
+            else:  # one prefill per caption (and per distinct null row), its cache rows copied to each of its images
                 prefix = self.setup_cache(unique_text.shape[0], self.text_len + start, kv_dtype=kv_dtype)
                 last = self.prefill(ids, unique_prime, prefix)[expand, self.num_text_tokens :]
                 cache.copy_rows_from(prefix, expand)

@@ -151,7 +151,41 @@ def test_num_images_computes_the_prefix_once_per_caption():
     model.prefill = spy
     out = model.generate_images(random_text(), num_images=4, cond_scale=2.0, return_codes=True)
     assert out.shape == (8, 64)
-    assert rows == [4], "2 captions + 2 null captions, not 16 rows"
+    assert rows == [3], "2 captions + 1 null caption (both empty), not 16 rows"
+
+
+@pytest.mark.parametrize("num_images", [1, 3])
+def test_each_distinct_null_row_is_prefilled_once(num_images):
+    """With guidance the null rows of different captions are prefilled once per distinct row (the empty
+    caption, a shared negative prompt, with the same priming codes), and sampling is unchanged: the cached
+    codes equal the uncached ones, which run every row through the full forward."""
+    model = tiny_dalle().eval()
+    rows = []
+    original = model.prefill
+
+    def spy(ids, codes, cache):
+        rows.append(ids.shape[0])
+        return original(ids, codes, cache)
+
+    model.prefill = spy
+    text = random_text(batch=4, seed=3)
+    negative = random_text(batch=4, seed=4)
+    img = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cases = [  # (null_text, img, distinct null rows)
+        (None, None, 1),
+        (negative[:1], None, 1),  # one negative prompt for every caption
+        (torch.cat((negative[:2], negative[:2])), None, 2),
+        (negative, None, 4),  # all differ: nothing to share
+        (None, img, 1),  # the same priming codes behind every empty caption
+    ]
+    for null_text, prime, distinct in cases:
+        rows.clear()
+        kw = dict(cond_scale=3.0, null_text=null_text, num_images=num_images, return_codes=True,
+                  img=prime, num_init_img_tokens=None if prime is None else 5)
+        cached = model.generate_images(text, generator=torch.Generator().manual_seed(1), **kw)
+        assert rows == [4 + distinct], (null_text is None, prime is None, rows)
+        uncached = model.generate_images(text, generator=torch.Generator().manual_seed(1), use_cache=False, **kw)
+        assert torch.equal(cached, uncached)
 
 
 def test_generation_restores_training_mode_and_returns_images():
