@@ -127,6 +127,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="weights and activations (default float32; float16 needs a GPU)")
     run.add_argument("--outputs_dir", default="./outputs", help="where run folders are created (default ./outputs)")
     run.add_argument("--no_progress", action="store_true", help="no progress bars")
+    run.add_argument("--no_pack_weights", action="store_true",
+                     help="decode with the weights as they are instead of copies packed for oneDNN's CPU kernel: "
+                          "slower, but saves as much memory as the transformer's weights (the same images)")
     return p.parse_args(argv)
 
 
@@ -300,14 +303,16 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
             generated = pipe.generate(
                 caption, num_images=args.num_images, seed=seed, batch_size=args.batch_size, sampling=sampling,
                 null_prompt=args.null_text, img=img, num_init_img_tokens=args.num_init_img_tokens, mask=mask,
-                use_cache=args.use_cache, compile=args.compile or False, on_batch=bar.update, callback=show_codes,
+                use_cache=args.use_cache, compile=args.compile or False,
+                pack_weights=False if args.no_pack_weights else None, on_batch=bar.update, callback=show_codes,
                 callback_steps=4)
             generated.settings["img"] = os.path.basename(args.img) if args.img else None
             generated.settings["mask"] = os.path.basename(args.mask) if args.mask else None
             folder = (make_run_dir(args.outputs_dir, caption) if planned is None
                       else create_run_dir(args.outputs_dir, planned[i], caption))
             result = save_outputs(folder, generated, seed=seed, run_info=info,
-                                  record_extra={"use_cache": args.use_cache, "compile": args.compile or False})
+                                  record_extra={"use_cache": args.use_cache, "compile": args.compile or False,
+                                                "pack_weights": not args.no_pack_weights})
             tqdm.write(f"{caption!r}: {len(result.files)} images in {result.folder}")
             results.append((i, result))
     except (GenerationError, OSError) as e:

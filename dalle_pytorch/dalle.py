@@ -543,7 +543,8 @@ class DALLE(nn.Module):
             weight = self.to_logits[1].weight
             if kv_dtype is None and not compile and weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
                 kv_dtype = torch.float32  # eager CPU attention: fp32 reads faster (see the docstring)
-            # a compiled step packs its own weights (inductor); the eager one goes through the cache's
+            # a compiled step multiplies with inductor's kernels (dynamo does not trace packed tensors);
+            # the eager one goes through the cache's packed weights
             cache = self.setup_cache(expand.shape[0], kv_dtype=kv_dtype, pack_weights=False if compile else pack_weights)
             if unique_text.shape[0] == expand.shape[0]:  # every row is unique: prefill the cache itself, no gather
                 last = self.prefill(ids, unique_prime, cache)[:, self.num_text_tokens :]

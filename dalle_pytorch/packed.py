@@ -11,8 +11,8 @@ Properties the decode path relies on (tested in tests/test_packed.py):
 - the same function as `F.linear` up to float rounding, for float32 and bfloat16;
 - batch-invariant: a row's result does not depend on the other rows of the batch (the continuous
   batching server's rows belong to different requests);
-- no autograd: with gradients enabled, or inside torch.compile (which packs on its own), the
-  product is plain `F.linear`;
+- no autograd: with gradients enabled, or inside torch.compile (whose graph multiplies with
+  inductor's own kernels), the product is plain `F.linear`;
 - a weight modified in place after it was packed (its version counter moves) is packed again
   (a weight made under torch.inference_mode has no version counter: it is packed once).
 

@@ -315,6 +315,7 @@ class Pipeline:
                  sampling: SamplingConfig = SamplingConfig(filter_thres=0.9), null_prompt: Optional[str] = None,
                  img: Optional[torch.Tensor] = None, num_init_img_tokens: Optional[int] = None,
                  mask: Optional[torch.Tensor] = None, use_cache: bool = True, compile: bool | str = False,
+                 pack_weights: Optional[bool] = None,
                  progress: bool = False, on_batch: Optional[Callable[[int], None]] = None,
                  callback: Optional[Callable[[Step], None]] = None, callback_steps: int = 1) -> GeneratedImages:
         """Sample `num_images` images for `caption`.
@@ -323,7 +324,8 @@ class Pipeline:
         null_prompt: the caption guidance steers away from (needs sampling.cond_scale != 1).
         img: (1, c, H, W) pixels in [0, 1] whose first `num_init_img_tokens` codes prime every image,
         or, with `mask` (H, W) (1 keeps, 0 generates), whose kept codes are fixed (masked completion).
-        `use_cache` and `compile` change the speed, never the images.  on_batch(n) is called after
+        `use_cache`, `compile` and `pack_weights` (False: no packed copies of the weights, see
+        `DALLE.generate_images`) change the speed and memory, never the images.  on_batch(n) is called after
         each batch of n images.  callback(Step) is called every `callback_steps` sampled codes of a
         batch and after its last one; it changes nothing that is sampled.
         """
@@ -345,7 +347,7 @@ class Pipeline:
                     top_p=sampling.top_p,
                     temperature=sampling.temperature, img=prime, num_init_img_tokens=num_init_img_tokens,
                     mask=mask, cond_scale=sampling.cond_scale, null_text=null, use_cache=use_cache, num_images=n,
-                    generator=generator, progress=progress, compile=compile, callback=hook,
+                    generator=generator, progress=progress, compile=compile, pack_weights=pack_weights, callback=hook,
                 )
             except ValueError as e:  # bad settings for this model (e.g. num_init_img_tokens too large)
                 raise GenerationError(str(e)) from None

@@ -181,6 +181,16 @@ def test_no_use_cache_gives_the_same_images(tiny, tmp_path):
     assert json.loads(plain.json_path.read_text())["use_cache"] is False
 
 
+def test_no_pack_weights_gives_the_same_images(tiny, tmp_path):
+    (packed,) = run_tiny(tiny, tmp_path / "a", "--text", CAPTION, "--seed", "3", "--num_images", "2")
+    (plain,) = run_tiny(tiny, tmp_path / "b", "--text", CAPTION, "--seed", "3", "--num_images", "2",
+                        "--no_pack_weights")
+    assert torch.equal(packed.images, plain.images)
+    assert png_bytes(packed.folder) == png_bytes(plain.folder)
+    assert json.loads(packed.json_path.read_text())["settings"]["pack_weights"] is True
+    assert json.loads(plain.json_path.read_text())["settings"]["pack_weights"] is False
+
+
 @pytest.mark.slow
 def test_compile_gives_the_same_images(tiny, tmp_path):
     (eager,) = run_tiny(tiny, tmp_path / "a", "--text", CAPTION, "--seed", "3", "--num_images", "2")
