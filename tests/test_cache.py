@@ -139,8 +139,8 @@ def test_batched_guidance_equals_two_pass_definition():
     assert torch.equal(codes, ref)
 
 
-def test_num_images_computes_the_prefix_once_per_caption():
-    model = tiny_dalle()
+def _count_prefill_rows(model) -> list:
+    """Make `model.prefill` record the rows of every call in the returned list."""
     rows = []
     original = model.prefill
 
@@ -149,6 +149,12 @@ def test_num_images_computes_the_prefix_once_per_caption():
         return original(ids, codes, cache)
 
     model.prefill = spy
+    return rows
+
+
+def test_num_images_computes_the_prefix_once_per_caption():
+    model = tiny_dalle()
+    rows = _count_prefill_rows(model)
     out = model.generate_images(random_text(), num_images=4, cond_scale=2.0, return_codes=True)
     assert out.shape == (8, 64)
     assert rows == [3], "2 captions + 1 null caption (both empty), not 16 rows"
@@ -160,14 +166,7 @@ def test_each_distinct_null_row_is_prefilled_once(num_images):
     caption, a shared negative prompt, with the same priming codes), and sampling is unchanged: the cached
     codes equal the uncached ones, which run every row through the full forward."""
     model = tiny_dalle().eval()
-    rows = []
-    original = model.prefill
-
-    def spy(ids, codes, cache):
-        rows.append(ids.shape[0])
-        return original(ids, codes, cache)
-
-    model.prefill = spy
+    rows = _count_prefill_rows(model)
     text = random_text(batch=4, seed=3)
     negative = random_text(batch=4, seed=4)
     img = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
