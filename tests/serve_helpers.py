@@ -33,20 +33,3 @@ def live_server(app, timeout: float = 60.0):
     finally:
         server.should_exit = True
         thread.join(30)
-
-
-def one_thread_fixture():
-    """A module fixture: torch on one thread.  The server tests run a model in a background thread
-    next to the test's own; with other processes on the cores, two OpenMP threads per process wait
-    on each other (benchmarks/serve.py measured 5-10x slower steps under load)."""
-    import pytest
-    import torch
-
-    @pytest.fixture(scope="module", autouse=True)
-    def one_thread():
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        yield
-        torch.set_num_threads(before)
-
-    return one_thread

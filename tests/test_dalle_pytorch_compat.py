@@ -48,12 +48,7 @@ TINY_DALLE = ["--dim", "16", "--depth", "1", "--heads", "2", "--dim_head", "8", 
 OURS = ["--no_progress", "--sample_every", "0"]  # our own flags, for quiet tests
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

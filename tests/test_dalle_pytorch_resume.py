@@ -27,7 +27,6 @@ from tests.test_dalle_pytorch_compat import (  # noqa: F401 - fixtures
     RESUME,
     TINY_DALLE,
     TINY_VAE,
-    _one_thread,
     data,
     dp_files,
     records,
@@ -35,6 +34,8 @@ from tests.test_dalle_pytorch_compat import (  # noqa: F401 - fixtures
     train_dalle,
     train_vae,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CONFIGS = ("plain_lr_decay", "shared_shift_rotary", "reversible")
 

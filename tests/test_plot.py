@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from dalle_pytorch.plot import load_curves
@@ -19,12 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("matplotlib", reason="the plot extra (matplotlib) is not installed")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def panel_spreads(png: Path) -> list[float]:

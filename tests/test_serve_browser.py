@@ -16,6 +16,7 @@ CHROMIUM = "/usr/bin/chromium"
 IN_CI = bool(os.environ.get("DALLE_PYTORCH_CI"))  # .ci/run installs Chromium: there a missing one is a failure
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.usefixtures("one_thread"),
     pytest.mark.skipif(not os.path.exists(CHROMIUM) and not IN_CI,
                        reason=f"no Chromium at {CHROMIUM}: apt-get install -y chromium (.ci/run installs it)"),
 ]
@@ -28,9 +29,7 @@ from dalle_pytorch.pipeline import Pipeline  # noqa: E402
 from dalle_pytorch.serve.app import create_app  # noqa: E402
 from dalle_pytorch.synthetic import dominant_colors, parse_caption  # noqa: E402
 from dalle_pytorch.train.datasets import image_to_tensor  # noqa: E402
-from tests.serve_helpers import live_server, one_thread_fixture  # noqa: E402
-
-one_thread = one_thread_fixture()
+from tests.serve_helpers import live_server  # noqa: E402
 
 # Playwright's own browser download cannot work here: it drives the system Chromium
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -20,9 +20,9 @@ from dalle_pytorch.serve import scheduler as scheduler_module  # noqa: E402
 from dalle_pytorch.serve.__main__ import parse_args  # noqa: E402
 from dalle_pytorch.serve.app import create_app  # noqa: E402
 from tests.helpers import tiny_pipeline, tiny_vae  # noqa: E402
-from tests.serve_helpers import live_server, one_thread_fixture  # noqa: E402
+from tests.serve_helpers import live_server  # noqa: E402
 
-one_thread = one_thread_fixture()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RED = "a red circle on a blue background"
 

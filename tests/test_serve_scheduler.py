@@ -19,9 +19,8 @@ from dalle_pytorch.serve import scheduler as scheduler_module
 from dalle_pytorch.serve.batch import RunningBatch, prefill
 from dalle_pytorch.serve.scheduler import ImageRequest, QueueFull, RequestFailed, Scheduler, ShuttingDown
 from tests.helpers import tiny_pipeline, tiny_vae
-from tests.serve_helpers import one_thread_fixture
 
-one_thread = one_thread_fixture()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 RED = "a red circle on a blue background"

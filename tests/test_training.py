@@ -41,13 +41,7 @@ DALLE_FLAGS = ["--dim", "32", "--depth", "2", "--heads", "2", "--dim_head", "16"
                "--truncate_captions", "--batch_size", "4", "--no_progress", "--sample_every", "0"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: threads only add overhead (and contention on small CI machines)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
