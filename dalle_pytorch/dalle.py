@@ -174,13 +174,16 @@ class DALLE(nn.Module):
             x = x + self.image_pos_emb.table()[start : start + codes.shape[1]]
         return x
 
+    def _stable_in(self, tokens: torch.Tensor) -> torch.Tensor:
+        """stable=True: the embeddings' gradient scaled by 0.1 (the same values); else tokens."""
+        return tokens * 0.1 + tokens.detach() * 0.9 if self.stable else tokens
+
+    def _stable_out(self, out: torch.Tensor) -> torch.Tensor:
+        """stable=True: the transformer's output divided by its (detached) maximum; else out."""
+        return out / out.amax(dim=-1, keepdim=True).detach() if self.stable else out
+
     def _transform(self, tokens: torch.Tensor, cache: InferenceCache | None = None, masked: bool | None = None):
-        if self.stable:
-            tokens = tokens * 0.1 + tokens.detach() * 0.9  # scale the embedding gradient by 0.1
-        out = self.transformer(tokens, cache=cache, masked=masked)
-        if self.stable:
-            out = out / out.amax(dim=-1, keepdim=True).detach()
-        return out
+        return self._stable_out(self.transformer(self._stable_in(tokens), cache=cache, masked=masked))
 
     def logits_mask(self, positions: torch.Tensor) -> torch.Tensor:
         """(n, V) bool: True where a logit is forbidden (text positions predict text, image positions codes)."""
@@ -281,14 +284,7 @@ class DALLE(nn.Module):
             x = self.text_emb(token[:, None])
             if not self.rotary_emb:
                 x = x + self.text_pos_emb.weight.index_select(0, pos.view(1))
-        if self.stable:
-            x = x * 0.1 + x.detach() * 0.9
-        out = self.transformer.step(x, pos, cache, length)
-        if self.stable:
-            out = out / out.amax(dim=-1, keepdim=True).detach()
-        norm, proj = self.to_logits
-        rows = slice(self.num_text_tokens, None) if image else slice(0, self.num_text_tokens)
-        return cache.linear(norm(out[:, 0]), proj.weight[rows], proj.bias[rows])
+        return self._step_logits(self.transformer.step(self._stable_in(x), pos, cache, length), cache, image)
 
     def decode_step_rows(self, token: torch.Tensor, pos: torch.Tensor, cache: InferenceCache,
                          length: int | None = None) -> torch.Tensor:
@@ -301,14 +297,15 @@ class DALLE(nn.Module):
         x = self.image_emb(token[:, None])
         if not self.rotary_emb:
             x = x + self.image_pos_emb.table().index_select(0, pos - self.text_len)[:, None]
-        if self.stable:
-            x = x * 0.1 + x.detach() * 0.9
-        out = self.transformer.step_rows(x, pos, cache, length)
-        if self.stable:
-            out = out / out.amax(dim=-1, keepdim=True).detach()
+        return self._step_logits(self.transformer.step_rows(self._stable_in(x), pos, cache, length), cache, image=True)
+
+    def _step_logits(self, out: torch.Tensor, cache: InferenceCache, image: bool) -> torch.Tensor:
+        """The transformer's output for one token (b, 1, c) -> the logits that can be sampled after it:
+        (b, num_image_tokens) after an image token, (b, num_text_tokens) after a text token (only those
+        rows of the output projection are computed, through the cache's packed weights)."""
         norm, proj = self.to_logits
-        rows = slice(self.num_text_tokens, None)
-        return cache.linear(norm(out[:, 0]), proj.weight[rows], proj.bias[rows])
+        rows = slice(self.num_text_tokens, None) if image else slice(0, self.num_text_tokens)
+        return cache.linear(norm(self._stable_out(out)[:, 0]), proj.weight[rows], proj.bias[rows])
 
     def __getstate__(self):
         # compiled decode steps are a per-process cache bound to this object: not pickled or deep-copied
