@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from dalle_pytorch.io.pretrained_files import CACHE_DIR, default_files
 from dalle_pytorch.io.safe_pickle import StandIn, TorchFile, check_state_dict_shapes, module_tensors
+from dalle_pytorch.vae import CodeGrid
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -225,7 +226,7 @@ class Decoder(nn.Module):
 # -- the DALLE-pytorch VAE -----------------------------------------------------------------------------------
 
 
-class OpenAIDiscreteVAE(nn.Module):
+class OpenAIDiscreteVAE(CodeGrid, nn.Module):
     """DALLE-pytorch 1.6.6's OpenAIDiscreteVAE: OpenAI's dVAE read from `encoder.pkl` and `decoder.pkl`.
 
     Args:
@@ -288,15 +289,6 @@ class OpenAIDiscreteVAE(nn.Module):
     def config(self) -> dict:
         """JSON-serialisable; `OpenAIDiscreteVAE.from_config(vae.config, vae.state_dict())` rebuilds the VAE."""
         return {"encoder": asdict(self.enc.cfg), "decoder": asdict(self.dec.cfg)}
-
-    @property
-    def fmap_size(self) -> int:
-        """Side of the code grid DALLE sees: image_size // 2**num_layers = 32."""
-        return self.image_size // (2**self.num_layers)
-
-    @property
-    def image_seq_len(self) -> int:
-        return self.fmap_size**2
 
     @torch.no_grad()
     def get_codebook_indices(self, img: Tensor) -> Tensor:

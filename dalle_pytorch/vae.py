@@ -77,7 +77,25 @@ class ResBlock(nn.Module):
         return self.net(x) + x
 
 
-class DiscreteVAE(nn.Module):
+class CodeGrid:
+    """The code grid of a VAE that halves `image_size` pixels `num_layers` times, as DALLE reads it
+    (DiscreteVAE, VQGanVAE and OpenAIDiscreteVAE all derive it so)."""
+
+    image_size: int
+    num_layers: int
+
+    @property
+    def fmap_size(self) -> int:
+        """Side of the code grid: image_size // 2**num_layers (DALLE-pytorch's image_fmap_size)."""
+        return self.image_size // (2**self.num_layers)
+
+    @property
+    def image_seq_len(self) -> int:
+        """Number of codes per image: fmap_size**2."""
+        return self.fmap_size**2
+
+
+class DiscreteVAE(CodeGrid, nn.Module):
     """Convolutional discrete VAE with a gumbel-softmax bottleneck over `num_tokens` codebook entries.
 
     Args:
@@ -175,16 +193,6 @@ class DiscreteVAE(nn.Module):
         self.decoder = nn.Sequential(*dec_layers)
 
     # properties
-
-    @property
-    def fmap_size(self) -> int:
-        """Side of the latent grid: image_size // 2**num_layers."""
-        return self.image_size // (2**self.num_layers)
-
-    @property
-    def image_seq_len(self) -> int:
-        """Number of codes per image: fmap_size**2."""
-        return self.fmap_size**2
 
     @property
     def config(self) -> dict:

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from dalle_pytorch.io.pretrained_files import CACHE_DIR, default_files
 from dalle_pytorch.io.safe_pickle import check_state_dict_shapes, read_lightning_state_dict
 from dalle_pytorch.io.taming_config import read_yaml_subset
+from dalle_pytorch.vae import CodeGrid
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -464,7 +465,7 @@ class VQModel(nn.Module):
 # -- the DALLE-pytorch VAE -----------------------------------------------------------------------------------
 
 
-class VQGanVAE(nn.Module):
+class VQGanVAE(CodeGrid, nn.Module):
     """DALLE-pytorch 1.6.6's VQGanVAE: a taming VQGAN (VQModel or GumbelVQ) read from its .yaml and .ckpt.
 
     Args:
@@ -530,15 +531,6 @@ class VQGanVAE(nn.Module):
     def config(self) -> dict:
         """JSON-serialisable taming `model:` section; `VQGanVAE.from_config(vae.config, vae.state_dict())` rebuilds it."""
         return self.vqgan_config.to_taming()
-
-    @property
-    def fmap_size(self) -> int:
-        """Side of the code grid DALLE sees: image_size // 2**num_layers (DALLE-pytorch's image_fmap_size)."""
-        return self.image_size // (2**self.num_layers)
-
-    @property
-    def image_seq_len(self) -> int:
-        return self.fmap_size**2
 
     @torch.no_grad()
     def get_codebook_indices(self, img: Tensor) -> Tensor:
