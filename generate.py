@@ -33,7 +33,7 @@ from dalle_pytorch.io.outputs import (
     split_captions,
 )
 from dalle_pytorch.pipeline import DEMO, DTYPES, Pipeline, batch_seeds, fresh_seed, resolve_checkpoint
-from dalle_pytorch.pretrained import vae_from_flags
+from dalle_pytorch.pretrained import add_vae_flags, vae_flags, vae_from_flags
 from dalle_pytorch.sampling import FILTER_SCOPES, SamplingConfig
 from dalle_pytorch.train.distributed import DistEnv, init_distributed
 
@@ -66,14 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--chinese", action="store_true",
                        help="Chinese captions: --bpe_path is bert-base-chinese's vocab.txt (DALLE-pytorch's "
                             "ChineseTokenizer); a checkpoint of ours stores it")
-    model.add_argument("--taming", action="store_true",
-                       help="DALLE-pytorch's VQGAN for a DALLE-pytorch checkpoint saved over it: from --vqgan_model_path "
-                            "/ --vqgan_config_path, else the files DALLE-pytorch downloaded to ~/.cache/dalle")
-    model.add_argument("--vqgan_model_path", default=None, help="the VQGAN weights (.ckpt); implies --taming")
-    model.add_argument("--vqgan_config_path", default=None, help="the VQGAN config (.yaml); implies --taming")
-    model.add_argument("--openai_encoder_path", default=None,
-                       help="OpenAI's dVAE encoder.pkl for a checkpoint over OpenAIDiscreteVAE (default ~/.cache/dalle)")
-    model.add_argument("--openai_decoder_path", default=None, help="OpenAI's dVAE decoder.pkl (see --openai_encoder_path)")
+    add_vae_flags(model, "DALLE-pytorch's VQGAN for a DALLE-pytorch checkpoint saved over it: from --vqgan_model_path "
+                         "/ --vqgan_config_path, else the files DALLE-pytorch downloaded to ~/.cache/dalle")
 
     text = p.add_argument_group("captions")
     text.add_argument("--text", default=None,
@@ -223,9 +217,7 @@ def main(args: argparse.Namespace) -> list:
 def _pretrained_vae(args: argparse.Namespace):
     """The pretrained VAE --taming / --vqgan_* / --openai_* ask for (`pretrained.vae_from_flags`), or None."""
     try:
-        return vae_from_flags(taming=args.taming, vqgan_model_path=args.vqgan_model_path,
-                              vqgan_config_path=args.vqgan_config_path, openai_encoder_path=args.openai_encoder_path,
-                              openai_decoder_path=args.openai_decoder_path)
+        return vae_from_flags(**vae_flags(args))
     except (ValueError, OSError) as e:
         raise GenerationError(str(e)) from None
 

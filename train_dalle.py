@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dalle_pytorch.pretrained import add_vae_flags
 from dalle_pytorch.train.args import add_common_args
 from dalle_pytorch.train.run import cli, run
 from dalle_pytorch.train.tasks import dalle_task
@@ -27,11 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     pretrained = parser.add_argument_group(
         "pretrained VAEs (without --vae_path, as DALLE-pytorch: the VQGAN with --taming, else OpenAI's dVAE; their "
         "files from these flags or ~/.cache/dalle, never downloaded)")
-    pretrained.add_argument("--taming", action="store_true", help="taming-transformers' VQGAN as the VAE")
-    pretrained.add_argument("--vqgan_model_path", default=None, help="the VQGAN weights (.ckpt); implies --taming")
-    pretrained.add_argument("--vqgan_config_path", default=None, help="the VQGAN config (.yaml); implies --taming")
-    pretrained.add_argument("--openai_encoder_path", default=None, help="OpenAI's dVAE encoder.pkl")
-    pretrained.add_argument("--openai_decoder_path", default=None, help="OpenAI's dVAE decoder.pkl")
+    add_vae_flags(pretrained, "taming-transformers' VQGAN as the VAE")
 
     data = parser.add_argument_group("data")
     data.add_argument("--image_text_folder", required=True,

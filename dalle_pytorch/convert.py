@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 from dalle_pytorch.errors import CheckpointError
 from dalle_pytorch.io.build import SOURCE_LEGACY, LoadedCheckpoint
 from dalle_pytorch.io.checkpoint import load_checkpoint, save
-from dalle_pytorch.pretrained import vae_from_flags
+from dalle_pytorch.pretrained import add_vae_flags, vae_flags, vae_from_flags
 
 __all__ = ["main", "summarize"]
 
@@ -75,12 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="separate VAE checkpoint, for DALLE files saved without VAE parameters")
     vae = p.add_argument_group("pretrained VAEs (DALLE-pytorch files over VQGanVAE / OpenAIDiscreteVAE; the output "
                                "stores the VAE whole)")
-    vae.add_argument("--taming", action="store_true",
-                     help="the model is over a taming VQGAN (default files: ~/.cache/dalle/vqgan.1024.*)")
-    vae.add_argument("--vqgan_model_path", default=None, help="the VQGAN's taming / Lightning .ckpt")
-    vae.add_argument("--vqgan_config_path", default=None, help="the VQGAN's taming .yaml config")
-    vae.add_argument("--openai_encoder_path", default=None, help="OpenAI's dVAE encoder.pkl (default ~/.cache/dalle)")
-    vae.add_argument("--openai_decoder_path", default=None, help="OpenAI's dVAE decoder.pkl (default ~/.cache/dalle)")
+    add_vae_flags(vae, "the model is over a taming VQGAN (default files: ~/.cache/dalle/vqgan.1024.*)")
     p.add_argument("--bpe_path", default=None,
                    help="the tokenizer file the model was trained with, stored in the output: a HuggingFace "
                         "tokenizers JSON (*.json), a youtokentome BPE model (DALLE-pytorch's --bpe_path) or CLIP "
@@ -108,9 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("error: give either --bpe_path / --chinese or --default_tokenizer", file=sys.stderr)
         return 1
     try:
-        vae = vae_from_flags(taming=args.taming, vqgan_model_path=args.vqgan_model_path,
-                             vqgan_config_path=args.vqgan_config_path, openai_encoder_path=args.openai_encoder_path,
-                             openai_decoder_path=args.openai_decoder_path)
+        vae = vae_from_flags(**vae_flags(args))
         loaded = load_checkpoint(args.input, vae=vae, vae_path=args.vae_path)
         tokenizer = loaded.tokenizer_description
         if args.bpe_path or args.chinese or args.hug:

@@ -19,9 +19,28 @@ from torch import nn
 from dalle_pytorch.openai_dvae import OpenAIDiscreteVAE
 from dalle_pytorch.vqgan import VQGanVAE
 
-__all__ = ["vae_from_flags"]
+__all__ = ["VAE_FLAGS", "add_vae_flags", "vae_flags", "vae_from_flags"]
 
 PathLike = Union[str, os.PathLike]
+
+#: DALLE-pytorch's pretrained-VAE flags, as `vae_from_flags` takes them (generate.py, train_dalle.py, dalle-convert)
+VAE_FLAGS = ("taming", "vqgan_model_path", "vqgan_config_path", "openai_encoder_path", "openai_decoder_path")
+
+
+def add_vae_flags(group, taming_help: str) -> None:
+    """Add `VAE_FLAGS` to an argparse parser or group; `taming_help`: what --taming means to that script."""
+    group.add_argument("--taming", action="store_true", help=taming_help)
+    group.add_argument("--vqgan_model_path", default=None,
+                       help="the VQGAN weights (a taming / Lightning .ckpt); implies --taming")
+    group.add_argument("--vqgan_config_path", default=None, help="the VQGAN config (a taming .yaml); implies --taming")
+    group.add_argument("--openai_encoder_path", default=None,
+                       help="OpenAI's dVAE encoder.pkl, for a model over OpenAIDiscreteVAE (default ~/.cache/dalle)")
+    group.add_argument("--openai_decoder_path", default=None, help="OpenAI's dVAE decoder.pkl (default ~/.cache/dalle)")
+
+
+def vae_flags(args) -> dict:
+    """The `VAE_FLAGS` of parsed arguments, as keyword arguments of `vae_from_flags`."""
+    return {name: getattr(args, name) for name in VAE_FLAGS}
 
 
 def vae_from_flags(*, taming: bool = False, vqgan_model_path: Optional[PathLike] = None,

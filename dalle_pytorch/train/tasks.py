@@ -20,7 +20,7 @@ from dalle_pytorch.io.build import LoadedCheckpoint
 from dalle_pytorch.io.checkpoint import load_checkpoint
 from dalle_pytorch.io.files import write_text
 from dalle_pytorch.io.images import save_image_grid
-from dalle_pytorch.pretrained import vae_from_flags
+from dalle_pytorch.pretrained import vae_flags, vae_from_flags
 from dalle_pytorch.tokenizer import tokenizer_for_flags
 from dalle_pytorch.train.datasets import ImageFolder, TextImageDataset
 from dalle_pytorch.train.distributed import DistEnv
@@ -135,8 +135,7 @@ def pretrained_vae(args: argparse.Namespace, resumed: Optional[LoadedCheckpoint]
     ~/.cache/dalle); --dalle_path takes the one the flags give (its file may need it). Nothing is
     downloaded: a missing file stops the run naming it (`pretrained.vae_from_flags`).
     """
-    flags = dict(taming=args.taming, vqgan_model_path=args.vqgan_model_path, vqgan_config_path=args.vqgan_config_path,
-                 openai_encoder_path=args.openai_encoder_path, openai_decoder_path=args.openai_decoder_path)
+    flags = vae_flags(args)
     given = any(v not in (None, False) for v in flags.values())
     if args.vae_path and given:
         raise TrainingError("--vae_path and --taming / --vqgan_* / --openai_* ask for two different VAEs; choose one")
