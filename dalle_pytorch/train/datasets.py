@@ -33,6 +33,7 @@ __all__ = [
     "BadSamples",
     "DatasetError",
     "ImageFolder",
+    "SkippedSamples",
     "TextImageDataset",
     "caption_lines",
     "image_to_tensor",
@@ -203,7 +204,23 @@ class BadSamples:
 # --------------------------------------------------------------------------- folder datasets
 
 
-class TextImageDataset(Dataset):
+class SkippedSamples:
+    """`num_skipped` and `skipped` of a dataset that applies its `BadSamples` policy (`self.bad_samples`)."""
+
+    bad_samples: BadSamples
+
+    @property
+    def num_skipped(self) -> int:
+        """Number of distinct samples skipped so far in this process."""
+        return self.bad_samples.num_skipped
+
+    @property
+    def skipped(self) -> list[str]:
+        """Files of the samples skipped so far in this process (an image or a caption path)."""
+        return self.bad_samples.skipped
+
+
+class TextImageDataset(SkippedSamples, Dataset):
     """Images paired with ``.txt`` captions by relative path, searched recursively.
 
     Layout: ``folder/a/x.jpg`` pairs with ``folder/a/x.txt``; ``folder/b/x.jpg`` is a
@@ -298,16 +315,6 @@ class TextImageDataset(Dataset):
             )
         self.bad_samples = BadSamples("TextImageDataset", root, len(self.pairs), max_bad_fraction)
 
-    @property
-    def num_skipped(self) -> int:
-        """Number of distinct samples skipped so far in this process."""
-        return self.bad_samples.num_skipped
-
-    @property
-    def skipped(self) -> list[str]:
-        """Files of the samples skipped so far in this process (image or caption path)."""
-        return self.bad_samples.skipped
-
     def _warn_no_cache(self, err: OSError) -> None:
         warnings.warn(
             f"could not write the index cache {self.cache_path} ({err}); continuing without "
@@ -365,7 +372,7 @@ class TextImageDataset(Dataset):
         return self.bad_samples.serve(index % n, self._load, next_index)
 
 
-class ImageFolder(Dataset):
+class ImageFolder(SkippedSamples, Dataset):
     """Every image under ``folder`` (searched recursively; captions and other files are ignored).
 
     Images are resized (shorter side to ``image_size``) and centre-cropped, like DALLE-pytorch's
@@ -393,14 +400,6 @@ class ImageFolder(Dataset):
         self.image_size = int(image_size)
         self.mode = "RGBA" if transparent else "RGB"
         self.bad_samples = BadSamples("ImageFolder", root, len(self.paths), max_bad_fraction, noun="images")
-
-    @property
-    def num_skipped(self) -> int:
-        return self.bad_samples.num_skipped
-
-    @property
-    def skipped(self) -> list[str]:
-        return self.bad_samples.skipped
 
     def __len__(self) -> int:
         return len(self.paths)
