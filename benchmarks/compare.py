@@ -29,13 +29,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from process_stats import peak_rss_mb, rss_mb, time_first_call
 
 HERE = Path(__file__).resolve().parent
 
@@ -50,18 +51,6 @@ FLOORS = [("bench", 64), ("community", 1)]  # (model, batch) of the step-floor m
 QUICK = [("bench", 1, 1.0, "fp32"), ("bench", 4, 1.0, "bf16"), ("bench", 4, 1.0, "bf16+compile"),
          ("community", 1, 3.0, "fp32")]
 QUICK_FLOORS = [("bench", 4)]
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited across exec
-    from the parent that spawned it)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
 
 def load_model(spec: dict):
@@ -89,16 +78,7 @@ def worker(spec: dict) -> dict:
         kw["compile"] = True
     if variant == "bf16":
         kw["kv_dtype"] = torch.float32  # eager: SDPA reads an fp32 cache faster than a bf16 one here
-    first = []
-    sample = dalle_module.sample
-
-    def timed_sample(*args, **kwargs):  # the first sampled code of a call marks its first token
-        out = sample(*args, **kwargs)
-        if not first[-1]:
-            first[-1] = time.perf_counter()
-        return out
-
-    dalle_module.sample = timed_sample
+    first = time_first_call(dalle_module, "sample")
     b, T = spec["batch"], model.text_seq_len
     text = torch.randint(1, model.num_user_text_tokens, (b, T), generator=torch.Generator().manual_seed(0))
     warm = text if "compile" in variant else text[:1]  # a compiled step compiles for its batch

@@ -16,11 +16,15 @@ its cached path only runs with guidance.  `keep_cache_at_cond_scale_1` passes th
 from __future__ import annotations
 
 import json
-import resource
+import os
 import sys
 import time
 
 import torch
+
+# process_stats.py beside this file (run with -P from another folder: appended, so it shadows nothing)
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+from process_stats import peak_rss_mb, rss_mb, time_first_call  # noqa: E402
 
 # the two models of the comparison (compare.py holds the same table for our side)
 MODELS = {
@@ -80,18 +84,6 @@ def load(path: str):
     return dalle.eval()
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited across exec
-    from the parent that spawned it)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-
-
 def run(spec: dict) -> dict:
     """spec: checkpoint, batch, cond_scale, threads, repeat.  Times generate_images(use_cache=True)
     over whole images (prefill, 256 steps, VAE decode) and the time to the first image code."""
@@ -100,16 +92,7 @@ def run(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     keep_cache_at_cond_scale_1()
     dalle = load(spec["checkpoint"])
-    first = []
-    gumbel = ref.gumbel_sample
-
-    def timed_gumbel(*args, **kwargs):  # the first sampled code of a call marks its first token
-        out = gumbel(*args, **kwargs)
-        if not first[-1]:
-            first[-1] = time.perf_counter()
-        return out
-
-    ref.gumbel_sample = timed_gumbel
+    first = time_first_call(ref, "gumbel_sample")
     b, T = spec["batch"], dalle.text_seq_len
     text = torch.randint(1, dalle.num_text_tokens - T, (b, T), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
