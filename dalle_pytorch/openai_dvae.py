@@ -305,13 +305,7 @@ class OpenAIDiscreteVAE(CodeGrid, nn.Module):
 
         unmap_pixels(sigmoid(the first 3 statistics)), as DALLE-pytorch. Runs without autograd.
         """
-        if img_seq.ndim != 2 or img_seq.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"codes must be an integer tensor (b, n), got {img_seq.dtype} {tuple(img_seq.shape)}")
-        side = math.isqrt(img_seq.shape[1])
-        if side * side != img_seq.shape[1] or side == 0:
-            raise ValueError(f"the number of codes per image ({img_seq.shape[1]}) must be a non-zero square")
-        if img_seq.numel() and (int(img_seq.min()) < 0 or int(img_seq.max()) >= self.num_tokens):
-            raise ValueError(f"codes must lie in [0, {self.num_tokens}), got [{int(img_seq.min())}, {int(img_seq.max())}]")
+        side = self.square_code_side(img_seq)
         stats = self.dec.decode_codes(img_seq.long().view(-1, side, side)).float()
         return unmap_pixels(torch.sigmoid(stats[:, :3]))
 

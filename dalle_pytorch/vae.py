@@ -17,7 +17,7 @@ Parameter layout (same names as DALLE-pytorch's `DiscreteVAE`), for L = num_laye
 
 from __future__ import annotations
 
-from math import log2
+from math import isqrt, log2
 from typing import Optional, Sequence, Union
 
 import torch
@@ -83,6 +83,7 @@ class CodeGrid:
 
     image_size: int
     num_layers: int
+    num_tokens: int
 
     @property
     def fmap_size(self) -> int:
@@ -93,6 +94,18 @@ class CodeGrid:
     def image_seq_len(self) -> int:
         """Number of codes per image: fmap_size**2."""
         return self.fmap_size**2
+
+    def square_code_side(self, img_seq: Tensor) -> int:
+        """The side of the square grid of integer codes (b, n) (any non-zero square n, as the pretrained
+        VAEs decode); ValueError in one line for another shape or dtype, or a code outside [0, num_tokens)."""
+        if img_seq.ndim != 2 or img_seq.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"codes must be an integer tensor (b, n), got {img_seq.dtype} {tuple(img_seq.shape)}")
+        side = isqrt(img_seq.shape[1])
+        if side * side != img_seq.shape[1] or side == 0:
+            raise ValueError(f"the number of codes per image ({img_seq.shape[1]}) must be a non-zero square")
+        if img_seq.numel() and (int(img_seq.min()) < 0 or int(img_seq.max()) >= self.num_tokens):
+            raise ValueError(f"codes must lie in [0, {self.num_tokens}), got [{int(img_seq.min())}, {int(img_seq.max())}]")
+        return side
 
 
 class DiscreteVAE(CodeGrid, nn.Module):

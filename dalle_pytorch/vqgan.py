@@ -550,13 +550,7 @@ class VQGanVAE(CodeGrid, nn.Module):
 
         Runs without autograd: only the current layer's activations are alive at any time.
         """
-        if img_seq.ndim != 2 or img_seq.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"codes must be an integer tensor (b, n), got {img_seq.dtype} {tuple(img_seq.shape)}")
-        side = math.isqrt(img_seq.shape[1])
-        if side * side != img_seq.shape[1] or side == 0:
-            raise ValueError(f"the number of codes per image ({img_seq.shape[1]}) must be a non-zero square")
-        if img_seq.numel() and (int(img_seq.min()) < 0 or int(img_seq.max()) >= self.num_tokens):
-            raise ValueError(f"codes must lie in [0, {self.num_tokens}), got [{int(img_seq.min())}, {int(img_seq.max())}]")
+        side = self.square_code_side(img_seq)
         img = self.model.decode_indices(img_seq.long(), side)
         return (img.clamp(-1.0, 1.0) + 1) * 0.5
 
