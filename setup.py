@@ -44,10 +44,17 @@ setup(
         "webdataset": ["webdataset"],
         "wandb": ["wandb"],
         "tensorboard": ["tensorboard"],
-        "plot": ["matplotlib"],  # curves.png of a training run (python -m dalle_pytorch.plot)
+        "plot": ["matplotlib"],  # curves.png of a training run (python -m dalle_pytorch.train.curves)
         # generate.py --clip_model: rerank with a pretrained OpenCLIP / OpenAI CLIP. open_clip requires torchvision:
         # install the torchvision release that matches your torch (an unpinned one may replace torch)
         "clip": ["open_clip_torch"],
     },
-    entry_points={"console_scripts": ["dalle-convert=dalle_pytorch.convert:main"]},
+    entry_points={"console_scripts": [
+        "dalle-generate=dalle_pytorch.cli.generate:cli",
+        "dalle-train=dalle_pytorch.cli.train_dalle:cli",
+        "dalle-train-vae=dalle_pytorch.cli.train_vae:cli",
+        "dalle-convert=dalle_pytorch.cli.convert:main",
+        "dalle-plot=dalle_pytorch.cli.plot:main",
+        "dalle-serve=dalle_pytorch.cli.serve:main",
+    ]},
 )

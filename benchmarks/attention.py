@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from dalle_pytorch.attention import Attention
-from dalle_pytorch.patterns import PatternSpec, draw_random_blocks
+from dalle_pytorch.nn.attention import Attention
+from dalle_pytorch.nn.patterns import PatternSpec, draw_random_blocks
 
 
 def time_fwd_bwd(fn, x, repeat=3):

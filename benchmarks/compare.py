@@ -68,7 +68,7 @@ def worker(spec: dict) -> dict:
     """One timed configuration of our generate_images (see the module docstring)."""
     import torch
 
-    import dalle_pytorch.dalle as dalle_module
+    import dalle_pytorch.models.dalle as dalle_module
 
     torch.set_num_threads(spec["threads"])
     model = load_model(spec)

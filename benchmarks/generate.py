@@ -16,8 +16,7 @@ from contextlib import contextmanager
 import torch
 
 from dalle_pytorch import DALLE, DiscreteVAE
-from dalle_pytorch.cache import KVCache
-
+from dalle_pytorch.nn.cache import KVCache
 
 DEVICE = torch.device("cpu")  # set by --device
 
@@ -162,7 +161,7 @@ def uncached_forward_time(model, text, n_img: int) -> float:
 def matmul_floor_fn(model, b: int):
     """A function running one decode step's matrix products alone (same shapes, weights, biases), by
     the kernel the step uses: the packed weights of `DALLE.setup_cache` where it packs them."""
-    from dalle_pytorch.packed import PackedLinears, packing_available
+    from dalle_pytorch.nn.packed import PackedLinears, packing_available
 
     t = model.transformer
     layers = []

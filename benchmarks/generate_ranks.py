@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from dalle_pytorch import DALLE, DiscreteVAE, save  # noqa: E402
 from dalle_pytorch.synthetic import sample_captions  # noqa: E402
-from dalle_pytorch.tokenizer import HugTokenizer  # noqa: E402
+from dalle_pytorch.text.factory import HugTokenizer  # noqa: E402
 
 
 def build(fmap: int, path: Path) -> None:

@@ -52,7 +52,7 @@ def graphs_generate(model, text, step, generator, cache):
     """generate_images' decode loop (cond_scale 1, no priming) around a compiled static step.
     cache: one InferenceCache per model and batch, reused (reset) by every call so that the
     captured graphs always see the same buffers."""
-    from dalle_pytorch.sampling import SamplingConfig, sample
+    from dalle_pytorch.generation.sampling import SamplingConfig, sample
 
     b = text.shape[0]
     cache.reset()

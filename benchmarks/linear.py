@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dalle_pytorch.packed import PackedLinears, packing_available
+from dalle_pytorch.nn.packed import PackedLinears, packing_available
 
 # (model, out, in): the step's products (qkv without bias, out, feed-forward in and out, logit rows)
 SHAPES = [("bench", 768, 256), ("bench", 256, 256), ("bench", 2048, 256), ("bench", 256, 1024), ("bench", 512, 256),

@@ -147,10 +147,10 @@ async def run_clients(url: str, bodies: list[dict], clients: int, budget_s: floa
 
 @torch.inference_mode()
 def prefix_cache_numbers(bench, fmap: int, tokenizer, report) -> None:
-    from dalle_pytorch.pipeline import Pipeline
+    from dalle_pytorch.generation.sampling import SamplingConfig
+    from dalle_pytorch.pipeline.text_to_image import Pipeline
     from dalle_pytorch.serve.batch import PrefixCache, RunningBatch, prefill
     from dalle_pytorch.serve.scheduler import ImageRequest, Scheduler
-    from dalle_pytorch.sampling import SamplingConfig
 
     for text_seq_len in (32, 256):
         model = bench.build(fmap, text_seq_len=text_seq_len)
@@ -207,8 +207,8 @@ def main(argv=None) -> int:
     bench = _bench_generate()
 
     from dalle_pytorch.checkpoint import save
-    from dalle_pytorch.pipeline import Pipeline
-    from dalle_pytorch.tokenizer import HugTokenizer
+    from dalle_pytorch.pipeline.text_to_image import Pipeline
+    from dalle_pytorch.text.factory import HugTokenizer
 
     tokenizer = HugTokenizer(ROOT / "dalle_pytorch" / "demo" / "tokenizer.json")
     print(f"torch {torch.__version__}, {args.threads} threads, {bench.cpu_name()}; model dim 256, depth 4, "
@@ -228,7 +228,7 @@ def main(argv=None) -> int:
         # 1. one by one: each request through Pipeline.generate in this process, then alone through the
         # server (interleaved, so both see the same machine); 2. 4 and 16 concurrent clients
         pipe = Pipeline.from_checkpoint(path, device="cpu")
-        from dalle_pytorch.sampling import SamplingConfig
+        from dalle_pytorch.generation.sampling import SamplingConfig
 
         def run_alone(body):
             sampling = SamplingConfig(filter_thres=body["top_k"], top_p=body.get("top_p"),

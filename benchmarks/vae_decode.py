@@ -30,9 +30,8 @@ from torch.utils._pytree import tree_flatten
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the oracles of the test suite, one source for both
 
-from tests.vae_oracles import dalle_pytorch_dvae_decode, dalle_pytorch_vqgan_decode, taming_models  # noqa: E402
-
 from dalle_pytorch import OpenAIDiscreteVAE, VQGanVAE  # noqa: E402
+from tests.vae_oracles import dalle_pytorch_dvae_decode, dalle_pytorch_vqgan_decode, taming_models  # noqa: E402
 
 F16 = {"target": "taming.models.vqgan.VQModel",
        "params": {"embed_dim": 256, "n_embed": 1024,

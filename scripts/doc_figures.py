@@ -4,7 +4,7 @@
 
 * masked_completion.png: the demo model completing images under a mask (generate.py --img --mask):
   per row the original, the mask (white keeps), then four completions.
-* curves.png: python -m dalle_pytorch.plot of a short real train_vae.py run on the synthetic shapes.
+* curves.png: python -m dalle_pytorch.train.curves of a short real train_vae.py run on the synthetic shapes.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ OUT = ROOT / "docs" / "images"
 
 def masked_completion() -> Path:
     from dalle_pytorch import Pipeline, SamplingConfig
-    from dalle_pytorch.images import tensor_to_pil
-    from dalle_pytorch.io.outputs import load_image
+    from dalle_pytorch.formats.images import tensor_to_pil
+    from dalle_pytorch.pipeline.outputs import load_image
     from dalle_pytorch.synthetic import render
 
     pipe = Pipeline.from_checkpoint("demo")
@@ -56,8 +56,8 @@ def masked_completion() -> Path:
 
 
 def curves() -> Path:
-    from dalle_pytorch.plot import write_curves
     from dalle_pytorch.synthetic import make_dataset
+    from dalle_pytorch.train.curves import write_curves
 
     with tempfile.TemporaryDirectory() as tmp:
         data, run = Path(tmp) / "shapes", Path(tmp) / "vae"

@@ -33,7 +33,7 @@ def demo_tokenizer():
     from pathlib import Path
 
     import dalle_pytorch
-    from dalle_pytorch.tokenizer import HugTokenizer
+    from dalle_pytorch.text.factory import HugTokenizer
 
     return HugTokenizer(Path(dalle_pytorch.__file__).parent / "demo" / "tokenizer.json")
 
@@ -41,7 +41,7 @@ def demo_tokenizer():
 def tiny_pipeline(attn_type="full", seed=0, **kwargs):
     """A Pipeline over a tiny random DALLE (text_seq_len 8) with the demo tokenizer: captions are
     shapes captions ("a red circle on a blue background")."""
-    from dalle_pytorch.pipeline import Pipeline
+    from dalle_pytorch.pipeline.text_to_image import Pipeline
 
     tokenizer = demo_tokenizer()
     cfg = dict(num_text_tokens=tokenizer.vocab_size, text_seq_len=8)
@@ -50,15 +50,10 @@ def tiny_pipeline(attn_type="full", seed=0, **kwargs):
 
 
 def load_script(name):
-    """A root script (train_vae, train_dalle, generate) as a module, without running it."""
-    import importlib.util
-    from pathlib import Path
+    """The entry point module of a script (train_vae, train_dalle, generate): `dalle_pytorch.cli.<name>`."""
+    import importlib
 
-    path = Path(__file__).resolve().parents[1] / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"dalle_pytorch.cli.{name}")
 
 
 def word_tokenizer_json(path):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from dalle_pytorch.generation.sampling import top_k_filter, top_p_filter
+from dalle_pytorch.nn.packed import packing_available
 from tests.helpers import ATTN_TYPES, random_text, tiny_dalle
-from dalle_pytorch.packed import packing_available
-from dalle_pytorch.sampling import top_k_filter, top_p_filter
 
 GRID = [
     c
@@ -267,7 +267,7 @@ def test_top_k_filter_threshold_is_the_kth_largest_value():
 
 
 def test_gumbel_sampling_follows_the_softmax():
-    from dalle_pytorch.sampling import gumbel_sample
+    from dalle_pytorch.generation.sampling import gumbel_sample
 
     logits = torch.tensor([[0.0, 1.0, 2.0]]).expand(20000, 3)
     draws = gumbel_sample(logits, temperature=1.0, generator=torch.Generator().manual_seed(0))
@@ -342,7 +342,7 @@ def test_prefix_length_step_equals_full_length_step(attn_type):
 
 def test_single_query_reductions_equal_sdpa():
     """attend_one (the compiled step's attention over a reduced-precision cache) is attention."""
-    from dalle_pytorch.attention import attend, attend_one
+    from dalle_pytorch.nn.attention import attend, attend_one
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(3, 2, n, 16, generator=g) for n in (1, 40, 40))

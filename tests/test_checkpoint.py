@@ -12,17 +12,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-import dalle_pytorch.io.checkpoint as ckpt
+import dalle_pytorch.checkpoint.ours as ckpt
 from dalle_pytorch import DALLE, DiscreteVAE
-from dalle_pytorch.checkpoint import (
-    CheckpointError,
-    load,
-    load_checkpoint,
-    load_training_state,
-    save,
-    save_training_state,
-)
-from dalle_pytorch.convert import main as convert_main
+from dalle_pytorch.checkpoint import (CheckpointError, load, load_checkpoint, load_training_state, save,
+                                      save_training_state)
+from dalle_pytorch.cli.convert import main as convert_main
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NAMES = sorted(p.name[: -len(".pt")] for p in FIXTURES.glob("*-v*.pt") if not p.name.endswith(".expected.pt"))
@@ -133,7 +127,7 @@ def test_round_trip_dalle(name, tmp_path):
 
 
 def test_round_trip_vae_and_tokenizer(tmp_path):
-    from dalle_pytorch.tokenizer import get_default_tokenizer
+    from dalle_pytorch.text.factory import get_default_tokenizer
 
     e = expected("full_plain-v1.6.6")
     model = load(FIXTURES / "full_plain-v1.6.6.pt")
@@ -155,7 +149,7 @@ def test_round_trip_vae_and_tokenizer(tmp_path):
 def test_hug_tokenizer_round_trip(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    from dalle_pytorch.tokenizer import HugTokenizer
+    from dalle_pytorch.text.factory import HugTokenizer
 
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()

@@ -15,14 +15,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dalle_pytorch.tokenizer import (
-    CHINESE_VOCAB_HELP,
-    ChineseTokenizer,
-    HugTokenizer,
-    YttmTokenizer,
-    tokenizer_from_description,
-    tokenizer_from_file,
-)
+from dalle_pytorch.text.factory import (CHINESE_VOCAB_HELP, ChineseTokenizer, HugTokenizer, YttmTokenizer,
+                                        tokenizer_from_description, tokenizer_from_file)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 VOCAB = FIXTURES / "bert_chinese" / "vocab.txt"
@@ -177,9 +171,8 @@ def test_describe_round_trip(ours, tmp_path):
 
 
 def test_checkpoint_carries_the_tokenizer(ours, tmp_path):
-    from tests.helpers import tiny_dalle
-
     from dalle_pytorch.checkpoint import load_checkpoint, save
+    from tests.helpers import tiny_dalle
 
     model = tiny_dalle(num_text_tokens=ours.vocab_size)
     path = tmp_path / "dalle.safetensors"

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from dalle_pytorch.clip import CLIP
+from dalle_pytorch.models.clip import CLIP
 
 TINY = dict(
     dim_text=32,

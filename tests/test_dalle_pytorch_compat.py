@@ -21,13 +21,14 @@ import pytest
 import torch
 
 from dalle_pytorch.checkpoint import load_checkpoint
+from dalle_pytorch.distributed import DistEnv
 from dalle_pytorch.errors import GenerationError, TrainingError
-from dalle_pytorch.sampling import SamplingConfig, top_k_filter
+from dalle_pytorch.generation.sampling import SamplingConfig, top_k_filter
 from dalle_pytorch.synthetic import make_dataset
 from dalle_pytorch.text.chinese import CHINESE_VOCAB_HELP
-from dalle_pytorch.tokenizer import ChineseTokenizer, HugTokenizer, SimpleTokenizer, YttmTokenizer, tokenizer_for_flags
+from dalle_pytorch.text.factory import (ChineseTokenizer, HugTokenizer, SimpleTokenizer, YttmTokenizer,
+                                        tokenizer_for_flags)
 from dalle_pytorch.train.backends import apply_backend_args
-from dalle_pytorch.train.distributed import DistEnv
 from dalle_pytorch.train.precision import resolve_precision
 from dalle_pytorch.train.schedules import vae_learning_rate, vae_temperature
 from tests.helpers import load_script, tiny_dalle, word_tokenizer_json
@@ -439,7 +440,7 @@ def test_hug_without_bpe_path_is_an_error_only_when_clip_would_be_wrong(tok):
 
 
 def test_convert_stores_the_chinese_tokenizer(tmp_path, dp_files):
-    from dalle_pytorch.convert import main as convert
+    from dalle_pytorch.cli.convert import main as convert
 
     dalle_pt, _ = dp_files
     out = tmp_path / "zh.safetensors"

@@ -14,14 +14,14 @@ import pytest
 import torch
 
 from dalle_pytorch.checkpoint import load_checkpoint
-from dalle_pytorch.dalle import DALLE
+from dalle_pytorch.checkpoint.legacy import legacy_key
+from dalle_pytorch.distributed import DistEnv
 from dalle_pytorch.errors import TrainingError
-from dalle_pytorch.io.legacy import legacy_key
-from dalle_pytorch.train.distributed import DistEnv
+from dalle_pytorch.models.dalle import DALLE
+from dalle_pytorch.models.vae import DiscreteVAE
 from dalle_pytorch.train.optim import LRSchedule, build_optimizer
 from dalle_pytorch.train.parallel import ParallelModel
 from dalle_pytorch.train.state import Progress, RunState
-from dalle_pytorch.vae import DiscreteVAE
 from tests.test_dalle_pytorch_compat import (  # noqa: F401 - fixtures
     OURS,
     RESUME,

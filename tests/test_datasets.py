@@ -21,7 +21,7 @@ RGB = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "gray": (1
 
 
 class FakeTokenizer:
-    """Reversible stand-in for dalle_pytorch.tokenizer: one token per character, 0 = padding."""
+    """Reversible stand-in for dalle_pytorch.text.factory: one token per character, 0 = padding."""
 
     def tokenize(self, texts, context_length=256, truncate_text=False):
         out = torch.zeros(len(texts), context_length, dtype=torch.long)

@@ -1,7 +1,6 @@
 """The shipped demo model: it loads from the package, is small, and draws the colours its captions ask for."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,10 +9,10 @@ import torch
 from PIL import Image
 
 from dalle_pytorch.checkpoint import load_checkpoint
-from dalle_pytorch.train.datasets import image_to_tensor
-from dalle_pytorch.pipeline import demo_path, resolve_checkpoint
+from dalle_pytorch.pipeline.text_to_image import demo_path, resolve_checkpoint
 from dalle_pytorch.synthetic import _combinations, caption, dominant_colors, parse_caption
-from dalle_pytorch.tokenizer import HugTokenizer
+from dalle_pytorch.text.factory import HugTokenizer
+from dalle_pytorch.train.datasets import image_to_tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIR = ROOT / "dalle_pytorch" / "demo"
@@ -98,9 +97,8 @@ def test_demo_over_every_caption(demo):
 
 
 def test_generate_py_uses_the_demo_by_default(tmp_path):
-    spec = importlib.util.spec_from_file_location("generate_script", ROOT / "generate.py")
-    generate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generate)
+    import dalle_pytorch.cli.generate as generate
+
     text = "a green square on a black background"
     (result,) = generate.main(generate.parse_args(["--text", text, "--seed", "3", "--num_images", "4",
                                                    "--outputs_dir", str(tmp_path), "--no_progress"]))

@@ -1,8 +1,7 @@
-"""generate.py, dalle_pytorch.pipeline and dalle_pytorch.io.outputs: output folders, files, metadata, reproducibility, flags, errors."""
+"""generate.py, dalle_pytorch.pipeline.text_to_image and dalle_pytorch.pipeline.outputs: output folders, files, metadata, reproducibility, flags, errors."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -18,13 +17,13 @@ from PIL import Image
 
 from dalle_pytorch import DALLE, DiscreteVAE, __version__
 from dalle_pytorch.checkpoint import load_checkpoint, save
-from dalle_pytorch.train.datasets import image_to_tensor
 from dalle_pytorch.errors import GenerationError
-from dalle_pytorch.images import make_grid, tensor_to_pil
-from dalle_pytorch.io.outputs import load_image, make_run_dir, slugify
-from dalle_pytorch.pipeline import batch_seeds
+from dalle_pytorch.formats.images import make_grid, tensor_to_pil
+from dalle_pytorch.pipeline.outputs import load_image, make_run_dir, slugify
+from dalle_pytorch.pipeline.text_to_image import batch_seeds
 from dalle_pytorch.synthetic import COLORS, SHAPES, render
-from dalle_pytorch.tokenizer import HugTokenizer
+from dalle_pytorch.text.factory import HugTokenizer
+from dalle_pytorch.train.datasets import image_to_tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -32,9 +31,8 @@ CAPTION = "a red circle on a blue background"
 
 
 def _load_generate():
-    spec = importlib.util.spec_from_file_location("generate_script", ROOT / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    import dalle_pytorch.cli.generate as module
+
     return module
 
 

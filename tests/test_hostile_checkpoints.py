@@ -210,6 +210,6 @@ def test_a_wrong_vae_path_is_blamed_on_the_vae_file(saved, tmp_path):
 
 
 def test_the_shipped_demo_model_carries_digests():
-    from dalle_pytorch.pipeline import demo_path
+    from dalle_pytorch.pipeline.text_to_image import demo_path
 
     assert load_checkpoint(demo_path()).verified

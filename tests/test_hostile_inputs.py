@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from dalle_pytorch import GenerationError
-from dalle_pytorch.io import outputs
-from dalle_pytorch.pipeline import batch_seeds
+from dalle_pytorch.pipeline import outputs
+from dalle_pytorch.pipeline.text_to_image import batch_seeds
 from tests.helpers import random_text, tiny_dalle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,8 +177,8 @@ def test_a_full_disk_leaves_no_partial_png(tmp_path):
 
 
 def test_generation_json_holds_no_infinity(tmp_path):
-    from dalle_pytorch.io.outputs import save_outputs
-    from dalle_pytorch.pipeline import Pipeline
+    from dalle_pytorch.pipeline.outputs import save_outputs
+    from dalle_pytorch.pipeline.text_to_image import Pipeline
 
     pipe = Pipeline.from_checkpoint("demo")
     generated = pipe.generate(CAPTION, num_images=1, seed=0)
@@ -189,7 +189,7 @@ def test_generation_json_holds_no_infinity(tmp_path):
 
 
 def test_a_folder_as_bpe_path_is_called_a_folder(tmp_path):
-    from dalle_pytorch.tokenizer import tokenizer_for_flags
+    from dalle_pytorch.text.factory import tokenizer_for_flags
 
     with pytest.raises(ValueError, match="is a directory, not a file"):
         tokenizer_for_flags(tmp_path)
@@ -200,9 +200,9 @@ def test_a_folder_as_bpe_path_is_called_a_folder(tmp_path):
 def test_mps_is_chosen_when_present_and_refused_when_not(monkeypatch):
     """Apple's MPS: picked by 'auto' after CUDA, one clear line when asked for without one (untested on a
     real Mac: the project's machines have none)."""
+    from dalle_pytorch.distributed import init_distributed
     from dalle_pytorch.errors import TrainingError
-    from dalle_pytorch.pipeline import resolve_device
-    from dalle_pytorch.train.distributed import init_distributed
+    from dalle_pytorch.pipeline.text_to_image import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dalle_pytorch.images import grid_of_rows, make_grid, tensor_to_pil
+from dalle_pytorch.formats.images import grid_of_rows, make_grid, tensor_to_pil
 
 
 def test_tensor_to_pil_round_trip_values():
@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dalle_pytorch.errors import NotRegularFileError  # noqa: E402
-from dalle_pytorch.io.images import ImageFileError, read_image  # noqa: E402
+from dalle_pytorch.formats.images import ImageFileError, read_image  # noqa: E402
 
 GRADIENT = np.linspace(0.0, 1.0, 32 * 32).reshape(32, 32)  # 0 .. 1 over the image
 

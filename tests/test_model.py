@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from dalle_pytorch import DALLE
-from dalle_pytorch.shift import shift_step_tables, shift_tokens_full, shift_tokens_step
-from dalle_pytorch.transformer import Transformer, layerscale_init
+from dalle_pytorch.models.transformer import Transformer, layerscale_init
+from dalle_pytorch.nn.shift import shift_step_tables, shift_tokens_full, shift_tokens_step
 from tests.helpers import ATTN_TYPES, random_text, tiny_dalle, tiny_vae
 
 GRID = list(itertools.product(ATTN_TYPES, [True, False], [True, False], [False, True]))
@@ -94,7 +94,7 @@ def test_reversible_gradients_match_plain_two_stream():
         (y * torch.linspace(-1, 1, 64)).sum().backward()
         return [xx.grad] + [p.grad.clone() for p in t.parameters() if p.grad is not None]
 
-    from dalle_pytorch.transformer import _ReversibleFunction
+    from dalle_pytorch.models.transformer import _ReversibleFunction
 
     reference = grads(lambda v: Transformer._two_stream(v, fs, gs))
     reversible = grads(lambda v: _ReversibleFunction.apply(v, fs, gs))
@@ -134,7 +134,7 @@ def test_token_shift_step_equals_full_shift_bit_for_bit(dim):
 
 @pytest.mark.parametrize("dim_head", [12, 16, 64, 15])
 def test_rotary_step_equals_apply_rotary(dim_head):
-    from dalle_pytorch.rotary import apply_rotary, apply_rotary_step, rotary_step_tables, rotary_table
+    from dalle_pytorch.nn.rotary import apply_rotary, apply_rotary_step, rotary_step_tables, rotary_table
 
     angles = rotary_table(dim_head, 5, 4)
     cos, sin = angles.cos(), angles.sin()

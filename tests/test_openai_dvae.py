@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from dalle_pytorch import OpenAIDiscreteVAE
-from dalle_pytorch.io.safe_pickle import UnsafePickleError
+from dalle_pytorch.formats.safe_pickle import UnsafePickleError
 from tests.vae_oracles import build_dall_e, dalle_pytorch_dvae_codes, dalle_pytorch_dvae_decode
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pretrained_vae"

@@ -1,9 +1,9 @@
-"""The decode step's packed weights (dalle_pytorch.packed): F.linear's function, batch-invariant, safe."""
+"""The decode step's packed weights (dalle_pytorch.nn.packed): F.linear's function, batch-invariant, safe."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dalle_pytorch.packed import PackedLinears, packing_available
+from dalle_pytorch.nn.packed import PackedLinears, packing_available
 from tests.helpers import random_text, tiny_dalle
 
 pytestmark = pytest.mark.skipif(not packing_available(torch.device("cpu"), torch.float32),

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
+from dalle_pytorch.nn.attention import Attention
+from dalle_pytorch.nn.patterns import PatternSpec, draw_random_blocks, pattern_mask
 from tests.helpers import ATTN_TYPES, tiny_dalle
-from dalle_pytorch.attention import Attention
-from dalle_pytorch.patterns import PatternSpec, draw_random_blocks, pattern_mask
 
 TL, F = 4, 6  # text_len (bos + 3), 6x6 grid
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dalle_pytorch.errors import GenerationError
-from dalle_pytorch.pipeline import PREVIEW_GREY, preview_images
+from dalle_pytorch.pipeline.text_to_image import PREVIEW_GREY, preview_images
 from tests.helpers import tiny_pipeline
 
 CAPTIONS = ["a red circle on a blue background", "a green square on a black background"]

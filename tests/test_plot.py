@@ -1,4 +1,4 @@
-"""Training curves as pictures: python -m dalle_pytorch.plot, refreshed at every checkpoint."""
+"""Training curves as pictures: dalle-plot (python -m dalle_pytorch.cli.plot), refreshed at every checkpoint."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dalle_pytorch.plot import load_curves
 from dalle_pytorch.synthetic import make_dataset
+from dalle_pytorch.train.curves import load_curves
 from tests.test_training import VAE_FLAGS, train_vae
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_curves_of_a_killed_and_resumed_run(tmp_path):
     assert curves.steps == [1, 2, 3, 4, 5, 6] and curves.resumes == [2] and curves.kind == "vae"
     assert all(np.isfinite(curves.values["loss"])) and all(v > 0 for v in curves.values["lr"])
 
-    result = subprocess.run([sys.executable, "-m", "dalle_pytorch.plot", str(out), "-o", str(tmp_path / "c.png")],
+    result = subprocess.run([sys.executable, "-m", "dalle_pytorch.cli.plot", str(out), "-o", str(tmp_path / "c.png")],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     with Image.open(tmp_path / "c.png") as im:
@@ -64,10 +64,10 @@ def test_skipped_steps_are_marked_and_bad_lines_ignored(tmp_path):
     (tmp_path / "log.jsonl").write_text("\n".join(lines) + "\n")
     curves = load_curves(tmp_path)
     assert curves.steps == list(range(1, 11)) and curves.skipped == [4, 7] and curves.kind == "dalle"
-    from dalle_pytorch.plot import write_curves
+    from dalle_pytorch.train.curves import write_curves
 
     path = write_curves(tmp_path)
     red = np.asarray(Image.open(path).convert("RGB"), dtype=np.int32)
     assert ((red[..., 0] > 180) & (red[..., 1] < 80) & (red[..., 2] < 80)).sum() > 10  # the red crosses
-    assert subprocess.run([sys.executable, "-m", "dalle_pytorch.plot", str(tmp_path / "missing")],
+    assert subprocess.run([sys.executable, "-m", "dalle_pytorch.cli.plot", str(tmp_path / "missing")],
                           capture_output=True, text=True, cwd=ROOT).returncode == 1

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dalle_pytorch import CheckpointError, OpenAIDiscreteVAE, VQGanVAE, load, load_checkpoint, save
-from dalle_pytorch.convert import main as convert_main
+from dalle_pytorch.cli.convert import main as convert_main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pretrained_vae"
 

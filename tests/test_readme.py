@@ -66,7 +66,7 @@ def test_readme_has_the_expected_commands():
     first = code_blocks("bash")[0].strip()
     assert first.startswith("pip install torch==") and "&& python generate.py --text" in first  # install + main job
     assert "## Tests" in README.read_text(encoding="utf-8")
-    for script in ("train_vae.py", "train_dalle.py", "torchrun", "python -m dalle_pytorch.convert",
+    for script in ("train_vae.py", "train_dalle.py", "torchrun", "dalle-convert",
                    "python benchmarks/generate.py", SERVE_COMMAND, "python benchmarks/serve.py"):
         assert any(script in c for c in commands), script
     assert code_blocks("python"), "the README has Python examples"

@@ -1,10 +1,9 @@
-"""Reranking (dalle_pytorch.rerank): a pretrained open_clip model against the real open_clip (its
+"""Reranking (dalle_pytorch.models.rerank): a pretrained open_clip model against the real open_clip (its
 preprocessing, its cosine similarities, the ranking they give, generate.py end to end), our own CLIP
 behind the same interface, and the errors (missing file, wrong architecture, missing open_clip, hub
 tokenizers, unsafe files)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import sys
@@ -16,10 +15,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from dalle_pytorch import CLIP, Pipeline
+from dalle_pytorch.checkpoint.clip_weights import load_open_clip, open_clip_config
 from dalle_pytorch.errors import CheckpointError, GenerationError
-from dalle_pytorch.images import tensor_to_pil
-from dalle_pytorch.io.clip_weights import load_open_clip, open_clip_config
-from dalle_pytorch.rerank import CLIPReranker, ImagePreprocess, as_reranker, import_open_clip, open_clip_model
+from dalle_pytorch.formats.images import tensor_to_pil
+from dalle_pytorch.models.rerank import CLIPReranker, ImagePreprocess, as_reranker, import_open_clip, open_clip_model
 from tests.clip_oracles import TINY, TINY_CUSTOM_TEXT, oracle_model
 from tests.clip_oracles import import_open_clip as import_oracle
 from tests.helpers import demo_tokenizer, tiny_dalle
@@ -30,9 +29,8 @@ CAPTIONS = ["a red circle on a blue background", "a green square", "a yellow tri
 
 
 def _load_generate():
-    spec = importlib.util.spec_from_file_location("generate_script_rerank", ROOT / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    import dalle_pytorch.cli.generate as module
+
     return module
 
 

@@ -6,18 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dalle_pytorch.train.schedules import (
-    PLATEAU_DEFAULTS,
-    AnnealedTemperature,
-    VAE_DEFAULTS,
-    anneal_temperature,
-    dalle_plateau_scheduler,
-    vae_learning_rate,
-    vae_temperature,
-    vae_update_due,
-    vae_update_steps,
-    vae_updates_before,
-)
+from dalle_pytorch.train.schedules import (PLATEAU_DEFAULTS, VAE_DEFAULTS, AnnealedTemperature, anneal_temperature,
+                                           dalle_plateau_scheduler, vae_learning_rate, vae_temperature, vae_update_due,
+                                           vae_update_steps, vae_updates_before)
 
 
 def train_vae_loop(epochs, batches_per_epoch, starting_temp=1.0, temp_min=0.5, anneal_rate=1e-6,

@@ -25,7 +25,7 @@ if not IN_CI:
     pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright (the test extra)")
 from playwright import sync_api  # noqa: E402
 
-from dalle_pytorch.pipeline import Pipeline  # noqa: E402
+from dalle_pytorch.pipeline.text_to_image import Pipeline  # noqa: E402
 from dalle_pytorch.serve.app import create_app  # noqa: E402
 from dalle_pytorch.synthetic import dominant_colors, parse_caption  # noqa: E402
 from dalle_pytorch.train.datasets import image_to_tensor  # noqa: E402

@@ -15,9 +15,9 @@ pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from dalle_pytorch.sampling import SamplingConfig  # noqa: E402
+from dalle_pytorch.cli.serve import parse_args  # noqa: E402
+from dalle_pytorch.generation.sampling import SamplingConfig  # noqa: E402
 from dalle_pytorch.serve import scheduler as scheduler_module  # noqa: E402
-from dalle_pytorch.serve.__main__ import parse_args  # noqa: E402
 from dalle_pytorch.serve.app import create_app  # noqa: E402
 from tests.helpers import tiny_pipeline, tiny_vae  # noqa: E402
 from tests.serve_helpers import live_server  # noqa: E402

@@ -1,7 +1,6 @@
 """The continuous-batching scheduler (no HTTP): a request's images do not depend on what else is in the
 batch, a lone request equals generate.py, rows join and leave mid-run, and every accepted request ends
 with its images or an error (cancellation, timeout, crashes, a full queue, shutdown)."""
-import importlib.util
 import threading
 from pathlib import Path
 
@@ -12,9 +11,9 @@ from PIL import Image
 
 from dalle_pytorch.checkpoint import save
 from dalle_pytorch.errors import GenerationError
-from dalle_pytorch.images import tensor_to_pil
-from dalle_pytorch.pipeline import Pipeline
-from dalle_pytorch.sampling import SamplingConfig
+from dalle_pytorch.formats.images import tensor_to_pil
+from dalle_pytorch.generation.sampling import SamplingConfig
+from dalle_pytorch.pipeline.text_to_image import Pipeline
 from dalle_pytorch.serve import scheduler as scheduler_module
 from dalle_pytorch.serve.batch import RunningBatch, prefill
 from dalle_pytorch.serve.scheduler import ImageRequest, QueueFull, RequestFailed, Scheduler, ShuttingDown
@@ -51,9 +50,8 @@ def alone(pipe, prompt, n, seed, sampling=PLAIN, batch_size=4, negative=None):
 def test_a_lone_request_gives_generate_py_images(pipe, tmp_path, flags):
     path = tmp_path / "tiny.safetensors"
     save(pipe.model, path, tokenizer=pipe.tokenizer)
-    spec = importlib.util.spec_from_file_location("generate_script", ROOT / "generate.py")
-    generate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generate)
+    import dalle_pytorch.cli.generate as generate
+
     (result,) = generate.main(generate.parse_args(["--dalle_path", str(path), "--text", RED, "--seed", "11",
                                                    "--outputs_dir", str(tmp_path), "--no_progress", *flags]))
     args = generate.parse_args(["--text", RED, *flags])

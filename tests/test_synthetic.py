@@ -5,18 +5,9 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from dalle_pytorch.synthetic import (COLORS, SHAPES, caption, dominant_colors, make_dataset, paraphrase, parse_caption,
+                                     render, sample_captions)
 from dalle_pytorch.train.datasets import TextImageDataset, image_to_tensor
-from dalle_pytorch.synthetic import (
-    COLORS,
-    SHAPES,
-    caption,
-    dominant_colors,
-    make_dataset,
-    paraphrase,
-    parse_caption,
-    render,
-    sample_captions,
-)
 
 COMBOS = [(s, c, b) for s in SHAPES for c in COLORS for b in COLORS if c != b]
 

@@ -8,8 +8,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dalle_pytorch.io.taming_config import YamlSubsetError, parse_yaml_subset, read_yaml_subset
 from dalle_pytorch.errors import NotRegularFileError
+from dalle_pytorch.formats.taming_yaml import YamlSubsetError, parse_yaml_subset, read_yaml_subset
 from tests.vae_oracles import REAL_CONFIGS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pretrained_vae"

@@ -9,14 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dalle_pytorch.tokenizer import (
-    HugTokenizer,
-    SimpleTokenizer,
-    YttmTokenizer,
-    get_default_tokenizer,
-    is_yttm_model,
-    tokenizer_from_description,
-)
+from dalle_pytorch.text.factory import (HugTokenizer, SimpleTokenizer, YttmTokenizer, get_default_tokenizer,
+                                        is_yttm_model, tokenizer_from_description)
 
 CAPTION = "a red circle on a blue background"
 ROOT = Path(__file__).resolve().parents[1]
@@ -326,8 +320,8 @@ def test_scripts_pick_yttm_for_a_yttm_model(tmp_path, hug_path):
     """generate.py and train_dalle.py pick their tokenizer with one rule (tokenizer_for_flags): a YTTM
     --bpe_path without --hug is read as YTTM; each script reports a bad file as its own one-line error."""
     from dalle_pytorch.errors import GenerationError, TrainingError
-    from dalle_pytorch.pipeline import Pipeline
-    from dalle_pytorch.tokenizer import tokenizer_for_flags
+    from dalle_pytorch.pipeline.text_to_image import Pipeline
+    from dalle_pytorch.text.factory import tokenizer_for_flags
     from dalle_pytorch.train.tasks import dalle_task
 
     model = tmp_path / "model.bpe"  # the name does not matter: the content does

@@ -1,4 +1,4 @@
-"""train_vae.py / train_dalle.py and dalle_pytorch.training: tiny models on the synthetic shapes data."""
+"""train_vae.py / train_dalle.py and dalle_pytorch.train: tiny models on the synthetic shapes data."""
 from __future__ import annotations
 
 import importlib.util
@@ -14,22 +14,22 @@ import pytest
 import torch
 from PIL import Image
 
-from dalle_pytorch import training
 from dalle_pytorch.checkpoint import load_checkpoint, load_training_state
-from dalle_pytorch.dalle import DALLE
+from dalle_pytorch.errors import TrainingError
+from dalle_pytorch.formats.images import image_grid
+from dalle_pytorch.models.dalle import DALLE
+from dalle_pytorch.models.vae import DiscreteVAE
 from dalle_pytorch.synthetic import COLORS, SHAPES, make_dataset
-from dalle_pytorch.training import TrainingError
+from dalle_pytorch.train.checkpoints import weights_digest
+from dalle_pytorch.train.datasets import ImageFolder
+from dalle_pytorch.train.optim import lr_multiplier
 from dalle_pytorch.train.schedules import vae_learning_rate, vae_temperature
-from dalle_pytorch.vae import DiscreteVAE
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"dalle_pytorch.cli.{name}")
 
 
 train_vae = _script("train_vae")
@@ -322,7 +322,7 @@ def test_bad_samples_are_skipped_and_reported(tmp_path, tokenizer_json, vae_run)
 
 
 def test_lr_schedules():
-    f = training.lr_multiplier
+    f = lr_multiplier
     assert [f(s, schedule="constant", warmup_steps=4) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
     assert f(0, schedule="cosine", total_steps=10) == 1.0
     assert f(5, schedule="cosine", total_steps=10) == pytest.approx(0.5)
@@ -343,10 +343,10 @@ def test_lr_schedules():
 def test_image_grid_layout():
     top = torch.zeros(3, 3, 8, 8)
     bottom = torch.ones(2, 3, 8, 8)
-    grid = training.image_grid([top, bottom], padding=1)
+    grid = image_grid([top, bottom], padding=1)
     assert grid.size == (1 + 3 * 9, 1 + 2 * 9) and grid.mode == "RGB"
     assert grid.getpixel((1, 1)) == (0, 0, 0) and grid.getpixel((1, 10)) == (255, 255, 255)
-    assert training.image_grid([torch.rand(1, 4, 8, 8)]).mode == "RGBA"
+    assert image_grid([torch.rand(1, 4, 8, 8)]).mode == "RGBA"
 
 
 def test_image_folder_without_captions(tmp_path):
@@ -354,10 +354,10 @@ def test_image_folder_without_captions(tmp_path):
         Image.new("RGB", size, (10 * i, 0, 0)).save(tmp_path / f"{i}.jpg")
     (tmp_path / "sub").mkdir()
     Image.new("RGBA", (8, 8)).save(tmp_path / "sub" / "x.png")
-    ds = training.ImageFolder(tmp_path, 32)
+    ds = ImageFolder(tmp_path, 32)
     assert len(ds) == 3 and ds.paths == ["0.jpg", "1.jpg", os.path.join("sub", "x.png")]
     assert all(ds[i].shape == (3, 32, 32) for i in range(3))
-    assert training.ImageFolder(tmp_path, 16, transparent=True)[0].shape == (4, 16, 16)
+    assert ImageFolder(tmp_path, 16, transparent=True)[0].shape == (4, 16, 16)
 
 
 # ------------------------------------------------------------------------------------------ torchrun
@@ -389,7 +389,7 @@ def test_torchrun_ddp_then_fsdp_resume_on_cpu(tmp_path, data_dir, tokenizer_json
     assert summary["world_size"] == 2 and summary["mode"] == "ddp" and summary["replicas_in_sync"] is True
     assert summary["samples_seen"] == 4 * 2 * 2
     loaded = load_checkpoint(ddp / "dalle.safetensors")
-    assert training.weights_digest(loaded.model.state_dict()) == h0  # the saved model is the trained one
+    assert weights_digest(loaded.model.state_dict()) == h0  # the saved model is the trained one
     ddp_steps = _records(ddp)
     assert [r["step"] for r in ddp_steps] == [1, 2, 3, 4] and all(math.isfinite(r["loss"]) for r in ddp_steps)
 
@@ -407,7 +407,7 @@ def test_torchrun_ddp_then_fsdp_resume_on_cpu(tmp_path, data_dir, tokenizer_json
     torch.testing.assert_close(torch.tensor([r["loss"] for r in fsdp_steps], dtype=torch.float64),
                                torch.tensor([r["loss"] for r in ddp_steps], dtype=torch.float64), atol=1e-5, rtol=0)
     loaded = load_checkpoint(fsdp / "dalle.safetensors")  # gathered from the shards
-    assert training.weights_digest(loaded.model.state_dict()) == (fsdp / "replicas" / "rank1.sha256").read_text().strip()
+    assert weights_digest(loaded.model.state_dict()) == (fsdp / "replicas" / "rank1.sha256").read_text().strip()
     reference = load_checkpoint(ddp / "dalle.safetensors").model.state_dict()
     for k, v in loaded.model.state_dict().items():
         torch.testing.assert_close(v, reference[k], atol=1e-5, rtol=0)

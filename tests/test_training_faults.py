@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from dalle_pytorch.checkpoint import training_state
 from dalle_pytorch.errors import TrainingError
-from dalle_pytorch.io import files, training_state
+from dalle_pytorch.formats import files
 from dalle_pytorch.synthetic import make_dataset
 from tests.test_training import VAE_FLAGS, train_vae
 

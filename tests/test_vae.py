@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dalle_pytorch.vae import DiscreteVAE
+from dalle_pytorch.models.vae import DiscreteVAE
 
 FIXTURES = sorted(p for p in (Path(__file__).parent / "fixtures").glob("*.pt") if not p.name.endswith(".expected.pt"))
 
@@ -56,7 +56,7 @@ def test_loss_backward(kwargs):
 
 
 def test_reinmax_forward_is_one_hot():
-    from dalle_pytorch.vae import reinmax_one_hot
+    from dalle_pytorch.models.vae import reinmax_one_hot
 
     logits = torch.randn(4, 10, requires_grad=True)
     out = reinmax_one_hot(logits, 0.9, dim=-1)

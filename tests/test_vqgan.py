@@ -10,10 +10,10 @@ import torch
 import yaml
 
 from dalle_pytorch import VQGanVAE
-from dalle_pytorch.vqgan import VQGanConfig, VQModel
 from dalle_pytorch.errors import NotRegularFileError
-from tests.vae_oracles import (REAL_CONFIGS, require, build_taming, dalle_pytorch_vqgan_codes, dalle_pytorch_vqgan_decode,
-                               save_taming_files, taming_model_section)
+from dalle_pytorch.models.vqgan import VQGanConfig, VQModel
+from tests.vae_oracles import (REAL_CONFIGS, build_taming, dalle_pytorch_vqgan_codes, dalle_pytorch_vqgan_decode,
+                               require, save_taming_files, taming_model_section)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pretrained_vae"
 

@@ -22,7 +22,6 @@ import yaml
 from einops import rearrange
 from torch import nn
 
-
 ORACLES = "pip install --no-deps taming-transformers-rom1504==0.0.6 dall-e==0.1"
 
 

@@ -1,6 +1,3 @@
-"""File formats: our checkpoint format, DALLE-pytorch's files, training-state files, safe pickle
-reading and atomic writes.
-
-Nothing is imported here, so that model modules can use a reader of this package without loading
-the others (the checkpoint modules import the models).
-"""
+"""The former home of file formats and checkpoints (up to 2.0): now `dalle_pytorch.formats` (bytes),
+`dalle_pytorch.checkpoint` (models from files) and `dalle_pytorch.pipeline.outputs` (generation's
+files).  Only `dalle_pytorch.io.outputs`, a documented path, is kept."""

@@ -1,74 +1,7 @@
-"""python -m dalle_pytorch.serve [--dalle_path demo] [--host 127.0.0.1] [--port 8000]: the image server.
-
-Open http://127.0.0.1:8000/ for the page, /docs for the API.  Needs the `[serve]` extra
-(pip install fastapi uvicorn, or this package's serve extra).  See docs/serving.md.
-"""
-from __future__ import annotations
-
-import argparse
-import logging
+"""`python -m dalle_pytorch.serve`: the server's entry point, `dalle_pytorch.cli.serve` (also `dalle-serve`)."""
 import sys
 
-from dalle_pytorch.errors import CheckpointError, GenerationError
-from dalle_pytorch.io.outputs import file_sha256
-from dalle_pytorch.pipeline import DEMO, DTYPES, Pipeline, resolve_checkpoint
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m dalle_pytorch.serve",
-                                description="Serve a DALLE over HTTP with continuous batching (docs/serving.md).")
-    p.add_argument("--dalle_path", default=DEMO, help="DALLE checkpoint (ours or DALLE-pytorch's .pt); default: the demo model")
-    p.add_argument("--vae_path", default=None, help="VAE checkpoint for DALLE-pytorch files saved without one")
-    p.add_argument("--bpe_path", default=None, help="tokenizer file overriding the checkpoint's (as generate.py)")
-    p.add_argument("--hug", action="store_true", help="--bpe_path is a HuggingFace `tokenizers` JSON file")
-    p.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda:1'")
-    p.add_argument("--dtype", default="float32", choices=list(DTYPES))
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max_rows", type=int, default=64,
-                   help="capacity of the running batch in rows; a guided image takes two (default 64)")
-    p.add_argument("--max_queue", type=int, default=64, help="requests waiting to start before 429 (default 64)")
-    p.add_argument("--max_images", type=int, default=16, help="the largest n of one request (default 16)")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take (default 300)")
-    p.add_argument("--preview_every", type=int, default=8, help="codes between streamed previews (default 8)")
-    p.add_argument("--prefix_cache", type=int, default=64, help="prefilled captions kept (LRU; 0: off; default 64)")
-    p.add_argument("--shutdown_grace", type=float, default=30.0,
-                   help="seconds in-flight requests may take to finish at shutdown (default 30)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
-    return p.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        import uvicorn
-
-        from dalle_pytorch.serve.app import create_app
-    except ImportError as e:
-        print(f"dalle_pytorch.serve: error: {e} (pip install fastapi uvicorn: the serve extra)", file=sys.stderr)
-        return 2
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        path, _ = resolve_checkpoint(args.dalle_path)
-        pipe = Pipeline.from_checkpoint(path, vae_path=args.vae_path, bpe_path=args.bpe_path, hug=args.hug,
-                                        device=args.device, dtype=args.dtype)
-    except (GenerationError, CheckpointError, FileNotFoundError) as e:
-        print(f"dalle_pytorch.serve: error: {e}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    app = create_app(pipe, max_rows=args.max_rows, max_queue=args.max_queue, max_images=args.max_images,
-                     timeout=args.timeout, preview_every=args.preview_every, prefix_cache_entries=args.prefix_cache,
-                     shutdown_grace=args.shutdown_grace, dalle_path=args.dalle_path,
-                     checkpoint_sha256=file_sha256(path))
-    print(f"serving {args.dalle_path} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=args.shutdown_grace)
-    return 0
-
+from dalle_pytorch.cli.serve import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -36,9 +36,8 @@ except ImportError as e:  # pragma: no cover - depends on the installed extras
 import torch
 
 from dalle_pytorch.errors import GenerationError
-from dalle_pytorch.images import tensor_to_pil
-from dalle_pytorch.io.images import png_text
-from dalle_pytorch.pipeline import Pipeline
+from dalle_pytorch.formats.images import png_text, tensor_to_pil
+from dalle_pytorch.pipeline.text_to_image import Pipeline
 from dalle_pytorch.serve.scheduler import (Event, ImageRequest, ImageResult, QueueFull, RequestFailed, Scheduler,
                                            ShuttingDown, Ticket)
 

@@ -19,8 +19,8 @@ from typing import Hashable, Optional
 
 import torch
 
-from dalle_pytorch.cache import InferenceCache
-from dalle_pytorch.dalle import DALLE
+from dalle_pytorch.models.dalle import DALLE
+from dalle_pytorch.nn.cache import InferenceCache
 
 __all__ = ["Prefix", "PrefixCache", "RunningBatch", "Sequence", "prefill"]
 

@@ -38,8 +38,8 @@ from typing import Callable, Optional
 import torch
 
 from dalle_pytorch.errors import GenerationError
-from dalle_pytorch.pipeline import Pipeline, batch_seeds, fresh_seed, generation_settings, preview_images
-from dalle_pytorch.sampling import SamplingConfig, guided_logits, sample
+from dalle_pytorch.generation.sampling import SamplingConfig, guided_logits, sample
+from dalle_pytorch.pipeline.text_to_image import Pipeline, batch_seeds, fresh_seed, generation_settings, preview_images
 from dalle_pytorch.serve.batch import PrefixCache, RunningBatch, Sequence, prefill
 
 __all__ = ["Event", "ImageRequest", "ImageResult", "QueueFull", "RequestFailed", "Scheduler", "ShuttingDown", "Ticket"]

@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Union
 
-from dalle_pytorch.io.files import read_bytes
+from dalle_pytorch.formats.files import read_bytes
 from dalle_pytorch.text.base import MAX_TOKENIZER_BYTES, BaseTokenizer, TokenIds
 
 

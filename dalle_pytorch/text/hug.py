@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
-from dalle_pytorch.io.files import read_bytes
+from dalle_pytorch.formats.files import read_bytes
 from dalle_pytorch.text.base import MAX_TOKENIZER_BYTES, BaseTokenizer
 
 

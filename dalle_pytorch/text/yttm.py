@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Union
 
-from dalle_pytorch.io.files import read_bytes, regular_file
+from dalle_pytorch.formats.files import read_bytes, regular_file
 from dalle_pytorch.text.base import MAX_TOKENIZER_BYTES, BaseTokenizer, shorten
 
 YTTM_SPACE = "\u2581"  # "▁": YTTM marks the start of every word with this character

@@ -22,8 +22,8 @@ import os
 import shlex
 import sys
 
+from dalle_pytorch.distributed import DistEnv
 from dalle_pytorch.errors import TrainingError
-from dalle_pytorch.train.distributed import DistEnv
 
 __all__ = ["apply_backend_args", "uses_deepspeed"]
 

@@ -11,10 +11,10 @@ import os
 import re
 from typing import Optional
 
+from dalle_pytorch.distributed import DistEnv
 from dalle_pytorch.errors import TrainingError
-from dalle_pytorch.images import tensor_bytes
-from dalle_pytorch.io.files import write_text
-from dalle_pytorch.train.distributed import DistEnv
+from dalle_pytorch.formats.files import write_text
+from dalle_pytorch.formats.images import tensor_bytes
 
 LATEST_NAME = "latest"
 

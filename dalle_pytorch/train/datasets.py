@@ -23,8 +23,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from dalle_pytorch.errors import TrainingError
-from dalle_pytorch.io.images import read_image
-from dalle_pytorch.tokenizer import get_default_tokenizer
+from dalle_pytorch.formats.images import read_image
+from dalle_pytorch.text.factory import get_default_tokenizer
 from dalle_pytorch.train.folder_index import DEFAULT_CACHE, IMAGE_EXTENSIONS, load_index
 
 __all__ = [
@@ -255,7 +255,7 @@ class TextImageDataset(SkippedSamples, Dataset):
         resize_ratio: minimum fraction of the image area kept by the random crop.
         transparent: return RGBA (4 channels) instead of RGB.
         tokenizer: object with ``tokenize(texts, context_length, truncate_text) ->
-            LongTensor (b, context_length)``; defaults to ``dalle_pytorch.tokenizer``.
+            LongTensor (b, context_length)``; defaults to ``dalle_pytorch.text.factory``.
         shuffle: replace a bad sample by a random one instead of the next one.
         index_cache: True (cache in the folder), False (no cache), or a cache file path.
         max_bad_fraction: fraction of the dataset that may be skipped before raising.

@@ -10,7 +10,7 @@ import time
 import warnings
 from typing import Any, Callable, Optional
 
-from dalle_pytorch.io.files import write_json
+from dalle_pytorch.formats.files import write_json
 
 __all__ = ["IMAGE_EXTENSIONS", "DEFAULT_CACHE", "scan_pairs", "cache_valid", "load_index"]
 

@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torch.utils.data.distributed import DistributedSampler
 
+from dalle_pytorch.distributed import DistEnv
 from dalle_pytorch.errors import TrainingError
-from dalle_pytorch.train.distributed import DistEnv
 
 __all__ = ["EpochData", "ReportSkips", "ResumableSampler", "batch_len", "collate_with_skips", "to_device"]
 

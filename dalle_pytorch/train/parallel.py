@@ -15,11 +15,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from dalle_pytorch.dalle import DALLE
+from dalle_pytorch.distributed import DistEnv
 from dalle_pytorch.errors import TrainingError
-from dalle_pytorch.train.distributed import DistEnv
+from dalle_pytorch.models.dalle import DALLE
+from dalle_pytorch.models.vae import DiscreteVAE
 from dalle_pytorch.train.loader import to_device
-from dalle_pytorch.vae import DiscreteVAE
 
 __all__ = ["ParallelModel", "fsdp_units", "unused_parameters"]
 

@@ -16,15 +16,15 @@ import os
 import sys
 from typing import Any, Callable
 
+from dalle_pytorch.checkpoint.ours import load_checkpoint
+from dalle_pytorch.checkpoint.training_state import load_training_state
+from dalle_pytorch.distributed import init_distributed
 from dalle_pytorch.errors import CheckpointError, TrainingError
-from dalle_pytorch.io.checkpoint import load_checkpoint
-from dalle_pytorch.io.files import write_text
-from dalle_pytorch.io.training_state import load_training_state
+from dalle_pytorch.formats.files import write_text
 from dalle_pytorch.train.args import check_common_args, check_optional_packages
 from dalle_pytorch.train.backends import apply_backend_args
 from dalle_pytorch.train.checkpoints import CheckpointManager, CheckpointPoint
 from dalle_pytorch.train.datasets import DatasetError
-from dalle_pytorch.train.distributed import init_distributed
 from dalle_pytorch.train.precision import check_precision, resolve_precision
 from dalle_pytorch.train.rng import seed_all
 from dalle_pytorch.train.runlog import jsonable

@@ -10,9 +10,9 @@ from typing import Any, Optional
 
 from PIL import Image
 
+from dalle_pytorch.distributed import DistEnv
 from dalle_pytorch.errors import TrainingError
-from dalle_pytorch.io.files import write_text
-from dalle_pytorch.train.distributed import DistEnv
+from dalle_pytorch.formats.files import write_text
 
 LOG_NAME = "log.jsonl"
 

@@ -1,7 +1,7 @@
 """A run's resumable state: where it is (`Progress`) and everything else a training-state file holds
 (optimizer, scheduler, grad scaler, every rank's RNG), captured and restored by `RunState`.
 
-The file is written by `dalle_pytorch.io.training_state` (tensors and primitives only, so it loads
+The file is written by `dalle_pytorch.checkpoint.training_state` (tensors and primitives only, so it loads
 with weights_only=True); `--resume` continues bit-exactly when the world size, batch size,
 gradient accumulation and seed are unchanged, and approximately otherwise.
 """
@@ -13,8 +13,8 @@ from typing import Any, Optional
 
 import torch
 
+from dalle_pytorch.distributed import DistEnv
 from dalle_pytorch.errors import TrainingError
-from dalle_pytorch.train.distributed import DistEnv
 from dalle_pytorch.train.parallel import ParallelModel
 from dalle_pytorch.train.rng import capture_rng, restore_rng, seed_all
 

@@ -14,19 +14,19 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from dalle_pytorch.dalle import DALLE
+from dalle_pytorch.checkpoint.build import LoadedCheckpoint
+from dalle_pytorch.checkpoint.ours import load_checkpoint
+from dalle_pytorch.checkpoint.pretrained import vae_flags, vae_from_flags
+from dalle_pytorch.distributed import DistEnv
 from dalle_pytorch.errors import TrainingError
-from dalle_pytorch.io.build import LoadedCheckpoint
-from dalle_pytorch.io.checkpoint import load_checkpoint
-from dalle_pytorch.io.files import write_text
-from dalle_pytorch.io.images import save_image_grid
-from dalle_pytorch.pretrained import vae_flags, vae_from_flags
-from dalle_pytorch.tokenizer import tokenizer_for_flags
+from dalle_pytorch.formats.files import write_text
+from dalle_pytorch.formats.images import save_image_grid
+from dalle_pytorch.models.dalle import DALLE
+from dalle_pytorch.models.vae import DiscreteVAE
+from dalle_pytorch.text.factory import tokenizer_for_flags
 from dalle_pytorch.train.datasets import ImageFolder, TextImageDataset
-from dalle_pytorch.train.distributed import DistEnv
 from dalle_pytorch.train.schedules import AnnealedTemperature
 from dalle_pytorch.train.webdataset import webdataset_loader
-from dalle_pytorch.vae import DiscreteVAE
 
 __all__ = ["Task", "TaskBuilder", "vae_task", "dalle_task", "parse_ids", "pretrained_vae"]
 

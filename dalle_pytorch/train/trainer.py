@@ -17,15 +17,15 @@ from typing import Any, Optional
 
 import torch
 
+from dalle_pytorch.checkpoint.ours import save as save_model
+from dalle_pytorch.checkpoint.training_state import save_training_state
+from dalle_pytorch.distributed import DistEnv
 from dalle_pytorch.errors import TrainingError
-from dalle_pytorch.io.checkpoint import save as save_model
-from dalle_pytorch.io.files import is_disk_full
-from dalle_pytorch.io.training_state import save_training_state
-from dalle_pytorch.plot import refresh_curves
+from dalle_pytorch.formats.files import is_disk_full
 from dalle_pytorch.train.checkpoints import CheckpointManager, CheckpointPoint, link_file, replicas_in_sync
-from dalle_pytorch.train.distributed import DistEnv
-from dalle_pytorch.train.loader import EpochData, batch_len, to_device
+from dalle_pytorch.train.curves import refresh_curves
 from dalle_pytorch.train.flops import FLOPS_DEPTH, count_flops, flops_report
+from dalle_pytorch.train.loader import EpochData, batch_len, to_device
 from dalle_pytorch.train.optim import LRSchedule, build_optimizer
 from dalle_pytorch.train.parallel import ParallelModel
 from dalle_pytorch.train.precision import autocast

@@ -14,8 +14,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from dalle_pytorch.io.images import read_image
-from dalle_pytorch.tokenizer import get_default_tokenizer
+from dalle_pytorch.formats.images import read_image
+from dalle_pytorch.text.factory import get_default_tokenizer
 from dalle_pytorch.train.datasets import caption_lines, image_to_tensor, random_resized_crop, tokenize_caption
 
 __all__ = ["webdataset_loader"]

@@ -1,0 +1,63 @@
+"""DALLE-pytorch's pretrained VAEs as its scripts choose them: the one rule behind every script's
+`--taming`, `--vqgan_model_path`, `--vqgan_config_path` (and our `--openai_encoder_path`,
+`--openai_decoder_path`).
+
+    vae_from_flags(taming=True, vqgan_model_path="m.ckpt", vqgan_config_path="c.yaml")  -> VQGanVAE
+    vae_from_flags(taming=True)                       -> VQGanVAE from ~/.cache/dalle (as DALLE-pytorch)
+    vae_from_flags(openai=True)                       -> OpenAIDiscreteVAE from ~/.cache/dalle
+    vae_from_flags()                                  -> None (nothing asked for)
+
+Nothing is downloaded: a missing default file is an error naming it and where it came from.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import nn
+
+from dalle_pytorch.formats.files import PathLike
+from dalle_pytorch.models.openai_dvae import OpenAIDiscreteVAE
+from dalle_pytorch.models.vqgan import VQGanVAE
+
+__all__ = ["VAE_FLAGS", "add_vae_flags", "vae_flags", "vae_from_flags"]
+
+
+#: DALLE-pytorch's pretrained-VAE flags, as `vae_from_flags` takes them (generate.py, train_dalle.py, dalle-convert)
+VAE_FLAGS = ("taming", "vqgan_model_path", "vqgan_config_path", "openai_encoder_path", "openai_decoder_path")
+
+
+def add_vae_flags(group, taming_help: str) -> None:
+    """Add `VAE_FLAGS` to an argparse parser or group; `taming_help`: what --taming means to that script."""
+    group.add_argument("--taming", action="store_true", help=taming_help)
+    group.add_argument("--vqgan_model_path", default=None,
+                       help="the VQGAN weights (a taming / Lightning .ckpt); implies --taming")
+    group.add_argument("--vqgan_config_path", default=None, help="the VQGAN config (a taming .yaml); implies --taming")
+    group.add_argument("--openai_encoder_path", default=None,
+                       help="OpenAI's dVAE encoder.pkl, for a model over OpenAIDiscreteVAE (default ~/.cache/dalle)")
+    group.add_argument("--openai_decoder_path", default=None, help="OpenAI's dVAE decoder.pkl (default ~/.cache/dalle)")
+
+
+def vae_flags(args) -> dict:
+    """The `VAE_FLAGS` of parsed arguments, as keyword arguments of `vae_from_flags`."""
+    return {name: getattr(args, name) for name in VAE_FLAGS}
+
+
+def vae_from_flags(*, taming: bool = False, vqgan_model_path: Optional[PathLike] = None,
+                   vqgan_config_path: Optional[PathLike] = None, openai: bool = False,
+                   openai_encoder_path: Optional[PathLike] = None,
+                   openai_decoder_path: Optional[PathLike] = None) -> Optional[nn.Module]:
+    """The pretrained VAE the flags ask for, or None.
+
+    The VQGAN paths imply --taming (DALLE-pytorch ignores them without it: here they are never
+    silently ignored). Raises ValueError for contradicting flags, FileNotFoundError (naming each
+    missing file) and the VAEs' own errors for files that cannot be read.
+    """
+    vqgan = taming or vqgan_model_path is not None or vqgan_config_path is not None
+    dvae = openai or openai_encoder_path is not None or openai_decoder_path is not None
+    if vqgan and dvae:
+        raise ValueError("--taming / --vqgan_* and --openai_* ask for two different VAEs; choose one")
+    if vqgan:
+        return VQGanVAE(vqgan_model_path, vqgan_config_path)
+    if dvae:
+        return OpenAIDiscreteVAE(openai_encoder_path, openai_decoder_path)
+    return None

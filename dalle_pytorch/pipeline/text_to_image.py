@@ -1,0 +1,423 @@
+"""`Pipeline`: captions in, images out; the one path from text to pictures.
+
+    pipe = Pipeline.from_checkpoint("dalle.safetensors")         # or Pipeline(model, tokenizer)
+    out = pipe(["a red circle on a blue background"], num_images=4, seed=0, cond_scale=3.0)
+    out.images, out.seeds, out.settings                          # PIL images, each one's batch seed
+    result = pipe.generate("a red circle on a blue background", num_images=4, seed=0)   # one caption
+
+A `callback(step)` sees every batch's codes as they are sampled; `step.preview()` decodes the
+partial grid (unsampled codes painted a neutral grey), cheaply enough to show every few codes.
+
+`generate.py` (which also writes the files) and the server both use it; neither re-implements it.
+A caption's images are sampled in batches of `batch_size`: batch k with a CPU
+`torch.Generator().manual_seed(seed + k)`, so the noise does not depend on the device and the same
+seed, batch size, settings, checkpoint, device and dtype give the same images.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+from PIL import Image
+from torch import nn
+
+from dalle_pytorch.checkpoint.clip_weights import load_open_clip
+from dalle_pytorch.checkpoint.ours import load_checkpoint
+from dalle_pytorch.errors import CheckpointError, GenerationError
+from dalle_pytorch.formats.files import PathLike
+from dalle_pytorch.formats.images import tensor_to_pil
+from dalle_pytorch.generation.sampling import SamplingConfig
+from dalle_pytorch.models.dalle import DALLE
+from dalle_pytorch.models.rerank import Reranker, as_reranker
+from dalle_pytorch.text.factory import BaseTokenizer, tokenizer_for_flags
+
+__all__ = ["DEMO", "DTYPES", "GeneratedImages", "Pipeline", "PipelineOutput", "Step", "batch_seeds", "demo_path",
+           "fresh_seed", "generation_settings", "preview_images", "resolve_checkpoint", "resolve_device", "resolve_dtype"]
+
+#: The `--dalle_path` value (and default) that selects the demo model shipped with the package.
+DEMO = "demo"
+DEMO_FILE = "dalle.safetensors"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoint, device, dtype, seeds
+# ------------------------------------------------------------------------------------------------
+
+
+def demo_path() -> Path:
+    """The demo model file shipped inside the package (`dalle_pytorch/demo/dalle.safetensors`)."""
+    ref = resources.files("dalle_pytorch").joinpath("demo", DEMO_FILE)
+    path = Path(str(ref))
+    if not path.is_file():
+        raise GenerationError(
+            f"the demo model {str(path)!r} is missing from this installation; reinstall the package or train it "
+            "with scripts/train_demo.sh"
+        )
+    return path
+
+
+def resolve_checkpoint(dalle_path: Optional[PathLike]) -> tuple[Path, bool]:
+    """`--dalle_path`: None or 'demo' -> (the packaged demo file, True); otherwise (the path, False).
+
+    Raises GenerationError when the file does not exist (a file literally named 'demo' in the
+    current folder takes precedence over the packaged model).
+    """
+    if dalle_path is None or (dalle_path == DEMO and not Path(DEMO).exists()):
+        return demo_path(), True
+    path = Path(dalle_path).expanduser()
+    if not path.exists():
+        raise GenerationError(f"--dalle_path {str(dalle_path)!r} does not exist (use --dalle_path demo for the demo model)")
+    if path.is_dir():
+        raise GenerationError(f"--dalle_path {str(dalle_path)!r} is a folder; give the checkpoint file")
+    return path, False
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda if available, else Apple's mps if available, else cpu; anything else is passed to
+    torch.device (mps is untested: the project's machines have none)."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps is not None and mps.is_available())
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise GenerationError(f"--device {name!r} is not a device torch knows ({e})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GenerationError(f"--device {name!r}: CUDA is not available on this machine (use --device cpu)")
+    if device.type == "mps" and not has_mps:
+        raise GenerationError(f"--device {name!r}: this PyTorch has no usable MPS device (Apple GPUs only; use "
+                              "--device cpu)")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'float32' | 'bfloat16' | 'float16'; float16 is refused on CPU (use bfloat16 there)."""
+    if name not in DTYPES:
+        raise GenerationError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    if name == "float16" and device.type == "cpu":
+        raise GenerationError("--dtype float16 is not supported on CPU (half-precision matmuls are slow or missing "
+                              "there); use --dtype bfloat16 or float32, or a CUDA device")
+    return DTYPES[name]
+
+
+#: seeds are those of torch.Generator.manual_seed: integers in [0, 2**64)
+MAX_SEED = 2**64 - 1
+
+
+def batch_seeds(seed: int, num_images: int, batch_size: int) -> list[tuple[int, int]]:
+    """[(seed of batch k, images in batch k), ...]: batch k is sampled with seed + k."""
+    if num_images < 1:
+        raise GenerationError(f"--num_images must be >= 1, got {num_images}")
+    if batch_size < 1:
+        raise GenerationError(f"--batch_size must be >= 1, got {batch_size}")
+    n_batches = math.ceil(num_images / batch_size)
+    if not 0 <= seed <= MAX_SEED - (n_batches - 1):
+        raise GenerationError(f"--seed must be in [0, 2**64 - {n_batches}] so that the seeds of its {n_batches} "
+                              f"batches (seed + k) stay below 2**64; got {seed}")
+    return [(seed + k, min(batch_size, num_images - k * batch_size)) for k in range(n_batches)]
+
+
+def generation_settings(sampling: SamplingConfig, null_prompt: Optional[str], batch_size: int,
+                        num_init_img_tokens: Optional[int] = None) -> dict:
+    """The settings that determine a caption's images (with its seed), as recorded in PNG text chunks
+    and generation.json, and returned by the server."""
+    return {**sampling.to_dict(), "null_text": null_prompt, "num_init_img_tokens": num_init_img_tokens,
+            "batch_size": batch_size}
+
+
+def fresh_seed() -> int:
+    """A new random seed in [0, 2**31) for a request that gave none (recorded with its images)."""
+    return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+
+
+# ------------------------------------------------------------------------------------------------
+# previews
+# ------------------------------------------------------------------------------------------------
+
+#: the colour of the codes not sampled yet in a preview (pixels in [0, 1])
+PREVIEW_GREY = 0.5
+
+
+@torch.inference_mode()
+def preview_images(vae: nn.Module, codes: torch.Tensor, filled: int) -> torch.Tensor:
+    """Decode a partly sampled grid: (b, I) codes whose first `filled` are sampled -> (b, c, H, W) in [0, 1].
+
+    The unsampled codes are set to each row's most frequent sampled code (a cheap stand-in for the
+    mean code, so the VAE's receptive field does not smear an arbitrary code into the filled part),
+    and their cells are painted PREVIEW_GREY: the picture sharpens row by row as codes arrive.
+    """
+    b, n = codes.shape
+    side = math.isqrt(n)
+    if filled >= n:
+        return vae.decode(codes).clamp(0.0, 1.0).float()
+    fill = codes[:, :filled].mode(dim=1).values if filled > 0 else torch.zeros(b, dtype=codes.dtype, device=codes.device)
+    stand_in = torch.where(torch.arange(n, device=codes.device) < filled, codes, fill[:, None])
+    images = vae.decode(stand_in).clamp(0.0, 1.0).float()
+    cell = images.shape[-1] // side
+    empty = (torch.arange(n, device=images.device) >= filled).view(side, side)
+    empty = empty.repeat_interleave(cell, 0).repeat_interleave(cell, 1)  # (H, W)
+    return images.masked_fill(empty, PREVIEW_GREY)
+
+
+@dataclass
+class Step:
+    """What a `Pipeline` callback sees after each sampled code of a batch."""
+
+    caption: str
+    batch: int  # index of the batch within its caption (seed = seed + batch)
+    seed: int  # the batch's seed
+    filled: int  # codes sampled so far (of `total`)
+    total: int  # image_seq_len
+    codes: torch.Tensor  # (n, I) the batch's codes, live: positions >= filled are not sampled yet
+    vae: nn.Module
+
+    def preview(self) -> torch.Tensor:
+        """(n, c, H, W) the batch's partial images (see `preview_images`)."""
+        return preview_images(self.vae, self.codes, self.filled)
+
+
+# ------------------------------------------------------------------------------------------------
+# the pipeline
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GeneratedImages:
+    """The images `Pipeline.generate` sampled for one caption (best CLIP score first when reranked)."""
+
+    caption: str
+    images: torch.Tensor  # (n, c, H, W) float32 on CPU, in [0, 1]
+    seeds: list[int]  # the seed of each image's batch
+    settings: dict  # the sampling settings that determine the images
+    elapsed: float  # seconds of sampling (and decoding)
+    scores: Optional[list[float]] = None  # CLIP scores, with a CLIP (see `Pipeline.clip`)
+    order: list[int] = field(default_factory=list)  # index of each image before reranking
+
+    def pil_images(self) -> list[Image.Image]:
+        return [tensor_to_pil(im) for im in self.images]
+
+
+@dataclass
+class PipelineOutput:
+    """What `Pipeline.__call__` returns: every caption's images, caption 0's first."""
+
+    images: list[Image.Image]
+    seeds: list[int]  # the batch seed of each image
+    captions: list[str]  # the caption of each image
+    settings: dict  # the sampling settings shared by all images
+    results: list[GeneratedImages]  # per caption, with the pixels as tensors and the timings
+
+
+class Pipeline:
+    """A DALLE, its tokenizer and optionally a CLIP for reranking, ready to turn captions into images.
+
+    Args:
+        model: a DALLE (put in eval mode; its device and dtype are the pipeline's).
+        tokenizer: the tokenizer the model was trained with.
+        clip: what ranks each caption's images (best first), or None: a `dalle_pytorch.CLIP` (scored on
+            the DALLE's caption tokens) or any `rerank.Reranker`, such as a pretrained
+            `rerank.OpenCLIPReranker`; `self.clip` is it as a Reranker.
+    """
+
+    def __init__(self, model: DALLE, tokenizer: BaseTokenizer, *,
+                 clip: Optional[Union[nn.Module, Reranker]] = None) -> None:
+        if not isinstance(model, DALLE):
+            raise TypeError(f"Pipeline needs a DALLE, got {type(model).__name__}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.clip = as_reranker(clip)
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        #: the LoadedCheckpoint a pipeline made by `from_checkpoint` came from
+        self.checkpoint = None
+
+    @classmethod
+    def from_checkpoint(cls, dalle_path: Optional[PathLike] = None, *, vae: Optional[nn.Module] = None,
+                        vae_path: Optional[PathLike] = None, bpe_path: Optional[PathLike] = None, hug: bool = False,
+                        chinese: bool = False, clip_path: Optional[PathLike] = None, clip_model: Optional[str] = None,
+                        device: str = "auto", dtype: str = "float32") -> "Pipeline":
+        """Load a DALLE checkpoint (ours, DALLE-pytorch's, or the demo model when `dalle_path` is None or
+        "demo"), its tokenizer (or the one `bpe_path` / `hug` / `chinese` select: `tokenizer_for_flags`)
+        and an optional CLIP to rerank with: `clip_path` alone is a CLIP of ours (`dalle_pytorch.save(clip,
+        path)`); with `clip_model` (an open_clip model name or config JSON) it is a pretrained OpenCLIP /
+        OpenAI CLIP's weights (`rerank.OpenCLIPReranker`, run in float32 whatever `dtype`).
+
+        vae / vae_path: as for `load_checkpoint` (a DALLE-pytorch model over a pretrained VAE needs
+        `vae=VQGanVAE(...)`, see `dalle_pytorch.checkpoint.pretrained.vae_from_flags`, unless its files are in
+        ~/.cache/dalle).
+
+        Raises GenerationError with a one-line reason for anything that does not fit.
+        """
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        path, _ = resolve_checkpoint(dalle_path)
+        try:
+            loaded = load_checkpoint(path, map_location=dev, vae=vae, vae_path=vae_path)
+        except (CheckpointError, OSError) as e:  # OSError: missing, a directory, a FIFO, ...
+            raise GenerationError(str(e)) from None
+        if loaded.kind != "dalle":
+            raise GenerationError(f"{path} is a {loaded.kind} checkpoint; a DALLE checkpoint is needed")
+        clip = None
+        if clip_model is not None:
+            if clip_path is None:
+                raise GenerationError("--clip_model needs --clip_path, the file of its weights (nothing is downloaded)")
+            try:
+                clip = load_open_clip(clip_model, clip_path, device=dev)
+            except (CheckpointError, ValueError, OSError, ImportError) as e:
+                raise GenerationError(str(e)) from None
+        elif clip_path is not None:
+            try:
+                loaded_clip = load_checkpoint(clip_path, map_location=dev)
+            except (CheckpointError, OSError) as e:
+                raise GenerationError(f"--clip_path: {e}") from None
+            if loaded_clip.kind != "clip":
+                raise GenerationError(f"--clip_path {str(clip_path)!r} is a {loaded_clip.kind} checkpoint, not a CLIP "
+                                      "(save one with dalle_pytorch.save(clip, path))")
+            clip = loaded_clip.model.to(dt)
+        if loaded.tokenizer is None and loaded.tokenizer_description is not None and bpe_path is None:
+            warnings.warn("the checkpoint's tokenizer could not be rebuilt; using the default CLIP SimpleTokenizer")
+        try:
+            tokenizer = tokenizer_for_flags(bpe_path, hug=hug, chinese=chinese, stored=loaded.tokenizer,
+                                            model_text_tokens=loaded.model.num_user_text_tokens)
+        except ValueError as e:
+            raise GenerationError(str(e)) from None
+        model = loaded.model.to(dt)
+        if tokenizer.vocab_size > model.num_user_text_tokens:
+            warnings.warn(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                          f"{model.num_user_text_tokens}; is it the tokenizer the model was trained with?")
+        pipe = cls(model, tokenizer, clip=clip)
+        pipe.checkpoint = loaded
+        return pipe
+
+    # -- text ---------------------------------------------------------------------------------------
+
+    def tokenize(self, captions: list[str]) -> torch.Tensor:
+        """(b, text_seq_len) ids of `captions` on the pipeline's device; GenerationError names a caption
+        that does not fit."""
+        try:
+            return self.tokenizer.tokenize(list(captions), self.model.text_seq_len).to(self.device)
+        except ValueError as e:
+            raise GenerationError(str(e)) from None
+
+    # -- images -------------------------------------------------------------------------------------
+
+    def generate(self, caption: str, *, num_images: int = 4, seed: int = 0, batch_size: int = 4,
+                 sampling: SamplingConfig = SamplingConfig(filter_thres=0.9), null_prompt: Optional[str] = None,
+                 img: Optional[torch.Tensor] = None, num_init_img_tokens: Optional[int] = None,
+                 mask: Optional[torch.Tensor] = None, use_cache: bool = True, compile: bool | str = False,
+                 pack_weights: Optional[bool] = None,
+                 progress: bool = False, on_batch: Optional[Callable[[int], None]] = None,
+                 callback: Optional[Callable[[Step], None]] = None, callback_steps: int = 1) -> GeneratedImages:
+        """Sample `num_images` images for `caption`.
+
+        Batch k (of `batch_size` images) is sampled with a CPU generator seeded `seed + k`.
+        null_prompt: the caption guidance steers away from (needs sampling.cond_scale != 1).
+        img: (1, c, H, W) pixels in [0, 1] whose first `num_init_img_tokens` codes prime every image,
+        or, with `mask` (H, W) (1 keeps, 0 generates), whose kept codes are fixed (masked completion).
+        `use_cache`, `compile` and `pack_weights` (False: no packed copies of the weights, see
+        `DALLE.generate_images`) change the speed and memory, never the images.  on_batch(n) is called after
+        each batch of n images.  callback(Step) is called every `callback_steps` sampled codes of a
+        batch and after its last one; it changes nothing that is sampled.
+        """
+        if int(callback_steps) != callback_steps or callback_steps < 1:
+            raise GenerationError(f"callback_steps must be a positive integer, got {callback_steps}")
+        text = self.tokenize([caption])
+        null = self.tokenize([null_prompt]) if null_prompt is not None else None
+        prime = img.to(device=self.device, dtype=self.dtype) if img is not None else None
+        settings = generation_settings(sampling, null_prompt, batch_size,
+                                       num_init_img_tokens if img is not None else None)
+        images, seeds, scores = [], [], []
+        start = time.perf_counter()
+        for k, (batch_seed, n) in enumerate(batch_seeds(seed, num_images, batch_size)):
+            generator = torch.Generator().manual_seed(batch_seed)
+            hook = None if callback is None else self._step_hook(callback, callback_steps, caption, k, batch_seed)
+            try:
+                out = self.model.generate_images(
+                    text, filter_thres=sampling.filter_thres, filter_scope=sampling.filter_scope,
+                    top_p=sampling.top_p,
+                    temperature=sampling.temperature, img=prime, num_init_img_tokens=num_init_img_tokens,
+                    mask=mask, cond_scale=sampling.cond_scale, null_text=null, use_cache=use_cache, num_images=n,
+                    generator=generator, progress=progress, compile=compile, pack_weights=pack_weights, callback=hook,
+                )
+            except ValueError as e:  # bad settings for this model (e.g. num_init_img_tokens too large)
+                raise GenerationError(str(e)) from None
+            if self.clip is not None:  # each image scored with its caption (the DALLE's tokens for our own CLIP)
+                batch_scores = self.clip.score([caption] * n, out, text.long().repeat_interleave(n, dim=0))
+                scores.extend(float(s) for s in batch_scores)
+            images.append(out.float().cpu())
+            seeds.extend([batch_seed] * n)
+            if on_batch is not None:
+                on_batch(n)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        pixels = torch.cat(images)
+        order = list(range(num_images))
+        if self.clip is not None:
+            order = sorted(order, key=lambda i: -scores[i])  # best CLIP score first
+            pixels, seeds, scores = pixels[order], [seeds[i] for i in order], [scores[i] for i in order]
+        return GeneratedImages(caption=caption, images=pixels, seeds=seeds, settings=settings, elapsed=elapsed,
+                               scores=scores or None, order=order)
+
+    def _step_hook(self, callback: Callable[[Step], None], every: int, caption: str, batch: int,
+                   seed: int) -> Callable[[int, torch.Tensor], None]:
+        """generate_codes' callback(filled, codes) -> callback(Step) every `every` codes and at the last."""
+        total, vae = self.model.image_seq_len, self.model.vae
+
+        def hook(filled: int, codes: torch.Tensor) -> None:
+            if filled % every == 0 or filled == total:
+                callback(Step(caption, batch, seed, filled, total, codes, vae))
+
+        return hook
+
+    def sampling_config(self, *, top_k: float = 0.9, top_p: Optional[float] = None, temperature: float = 1.0,
+                        cond_scale: float = 1.0, null_prompt: Optional[str] = None) -> SamplingConfig:
+        """The validated SamplingConfig of these settings; GenerationError with the CLI's one-line reason.
+
+        top_k is DALLE-pytorch's filter_thres (generate.py's --top_k): keep the top (1 - top_k) fraction.
+        """
+        try:
+            sampling = SamplingConfig(filter_thres=top_k, top_p=top_p, temperature=temperature, cond_scale=cond_scale)
+        except ValueError as e:
+            raise GenerationError(str(e)) from None
+        if null_prompt is not None and not sampling.guided:
+            raise GenerationError("null_prompt (a negative prompt) only has an effect with guidance: set cond_scale != 1")
+        return sampling
+
+    def __call__(self, captions: str | list[str], *, num_images: int = 4, seed: Optional[int] = None,
+                 batch_size: int = 4, cond_scale: float = 1.0, top_k: float = 0.9, top_p: Optional[float] = None,
+                 temperature: float = 1.0, null_prompt: Optional[str] = None,
+                 callback: Optional[Callable[[Step], None]] = None, callback_steps: int = 1,
+                 **kwargs: Any) -> PipelineOutput:
+        """Sample `num_images` images for each caption (a string or a list of them).
+
+        Captions are tokenized with the model's own tokenizer; every one is checked before any
+        sampling.  seed: batch k of each caption uses seed + k (None: a fresh seed, in the output).
+        top_k (filter_thres), top_p, temperature, cond_scale, null_prompt: as for generate.py.
+        Other keyword arguments (use_cache, compile, img, ...) go to `generate`.
+        """
+        if isinstance(captions, str):
+            captions = [captions]
+        if not captions:
+            raise GenerationError("give at least one caption")
+        sampling = self.sampling_config(top_k=top_k, top_p=top_p, temperature=temperature, cond_scale=cond_scale,
+                                        null_prompt=null_prompt)
+        self.tokenize(list(captions) + ([null_prompt] if null_prompt is not None else []))
+        seed = fresh_seed() if seed is None else seed
+        results = [self.generate(c, num_images=num_images, seed=seed, batch_size=batch_size, sampling=sampling,
+                                 null_prompt=null_prompt, callback=callback, callback_steps=callback_steps, **kwargs)
+                   for c in captions]
+        return PipelineOutput(images=[im for r in results for im in r.pil_images()],
+                              seeds=[s for r in results for s in r.seeds],
+                              captions=[r.caption for r in results for _ in r.seeds],
+                              settings=dict(results[0].settings, seed=seed), results=results)
