@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from dalle_pytorch.generation.decode import compiled_modes, compiled_step
 from dalle_pytorch.generation.sampling import top_k_filter, top_p_filter
 from dalle_pytorch.nn.packed import packing_available
 from tests.helpers import ATTN_TYPES, random_text, tiny_dalle
@@ -288,11 +289,11 @@ def test_compiled_decode_step_matches_eager():
     with torch._dynamo.config.patch(error_on_recompile=True):  # one graph for every position, the last included
         assert torch.equal(eager, run(compile=True))
     assert torch.equal(eager, run(compile="static"))
-    assert set(model._compiled_steps) == {"prefix", "static"}  # one compiled step per mode, reused
+    assert compiled_modes() == {"prefix", "static"}  # one compiled step per mode, reused
     assert torch.equal(eager, run(compile="prefix", cond_scale=1.0))
-    # the compiled steps are a per-object cache: a copy or a pickled model does not carry them
+    # the compiled steps are a per-process cache outside the model: a copy or a pickled model carries none
     twin = copy.deepcopy(model)
-    assert not hasattr(twin, "_compiled_steps") and torch.equal(eager, run_on(twin))
+    assert set(vars(twin)) == set(vars(model)) and torch.equal(eager, run_on(twin))
     buf = io.BytesIO()
     torch.save(model, buf)
     buf.seek(0)
@@ -304,7 +305,8 @@ def test_compiled_bf16_step_attends_like_eager():
     """The compiled step over a bf16 cache (fused reductions, attend_one) gives eager bf16's logits."""
     model = tiny_dalle("axial_row").to(torch.bfloat16).eval()
     text, codes = random_text(), torch.randint(0, 64, (2, 64))
-    step = model._compiled_decode_step("prefix")
+    compiled = compiled_step("prefix", torch.device("cpu"))
+    step = lambda token, pos, cache, length: compiled(model, token, pos, cache, length)  # noqa: E731
     with torch.inference_mode():
         caches = [model.setup_cache(2) for _ in range(2)]
         for c in caches:

@@ -31,7 +31,7 @@ def _staggered(model, text, codes, done):
         while max(done) < model.image_seq_len - 1:
             token = torch.stack([codes[r, d] for r, d in enumerate(done)])
             pos = torch.tensor([tl + d for d in done])
-            last = model.decode_step_rows(token, pos, cache, length=int(pos.max()) + 1)
+            last = model.decode_step(token, pos, cache, length=int(pos.max()) + 1)
             for r, d in enumerate(done):
                 errs.append((last[r] - full[r, tl + d, v:]).abs().max())
             done = [d + 1 for d in done]
@@ -56,7 +56,7 @@ def test_per_row_step_at_one_position_equals_the_scalar_step():
         for t in range(12):
             pos = model.text_len + t
             a = model.decode_step(codes[:, t], torch.tensor(pos), caches[0], length=pos + 1)
-            b = model.decode_step_rows(codes[:, t], torch.tensor([pos, pos]), caches[1], length=pos + 1)
+            b = model.decode_step(codes[:, t], torch.tensor([pos, pos]), caches[1], length=pos + 1)
             assert (a - b).abs().max() < 1e-5
 
 

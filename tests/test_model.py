@@ -6,7 +6,8 @@ import torch
 
 from dalle_pytorch import DALLE
 from dalle_pytorch.models.transformer import Transformer, layerscale_init
-from dalle_pytorch.nn.shift import shift_step_tables, shift_tokens_full, shift_tokens_step
+from dalle_pytorch.nn.positions import StepPositions
+from dalle_pytorch.nn.shift import PreShiftToken, shift_tokens_full, shift_tokens_step
 from tests.helpers import ATTN_TYPES, random_text, tiny_dalle, tiny_vae
 
 GRID = list(itertools.product(ATTN_TYPES, [True, False], [True, False], [False, True]))
@@ -124,11 +125,12 @@ def test_token_shift_step_equals_full_shift_bit_for_bit(dim):
     n = tl + f * f
     x = torch.randn(2, n, dim)
     full = shift_tokens_full(x, tl, f)
-    w = shift_step_tables(tl, f, dim)
+    shift = PreShiftToken(dim, tl, f)
     ring = torch.zeros(2, f, dim)
+    arange = torch.arange(n)
     for pos in range(n):
-        p = torch.tensor([pos])
-        out = shift_tokens_step(x[:, pos : pos + 1], ring, *w[pos], (p - 1) % f, p % f)
+        tables = shift.step_tables(StepPositions.of(torch.tensor(pos), 1, pos + 1, arange), ring.shape[1])
+        out = shift_tokens_step(x[:, pos : pos + 1], ring, tables)
         assert torch.equal(out[:, 0], full[:, pos]), pos
 
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from dalle_pytorch.errors import NotRegularFileError
-from dalle_pytorch.formats.safe_pickle import (LIGHTNING_PLACEHOLDERS, StandIn, TensorRef, TorchFile, UnsafePickleError,
-                                               read_lightning_state_dict)
+from dalle_pytorch.formats.pt_files import read_lightning_state_dict
+from dalle_pytorch.formats.safe_pickle import LIGHTNING_PLACEHOLDERS, StandIn, TensorRef, TorchFile, UnsafePickleError
 
 
 def sample_object():

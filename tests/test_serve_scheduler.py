@@ -211,14 +211,14 @@ def test_a_request_past_its_timeout_ends_with_an_error(pipe):
 
 
 def test_a_crash_inside_one_request_does_not_stop_the_loop(pipe, monkeypatch):
-    real_sample = scheduler_module.sample
+    real_next_codes = scheduler_module.next_codes
 
-    def sample(logits, config, generator=None, **kwargs):
+    def next_codes(logits, config, generator=None, **kwargs):
         if config.temperature == 0.5:
             raise RuntimeError("boom")
-        return real_sample(logits, config, generator, **kwargs)
+        return real_next_codes(logits, config, generator, **kwargs)
 
-    monkeypatch.setattr(scheduler_module, "sample", sample)
+    monkeypatch.setattr(scheduler_module, "next_codes", next_codes)
 
     def broken_consumer(event):
         if event.kind == "progress" and event.data["done"] > 5:

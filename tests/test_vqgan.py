@@ -11,7 +11,7 @@ import yaml
 
 from dalle_pytorch import VQGanVAE
 from dalle_pytorch.errors import NotRegularFileError
-from dalle_pytorch.models.vqgan import VQGanConfig, VQModel
+from dalle_pytorch.models.taming import VQGanConfig, VQModel
 from tests.vae_oracles import (REAL_CONFIGS, build_taming, dalle_pytorch_vqgan_codes, dalle_pytorch_vqgan_decode,
                                require, save_taming_files, taming_model_section)
 

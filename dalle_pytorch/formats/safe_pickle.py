@@ -40,14 +40,14 @@ import sys
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Collection, Mapping, Optional
+from typing import Any, BinaryIO, Callable, Collection, Optional
 
 import torch
 
 from dalle_pytorch.formats.files import PathLike, open_regular
 
 __all__ = ["UnsafePickleError", "StorageRef", "TensorRef", "StandIn", "TorchFile", "LIGHTNING_PLACEHOLDERS",
-           "module_tensors", "check_state_dict_shapes", "read_lightning_state_dict"]
+           "MAX_MODULE_DEPTH"]
 
 # what torch.save writes before the object in the legacy (non-zip) format
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -67,7 +67,7 @@ LIGHTNING_PLACEHOLDERS = ("pytorch_lightning.", "lightning.", "lightning_fabric.
                           "builtins.str", "builtins.bool", "builtins.bytes", "builtins.object", "builtins.NoneType",
                           "builtins.type")
 
-_MAX_MODULE_DEPTH = 64
+MAX_MODULE_DEPTH = 64  # how deep a pickled module tree may nest
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -436,87 +436,3 @@ class TorchFile:
         if tensor.numel() != flat.numel() or not tensor.is_contiguous():
             tensor = tensor.clone(memory_format=torch.contiguous_format)
         return tensor
-
-
-def module_tensors(root: StandIn, what: str = "module") -> dict[str, TensorRef]:
-    """The state dict of a pickled nn.Module held as StandIns: {'blocks.input.w': TensorRef, ...}.
-
-    Walks each module's `_parameters`, `_buffers` and `_modules` (as nn.Module.state_dict does;
-    None entries are skipped). Raises ValueError for anything that is not a module tree.
-    """
-    out: dict[str, TensorRef] = {}
-    seen: set[int] = set()
-
-    def walk(node: Any, prefix: str, depth: int) -> None:
-        if not isinstance(node, StandIn) or not isinstance(node.state, dict):
-            raise ValueError(f"{what}: {prefix or 'the root'} is not a pickled module ({node!r})")
-        if id(node) in seen or depth > _MAX_MODULE_DEPTH:
-            raise ValueError(f"{what}: {prefix or 'the root'} appears twice or nests too deep in the module tree")
-        seen.add(id(node))
-        for field in ("_parameters", "_buffers"):
-            entries = node.state.get(field, {})
-            if not isinstance(entries, dict):
-                raise ValueError(f"{what}: {prefix}{field} is not a dict")
-            for name, value in entries.items():
-                if value is None:
-                    continue
-                if not isinstance(name, str) or not isinstance(value, TensorRef):
-                    raise ValueError(f"{what}: {prefix}{name!s} is not a tensor ({type(value).__name__})")
-                out[prefix + name] = value
-        children = node.state.get("_modules", {})
-        if not isinstance(children, dict):
-            raise ValueError(f"{what}: {prefix}_modules is not a dict")
-        for name, child in children.items():
-            if child is not None:
-                if not isinstance(name, str):
-                    raise ValueError(f"{what}: a submodule name {name!r} is not a string")
-                walk(child, f"{prefix}{name}.", depth + 1)
-
-    walk(root, "", 0)
-    return out
-
-
-def check_state_dict_shapes(found: Mapping[str, Any], expected: Mapping[str, torch.Size], what: str) -> None:
-    """Raise ValueError unless `found` has exactly the names of `expected`, with the same shapes."""
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} ({', '.join(unexpected[:4])}"
-                         f"{', ...' if len(unexpected) > 4 else ''})")
-        raise ValueError(f"{what}: the weights do not fit the model built from its config: {'; '.join(parts)}")
-    for name, shape in expected.items():
-        if tuple(found[name].shape) != tuple(shape):
-            raise ValueError(f"{what}: {name} has shape {tuple(found[name].shape)} in the file, "
-                             f"{tuple(shape)} in the model built from its config")
-        if not found[name].dtype.is_floating_point:
-            raise ValueError(f"{what}: {name} is {found[name].dtype}, not a floating-point tensor")
-
-
-def read_lightning_state_dict(path: PathLike, expected: Mapping[str, torch.Size], drop_prefixes: Collection[str] = (),
-                              what: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """The float32 `state_dict` of a (Lightning) checkpoint, checked against `expected` shapes first.
-
-    The file is a pickled dict with a `state_dict` entry ({name: tensor}); its other entries
-    (optimizer states, callbacks, hyper_parameters...) are ignored and never read, and may name
-    Lightning / OmegaConf classes (see LIGHTNING_PLACEHOLDERS). Names starting with one of
-    `drop_prefixes` are dropped; the rest must match `expected` exactly (names and shapes) before
-    any tensor memory is allocated.
-    """
-    with TorchFile(path, what) as f:
-        obj = f.load(placeholders=LIGHTNING_PLACEHOLDERS)
-        if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
-            raise ValueError(f"{what} {f.path!r}: not a checkpoint: expected a dict with a 'state_dict' entry, "
-                             f"got {type(obj).__name__}")
-        found: dict[str, TensorRef] = {}
-        for name, value in obj["state_dict"].items():
-            if not isinstance(name, str) or not isinstance(value, TensorRef):
-                raise ValueError(f"{what} {f.path!r}: state_dict entry {name!r} is a {type(value).__name__}, "
-                                 "not a tensor")
-            if not name.startswith(tuple(drop_prefixes)):
-                found[name] = value
-        check_state_dict_shapes(found, expected, f"{what} {f.path!r}")
-        return {name: f.read(found[name]).float() for name in expected}

@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["FILTER_SCOPES", "SamplingConfig", "sample", "guided_logits", "top_k_filter", "top_p_filter",
+__all__ = ["FILTER_SCOPES", "SamplingConfig", "sample", "next_codes", "guided_logits", "top_k_filter", "top_p_filter",
            "gumbel_sample"]
 
 FILTER_SCOPES = ("vocab", "candidates")
@@ -129,3 +129,14 @@ def sample(logits: torch.Tensor, config: SamplingConfig, generator: torch.Genera
     if config.top_p is not None:
         logits = top_p_filter(logits, config.top_p)
     return gumbel_sample(logits, config.temperature, generator)
+
+
+def next_codes(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None = None, *, rows: int,
+               vocab_size: Optional[int] = None) -> torch.Tensor:
+    """The next token of each of `rows` sampled rows from a step's logits (what the decode loop and the
+    server's scheduler both draw with).  logits: (rows, v), or (2 * rows, v) with guidance: the
+    conditional rows, then their null rows, combined by `guided_logits`.  Returns (rows,) long.
+    """
+    if config.guided:
+        logits = guided_logits(logits, rows, config.cond_scale)
+    return sample(logits, config, generator, vocab_size=vocab_size)

@@ -15,12 +15,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from dalle_pytorch.generation.sampling import SamplingConfig, guided_logits, sample
+from dalle_pytorch.generation import decode
+from dalle_pytorch.generation.sampling import SamplingConfig
 from dalle_pytorch.models.config import DALLEConfig
 from dalle_pytorch.models.transformer import Transformer
 from dalle_pytorch.nn.cache import InferenceCache
+from dalle_pytorch.nn.positions import StepPositions
 from dalle_pytorch.nn.packed import packing_available
 
 
@@ -115,7 +116,7 @@ class DALLE(nn.Module):
 
     # -- input checks --------------------------------------------------------------------------------
 
-    def _check_text(self, text: torch.Tensor, name: str = "text") -> torch.Tensor:
+    def check_text(self, text: torch.Tensor, name: str = "text") -> torch.Tensor:
         if not isinstance(text, torch.Tensor) or text.dim() != 2:
             raise ValueError(f"{name} must be a (batch, {self.text_seq_len}) tensor of token ids, got "
                              f"{type(text).__name__}{tuple(text.shape) if isinstance(text, torch.Tensor) else ''}")
@@ -128,7 +129,7 @@ class DALLE(nn.Module):
                              f"got min {int(text.min())}, max {int(text.max())}")
         return text.long()
 
-    def _check_image(self, image: torch.Tensor, batch: int) -> torch.Tensor:
+    def check_image(self, image: torch.Tensor, batch: int) -> torch.Tensor:
         """Raw pixels (b, c, H, W) in [0, 1] are encoded by the VAE; codes (b, n) are checked."""
         if image.shape[0] != batch:
             raise ValueError(f"image batch {image.shape[0]} does not match text batch {batch}")
@@ -182,8 +183,8 @@ class DALLE(nn.Module):
         """stable=True: the transformer's output divided by its (detached) maximum; else out."""
         return out / out.amax(dim=-1, keepdim=True).detach() if self.stable else out
 
-    def _transform(self, tokens: torch.Tensor, cache: InferenceCache | None = None, masked: bool | None = None):
-        return self._stable_out(self.transformer(self._stable_in(tokens), cache=cache, masked=masked))
+    def _transform(self, tokens: torch.Tensor, masked: bool | None = None):
+        return self._stable_out(self.transformer(self._stable_in(tokens), masked=masked))
 
     def logits_mask(self, positions: torch.Tensor) -> torch.Tensor:
         """(n, V) bool: True where a logit is forbidden (text positions predict text, image positions codes)."""
@@ -206,7 +207,7 @@ class DALLE(nn.Module):
         null_cond_prob: probability of dropping each caption (classifier-free guidance training).
         masked: force dense masked attention (True) or the sparse kernels (False) for this call.
         """
-        text = self._check_text(text)
+        text = self.check_text(text)
         b = text.shape[0]
         if not 0.0 <= null_cond_prob <= 1.0:
             raise ValueError(f"null_cond_prob must be in [0, 1], got {null_cond_prob}")
@@ -217,7 +218,7 @@ class DALLE(nn.Module):
         tokens = self.embed_text(ids)
         codes = None
         if image is not None and image.numel() > 0:
-            codes = self._check_image(image, b)
+            codes = self.check_image(image, b)
             tokens = torch.cat((tokens, self.embed_image(codes)), dim=1)
         if tokens.shape[1] > self.total_seq_len:
             tokens = tokens[:, :-1]  # the last code is only ever a target
@@ -233,17 +234,28 @@ class DALLE(nn.Module):
         loss_img = F.cross_entropy(logits[:, T:].transpose(1, 2), labels[:, T:])
         return (loss_text + self.loss_img_weight * loss_img) / (self.loss_img_weight + 1)
 
-    # -- cached inference -----------------------------------------------------------------------------
+    def last_logits(self, ids: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
+        """Uncached: the logits of the last position (b, V) after model text ids (b, <= T+1) and image
+        codes (b, m), the whole sequence run again (the reference the cached steps are tested against)."""
+        tokens = self.embed_text(ids)
+        if codes is not None and codes.shape[1] > 0:
+            tokens = torch.cat((tokens, self.embed_image(codes)), dim=1)
+        out = self._transform(tokens)
+        return self._logits(out[:, -1:], torch.tensor([tokens.shape[1] - 1], device=ids.device))[:, 0]
+
+    # -- cached inference: one step for every shape ------------------------------------------------
 
     def setup_cache(self, batch: int, max_len: int | None = None, kv_dtype: torch.dtype | None = None,
-                    pack_weights: bool | None = None) -> InferenceCache:
+                    pack_weights: bool | None = None, rewind: int = 0) -> InferenceCache:
         """Preallocate the inference state for `batch` rows and up to `max_len` positions.
 
-        kv_dtype: the keys' and values' dtype (default: the model's); decode steps attend in it.
-        pack_weights: run the decode steps' weight products through weights packed for oneDNN
-        (`packed.PackedLinears`: the same products up to float rounding, faster on the CPU, most at small
-        batches: docs/benchmarks.md; packed at each weight's first use, held by the cache); None = wherever it is available
-        (`packed.packing_available`: the CPU in float32 / bfloat16).
+        kv_dtype: the keys' and values' dtype (default: the model's); steps attend in it.
+        pack_weights: run the steps' weight products through weights packed for oneDNN
+        (`nn.packed.PackedLinears`: the same products up to float rounding, faster on the CPU, most at
+        small batches: docs/benchmarks.md; packed at each weight's first use, held by the cache); None =
+        wherever it is available (`packing_available`: the CPU in float32 / bfloat16).
+        rewind: how many positions before the end of a step the next step may start (speculative
+        decoding re-runs the positions of rejected drafts); the token-shift rings keep that many more.
         """
         t = self.transformer
         param = self.to_logits[1].weight
@@ -252,125 +264,74 @@ class DALLE(nn.Module):
             max_len=max_len or self.total_seq_len, shift_channels=t.shift_cache_channels,
             fmap_size=self.fmap_size, device=param.device, dtype=param.dtype, kv_dtype=kv_dtype,
             pack_weights=packing_available(param.device, param.dtype) if pack_weights is None else pack_weights,
+            rewind=rewind,
         )
 
-    def prefill(self, ids: torch.Tensor, codes: torch.Tensor | None, cache: InferenceCache) -> torch.Tensor:
-        """Run positions 0..n-1 (model text ids (b, <= T+1), then codes (b, m)) into `cache`.
+    def step(self, tokens: torch.Tensor, start: torch.Tensor, cache: InferenceCache, *, length: int | None = None,
+             image: bool = True) -> torch.Tensor:
+        """The one cached forward: t new tokens per row at positions start .. start + t - 1.
 
-        Returns the logits of the last position (b, V).
+        tokens: (b, t) image codes (image=True; positions >= text_len) or model text ids (image=False;
+        positions < text_len).  start: a 0-d long tensor shared by every row, or (b,) long, one start
+        per row.  Writes the tokens' keys, values and token-shift inputs into `cache` at those
+        positions and returns the logits of what can be sampled after each token (b, t, V'): the image
+        codes (V' = num_image_tokens) after image tokens, the text tokens (V' = num_text_tokens) after
+        text tokens; only those rows of the output projection are computed, through the cache's packed
+        weights.  length: None attends over the whole preallocated cache (static shapes, for compile
+        and CUDA graphs); otherwise over the filled positions, at least max(start) + t (start + t for a
+        shared start).  Plain decoding is t = 1 (`decode_step`), the server's rows are unequal starts,
+        speculative verification is t = K drafts; `prefill` runs a prompt through the same step.
         """
-        tokens = self.embed_text(ids)
-        if codes is not None and codes.shape[1] > 0:
-            tokens = torch.cat((tokens, self.embed_image(codes)), dim=1)
-        out = self._transform(tokens, cache=cache)
-        n = tokens.shape[1]
-        return self._logits(out[:, -1:], torch.tensor([n - 1], device=ids.device))[:, 0]
-
-    def decode_step(self, token: torch.Tensor, pos: torch.Tensor, cache: InferenceCache, image: bool = True,
-                    length: int | None = None):
-        """Feed one token at position `pos` (0-d long tensor) and return the next token's logits.
-
-        token: (b,) image code (image=True) or model text id.  Returns (b, num_image_tokens) image
-        logits after an image token, (b, num_text_tokens) text logits after a text token: only the
-        rows of the output projection that can be sampled are computed.  With length=None shapes
-        never depend on `pos`, so the step can be compiled / graph-captured; eager decoding passes
-        length=pos+1 to attend over the filled part of the cache only.
-        """
-        if image:
-            x = self.image_emb(token[:, None])
-            if not self.rotary_emb:
-                x = x + self.image_pos_emb.table().index_select(0, (pos - self.text_len).view(1))
-        else:
-            x = self.text_emb(token[:, None])
-            if not self.rotary_emb:
-                x = x + self.text_pos_emb.weight.index_select(0, pos.view(1))
-        return self._step_logits(self.transformer.step(self._stable_in(x), pos, cache, length), cache, image)
-
-    def decode_step_rows(self, token: torch.Tensor, pos: torch.Tensor, cache: InferenceCache,
-                         length: int | None = None) -> torch.Tensor:
-        """`decode_step` for image codes with each row at its own position (continuous batching).
-
-        token: (b,) image codes; pos: (b,) long positions (each >= text_len); length: positions the
-        attention spans, at least max(pos) + 1 (None: the whole cache).  Returns (b, num_image_tokens).
-        Row i reads and writes only cache row i, so rows of different requests can share a step.
-        """
-        x = self.image_emb(token[:, None])
-        if not self.rotary_emb:
-            x = x + self.image_pos_emb.table().index_select(0, pos - self.text_len)[:, None]
-        return self._step_logits(self.transformer.step_rows(self._stable_in(x), pos, cache, length), cache, image=True)
-
-    def _step_logits(self, out: torch.Tensor, cache: InferenceCache, image: bool) -> torch.Tensor:
-        """The transformer's output for one token (b, 1, c) -> the logits that can be sampled after it:
-        (b, num_image_tokens) after an image token, (b, num_text_tokens) after a text token (only those
-        rows of the output projection are computed, through the cache's packed weights)."""
+        pos = StepPositions.of(start, tokens.shape[1], length, self.transformer.positions)
+        x = self._embed_step(tokens, pos, image)
+        out = self._stable_out(self.transformer.step(self._stable_in(x), pos, cache))
         norm, proj = self.to_logits
         rows = slice(self.num_text_tokens, None) if image else slice(0, self.num_text_tokens)
-        return cache.linear(norm(self._stable_out(out)[:, 0]), proj.weight[rows], proj.bias[rows])
+        return cache.linear(norm(out), proj.weight[rows], proj.bias[rows])
 
-    def __getstate__(self):
-        # compiled decode steps are a per-process cache bound to this object: not pickled or deep-copied
-        state = self.__dict__.copy()
-        state.pop("_compiled_steps", None)
-        return state
+    def decode_step(self, token: torch.Tensor, pos: torch.Tensor, cache: InferenceCache, image: bool = True,
+                    length: int | None = None) -> torch.Tensor:
+        """`step` for one token per row: token (b,) at `pos` (0-d, or (b,) one position per row) ->
+        logits (b, V') of the next token (see `step`)."""
+        return self.step(token[:, None], pos, cache, length=length, image=image)[:, 0]
 
-    def _compiled_decode_step(self, mode: str):
-        """torch.compile of decode_step, made once per model and mode (later calls reuse its graphs).
+    def _embed_step(self, tokens: torch.Tensor, pos: StepPositions, image: bool) -> torch.Tensor:
+        """(b, t) image codes or text ids at `pos` -> (b, t, c)."""
+        x = (self.image_emb if image else self.text_emb)(tokens)
+        if self.rotary_emb:
+            return x
+        if image:
+            table, index = self.image_pos_emb.table(), pos.flat - self.text_len
+        else:
+            table, index = self.text_pos_emb.weight, pos.flat
+        rows = table.index_select(0, index)  # (1 * t or b * t, c)
+        return x + (rows if pos.shared and pos.tokens == 1 else rows.view(pos.table_rows, pos.tokens, -1))
 
-        "prefix": dynamic shapes, attends over the filled prefix (one graph for every length);
-        "static": attends over the whole preallocated cache, shapes fixed (CUDA-graph capture).
+    #: positions a prefill feeds per step: its attention is (chunk x positions) per row and head
+    PREFILL_CHUNK = 256
+
+    def prefill(self, ids: torch.Tensor, codes: torch.Tensor | None, cache: InferenceCache) -> torch.Tensor:
+        """Run positions 0..n-1 (model text ids (b, <= T+1), then image codes (b, m)) into `cache` through
+        the transformer's step (chunks of PREFILL_CHUNK positions, weights unpacked); sets cache.length = n.
+
+        Returns the logits of the last position over the whole vocabulary, masked as `forward`'s (b, V).
         """
-        compiled = self.__dict__.setdefault("_compiled_steps", {})
-        if mode not in compiled:
-            # on CPU, inductor's C++ wrapper calls the step's kernels without Python in between:
-            # faster steps (measured in docs/benchmarks.md), for a longer first compile
-            on_cpu = self.to_logits[1].weight.device.type == "cpu"
-            options = {"cpp_wrapper": True} if on_cpu else None
-            compiled[mode] = torch.compile(self.decode_step, dynamic=mode == "prefix", options=options)
-        return compiled[mode]
-
-    # -- generation -------------------------------------------------------------------------------------
-
-    def _prime_codes(self, img, num_init_img_tokens, batch):
-        if img is None:
-            if num_init_img_tokens:
-                raise ValueError("num_init_img_tokens needs img (the image whose first codes prime generation)")
-            return None
-        n = int(0.4375 * self.image_seq_len) if num_init_img_tokens is None else int(num_init_img_tokens)
-        if not 0 <= n < self.image_seq_len:
-            raise ValueError(f"num_init_img_tokens must be in [0, image_seq_len={self.image_seq_len}), got {n}")
-        if img.dim() != 4 or img.shape[0] not in (1, batch):
-            raise ValueError(f"img must be (1 or {batch}, c, H, W) pixels in [0, 1], got {tuple(img.shape)}")
-        codes = self._check_image(img, img.shape[0])[:, :n]
-        return codes.expand(batch, n) if codes.shape[0] == 1 else codes
-
-    def _kept_codes(self, img, mask, batch):
-        """Masked completion: (known codes, keep) each (batch, I) from `img` and `mask`.
-
-        mask: 1 / True keeps, 0 / False generates; (H, W) or (1 or batch, [1,] H, W) at the image's
-        resolution (a code is kept when at least half of its cell's pixels are) or at the code grid's
-        (F, F) (each entry one code).
-        """
-        if img is None:
-            raise ValueError("mask needs img (the image whose codes the mask keeps)")
-        if img.dim() != 4 or img.shape[0] not in (1, batch):
-            raise ValueError(f"img must be (1 or {batch}, c, H, W) pixels in [0, 1], got {tuple(img.shape)}")
-        known = self._check_image(img, img.shape[0]).expand(batch, self.image_seq_len)
-        m = torch.as_tensor(mask, device=known.device)
-        if not (m.dtype == torch.bool or m.is_floating_point() or m.dtype in (torch.uint8, torch.int64, torch.int32)):
-            raise ValueError(f"mask must be a bool or numeric tensor, got {m.dtype}")
-        if m.dim() == 2:  # (H, W)
-            m = m[None, None]
-        elif m.dim() == 3:  # (b, H, W)
-            m = m[:, None]
-        f, size = self.fmap_size, self.vae.image_size
-        if m.dim() != 4 or m.shape[1] != 1 or m.shape[0] not in (1, batch) or tuple(m.shape[2:]) not in ((f, f), (size, size)):
-            raise ValueError(f"mask must be (H, W) or (1 or {batch}, [1,] H, W) with H = W = {size} (pixels) or {f} "
-                             f"(codes), got {tuple(torch.as_tensor(mask).shape)}")
-        m = m.float()
-        if m.shape[-1] != f:  # pixel mask -> code mask: a code is kept when most of its cell is
-            m = F.avg_pool2d(m, size // f)
-        keep = (m >= 0.5).reshape(m.shape[0], f * f).expand(batch, f * f)
-        return known, keep
+        x = self.embed_text(ids)
+        if codes is not None and codes.shape[1] > 0:
+            x = torch.cat((x, self.embed_image(codes)), dim=1)
+        n = x.shape[1]
+        x = self._stable_in(x)
+        # plain F.linear: packing pays for the many thin products of the decode steps, and every prefill
+        # (here, the server's prefix cache) then multiplies the same way, so their bits agree
+        unpacked = dataclasses.replace(cache, linears=None)  # the same buffers
+        for first in range(0, n, self.PREFILL_CHUNK):
+            part = x[:, first : first + self.PREFILL_CHUNK]
+            start = self.transformer.positions[first]
+            pos = StepPositions.of(start, part.shape[1], first + part.shape[1], self.transformer.positions)
+            out = self.transformer.step(part, pos, unpacked)
+        cache.length = n
+        out = self._stable_out(out[:, -1:])
+        return self._logits(out, torch.tensor([n - 1], device=ids.device))[:, 0]
 
     @torch.inference_mode()
     def generate_images(
@@ -418,10 +379,10 @@ class DALLE(nn.Module):
         pack_weights: the eager cached steps multiply by weights packed for oneDNN (`setup_cache`;
         faster on the CPU, for as much memory again as the transformer's weights during the call).
         None: wherever available (the CPU in fp32 / bf16); False: plain F.linear, no extra memory.
-        callback(filled, codes): called after every sampled code, see `generate_codes`.
+        callback(filled, codes): called after every sampled code, see `generation.decode.generate_codes`.
         img: (1 or b, c, H, W) pixels in [0, 1]: its first `num_init_img_tokens` codes (default 43.75%)
         prime every image. With `mask` (masked completion: inpainting / outpainting) the codes the
-        mask keeps are fixed instead (mask 1 keeps, 0 generates; see `_kept_codes` for its shapes)
+        mask keeps are fixed instead (mask 1 keeps, 0 generates; see `decode.kept_codes` for its shapes)
         and the others sampled, in raster order: a kept code conditions only the codes after it.
         """
         sampling = SamplingConfig(filter_thres=filter_thres, top_p=top_p, temperature=temperature,
@@ -429,10 +390,10 @@ class DALLE(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            codes = self.generate_codes(text, sampling, img=img, num_init_img_tokens=num_init_img_tokens,
-                                        mask=mask, null_text=null_text, use_cache=use_cache, num_images=num_images,
-                                        generator=generator, progress=progress, compile=compile, kv_dtype=kv_dtype,
-                                        pack_weights=pack_weights, callback=callback)
+            codes = decode.generate_codes(self, text, sampling, img=img, num_init_img_tokens=num_init_img_tokens,
+                                          mask=mask, null_text=null_text, use_cache=use_cache, num_images=num_images,
+                                          generator=generator, progress=progress, compile=compile, kv_dtype=kv_dtype,
+                                          pack_weights=pack_weights, callback=callback)
             if return_codes:
                 return codes
             images = self.vae.decode(codes).clamp(0.0, 1.0)
@@ -448,138 +409,6 @@ class DALLE(nn.Module):
             self.train(was_training)
 
     @torch.inference_mode()
-    def generate_codes(self, text: torch.Tensor, sampling: SamplingConfig, *, img: torch.Tensor | None = None,
-                       num_init_img_tokens: int | None = None, mask: torch.Tensor | None = None,
-                       null_text: torch.Tensor | None = None,
-                       use_cache: bool = True, num_images: int = 1, generator: torch.Generator | None = None,
-                       progress: bool = False, compile: bool | str = False,
-                       kv_dtype: torch.dtype | None = None, pack_weights: bool | None = None,
-                       callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
-        """The image codes (b * num_images, I) that `generate_images` decodes; the model must be in eval mode.
-
-        sampling: the validated sampling settings; the other arguments as for `generate_images`.
-        callback(filled, codes): called after each sampled code with the number of codes filled so
-        far and the codes (b * num_images, I) (positions >= filled are not sampled yet; priming
-        codes count as filled).  It sees the live buffer: copy what it keeps.  Absent, it costs nothing.
-        """
-        text = self._check_text(text)
-        if compile not in (False, True, "prefix", "static"):
-            raise ValueError(f'compile must be False, True, "prefix" or "static", got {compile!r}')
-        if compile and not use_cache:
-            raise ValueError("compile applies to the cached decode step: it needs use_cache=True")
-        if kv_dtype is not None and not (isinstance(kv_dtype, torch.dtype) and kv_dtype.is_floating_point):
-            raise ValueError(f"kv_dtype must be a floating torch.dtype, got {kv_dtype!r}")
-        if kv_dtype is not None and not use_cache:
-            raise ValueError("kv_dtype is the KV cache's dtype: it needs use_cache=True")
-        cond_scale = sampling.cond_scale
-        if int(num_images) != num_images or num_images < 1:
-            raise ValueError(f"num_images must be a positive integer, got {num_images}")
-        b, device = text.shape[0], text.device
-        if b == 0:  # no caption, no image
-            return torch.zeros(0, self.image_seq_len, dtype=torch.long, device=device)
-        guided = sampling.guided
-        if null_text is not None:
-            if not guided:
-                raise ValueError("null_text only has an effect with cond_scale != 1")
-            null_text = self._check_text(null_text.to(device), "null_text")
-            if null_text.shape[0] not in (1, b):
-                raise ValueError(f"null_text batch must be 1 or {b}, got {null_text.shape[0]}")
-            null_text = null_text.expand(b, -1)
-        else:
-            null_text = torch.zeros_like(text)
-        known = keep = None
-        if mask is not None:
-            if num_init_img_tokens is not None:
-                raise ValueError("give num_init_img_tokens (keep the first codes) or mask, not both")
-            known, keep = self._kept_codes(img, mask, b)
-            # the codes every row keeps from the start are a prefix, exactly as priming (same noise drawn)
-            lead = int(keep.all(dim=0).long().cumprod(0).sum())
-            prime = known[:, :min(lead, self.image_seq_len - 1)] if lead else None
-        else:
-            prime = self._prime_codes(img, num_init_img_tokens, b)
-
-        # unique rows (one per caption, then one per distinct null row) and their expansion to all rows
-        rows = b * num_images
-        expand = torch.arange(b, device=device).repeat_interleave(num_images)
-        unique_text, unique_prime = text, prime
-        if guided:
-            # the null rows of different captions are mostly the same (the empty caption, or one negative
-            # prompt, with the same priming codes): each distinct null row is prefilled once
-            null_rows = null_text if prime is None else torch.cat((null_text, prime), dim=1)
-            distinct, which = torch.unique(null_rows, dim=0, return_inverse=True)
-            if distinct.shape[0] == b:  # all differ: keep them in caption order
-                distinct, which = null_rows, torch.arange(b, device=device)
-            unique_text = torch.cat((text, distinct[:, :text.shape[1]]))
-            if prime is not None:
-                unique_prime = torch.cat((prime, distinct[:, text.shape[1]:]))
-            expand = torch.cat((expand, which[expand] + b))
-        start = 0 if prime is None else prime.shape[1]
-
-        codes = torch.zeros(rows, self.image_seq_len, dtype=torch.long, device=device)
-        if prime is not None:
-            codes[:, :start] = prime[expand[:rows]]
-        if keep is not None:
-            known, keep = known[expand[:rows]], keep[expand[:rows]]
-
-        def draw(img_logits, t):  # the code of every row at image position t
-            if keep is None:
-                return sample(combine(img_logits), sampling, generator, vocab_size=self.total_tokens)
-            forced = keep[:, t]
-            if bool(forced.all()):  # nothing to sample at t: no noise drawn
-                return known[:, t]
-            drawn = sample(combine(img_logits), sampling, generator, vocab_size=self.total_tokens)
-            return torch.where(forced, known[:, t], drawn)
-        ids = self.text_ids(unique_text)
-
-        def combine(img_logits):  # (R or 2R, num_image_tokens) -> guided (R, num_image_tokens)
-            return guided_logits(img_logits, rows, cond_scale) if guided else img_logits
-
-        steps = range(start, self.image_seq_len)
-        bar = tqdm(steps, desc="image tokens", disable=not progress, leave=False)
-        if use_cache:
-            weight = self.to_logits[1].weight
-            if kv_dtype is None and not compile and weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
-                kv_dtype = torch.float32  # eager CPU attention: fp32 reads faster (see the docstring)
-            # a compiled step multiplies with inductor's kernels (dynamo does not trace packed tensors);
-            # the eager one goes through the cache's packed weights
-            cache = self.setup_cache(expand.shape[0], kv_dtype=kv_dtype, pack_weights=False if compile else pack_weights)
-            if unique_text.shape[0] == expand.shape[0]:  # every row is unique: prefill the cache itself, no gather
-                last = self.prefill(ids, unique_prime, cache)[:, self.num_text_tokens :]
-            else:  # one prefill per caption (and per distinct null row), its cache rows copied to each of its images
-                prefix = self.setup_cache(unique_text.shape[0], self.text_len + start, kv_dtype=kv_dtype)
-                last = self.prefill(ids, unique_prime, prefix)[expand, self.num_text_tokens :]
-                cache.copy_rows_from(prefix, expand)
-                del prefix
-            mode = "prefix" if compile is True else compile
-            if compile and progress and mode not in self.__dict__.get("_compiled_steps", {}):
-                bar.write(f"compiling the decode step (compile={mode!r}): a one-off wait of seconds to a minute")
-            step_fn = self._compiled_decode_step(mode) if compile else self.decode_step
-            positions = torch.arange(self.text_len + self.image_seq_len, device=device)
-            for t in bar:
-                code = draw(last, t)
-                codes[:, t] = code
-                if callback is not None:
-                    callback(t + 1, codes)
-                if t + 1 < self.image_seq_len:
-                    token = torch.cat((code, code)) if guided else code
-                    pos = self.text_len + t
-                    # "static" attends over the whole cache (shapes never change); otherwise the filled prefix
-                    length = None if mode == "static" else pos + 1
-                    last = step_fn(token, positions[pos], cache, length=length)
-        else:
-            all_ids = ids[expand]
-            for t in bar:
-                cur = torch.cat((codes[:, :t], codes[:, :t])) if guided else codes[:, :t]
-                tokens = torch.cat((self.embed_text(all_ids), self.embed_image(cur)), dim=1)
-                out = self._transform(tokens)
-                last = self._logits(out[:, -1:], torch.tensor([tokens.shape[1] - 1], device=device))[:, 0]
-                last = last[:, self.num_text_tokens :]
-                codes[:, t] = draw(last, t)
-                if callback is not None:
-                    callback(t + 1, codes)
-        return codes
-
-    @torch.inference_mode()
     def generate_texts(self, tokenizer, text: str | None = None, *, filter_thres: float = 0.5,
                        temperature: float = 1.0, use_cache: bool = True, generator: torch.Generator | None = None,
                        filter_scope: str = "vocab"):
@@ -593,35 +422,6 @@ class DALLE(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            device = self.to_logits[1].weight.device
-            prompt = tokenizer.encode(text) if text else []
-            if len(prompt) > self.text_seq_len:
-                raise ValueError(f"text is {len(prompt)} tokens, longer than text_seq_len={self.text_seq_len}")
-            if any(t < 0 or t >= self.num_user_text_tokens for t in prompt):
-                raise ValueError(f"the tokenizer produced ids outside [0, {self.num_user_text_tokens}); "
-                                 "is it the tokenizer the model was trained with?")
-            ids = torch.tensor([[0] + prompt], dtype=torch.long, device=device)  # <bos> + prompt
-
-            def pick(logits):  # text logits (1, num_text_tokens)
-                return sample(logits, sampling, generator, vocab_size=self.total_tokens)
-
-            n0 = ids.shape[1]
-            if use_cache and n0 < self.text_len:
-                cache = self.setup_cache(1, self.text_len)
-                last = self.prefill(ids, None, cache)[:, : self.num_text_tokens]
-                positions = torch.arange(self.text_len, device=device)
-                for pos in range(n0, self.text_len):
-                    tok = pick(last)
-                    ids = torch.cat((ids, tok[:, None]), dim=1)
-                    if pos + 1 < self.text_len:
-                        last = self.decode_step(tok, positions[pos], cache, image=False, length=pos + 1)
-            else:
-                for pos in range(n0, self.text_len):
-                    out = self._transform(self.embed_text(ids))
-                    last = self._logits(out[:, -1:], torch.tensor([pos - 1], device=device))[:, 0, : self.num_text_tokens]
-                    ids = torch.cat((ids, pick(last)[:, None]), dim=1)
-            tokens = ids[:, 1:]
-            tokens = torch.where(tokens >= self.num_user_text_tokens, torch.zeros_like(tokens), tokens)
-            return tokens, [tokenizer.decode(tokens[0])]
+            return decode.generate_texts(self, tokenizer, text, sampling, use_cache=use_cache, generator=generator)
         finally:
             self.train(was_training)

@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from dalle_pytorch.formats.files import PathLike
 from dalle_pytorch.formats.pretrained_files import CACHE_DIR, default_files
-from dalle_pytorch.formats.safe_pickle import StandIn, TorchFile, check_state_dict_shapes, module_tensors
+from dalle_pytorch.formats.pt_files import check_state_dict_shapes, module_tensors
+from dalle_pytorch.formats.safe_pickle import StandIn, TorchFile
 from dalle_pytorch.models.vae import CodeGrid
 
 __all__ = ["OpenAIDiscreteVAE", "EncoderConfig", "DecoderConfig", "Encoder", "Decoder", "EncoderBlock",

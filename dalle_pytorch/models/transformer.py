@@ -1,5 +1,5 @@
 """The cache-aware transformer: residual blocks of `Attention` and feed-forward branches, each behind
-`PreShiftToken`, run over a whole sequence (training, prefill) or one cached step at a time.
+`PreShiftToken`, run over a whole sequence (training) or as cached steps of t tokens per row.
 
 Dimensions: b batch, n sequence, c model dim, N = text_len + F*F positions, F image grid side.
 
@@ -25,6 +25,7 @@ from torch import nn
 
 from dalle_pytorch.models.config import DALLEConfig
 from dalle_pytorch.nn.attention import Attention
+from dalle_pytorch.nn.positions import StepPositions
 from dalle_pytorch.nn.patterns import PatternSpec, draw_random_blocks, pattern_mask
 from dalle_pytorch.nn.rotary import rotary_step_tables, rotary_table
 from dalle_pytorch.nn.shift import PreShiftToken
@@ -169,8 +170,8 @@ class _ReversibleFunction(torch.autograd.Function):
 class Transformer(nn.Module):
     """`depth` blocks over N = text_len + F*F positions, configured by a `DALLEConfig`.
 
-    forward: the whole sequence (training, uncached evaluation, or prefill into an
-    InferenceCache); step: one token against the cache.
+    forward: the whole sequence (training, uncached evaluation); step: t new tokens per row against
+    an InferenceCache (decoding, prefill, per-row steps, speculative verification).
     """
 
     def __init__(self, config: DALLEConfig, *, text_len: int, fmap_size: int):
@@ -225,6 +226,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList([Block(c.dim, ind + 1, c.sandwich_norm) for ind in range(depth)])
 
         self.shift = PreShiftToken(c.dim, text_len, fmap_size) if c.shift_tokens else None
+        self.register_buffer("positions", torch.arange(self.seq_len + 1), persistent=False)  # a step's offsets
         self.rotary_emb = c.rotary_emb
         if c.rotary_emb:
             angles = rotary_table(c.dim_head, text_len, fmap_size)  # (N, r)
@@ -251,47 +253,42 @@ class Transformer(nn.Module):
     def _rotary(self, n: int):
         return (self.rot_cos[:n], self.rot_sin[:n]) if self.rotary_emb else None
 
-    def _rotary_step_at(self, pos: torch.Tensor):
-        """(cos, sin, swap) of position `pos` for `apply_rotary_step`, or None."""
+    def _rotary_step(self, pos: StepPositions):
+        """(cos, sin, swap) of the step's positions for `apply_rotary_step` (cos, sin (1, dim_head) for
+        one token at a shared start, else (1 or b, t, 1, 1, dim_head), broadcast over q/k/v and heads
+        of (b, t, 3, h, d)), or None."""
         if not self.rotary_emb:
             return None
-        p = pos.view(1)
-        return self.rot_cos_step.index_select(0, p), self.rot_sin_step.index_select(0, p), self.rot_swap
+        cos, sin = self.rot_cos_step.index_select(0, pos.flat), self.rot_sin_step.index_select(0, pos.flat)
+        if not (pos.shared and pos.tokens == 1):
+            shape = (pos.table_rows, pos.tokens, 1, 1, -1)
+            cos, sin = cos.view(shape), sin.view(shape)
+        return cos, sin, self.rot_swap
 
-    def _rotary_step_rows(self, pos: torch.Tensor):
-        """`_rotary_step_at` with one position per row: cos, sin (b, 1, 1, 1, dim_head), or None."""
-        if not self.rotary_emb:
-            return None
-        shape = (pos.shape[0], 1, 1, 1, -1)  # broadcast over (token, q/k/v, head) of (b, 1, 3, h, d)
-        return self.rot_cos_step.index_select(0, pos).view(shape), self.rot_sin_step.index_select(0, pos).view(shape), self.rot_swap
-
-    def _branch(self, i: int, kind: str, x, rotary=None, cache=None, masked=None):
-        """One branch over positions 0..n-1 (training / uncached / prefill)."""
+    def _branch(self, i: int, kind: str, x, rotary=None, masked=None):
+        """One branch over positions 0..n-1 (training, uncached evaluation)."""
         block = self.layers[i]
         branch = block.attn if kind == "attn" else block.ff
         xn = branch.norm(x)
         if self.shift is not None:
-            xn = self.shift(xn, None if cache is None else (cache.shift_attn if kind == "attn" else cache.shift_ff)[i])
+            xn = self.shift(xn)
         if kind == "attn":
-            out = self.attns[self.attn_index[i]](xn, rotary, None if cache is None else cache.kv[i], masked=masked)
+            out = self.attns[self.attn_index[i]](xn, rotary, masked=masked)
         else:
             out = self.ffs[self.ff_index[i]](xn)
         return branch.post(out)
 
-    def _branch_step(self, i: int, kind: str, x, pos, rotary, cache, shift, length, residual=None, rows=False):
-        """residual + branch(x) for one token (residual defaults to x): the same function as
-        `_branch`, with fewer ops and module calls (a decode step is dominated by per-op overhead).
-        rows: pos is (b,), one position per row (`step_rows`); else a 0-d tensor."""
+    def _branch_step(self, i: int, kind: str, x, pos, rotary, cache, shift, residual=None):
+        """residual + branch(x) for a step's tokens (residual defaults to x): the same function as
+        `_branch`, with fewer ops and module calls (a decode step is dominated by per-op overhead)."""
         block = self.layers[i]
         branch = block.attn if kind == "attn" else block.ff
         norm = branch.norm
         xn = F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
         if self.shift is not None:
-            ring = (cache.shift_attn if kind == "attn" else cache.shift_ff)[i]
-            xn = self.shift.step_rows(xn, ring, shift) if rows else self.shift.step(xn, ring, shift)
+            xn = self.shift.step(xn, (cache.shift_attn if kind == "attn" else cache.shift_ff)[i], shift)
         if kind == "attn":
-            attn = self.attns[self.attn_index[i]]
-            out = (attn.step_rows if rows else attn.step)(xn, pos, rotary, cache.kv[i], length, cache.linear)
+            out = self.attns[self.attn_index[i]].step(xn, pos, rotary, cache.kv[i], cache.linear)
         else:
             out = self.ffs[self.ff_index[i]].step(xn, cache.linear)
         if branch.norm_out is not None:
@@ -300,11 +297,11 @@ class Transformer(nn.Module):
 
     # -- forward ----------------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, cache=None, masked: bool | None = None) -> torch.Tensor:
-        """x: (b, n, c) embeddings of positions 0..n-1 -> (b, n, c).
+    def forward(self, x: torch.Tensor, masked: bool | None = None) -> torch.Tensor:
+        """x: (b, n, c) embeddings of positions 0..n-1 -> (b, n, c) (training, uncached evaluation).
 
-        cache: an InferenceCache to prefill with these n positions.  masked: force (True) or
-        forbid (False) dense masked attention for the sparse patterns; None = the model's setting.
+        masked: force (True) or forbid (False) dense masked attention for the sparse patterns; None =
+        the model's setting.  Cached inference (prefill included) goes through `step`.
         """
         n = x.shape[1]
         if n > self.seq_len:
@@ -312,27 +309,21 @@ class Transformer(nn.Module):
         rotary = self._rotary(n)
 
         def f(i):
-            return lambda t: self._branch(i, "attn", t, rotary, cache, masked)
+            return lambda t: self._branch(i, "attn", t, rotary, masked)
 
         def g(i):
-            return lambda t: self._branch(i, "ff", t, cache=cache)
+            return lambda t: self._branch(i, "ff", t)
 
         if not self.reversible:
             for i in range(self.depth):
                 x = x + f(i)(x)
                 x = x + g(i)(x)
-        else:
-            fs, gs = [f(i) for i in range(self.depth)], [g(i) for i in range(self.depth)]
-            x2 = torch.cat((x, x), dim=-1)
-            if torch.is_grad_enabled() and cache is None:
-                y = _ReversibleFunction.apply(x2, fs, gs)
-            else:
-                y = self._two_stream(x2, fs, gs)
-            y1, y2 = y.chunk(2, dim=-1)
-            x = (y1 + y2) / 2
-        if cache is not None:
-            cache.length = n
-        return x
+            return x
+        fs, gs = [f(i) for i in range(self.depth)], [g(i) for i in range(self.depth)]
+        x2 = torch.cat((x, x), dim=-1)
+        y = _ReversibleFunction.apply(x2, fs, gs) if torch.is_grad_enabled() else self._two_stream(x2, fs, gs)
+        y1, y2 = y.chunk(2, dim=-1)
+        return (y1 + y2) / 2
 
     @staticmethod
     def _two_stream(x, fs, gs):
@@ -343,43 +334,31 @@ class Transformer(nn.Module):
             x2 = x2 + g(x1)
         return torch.cat((x1, x2), dim=-1)
 
-    def step(self, x: torch.Tensor, pos: torch.Tensor, cache, length: int | None = None) -> torch.Tensor:
-        """One new token.  x: (b, 1, c) embedding at position `pos` (0-d long tensor) -> (b, 1, c).
+    def step(self, x: torch.Tensor, pos: StepPositions, cache) -> torch.Tensor:
+        """The one cached step: t new tokens per row.  x: (b, t, c) embeddings at `pos` (start ..
+        start + t - 1; `StepPositions.of`) -> (b, t, c).
 
-        length: None attends over the whole preallocated cache (static shapes, for compile);
-        pos + 1 attends over the filled prefix only (eager decoding).
+        The start is one position shared by every row (decoding, prefill) or one per row (the
+        server's rows, speculative windows).  Each row reads and writes only its own cache row, so its
+        result does not depend on the other rows (up to the float rounding of batched products).
+        pos.length: None attends over the whole preallocated cache (static shapes: compile, CUDA
+        graphs); otherwise over that many positions.  Plain decoding is t = 1; a prefill is t = n from
+        start 0; speculative verification is t = K.  The cache's `length` is not changed (the caller
+        knows what it keeps).
         """
-        rotary = self._rotary_step_at(pos)
-        shift = None if self.shift is None else self.shift.step_tables(pos)  # shared by every branch
+        if pos.tokens > self.seq_len:
+            raise ValueError(f"a step of {pos.tokens} tokens is longer than the model's {self.seq_len} positions")
+        rotary = self._rotary_step(pos)
+        shift = None  # shared by every branch
+        if self.shift is not None:
+            shift = self.shift.step_tables(pos, cache.shift_attn[0].size)
         if not self.reversible:
             for i in range(self.depth):
-                x = self._branch_step(i, "attn", x, pos, rotary, cache, shift, length)
-                x = self._branch_step(i, "ff", x, pos, rotary, cache, shift, length)
+                x = self._branch_step(i, "attn", x, pos, rotary, cache, shift)
+                x = self._branch_step(i, "ff", x, pos, rotary, cache, shift)
             return x
         x1, x2 = x, x
         for i in range(self.depth):  # x1 + f(x2), then x2 + g(x1)
-            x1 = self._branch_step(i, "attn", x2, pos, rotary, cache, shift, length, residual=x1)
-            x2 = self._branch_step(i, "ff", x1, pos, rotary, cache, shift, length, residual=x2)
-        return (x1 + x2) / 2
-
-    def step_rows(self, x: torch.Tensor, pos: torch.Tensor, cache, length: int | None = None) -> torch.Tensor:
-        """`step` with each row at its own position: x (b, 1, c), pos (b,) long -> (b, 1, c).
-
-        The rows of a continuous batch belong to different requests at different steps; each row
-        reads and writes only its own cache row, so its result does not depend on the other rows
-        (up to float rounding of the batched products).  length: at least max(pos) + 1, the
-        positions every row's attention spans (each row masks what lies past its own position);
-        None = the whole cache.
-        """
-        rotary = self._rotary_step_rows(pos)
-        shift = None if self.shift is None else self.shift.step_tables_rows(pos)
-        if not self.reversible:
-            for i in range(self.depth):
-                x = self._branch_step(i, "attn", x, pos, rotary, cache, shift, length, rows=True)
-                x = self._branch_step(i, "ff", x, pos, rotary, cache, shift, length, rows=True)
-            return x
-        x1, x2 = x, x
-        for i in range(self.depth):
-            x1 = self._branch_step(i, "attn", x2, pos, rotary, cache, shift, length, residual=x1, rows=True)
-            x2 = self._branch_step(i, "ff", x1, pos, rotary, cache, shift, length, residual=x2, rows=True)
+            x1 = self._branch_step(i, "attn", x2, pos, rotary, cache, shift, residual=x1)
+            x2 = self._branch_step(i, "ff", x1, pos, rotary, cache, shift, residual=x2)
         return (x1 + x2) / 2

@@ -8,7 +8,7 @@ Each layer holds the boolean pattern of patterns.py (one source of truth) and th
   sparse: gather of the allowed key blocks) whose candidate keys are a superset of what the
   pattern allows, masked by entries gathered from the pattern itself; memory O(n * window);
 - dense attention with the pattern mask (PyTorch's fused scaled_dot_product_attention);
-- `step`: one new token against a preallocated KV cache, masked by the pattern's row.
+- `step`: t new tokens per row against a preallocated KV cache, masked by the pattern's rows.
 The parameters are the same in all three, so one set of weights serves every mode.
 
 Which of the first two a full-sequence forward uses (KERNELS):
@@ -29,6 +29,7 @@ from torch import nn
 
 from dalle_pytorch.nn.patterns import (PatternSpec, conv_offsets, pattern_mask, random_blocks_from_tensor,
                                        random_blocks_to_tensor, sparse_block_allowed)
+from dalle_pytorch.nn.positions import StepPositions
 from dalle_pytorch.nn.rotary import apply_rotary, apply_rotary_step
 
 #: How a layer's pattern runs in a full-sequence forward (see the module docstring).
@@ -170,16 +171,12 @@ class Attention(nn.Module):
 
     # -- full-sequence forward (training, uncached evaluation, prefill) ----------------------------
 
-    def forward(self, x: torch.Tensor, rotary=None, kv=None, masked: bool | None = None) -> torch.Tensor:
-        """x: (b, n, dim) at positions 0..n-1; rotary: (cos, sin) each (n, r) or None.
-
-        kv: a KVCache to fill with this prefix's keys/values (prefill).  masked: True = dense
-        masked attention, False = the pattern kernel, None = the layer's kernel policy.
-        Returns (b, n, dim).
+    def forward(self, x: torch.Tensor, rotary=None, masked: bool | None = None) -> torch.Tensor:
+        """x: (b, n, dim) at positions 0..n-1 (training, uncached evaluation); rotary: (cos, sin) each
+        (n, r) or None.  masked: True = dense masked attention, False = the pattern kernel, None = the
+        layer's kernel policy.  Returns (b, n, dim).
         """
         q, k, v = self._qkv(x, rotary)
-        if kv is not None:
-            kv.write_prefix(k, v)
         masked = self.masked if masked is None else masked
         t = self.spec.attn_type
         if t == "full":
@@ -252,63 +249,43 @@ class Attention(nn.Module):
         out = attend(q, kb, vb, self.kernel_mask, self.scale, self.stable)
         return out.reshape(b, h, nb * bs, d)[..., :n, :]
 
-    # -- one cached decoding step -----------------------------------------------------------------
+    # -- the cached step ---------------------------------------------------------------------------
 
-    def step(self, x: torch.Tensor, pos: torch.Tensor, rotary, kv, length: int | None = None,
-             linear=F.linear) -> torch.Tensor:
-        """x: (b, 1, dim) at position `pos` (0-d long tensor); kv: this layer's KVCache.
+    def step(self, x: torch.Tensor, pos: StepPositions, rotary, kv, linear=F.linear) -> torch.Tensor:
+        """t new tokens per row against the preallocated KV cache.  x: (b, t, dim) at `pos`; kv: this
+        layer's KVCache; rotary: (cos, sin, swap) of the positions (`rotary.rotary_step_tables`) or None;
+        linear: the weight products' function (`InferenceCache.linear` in a step; F.linear by default).
 
-        Writes k, v at `pos` in place and attends with the pattern's row for `pos`.
-        length=None: over the whole preallocated cache (unwritten slots lie after `pos`, so the
-        row masks them); shapes then never depend on `pos`, so the step can be compiled and
-        graph-captured.  length=pos+1 (eager decoding): over the filled prefix only, which skips
-        the work on empty slots (and, for full attention, the mask).  linear: the weight products'
-        function (`InferenceCache.linear` in a decode step; F.linear by default).
+        Writes the tokens' keys and values at their positions, then each token attends with the
+        pattern's row for its own position, which also hides every slot after it: the step's later
+        tokens, unwritten slots, and stale keys of an undone step or of an earlier occupant of the
+        cache row.  pos.length=None attends over the whole cache (shapes never depend on the
+        positions: compile, CUDA graphs); otherwise over the first `pos.length` slots only, which skips
+        the work on empty ones (and, for one token of full attention at a shared start, the mask).
+        Returns (b, t, dim).
         """
-        b = x.shape[0]
-        qkv = linear(x, self.to_qkv.weight).view(b, 1, 3, self.heads, self.dim_head)
-        if rotary is not None:  # (cos, sin, swap) of this position: see rotary.rotary_step_tables
+        b, t = x.shape[0], x.shape[1]
+        qkv = linear(x, self.to_qkv.weight).view(b, t, 3, self.heads, self.dim_head)
+        if rotary is not None:
             cos, sin, swap = rotary
             qkv = apply_rotary_step(cos, sin, swap, qkv)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (b, h, 1, d)
-        kv.write(pos if length is None else length - 1, k, v)  # the prefix step's slot is length - 1 == pos
-        n = kv.max_len if length is None else length
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (b, h, t, d)
+        kv.write(pos, k, v)
+        n = kv.max_len if pos.length is None else pos.length
         # narrow, not [:n]: a slice clamps n to the size, and that comparison becomes a compile guard
         # (torch.compile with dynamic shapes would recompile when n reaches the cache's length)
-        if length is not None and self.spec.attn_type == "full":
+        if pos.length is not None and self.spec.attn_type == "full" and pos.shared and t == 1:
             mask = None  # every filled position is visible
         else:
-            mask = self.pattern.index_select(0, pos.view(1)).narrow(1, 0, n)  # (1, n)
+            mask = self.pattern.index_select(0, pos.flat).narrow(1, 0, n)  # (rows * t, n)
+            if not (pos.shared and t == 1):
+                mask = mask.view(pos.table_rows, 1, t, n)  # broadcast over heads (and rows when shared)
         keys, values = kv.k.narrow(2, 0, n), kv.v.narrow(2, 0, n)
-        if kv.k.dtype in (torch.bfloat16, torch.float16) and not self.stable and torch.compiler.is_compiling():
+        if (t == 1 and kv.k.dtype in (torch.bfloat16, torch.float16) and not self.stable and pos.shared
+                and torch.compiler.is_compiling()):
             out = attend_one(q, keys, values, mask, self.scale).to(x.dtype)  # fused reads of the reduced-precision cache
         else:
             cast = kv.k.dtype != q.dtype  # a cache in another dtype (DALLE.setup_cache's kv_dtype): attend in its dtype
             out = attend(q.to(kv.k.dtype) if cast else q, keys, values, mask, self.scale, self.stable)
             out = out.to(x.dtype) if cast else out
-        return linear(out.transpose(1, 2).reshape(b, 1, -1), self.to_out.weight, self.to_out.bias)
-
-    def step_rows(self, x: torch.Tensor, pos: torch.Tensor, rotary, kv, length: int | None = None,
-                  linear=F.linear) -> torch.Tensor:
-        """`step` with each row at its own position (continuous batching: rows of different requests).
-
-        x: (b, 1, dim); pos: (b,) long; rotary: (cos, sin, swap) with cos, sin (b, 1, 1, 1, dim_head)
-        (each row's table row) or None; kv: this layer's KVCache.  Row i writes its k, v at pos[i]
-        and attends with the pattern's row for pos[i], which also hides slots past pos[i] (stale
-        keys of an earlier occupant of the cache row).  length: positions to attend over, at least
-        max(pos) + 1 (None: the whole cache).  Returns (b, 1, dim).
-        """
-        b = x.shape[0]
-        qkv = linear(x, self.to_qkv.weight).view(b, 1, 3, self.heads, self.dim_head)
-        if rotary is not None:
-            cos, sin, swap = rotary
-            qkv = apply_rotary_step(cos, sin, swap, qkv)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (b, h, 1, d)
-        kv.write_rows(pos, k, v)
-        n = kv.max_len if length is None else length
-        mask = self.pattern.index_select(0, pos).narrow(1, 0, n)[:, None, None, :]  # (b, 1, 1, n)
-        cast = kv.k.dtype != q.dtype  # a cache in another dtype (setup_cache's kv_dtype): attend in its dtype
-        out = attend(q.to(kv.k.dtype) if cast else q, kv.k.narrow(2, 0, n), kv.v.narrow(2, 0, n), mask, self.scale,
-                     self.stable)
-        out = out.to(x.dtype) if cast else out
-        return linear(out.transpose(1, 2).reshape(b, 1, -1), self.to_out.weight, self.to_out.bias)
+        return linear(out.transpose(1, 2).reshape(b, t, -1), self.to_out.weight, self.to_out.bias)

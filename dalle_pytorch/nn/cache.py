@@ -1,7 +1,11 @@
 """Inference state for cached generation: preallocated, written in place, never concatenated.
 
 Dimensions: B cache rows (batch), H heads, S max_len (positions the cache holds), D dim_head,
-F image grid side, C model dim (the channels a token-shift ring keeps).
+F image grid side, C model dim (the channels a token-shift ring keeps), t tokens of a step.
+
+Every write is positional: a step at positions p .. p + t - 1 (`StepPositions`) writes exactly
+those slots, and attention masks every slot past a query's own position, so slots written by a
+step that is later undone (rejected drafts) are never read before they are written again.
 
 One `InferenceCache` per generate call holds, for every depth index of the transformer:
 - a `KVCache`: keys and values (B, H, S + 1, D: one spare slot, see `KVCache`) of that layer's attention, rotary already applied;
@@ -19,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from dalle_pytorch.nn.packed import PackedLinears
+from dalle_pytorch.nn.positions import StepPositions
 from dalle_pytorch.nn.shift import ShiftCache
 
 
@@ -40,36 +45,29 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[2] - 1
 
-    def write_prefix(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store positions 0..n-1.  k, v: (B, H, n, D)."""
-        n = k.shape[2]  # copy_ casts to the cache's dtype
-        self.k[:, :, :n].copy_(k)
-        self.v[:, :, :n].copy_(v)
+    def write(self, pos: StepPositions, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store a step's keys and values at its positions (cast to the cache's dtype).  k, v: (B, H, t, D).
 
-    def write(self, pos: torch.Tensor | int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store one position (cast to the cache's dtype).  k, v: (B, H, 1, D).
-
-        pos: a 0-d long tensor (the static-shape step: no shape depends on it), or a Python or
-        symbolic int (the prefix step knows its length): then a copy into the slot's view, which
-        skips index_copy_'s index checks (measured in docs/benchmarks.md).
+        A shared start with a known length copies into the slots' view (`write_offset`: no index
+        checks, measured in docs/benchmarks.md); a shared start without one (static shapes) index-copies
+        at the position tensor; one start per row scatters, each row at its own positions.
         """
-        if isinstance(pos, torch.Tensor):
-            if k.dtype != self.k.dtype:
-                k, v = k.to(self.k.dtype), v.to(self.v.dtype)
-            self.k.index_copy_(2, pos.view(1), k)
-            self.v.index_copy_(2, pos.view(1), v)
-        else:
-            self.k.narrow(2, pos, 1).copy_(k)
-            self.v.narrow(2, pos, 1).copy_(v)
-
-    def write_rows(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store one position per row, each row at its own (cast to the cache's dtype).  pos: (B,) long;
-        k, v: (B, H, 1, D)."""
+        offset = pos.write_offset()
+        if offset is not None:
+            t = k.shape[2]  # copy_ casts to the cache's dtype
+            self.k.narrow(2, offset, t).copy_(k)
+            self.v.narrow(2, offset, t).copy_(v)
+            return
         if k.dtype != self.k.dtype:
             k, v = k.to(self.k.dtype), v.to(self.v.dtype)
-        index = pos.view(-1, 1, 1, 1).expand(k.shape)  # row i writes slot pos[i] of every head
-        self.k.scatter_(2, index, k)
-        self.v.scatter_(2, index, v)
+        if pos.shared:
+            self.k.index_copy_(2, pos.flat, k)
+            self.v.index_copy_(2, pos.flat, v)
+        else:
+            b, h, t, d = k.shape
+            index = pos.index.view(b, 1, t, 1).expand(b, h, t, d)  # row i writes its slots of every head
+            self.k.scatter_(2, index, k)
+            self.v.scatter_(2, index, v)
 
 
 @dataclass
@@ -92,9 +90,12 @@ class InferenceCache:
     @classmethod
     def allocate(cls, *, depth: int, batch: int, heads: int, dim_head: int, max_len: int,
                  shift_channels: int | None, fmap_size: int, device, dtype,
-                 kv_dtype: torch.dtype | None = None, pack_weights: bool = False) -> "InferenceCache":
+                 kv_dtype: torch.dtype | None = None, pack_weights: bool = False, rewind: int = 0) -> "InferenceCache":
         """dtype: the shift rings' (the model's activations); kv_dtype: the keys' and values'
-        (default dtype); pack_weights: give the steps packed weights (`PackedLinears`, for `batch` rows)."""
+        (default dtype); pack_weights: give the steps packed weights (`PackedLinears`, for `batch` rows);
+        rewind: how far before the end of a step the next one may start (the rings' extra slots)."""
+        if int(rewind) != rewind or rewind < 0:
+            raise ValueError(f"rewind must be an integer >= 0, got {rewind!r}")
         def zeros(*shape, dtype=dtype):
             return torch.zeros(*shape, device=device, dtype=dtype)
 
@@ -102,8 +103,9 @@ class InferenceCache:
         kv = [KVCache(zeros(batch, heads, max_len + 1, dim_head, dtype=kd), zeros(batch, heads, max_len + 1, dim_head, dtype=kd))
               for _ in range(depth)]  # + 1: the spare slot (see KVCache)
         if shift_channels:
-            sa = [ShiftCache(zeros(batch, fmap_size, shift_channels)) for _ in range(depth)]
-            sf = [ShiftCache(zeros(batch, fmap_size, shift_channels)) for _ in range(depth)]
+            ring = fmap_size + int(rewind)
+            sa = [ShiftCache(zeros(batch, ring, shift_channels)) for _ in range(depth)]
+            sf = [ShiftCache(zeros(batch, ring, shift_channels)) for _ in range(depth)]
         else:
             sa, sf = [None] * depth, [None] * depth
         return cls(kv=kv, shift_attn=sa, shift_ff=sf, length=0, max_len=max_len,
@@ -140,8 +142,13 @@ class InferenceCache:
             dst.v[:, :, :n].copy_(src.v[index, :, :n])
         for dst_list, src_list in ((self.shift_attn, other.shift_attn), (self.shift_ff, other.shift_ff)):
             for dst, src in zip(dst_list, src_list):
-                if dst is not None:
+                if dst is None:
+                    continue
+                if dst.size == src.size:
                     dst.ring.copy_(src.ring[index])
+                else:  # rings of another length: the last positions both hold, each at its own slot
+                    keep = torch.arange(max(0, n - min(dst.size, src.size)), n, device=dst.ring.device)
+                    dst.ring.index_copy_(1, keep % dst.size, src.ring[index].index_select(1, keep % src.size))
         self.length = n
 
     def narrow_rows(self, start: int, count: int) -> "InferenceCache":

@@ -6,10 +6,10 @@ and its null caption when guided), V num_image_tokens, T' = text_len (<bos> + ca
 `RunningBatch` knows rows and positions, nothing about requests (the scheduler's business): a
 sequence joins with rows copied from a prefilled `Prefix`, every `step` feeds one token per row and
 returns each sequence's next-token logits, and finished sequences leave (the rows behind them move
-up, so the R used rows are always rows 0..R-1 of one preallocated cache of C rows).  When every
-row is at the same position, the step is the model's ordinary scalar `decode_step`, on exactly the
-tensors `DALLE.generate_codes` uses: a lone request then decodes bit for bit as generate.py does.
-Otherwise each row steps at its own position (`DALLE.decode_step_rows`).
+up, so the R used rows are always rows 0..R-1 of one preallocated cache of C rows).  Every step is
+the model's one cached step (`DALLE.decode_step`): with one position shared by every row when all
+rows are at the same position, on exactly the tensors `generation.decode.generate_codes` uses (a lone
+request then decodes bit for bit as generate.py does), otherwise with one position per row.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class Prefix:
 @torch.inference_mode()
 def prefill(model: DALLE, text: torch.Tensor) -> Prefix:
     """Run the caption rows `text` (u, T) (user ids, 0 = pad) through the model: the same call as
-    `DALLE.generate_codes` makes for its unique rows, so the cache and logits are the same bits."""
+    `generation.decode.prefill_rows` makes for its unique rows, so the cache and logits are the same bits."""
     cache = model.setup_cache(text.shape[0], model.text_len)
     logits = model.prefill(model.text_ids(text), None, cache)[:, model.num_text_tokens :]
     return Prefix(cache, logits)
@@ -114,7 +114,7 @@ class RunningBatch:
         device = self.cache.kv[0].k.device
         self._positions = torch.arange(model.total_seq_len + 1, device=device)  # 0-d position tensors, as generate_codes
         self._row_index = torch.arange(capacity, device=device)
-        #: steps run on the scalar path (all rows at one position) and on the per-row path
+        #: steps run with one position shared by every row, and with one position per row
         self.scalar_steps = self.row_steps = 0
 
     @property
@@ -166,13 +166,13 @@ class RunningBatch:
         token = torch.cat(tokens) if len(tokens) > 1 else tokens[0]
         view = self.cache.narrow_rows(0, rows)
         first = self.sequences[0].next_pos
-        if all(s.next_pos == first for s in self.sequences):  # the scalar step, as generate_codes runs it
+        if all(s.next_pos == first for s in self.sequences):  # one shared position, as generate_codes steps
             logits = self.model.decode_step(token, self._positions[first], view, length=first + 1)
             self.scalar_steps += 1
-        else:
+        else:  # the same step with one position per row
             pos = torch.cat([self._positions[s.next_pos].expand(s.rows) for s in self.sequences])
             length = max(s.next_pos for s in self.sequences) + 1
-            logits = self.model.decode_step_rows(token, pos, view, length=length)
+            logits = self.model.decode_step(token, pos, view, length=length)
             self.row_steps += 1
         out = []
         for s in self.sequences:

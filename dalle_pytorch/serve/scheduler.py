@@ -38,7 +38,7 @@ from typing import Callable, Optional
 import torch
 
 from dalle_pytorch.errors import GenerationError
-from dalle_pytorch.generation.sampling import SamplingConfig, guided_logits, sample
+from dalle_pytorch.generation.sampling import SamplingConfig, next_codes
 from dalle_pytorch.pipeline.text_to_image import Pipeline, batch_seeds, fresh_seed, generation_settings, preview_images
 from dalle_pytorch.serve.batch import PrefixCache, RunningBatch, Sequence, prefill
 
@@ -398,10 +398,9 @@ class Scheduler:
             if t.closed:
                 continue
             try:
-                logits = guided_logits(g.last, g.m, t.request.sampling.cond_scale) if t.guided else g.last
-                # the top-k fraction counts the whole vocabulary, as generate_images does
-                g.codes[:, g.filled] = sample(logits, t.request.sampling, g.generator,
-                                              vocab_size=self.model.total_tokens)
+                # the decode loop's own draw: guidance combined, the top-k fraction over the whole vocabulary
+                g.codes[:, g.filled] = next_codes(g.last, t.request.sampling, g.generator, rows=g.m,
+                                                  vocab_size=self.model.total_tokens)
                 g.filled += 1
                 every = t.request.preview_every
                 if every and g.filled % every == 0 and g.filled < total:
