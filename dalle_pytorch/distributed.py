@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from dalle_pytorch.errors import TrainingError
+from dalle_pytorch.errors import TrainingError, setting
 
 
 @dataclasses.dataclass
@@ -93,15 +93,17 @@ def init_distributed(device: str = "auto") -> DistEnv:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda was asked for but no CUDA device is available (use --device cpu)")
+        raise TrainingError(f"{setting('device')} cuda was asked for but no CUDA device is available "
+                            f"(use {setting('device')} cpu)")
     if device == "mps" and not mps_available():
-        raise TrainingError("--device mps was asked for but this PyTorch has no usable MPS device (Apple GPUs only; "
-                            "use --device cpu)")
+        raise TrainingError(f"{setting('device')} mps was asked for but this PyTorch has no usable MPS device "
+                            "(Apple GPUs only; "
+                            f"use {setting('device')} cpu)")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     use_mps = not use_cuda and (device == "mps" or (device == "auto" and world == 1 and mps_available()))
     if use_mps and world > 1:
         raise TrainingError("several processes cannot share an MPS device (torch.distributed has no MPS backend): "
-                            "run one process, or use --device cpu under torchrun")
+                            f"run one process, or use {setting('device')} cpu under torchrun")
     if use_cuda:
         dev = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(dev)

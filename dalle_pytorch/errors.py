@@ -7,10 +7,45 @@
 - `NotRegularFileError` (an OSError): a path that names a FIFO, a device, a socket or a /proc-like
   pseudo-file where a file is read; the package only opens regular files.
 - `DiskFullError` (an OSError): a write that ran out of space (or quota); nothing partial is left.
+
+Messages name settings in the terms of whoever shows them.  Library code writes `setting("seed")`
+where a message names a setting: the library's own name (`seed`) by default, the flag (`--seed`)
+inside the command line's `setting_names(...)`, the JSON field inside the server's, so an error
+says "--seed must be in [0, 2**64 - 2] ..." to a command-line user and "seed must be ..." to an
+HTTP client or a Python caller, from one message.
 """
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "TrainingError", "GenerationError", "NotRegularFileError", "DiskFullError"]
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator, Mapping, Optional, Union
+
+__all__ = ["CheckpointError", "TrainingError", "GenerationError", "NotRegularFileError", "DiskFullError", "setting",
+           "setting_names"]
+
+Names = Union[Mapping[str, str], Callable[[str], str]]
+#: how `setting` names a setting in the current context (None: by its library name)
+_names: ContextVar[Optional[Callable[[str], str]]] = ContextVar("dalle_pytorch_setting_names", default=None)
+
+
+def setting(name: str) -> str:
+    """How a message names the setting `name` here: itself, or what the enclosing `setting_names` says."""
+    names = _names.get()
+    return name if names is None else names(name)
+
+
+@contextmanager
+def setting_names(names: Names) -> Iterator[None]:
+    """Within the block (this thread or task), messages name settings by `names`: a mapping (names it
+    lacks stay as they are) or a function of the name (e.g. `lambda n: "--" + n` for flags)."""
+    if not callable(names):
+        table = dict(names)
+        names = lambda n: table.get(n, n)  # noqa: E731
+    token = _names.set(names)
+    try:
+        yield
+    finally:
+        _names.reset(token)
 
 
 class CheckpointError(ValueError):

@@ -19,6 +19,7 @@ __all__ = [
     "COLORS",
     "SHAPES",
     "caption",
+    "combinations",
     "dominant_colors",
     "make_dataset",
     "paraphrase",
@@ -137,14 +138,15 @@ def parse_caption(text: str) -> tuple[str, str, str]:
     return shape, color, background
 
 
-def _combinations() -> list[tuple[str, str, str]]:
+def combinations() -> list[tuple[str, str, str]]:
+    """Every valid (shape, colour, background) of the dataset (the colour differs from the background)."""
     return [(s, c, b) for s in SHAPES for c in COLORS for b in COLORS if c != b]
 
 
 def sample_captions(n: int, seed: int = 0) -> list[str]:
     """``n`` random valid captions (shape colour != background), reproducible from ``seed``."""
     rng = random.Random(seed)
-    combos = _combinations()
+    combos = combinations()
     return [caption(*rng.choice(combos)) for _ in range(n)]
 
 
@@ -173,7 +175,7 @@ def make_dataset(
     result: list[tuple[Path, str]] = []
     for i in range(num_images):
         if not combos:
-            combos = _combinations()
+            combos = combinations()
             rng.shuffle(combos)
         shape, color, background = combos.pop()
         path = out / f"img_{i:05d}.png"

@@ -21,13 +21,13 @@ import pytest
 import torch
 
 from dalle_pytorch.checkpoint import load_checkpoint
+from dalle_pytorch.cli.flags import tokenizer_for_flags
 from dalle_pytorch.distributed import DistEnv
 from dalle_pytorch.errors import GenerationError, TrainingError
 from dalle_pytorch.generation.sampling import SamplingConfig, top_k_filter
 from dalle_pytorch.synthetic import make_dataset
 from dalle_pytorch.text.chinese import CHINESE_VOCAB_HELP
-from dalle_pytorch.text.factory import (ChineseTokenizer, HugTokenizer, SimpleTokenizer, YttmTokenizer,
-                                        tokenizer_for_flags)
+from dalle_pytorch.text.factory import ChineseTokenizer, HugTokenizer, SimpleTokenizer, YttmTokenizer
 from dalle_pytorch.train.backends import apply_backend_args
 from dalle_pytorch.train.precision import resolve_precision
 from dalle_pytorch.train.schedules import vae_learning_rate, vae_temperature

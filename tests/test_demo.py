@@ -10,7 +10,7 @@ from PIL import Image
 
 from dalle_pytorch.checkpoint import load_checkpoint
 from dalle_pytorch.pipeline.text_to_image import demo_path, resolve_checkpoint
-from dalle_pytorch.synthetic import _combinations, caption, dominant_colors, parse_caption
+from dalle_pytorch.synthetic import caption, combinations, dominant_colors, parse_caption
 from dalle_pytorch.text.factory import HugTokenizer
 from dalle_pytorch.train.datasets import image_to_tensor
 
@@ -87,7 +87,7 @@ def test_demo_draws_the_requested_colours(demo):
 def test_demo_over_every_caption(demo):
     """All 90 (shape, colour, background) captions, 2 images each: most images are right overall."""
     model, tok = demo.model, demo.tokenizer
-    captions = [caption(*c) for c in _combinations()]
+    captions = [caption(*c) for c in combinations()]
     images = model.generate_images(tok.tokenize(captions, model.text_seq_len), num_images=2, filter_thres=0.9,
                                    generator=torch.Generator().manual_seed(1))
     report = _check(images, captions, 2)
@@ -129,7 +129,7 @@ def test_demo_in_bfloat16_draws_the_colours_of_fp32(demo):
 
     model, tok = demo.model, demo.tokenizer
     half = copy.deepcopy(model).to(torch.bfloat16)
-    captions = [caption(*c) for c in _combinations()]
+    captions = [caption(*c) for c in combinations()]
     text = tok.tokenize(captions, model.text_seq_len)
     accuracy, codes = {}, {}
     for name, m in (("fp32", model), ("bf16", half)):

@@ -17,6 +17,7 @@ from PIL import Image
 
 from dalle_pytorch import DALLE, DiscreteVAE, __version__
 from dalle_pytorch.checkpoint import load_checkpoint, save
+from dalle_pytorch.cli.flags import flag_names
 from dalle_pytorch.errors import GenerationError
 from dalle_pytorch.formats.images import make_grid, tensor_to_pil
 from dalle_pytorch.pipeline.outputs import load_image, make_run_dir, slugify
@@ -278,6 +279,16 @@ def test_dalle_pytorch_checkpoint(tmp_path):
     assert len(r.files) == 2
 
 
+def test_a_dalle_pytorch_checkpoint_without_its_tokenizer_says_to_pass_it(tmp_path):
+    """DALLE-pytorch files store no tokenizer: the default CLIP one gives ids the model has no embedding for,
+    and the error says so (not "text token ids must be in [0, 200)")."""
+    with pytest.warns(UserWarning, match="is it the tokenizer the model was trained with"):
+        with pytest.raises(GenerationError, match=r"token id \d+, beyond the model's 200 text tokens: .*SimpleTokenizer "
+                                                  r"\(DALLE-pytorch files do not store theirs\).*as --bpe_path"):
+            run("--dalle_path", FIXTURES / "full_shift_rotary-v1.6.6.pt", "--outputs_dir", tmp_path, "--text", CAPTION)
+    assert not list(tmp_path.iterdir())
+
+
 # -- errors -------------------------------------------------------------------------------------------
 
 
@@ -405,10 +416,10 @@ def test_img_modes_bombs_and_fifos(tmp_path, monkeypatch):
     assert torch.allclose(img, torch.full_like(img, 128 / 255), atol=1e-6)
     Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    with pytest.raises(GenerationError, match="--img .*big.png.*decompression bomb"):
+    with pytest.raises(GenerationError, match="--img .*big.png.*decompression bomb"), flag_names():
         load_image(tmp_path / "big.png", 32)
     os.mkfifo(tmp_path / "pipe.png")
-    with pytest.raises(GenerationError, match="--img .*pipe.png.*FIFO"):
+    with pytest.raises(GenerationError, match="--img .*pipe.png.*FIFO"), flag_names():
         load_image(tmp_path / "pipe.png", 32)
 
 

@@ -21,7 +21,7 @@ def _arrays(images):
 
 def test_call_returns_pil_images_with_seeds_settings_and_equals_generate(pipe):
     out = pipe(CAPTIONS, num_images=3, seed=7, batch_size=2, cond_scale=2.0, top_k=0.8, temperature=0.9,
-               null_prompt="a black square on a white background")
+               negative_prompt="a black square on a white background")
     assert len(out.images) == 6 and out.images[0].size == (32, 32)
     assert out.seeds == [7, 7, 8, 7, 7, 8] and out.captions == [CAPTIONS[0]] * 3 + [CAPTIONS[1]] * 3
     assert out.settings["seed"] == 7 and out.settings["cond_scale"] == 2.0 and out.settings["filter_thres"] == 0.8
@@ -29,7 +29,7 @@ def test_call_returns_pil_images_with_seeds_settings_and_equals_generate(pipe):
     sampling = pipe.sampling_config(top_k=0.8, temperature=0.9, cond_scale=2.0)
     for i, caption in enumerate(CAPTIONS):
         alone = pipe.generate(caption, num_images=3, seed=7, batch_size=2, sampling=sampling,
-                              null_prompt="a black square on a white background")
+                              negative_prompt="a black square on a white background")
         assert all(np.array_equal(a, b) for a, b in zip(_arrays(out.images[3 * i : 3 * i + 3]),
                                                         _arrays(alone.pil_images())))
 
@@ -45,7 +45,7 @@ def test_a_fresh_seed_is_drawn_and_recorded(pipe):
     (dict(top_p=0.0), "top_p must be in"),
     (dict(temperature=0), "temperature must be > 0"),
     (dict(cond_scale=-1), "cond_scale must be >= 0"),
-    (dict(null_prompt="a red circle"), "only has an effect with guidance"),
+    (dict(negative_prompt="a red circle"), "only has an effect with guidance"),
     (dict(captions=["a red circle on a blue background , a red circle"]), "longer than"),
     (dict(captions=[]), "at least one caption"),
 ])

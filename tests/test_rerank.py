@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 from dalle_pytorch import CLIP, Pipeline
 from dalle_pytorch.checkpoint.clip_weights import load_open_clip, open_clip_config
+from dalle_pytorch.cli.flags import flag_names
 from dalle_pytorch.errors import CheckpointError, GenerationError
 from dalle_pytorch.formats.images import tensor_to_pil
 from dalle_pytorch.models.rerank import CLIPReranker, ImagePreprocess, as_reranker, import_open_clip, open_clip_model
@@ -306,7 +307,7 @@ def test_weights_of_another_architecture(oc, tiny_files, tmp_path, change, messa
     """Weights that do not fit --clip_model are refused with what differs (no interpolation, no partial load)."""
     config = tmp_path / "other.json"
     config.write_text(json.dumps({**TINY, **change}))
-    with pytest.raises(CheckpointError, match="does not fit this --clip_model: .*" + re.escape(message)):
+    with pytest.raises(CheckpointError, match="does not fit this --clip_model: .*" + re.escape(message)), flag_names():
         load_open_clip(str(config), tiny_files["safetensors"])
 
 

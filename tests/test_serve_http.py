@@ -65,7 +65,7 @@ def test_images_come_with_seeds_settings_and_generate_py_metadata(client, pipe):
                                   "batch_size": 2, "seed": 5}
     assert set(answer["timings"]) == {"queued_s", "run_s", "total_s"}
     assert "--seed 5 --num_images 3 --batch_size 2 --top_k 0.8" in answer["reproduce"]
-    expected = pipe.generate(RED, num_images=3, seed=5, batch_size=2, null_prompt=body["negative_prompt"],
+    expected = pipe.generate(RED, num_images=3, seed=5, batch_size=2, negative_prompt=body["negative_prompt"],
                              sampling=SamplingConfig(filter_thres=0.8, cond_scale=2.0)).pil_images()
     for image, want in zip(answer["images"], expected):
         png = _png(image["png"])

@@ -36,7 +36,7 @@ def pipe():
 
 def alone(pipe, prompt, n, seed, sampling=PLAIN, batch_size=4, negative=None):
     return pipe.generate(prompt, num_images=n, seed=seed, batch_size=batch_size, sampling=sampling,
-                         null_prompt=negative).images
+                         negative_prompt=negative).images
 
 
 # -- images and logits do not depend on the batch ------------------------------------------------------
@@ -59,7 +59,7 @@ def test_a_lone_request_gives_generate_py_images(pipe, tmp_path, flags):
                               cond_scale=args.cond_scale)
     scheduler = Scheduler(Pipeline.from_checkpoint(path, device="cpu"), max_rows=16)
     ticket = scheduler.submit(ImageRequest(RED, n=args.num_images, seed=11, sampling=sampling,
-                                           batch_size=args.batch_size, negative_prompt=args.null_text))
+                                           batch_size=args.batch_size, negative_prompt=args.negative_prompt))
     scheduler.run_until_idle()
     served = ticket.result(0)
     assert served.seeds == result.seeds

@@ -321,7 +321,7 @@ def test_scripts_pick_yttm_for_a_yttm_model(tmp_path, hug_path):
     --bpe_path without --hug is read as YTTM; each script reports a bad file as its own one-line error."""
     from dalle_pytorch.errors import GenerationError, TrainingError
     from dalle_pytorch.pipeline.text_to_image import Pipeline
-    from dalle_pytorch.text.factory import tokenizer_for_flags
+    from dalle_pytorch.cli.flags import tokenizer_for_flags
     from dalle_pytorch.train.tasks import dalle_task
 
     model = tmp_path / "model.bpe"  # the name does not matter: the content does

@@ -23,7 +23,7 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from dalle_pytorch.errors import CheckpointError
+from dalle_pytorch.errors import CheckpointError, setting
 from dalle_pytorch.formats.files import PathLike, read_bytes, regular_file
 from dalle_pytorch.formats.pt_files import torch_load
 from dalle_pytorch.models.rerank import OpenCLIPReranker, builtin_config, check_no_hub, import_open_clip
@@ -34,8 +34,9 @@ __all__ = ["WEIGHTS_HINT", "load_open_clip", "open_clip_config", "read_state_dic
 #: where OpenCLIP weights come from, for the error about a missing file (nothing is downloaded)
 WEIGHTS_HINT = ("OpenCLIP weights are files such as open_clip_pytorch_model.bin or open_clip_model.safetensors, "
                 "downloaded by hand from the model's page on the Hugging Face hub (e.g. "
-                "laion/CLIP-ViT-B-32-laion2B-s34B-b79K for --clip_model ViT-B-32, or timm/vit_base_patch32_clip_224.openai "
-                "for OpenAI's CLIP with --clip_model ViT-B-32-quickgelu); this package never downloads them")
+                f"laion/CLIP-ViT-B-32-laion2B-s34B-b79K for {setting('clip_model')} ViT-B-32, or "
+                f"timm/vit_base_patch32_clip_224.openai for OpenAI's CLIP with {setting('clip_model')} ViT-B-32-quickgelu); "
+                "this package never downloads them")
 MAX_CONFIG_BYTES = 1 << 20  # a model config JSON is a few hundred bytes
 
 
@@ -74,9 +75,9 @@ def open_clip_config(model: str) -> tuple[str, dict, dict]:
     else:
         name = os.path.splitext(os.path.basename(model))[0]
         try:
-            cfg = json.loads(read_bytes(model, "--clip_model config", MAX_CONFIG_BYTES).decode("utf-8"))
+            cfg = json.loads(read_bytes(model, f"{setting('clip_model')} config", MAX_CONFIG_BYTES).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"--clip_model {model!r} is not a JSON model config ({e})") from None
+            raise ValueError(f"{setting('clip_model')} {model!r} is not a JSON model config ({e})") from None
         except (OSError, ValueError) as e:
             raise ValueError(str(e)) from None
         preprocess = {}
@@ -85,7 +86,8 @@ def open_clip_config(model: str) -> tuple[str, dict, dict]:
             cfg = cfg["model_cfg"]
         if not (isinstance(cfg, dict) and all(isinstance(cfg.get(k), dict) for k in ("vision_cfg", "text_cfg"))
                 and "embed_dim" in cfg and isinstance(preprocess, dict)):
-            raise ValueError(f"--clip_model {model!r} is not an open_clip model config: it needs 'embed_dim', "
+            raise ValueError(f"{setting('clip_model')} {model!r} is not an open_clip model config: it needs "
+                             "'embed_dim', "
                              "'vision_cfg' and 'text_cfg' (as open_clip's model_configs/*.json), or 'model_cfg'")
     check_no_hub(cfg, name, model)
     return name, cfg, preprocess
@@ -95,7 +97,7 @@ def _weights_file(path: PathLike) -> str:
     """`path` as a str if it names a regular file; FileNotFoundError naming it and where OpenCLIP weights
     come from if it does not exist."""
     try:
-        return os.fspath(regular_file(path, "--clip_path"))
+        return os.fspath(regular_file(path, setting("clip_path")))
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{e}. {WEIGHTS_HINT}") from None
 
@@ -173,5 +175,5 @@ def _check_fit(path: str, found: dict[str, torch.Size], expected: dict[str, torc
         parts = [f"{len(missing)} missing (e.g. {', '.join(missing[:3])})" if missing else "",
                  f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})" if unexpected else "",
                  f"{len(wrong)} of another shape (e.g. {'; '.join(wrong[:2])})" if wrong else ""]
-        raise CheckpointError(f"{path} does not fit this --clip_model: {', '.join(p for p in parts if p)} "
-                              "parameters; is --clip_model the architecture these weights were trained as?")
+        raise CheckpointError(f"{path} does not fit this {setting('clip_model')}: {', '.join(p for p in parts if p)} "
+                              f"parameters; is {setting('clip_model')} the architecture these weights were trained as?")

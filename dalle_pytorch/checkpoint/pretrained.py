@@ -15,31 +15,22 @@ from typing import Optional
 
 from torch import nn
 
+from dalle_pytorch.errors import setting
 from dalle_pytorch.formats.files import PathLike
 from dalle_pytorch.models.openai_dvae import OpenAIDiscreteVAE
 from dalle_pytorch.models.vqgan import VQGanVAE
 
-__all__ = ["VAE_FLAGS", "add_vae_flags", "vae_flags", "vae_from_flags"]
+__all__ = ["VAE_FLAGS", "vae_flags", "vae_from_flags"]
 
 
-#: DALLE-pytorch's pretrained-VAE flags, as `vae_from_flags` takes them (generate.py, train_dalle.py, dalle-convert)
+#: DALLE-pytorch's pretrained-VAE settings, as `vae_from_flags` takes them (the flags of generate.py,
+#: train_dalle.py and dalle-convert: cli/flags.add_vae_flags)
 VAE_FLAGS = ("taming", "vqgan_model_path", "vqgan_config_path", "openai_encoder_path", "openai_decoder_path")
 
 
-def add_vae_flags(group, taming_help: str) -> None:
-    """Add `VAE_FLAGS` to an argparse parser or group; `taming_help`: what --taming means to that script."""
-    group.add_argument("--taming", action="store_true", help=taming_help)
-    group.add_argument("--vqgan_model_path", default=None,
-                       help="the VQGAN weights (a taming / Lightning .ckpt); implies --taming")
-    group.add_argument("--vqgan_config_path", default=None, help="the VQGAN config (a taming .yaml); implies --taming")
-    group.add_argument("--openai_encoder_path", default=None,
-                       help="OpenAI's dVAE encoder.pkl, for a model over OpenAIDiscreteVAE (default ~/.cache/dalle)")
-    group.add_argument("--openai_decoder_path", default=None, help="OpenAI's dVAE decoder.pkl (default ~/.cache/dalle)")
-
-
-def vae_flags(args) -> dict:
-    """The `VAE_FLAGS` of parsed arguments, as keyword arguments of `vae_from_flags`."""
-    return {name: getattr(args, name) for name in VAE_FLAGS}
+def vae_flags(settings) -> dict:
+    """The `VAE_FLAGS` of an object holding them (parsed flags, a config), as keyword arguments of `vae_from_flags`."""
+    return {name: getattr(settings, name) for name in VAE_FLAGS}
 
 
 def vae_from_flags(*, taming: bool = False, vqgan_model_path: Optional[PathLike] = None,
@@ -55,7 +46,9 @@ def vae_from_flags(*, taming: bool = False, vqgan_model_path: Optional[PathLike]
     vqgan = taming or vqgan_model_path is not None or vqgan_config_path is not None
     dvae = openai or openai_encoder_path is not None or openai_decoder_path is not None
     if vqgan and dvae:
-        raise ValueError("--taming / --vqgan_* and --openai_* ask for two different VAEs; choose one")
+        raise ValueError(f"{setting('taming')} / {setting('vqgan_model_path')} / {setting('vqgan_config_path')} and "
+                         f"{setting('openai_encoder_path')} / {setting('openai_decoder_path')} ask for two different VAEs; "
+                         "choose one")
     if vqgan:
         return VQGanVAE(vqgan_model_path, vqgan_config_path)
     if dvae:

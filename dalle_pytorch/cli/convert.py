@@ -15,7 +15,8 @@ from typing import Optional, Sequence
 
 from dalle_pytorch.checkpoint.build import SOURCE_LEGACY, LoadedCheckpoint
 from dalle_pytorch.checkpoint.ours import load_checkpoint, save
-from dalle_pytorch.checkpoint.pretrained import add_vae_flags, vae_flags, vae_from_flags
+from dalle_pytorch.checkpoint.pretrained import vae_flags, vae_from_flags
+from dalle_pytorch.cli.flags import add_vae_flags, flag_names, prog_name, tokenizer_for_flags
 from dalle_pytorch.errors import CheckpointError
 
 __all__ = ["main", "summarize"]
@@ -65,7 +66,7 @@ def summarize(loaded: LoadedCheckpoint) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m dalle_pytorch.cli.convert", allow_abbrev=False,
+        prog=prog_name("dalle-convert"), allow_abbrev=False,
         description="Convert a DALLE-pytorch train_dalle.py / train_vae.py checkpoint (or one of ours) into a "
                     "dalle_pytorch .safetensors checkpoint.",
     )
@@ -103,26 +104,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("error: give either --bpe_path / --chinese or --default_tokenizer", file=sys.stderr)
         return 1
     try:
-        vae = vae_from_flags(**vae_flags(args))
-        loaded = load_checkpoint(args.input, vae=vae, vae_path=args.vae_path)
-        tokenizer = loaded.tokenizer_description
-        if args.bpe_path or args.chinese or args.hug:
-            from dalle_pytorch.text.factory import tokenizer_for_flags
-
-            stored = loaded.tokenizer if loaded.kind == "dalle" else None
-            model_tokens = loaded.model.num_user_text_tokens if loaded.kind == "dalle" else None
-            tokenizer = tokenizer_for_flags(args.bpe_path, hug=args.hug, chinese=args.chinese, stored=stored,
-                                            model_text_tokens=model_tokens)
-        elif args.default_tokenizer:
-            tokenizer = {"type": "simple"}
-        metadata = dict(loaded.metadata) if loaded.source == "dalle_pytorch" else {}
-        if loaded.source != "dalle_pytorch":
-            metadata["converted_from"] = {"file": os.path.basename(args.input), "source": loaded.source,
-                                          **{k: v for k, v in loaded.metadata.items() if v is not None}}
-        save(loaded.model, args.output, tokenizer=tokenizer, metadata=metadata)
+        with flag_names():
+            return _convert(args)
     except (CheckpointError, ValueError, TypeError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
+
+
+def _convert(args) -> int:
+    vae = vae_from_flags(**vae_flags(args))
+    loaded = load_checkpoint(args.input, vae=vae, vae_path=args.vae_path)
+    tokenizer = loaded.tokenizer_description
+    if args.bpe_path or args.chinese or args.hug:
+        stored = loaded.tokenizer if loaded.kind == "dalle" else None
+        model_tokens = loaded.model.num_user_text_tokens if loaded.kind == "dalle" else None
+        tokenizer = tokenizer_for_flags(args.bpe_path, hug=args.hug, chinese=args.chinese, stored=stored,
+                                        model_text_tokens=model_tokens)
+    elif args.default_tokenizer:
+        tokenizer = {"type": "simple"}
+    metadata = dict(loaded.metadata) if loaded.source == "dalle_pytorch" else {}
+    if loaded.source != "dalle_pytorch":
+        metadata["converted_from"] = {"file": os.path.basename(args.input), "source": loaded.source,
+                                      **{k: v for k, v in loaded.metadata.items() if v is not None}}
+    save(loaded.model, args.output, tokenizer=tokenizer, metadata=metadata)
     print(f"converted {args.input} -> {args.output}")
     print(summarize(loaded))
     return 0

@@ -18,9 +18,11 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from dalle_pytorch.checkpoint.pretrained import add_vae_flags, vae_flags, vae_from_flags
+from dalle_pytorch.checkpoint.pretrained import vae_flags, vae_from_flags
+from dalle_pytorch.cli.flags import add_vae_flags, flag_names, one_line_warnings, prog_name
 from dalle_pytorch.distributed import DistEnv, init_distributed
 from dalle_pytorch.errors import CheckpointError, GenerationError, TrainingError
+from dalle_pytorch.generation.decode import generate_texts
 from dalle_pytorch.generation.sampling import FILTER_SCOPES, SamplingConfig
 from dalle_pytorch.pipeline.outputs import (append_index, check_outputs_dir, create_run_dir, file_sha256, load_image,
                                             load_mask, make_run_dir, plan_run_dirs, read_prompts, save_outputs,
@@ -30,7 +32,7 @@ from dalle_pytorch.pipeline.text_to_image import DEMO, DTYPES, Pipeline, batch_s
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="generate.py", allow_abbrev=False,
+        prog=prog_name("dalle-generate"), allow_abbrev=False,
         description="Generate images from captions with a trained DALLE. Each caption gets a new folder "
                     "OUTPUTS_DIR/<slug>/ with NNN_seedS.png, grid.png and generation.json.")
     model = p.add_argument_group("model")
@@ -66,8 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     text.add_argument("--prompts_file", default=None, help="a text file with one caption per line")
     text.add_argument("--gentxt", "--gentext", dest="gentxt", action="store_true",
                       help="first sample a caption with the model (continuing --text if given), then images for it")
-    text.add_argument("--null_text", default=None,
-                      help="negative prompt: the caption guidance steers away from (needs --cond_scale != 1)")
+    text.add_argument("--negative_prompt", "--null_text", dest="negative_prompt", default=None,
+                      help="the caption guidance steers away from (needs --cond_scale != 1); --null_text is its "
+                           "former name")
 
     samp = p.add_argument_group("sampling")
     samp.add_argument("--num_images", type=int, default=128, help="images per caption (default 128, as DALLE-pytorch)")
@@ -165,20 +168,26 @@ def _shared(env: DistEnv, work) -> object:
 
 
 def main(args: argparse.Namespace) -> list:
-    """Run generation; returns one `io.outputs.CaptionResult` per caption this process sampled.
+    """Run generation; returns one `pipeline.outputs.CaptionResult` per caption this process sampled.
 
     Under torchrun (WORLD_SIZE > 1) the captions are shared out across the ranks (caption i on rank
     i % world_size): each writes its captions' images with the seeds and folder names one process
     would have used, and rank 0 appends the run's record to OUTPUTS_DIR/generate-index.jsonl.
+    Library errors and warnings name the flags (`flag_names`).
     """
+    with flag_names():
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> list:
     captions = _captions(args)
     try:
         sampling = SamplingConfig(filter_thres=args.filter_thres, top_p=args.top_p, temperature=args.temperature,
                                   cond_scale=args.cond_scale, filter_scope=args.filter_scope)
     except ValueError as e:  # checked before anything is loaded or sampled
         raise GenerationError(("--gentxt: " if args.gentxt else "") + str(e)) from None
-    if args.null_text is not None and args.cond_scale == 1.0:
-        raise GenerationError("--null_text only has an effect with guidance: add --cond_scale (e.g. 3)")
+    if args.negative_prompt is not None and args.cond_scale == 1.0:
+        raise GenerationError("--negative_prompt only has an effect with guidance: add --cond_scale (e.g. 3)")
     if args.num_init_img_tokens is not None and args.img is None:
         raise GenerationError("--num_init_img_tokens needs --img")
     if args.mask is not None and args.img is None:
@@ -229,7 +238,7 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
                                     device=device, dtype=args.dtype, vae=_pretrained_vae(args))
     model, tokenizer = pipe.model, pipe.tokenizer
     # every caption (and the negative one) is checked before the first image is sampled
-    pipe.tokenize([c for c in captions if c is not None] + ([args.null_text] if args.null_text is not None else []))
+    pipe.tokenize([c for c in captions if c is not None] + ([args.negative_prompt] if args.negative_prompt is not None else []))
     img = mask = None
     if args.img is not None:
         img = load_image(args.img, model.vae.image_size, model.vae.channels)
@@ -272,19 +281,17 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
             info = dict(run_info, gentxt=args.gentxt)
             caption = prompt
             if args.gentxt:
-                try:
-                    _, texts = model.generate_texts(tokenizer, prompt, filter_thres=args.filter_thres,
-                                                    filter_scope=args.filter_scope,
-                                                    temperature=args.temperature, use_cache=args.use_cache,
-                                                    generator=torch.Generator().manual_seed(seed))
-                except ValueError as e:  # a bad sampling flag or prompt: one error line, no traceback
+                try:  # the image sampling settings continue the caption, as in DALLE-pytorch
+                    _, texts = generate_texts(model, tokenizer, prompt, sampling, use_cache=args.use_cache,
+                                              generator=torch.Generator().manual_seed(seed))
+                except ValueError as e:  # a bad prompt: one error line, no traceback
                     raise GenerationError(f"--gentxt: {e}") from None
                 caption = texts[0].strip()
                 info["gentxt_prompt"] = prompt
                 tqdm.write(f"generated caption: {caption!r}")
             generated = pipe.generate(
                 caption, num_images=args.num_images, seed=seed, batch_size=args.batch_size, sampling=sampling,
-                null_prompt=args.null_text, img=img, num_init_img_tokens=args.num_init_img_tokens, mask=mask,
+                negative_prompt=args.negative_prompt, img=img, num_init_img_tokens=args.num_init_img_tokens, mask=mask,
                 use_cache=args.use_cache, compile=args.compile or False,
                 pack_weights=False if args.no_pack_weights else None, on_batch=bar.update, callback=show_codes,
                 callback_steps=4)
@@ -329,11 +336,13 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
 
 
 def cli(argv=None) -> int:
+    """The command line: parse `argv` (default sys.argv), generate; an error is one line and exit status 2."""
     args = parse_args(argv)
     try:
-        main(args)
+        with one_line_warnings():
+            main(args)
     except (GenerationError, CheckpointError, OSError, ImportError) as e:  # OSError: files, folders, a full disk
-        print(f"generate.py: error: {e}", file=sys.stderr)
+        print(f"{prog_name('dalle-generate')}: error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,4 +1,4 @@
-"""python -m dalle_pytorch.serve [--dalle_path demo] [--host 127.0.0.1] [--port 8000]: the image server.
+"""dalle-serve (python -m dalle_pytorch.serve) [--dalle_path demo] [--host 127.0.0.1] [--port 8000]: the image server.
 
 Open http://127.0.0.1:8000/ for the page, /docs for the API.  Needs the `[serve]` extra
 (pip install fastapi uvicorn, or this package's serve extra).  See docs/serving.md.
@@ -9,13 +9,14 @@ import argparse
 import logging
 import sys
 
+from dalle_pytorch.cli.flags import flag_names, prog_name
 from dalle_pytorch.errors import CheckpointError, GenerationError
 from dalle_pytorch.pipeline.outputs import file_sha256
 from dalle_pytorch.pipeline.text_to_image import DEMO, DTYPES, Pipeline, resolve_checkpoint
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m dalle_pytorch.serve",
+    p = argparse.ArgumentParser(prog=prog_name("dalle-serve"),
                                 description="Serve a DALLE over HTTP with continuous batching (docs/serving.md).")
     p.add_argument("--dalle_path", default=DEMO, help="DALLE checkpoint (ours or DALLE-pytorch's .pt); default: the demo model")
     p.add_argument("--vae_path", default=None, help="VAE checkpoint for DALLE-pytorch files saved without one")
@@ -46,18 +47,19 @@ def main(argv=None) -> int:
 
         from dalle_pytorch.serve.app import create_app
     except ImportError as e:
-        print(f"dalle_pytorch.serve: error: {e} (pip install fastapi uvicorn: the serve extra)", file=sys.stderr)
+        print(f"{prog_name('dalle-serve')}: error: {e} (pip install fastapi uvicorn: the serve extra)", file=sys.stderr)
         return 2
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        path, _ = resolve_checkpoint(args.dalle_path)
-        pipe = Pipeline.from_checkpoint(path, vae_path=args.vae_path, bpe_path=args.bpe_path, hug=args.hug,
-                                        device=args.device, dtype=args.dtype)
-    except (GenerationError, CheckpointError, FileNotFoundError) as e:
-        print(f"dalle_pytorch.serve: error: {e}", file=sys.stderr)
+        with flag_names():
+            path, _ = resolve_checkpoint(args.dalle_path)
+            pipe = Pipeline.from_checkpoint(path, vae_path=args.vae_path, bpe_path=args.bpe_path, hug=args.hug,
+                                            device=args.device, dtype=args.dtype)
+    except (GenerationError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"{prog_name('dalle-serve')}: error: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(pipe, max_rows=args.max_rows, max_queue=args.max_queue, max_images=args.max_images,

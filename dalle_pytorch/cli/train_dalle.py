@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dalle_pytorch.checkpoint.pretrained import add_vae_flags
+from dalle_pytorch.cli.flags import add_vae_flags, flag_names
 from dalle_pytorch.train.args import add_common_args
 from dalle_pytorch.train.run import cli as run_cli
 from dalle_pytorch.train.run import run
@@ -100,7 +100,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    return run(args, dalle_task)
+    with flag_names():
+        return run(args, dalle_task)
 
 
 def cli(argv=None) -> int:

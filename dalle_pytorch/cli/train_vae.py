@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dalle_pytorch.cli.flags import flag_names
 from dalle_pytorch.train.args import add_common_args
 from dalle_pytorch.train.run import cli as run_cli
 from dalle_pytorch.train.run import run
@@ -51,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> dict:
-    return run(args, vae_task)
+    with flag_names():
+        return run(args, vae_task)
 
 
 def cli(argv=None) -> int:

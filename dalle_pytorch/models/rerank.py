@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from dalle_pytorch.errors import setting
 from dalle_pytorch.formats.images import tensor_to_pil
 from dalle_pytorch.models.clip import CLIP
 
@@ -105,7 +106,8 @@ def import_open_clip():
         lines = str(e).strip().splitlines() or [type(e).__name__]
         reason = "it is not installed" if isinstance(e, ImportError) else f"importing it failed ({lines[0]})"
         raise ImportError(
-            f"a pretrained CLIP (--clip_model) needs open_clip, but {reason}: pip install open_clip_torch (this "
+            f"a pretrained CLIP ({setting('clip_model')}) needs open_clip, but {reason}: pip install open_clip_torch "
+            "(this "
             "package's clip extra), with the torchvision release built for your torch"
         ) from None
     return open_clip
@@ -120,19 +122,21 @@ def check_no_hub(cfg: dict, name: str, shown: str) -> None:
            else f"its text tower ({text_cfg['hf_model_name']!r})" if text_cfg.get("hf_model_name")
            else "its SigLIP tokenizer" if "siglip" in name.lower() else None)
     if hub is not None:
-        raise ValueError(f"--clip_model {shown!r}: open_clip would download {hub} from a hub, and nothing is "
+        raise ValueError(f"{setting('clip_model')} {shown!r}: open_clip would download {hub} from a hub, and nothing "
+                         "is "
                          "downloaded here; only models with open_clip's bundled CLIP tokenizer are supported")
 
 
 def builtin_config(open_clip, name: str) -> dict:
     """The model config open_clip ships for `name` (`open_clip.list_models()`); ValueError naming close ones."""
     if name.startswith(("hf-hub:", "local-dir:")):
-        raise ValueError(f"--clip_model {name!r}: open_clip's hub and folder schemas are not used (nothing is "
+        raise ValueError(f"{setting('clip_model')} {name!r}: open_clip's hub and folder schemas are not used "
+                         "(nothing is "
                          "downloaded); give a model name such as ViT-B-32, or the model's config JSON file")
     cfg = open_clip.get_model_config(name)
     if cfg is None:
         close = difflib.get_close_matches(name, open_clip.list_models(), n=5, cutoff=0.6)
-        raise ValueError(f"--clip_model {name!r} is not an open_clip model name"
+        raise ValueError(f"{setting('clip_model')} {name!r} is not an open_clip model name"
                          + (f" (similar: {', '.join(close)})" if close else "")
                          + "; see open_clip.list_models(), or give a model config JSON file")
     return cfg
@@ -270,10 +274,10 @@ class OpenCLIPReranker(nn.Module):
             tokenizer = open_clip.SimpleTokenizer(context_length=text_cfg.get("context_length", DEFAULT_CONTEXT_LENGTH),
                                                   **text_cfg.get("tokenizer_kwargs", {}))
         except TypeError as e:
-            raise ValueError(f"--clip_model {name!r}: bad tokenizer_kwargs ({e})") from None
+            raise ValueError(f"{setting('clip_model')} {name!r}: bad tokenizer_kwargs ({e})") from None
         vocab = getattr(net, "vocab_size", None)
         if vocab is not None and vocab < tokenizer.vocab_size:  # open_clip's CLIP tokenizer needs its whole vocabulary
-            raise ValueError(f"--clip_model {name!r}: a text vocabulary of {vocab} tokens is smaller than "
+            raise ValueError(f"{setting('clip_model')} {name!r}: a text vocabulary of {vocab} tokens is smaller than "
                              f"open_clip's CLIP tokenizer's {tokenizer.vocab_size}")
         size = getattr(net.visual, "image_size", cfg["vision_cfg"].get("image_size"))
         return cls(net, tokenizer, ImagePreprocess.from_config(size, preprocess_cfg), name)

@@ -25,8 +25,8 @@ from torch import nn
 
 from dalle_pytorch.models.config import DALLEConfig
 from dalle_pytorch.nn.attention import Attention
-from dalle_pytorch.nn.positions import StepPositions
 from dalle_pytorch.nn.patterns import PatternSpec, draw_random_blocks, pattern_mask
+from dalle_pytorch.nn.positions import StepPositions
 from dalle_pytorch.nn.rotary import rotary_step_tables, rotary_table
 from dalle_pytorch.nn.shift import PreShiftToken
 

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from PIL import Image
 
-from dalle_pytorch.errors import GenerationError
+from dalle_pytorch.errors import GenerationError, setting
 from dalle_pytorch.formats.files import read_bytes, write_json
 from dalle_pytorch.formats.images import MODES, ImageFileError, make_grid, read_image, save_png, tensor_to_pil
 from dalle_pytorch.version import __version__
@@ -118,17 +118,17 @@ def check_outputs_dir(outputs_dir: str | os.PathLike) -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise GenerationError(f"--outputs_dir {str(root)!r} exists and is not a folder") from None
+        raise GenerationError(f"{setting('outputs_dir')} {str(root)!r} exists and is not a folder") from None
     except NotADirectoryError:
-        raise GenerationError(f"--outputs_dir {str(root)!r} lies under a file, not a folder") from None
+        raise GenerationError(f"{setting('outputs_dir')} {str(root)!r} lies under a file, not a folder") from None
     except OSError as e:
-        raise GenerationError(f"--outputs_dir {str(root)!r} cannot be created ({e.strerror or e})") from None
+        raise GenerationError(f"{setting('outputs_dir')} {str(root)!r} cannot be created ({e.strerror or e})") from None
     try:
         fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=root)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise GenerationError(f"--outputs_dir {str(root)!r} is not writable ({e.strerror or e})") from None
+        raise GenerationError(f"{setting('outputs_dir')} {str(root)!r} is not writable ({e.strerror or e})") from None
     return root
 
 
@@ -141,17 +141,18 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     """`--prompts_file`: one caption per line; blank lines and lines starting with '#' are skipped."""
     p = Path(path)
     try:
-        raw = read_bytes(p, "--prompts_file", MAX_PROMPTS_BYTES)
+        raw = read_bytes(p, setting("prompts_file"), MAX_PROMPTS_BYTES)
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise GenerationError(f"--prompts_file {str(p)!r} is not UTF-8 text (byte {e.start}: {e.reason}); save it "
+        raise GenerationError(f"{setting('prompts_file')} {str(p)!r} is not UTF-8 text (byte {e.start}: {e.reason}); "
+                              "save it "
                               "as UTF-8") from None
     except (OSError, ValueError) as e:
         raise GenerationError(str(e)) from None
     lines = [line.strip() for line in text.splitlines()]
     captions = [line for line in lines if line and not line.startswith("#")]
     if not captions:
-        raise GenerationError(f"--prompts_file {str(p)!r} holds no caption (one caption per line)")
+        raise GenerationError(f"{setting('prompts_file')} {str(p)!r} holds no caption (one caption per line)")
     return captions
 
 
@@ -172,7 +173,7 @@ def load_image(path: str | os.PathLike, image_size: int, channels: int = 3) -> t
     if channels not in MODES:
         raise GenerationError(f"cannot prime a model with {channels}-channel images")
     try:
-        im = read_image(path, MODES[channels], "--img")
+        im = read_image(path, MODES[channels], setting("img"))
     except (ImageFileError, OSError) as e:
         raise GenerationError(str(e)) from None
     w, h = im.size
@@ -189,7 +190,7 @@ def load_mask(path: str | os.PathLike, image_size: int) -> torch.Tensor:
     white (>= 50%) keeps the image's codes there, black generates.  Returns (image_size, image_size)
     float32 in [0, 1]."""
     try:
-        im = read_image(path, "L", "--mask")
+        im = read_image(path, "L", setting("mask"))
     except (ImageFileError, OSError) as e:
         raise GenerationError(str(e)) from None
     w, h = im.size

@@ -29,14 +29,16 @@ from PIL import Image
 from torch import nn
 
 from dalle_pytorch.checkpoint.clip_weights import load_open_clip
+from dalle_pytorch.checkpoint.build import SOURCE_LEGACY
 from dalle_pytorch.checkpoint.ours import load_checkpoint
-from dalle_pytorch.errors import CheckpointError, GenerationError
+from dalle_pytorch.errors import CheckpointError, GenerationError, setting
 from dalle_pytorch.formats.files import PathLike
 from dalle_pytorch.formats.images import tensor_to_pil
 from dalle_pytorch.generation.sampling import SamplingConfig
 from dalle_pytorch.models.dalle import DALLE
 from dalle_pytorch.models.rerank import Reranker, as_reranker
-from dalle_pytorch.text.factory import BaseTokenizer, tokenizer_for_flags
+from dalle_pytorch.text.base import CaptionTooLongError
+from dalle_pytorch.text.factory import BaseTokenizer, select_tokenizer
 
 __all__ = ["DEMO", "DTYPES", "GeneratedImages", "Pipeline", "PipelineOutput", "Step", "batch_seeds", "demo_path",
            "fresh_seed", "generation_settings", "preview_images", "resolve_checkpoint", "resolve_device", "resolve_dtype"]
@@ -75,9 +77,10 @@ def resolve_checkpoint(dalle_path: Optional[PathLike]) -> tuple[Path, bool]:
         return demo_path(), True
     path = Path(dalle_path).expanduser()
     if not path.exists():
-        raise GenerationError(f"--dalle_path {str(dalle_path)!r} does not exist (use --dalle_path demo for the demo model)")
+        raise GenerationError(f"{setting('dalle_path')} {str(dalle_path)!r} does not exist (use {setting('dalle_path')} "
+                              "demo for the demo model)")
     if path.is_dir():
-        raise GenerationError(f"--dalle_path {str(dalle_path)!r} is a folder; give the checkpoint file")
+        raise GenerationError(f"{setting('dalle_path')} {str(dalle_path)!r} is a folder; give the checkpoint file")
     return path, False
 
 
@@ -91,22 +94,25 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as e:
-        raise GenerationError(f"--device {name!r} is not a device torch knows ({e})") from None
+        raise GenerationError(f"{setting('device')} {name!r} is not a device torch knows ({e})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise GenerationError(f"--device {name!r}: CUDA is not available on this machine (use --device cpu)")
+        raise GenerationError(f"{setting('device')} {name!r}: CUDA is not available on this machine "
+                              f"(use {setting('device')} cpu)")
     if device.type == "mps" and not has_mps:
-        raise GenerationError(f"--device {name!r}: this PyTorch has no usable MPS device (Apple GPUs only; use "
-                              "--device cpu)")
+        raise GenerationError(f"{setting('device')} {name!r}: this PyTorch has no usable MPS device "
+                              "(Apple GPUs only; use "
+                              f"{setting('device')} cpu)")
     return device
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """'float32' | 'bfloat16' | 'float16'; float16 is refused on CPU (use bfloat16 there)."""
     if name not in DTYPES:
-        raise GenerationError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+        raise GenerationError(f"{setting('dtype')} must be one of {', '.join(DTYPES)}, got {name!r}")
     if name == "float16" and device.type == "cpu":
-        raise GenerationError("--dtype float16 is not supported on CPU (half-precision matmuls are slow or missing "
-                              "there); use --dtype bfloat16 or float32, or a CUDA device")
+        raise GenerationError(f"{setting('dtype')} float16 is not supported on CPU (half-precision matmuls are slow or "
+                              "missing "
+                              f"there); use {setting('dtype')} bfloat16 or float32, or a CUDA device")
     return DTYPES[name]
 
 
@@ -117,21 +123,23 @@ MAX_SEED = 2**64 - 1
 def batch_seeds(seed: int, num_images: int, batch_size: int) -> list[tuple[int, int]]:
     """[(seed of batch k, images in batch k), ...]: batch k is sampled with seed + k."""
     if num_images < 1:
-        raise GenerationError(f"--num_images must be >= 1, got {num_images}")
+        raise GenerationError(f"{setting('num_images')} must be >= 1, got {num_images}")
     if batch_size < 1:
-        raise GenerationError(f"--batch_size must be >= 1, got {batch_size}")
+        raise GenerationError(f"{setting('batch_size')} must be >= 1, got {batch_size}")
     n_batches = math.ceil(num_images / batch_size)
     if not 0 <= seed <= MAX_SEED - (n_batches - 1):
-        raise GenerationError(f"--seed must be in [0, 2**64 - {n_batches}] so that the seeds of its {n_batches} "
+        raise GenerationError(f"{setting('seed')} must be in [0, 2**64 - {n_batches}] so that the seeds of its "
+                              f"{n_batches} "
                               f"batches (seed + k) stay below 2**64; got {seed}")
     return [(seed + k, min(batch_size, num_images - k * batch_size)) for k in range(n_batches)]
 
 
-def generation_settings(sampling: SamplingConfig, null_prompt: Optional[str], batch_size: int,
+def generation_settings(sampling: SamplingConfig, negative_prompt: Optional[str], batch_size: int,
                         num_init_img_tokens: Optional[int] = None) -> dict:
     """The settings that determine a caption's images (with its seed), as recorded in PNG text chunks
     and generation.json, and returned by the server."""
-    return {**sampling.to_dict(), "null_text": null_prompt, "num_init_img_tokens": num_init_img_tokens,
+    # "null_text": the negative prompt's key in generation.json and PNG chunks (kept: files written by earlier releases)
+    return {**sampling.to_dict(), "null_text": negative_prompt, "num_init_img_tokens": num_init_img_tokens,
             "batch_size": batch_size}
 
 
@@ -247,7 +255,7 @@ class Pipeline:
                         chinese: bool = False, clip_path: Optional[PathLike] = None, clip_model: Optional[str] = None,
                         device: str = "auto", dtype: str = "float32") -> "Pipeline":
         """Load a DALLE checkpoint (ours, DALLE-pytorch's, or the demo model when `dalle_path` is None or
-        "demo"), its tokenizer (or the one `bpe_path` / `hug` / `chinese` select: `tokenizer_for_flags`)
+        "demo"), its tokenizer (or the one `bpe_path` / `hug` / `chinese` select: `select_tokenizer`)
         and an optional CLIP to rerank with: `clip_path` alone is a CLIP of ours (`dalle_pytorch.save(clip,
         path)`); with `clip_model` (an open_clip model name or config JSON) it is a pretrained OpenCLIP /
         OpenAI CLIP's weights (`rerank.OpenCLIPReranker`, run in float32 whatever `dtype`).
@@ -270,7 +278,8 @@ class Pipeline:
         clip = None
         if clip_model is not None:
             if clip_path is None:
-                raise GenerationError("--clip_model needs --clip_path, the file of its weights (nothing is downloaded)")
+                raise GenerationError(f"{setting('clip_model')} needs {setting('clip_path')}, the file of its weights "
+                                      "(nothing is downloaded)")
             try:
                 clip = load_open_clip(clip_model, clip_path, device=dev)
             except (CheckpointError, ValueError, OSError, ImportError) as e:
@@ -279,15 +288,16 @@ class Pipeline:
             try:
                 loaded_clip = load_checkpoint(clip_path, map_location=dev)
             except (CheckpointError, OSError) as e:
-                raise GenerationError(f"--clip_path: {e}") from None
+                raise GenerationError(f"{setting('clip_path')}: {e}") from None
             if loaded_clip.kind != "clip":
-                raise GenerationError(f"--clip_path {str(clip_path)!r} is a {loaded_clip.kind} checkpoint, not a CLIP "
+                raise GenerationError(f"{setting('clip_path')} {str(clip_path)!r} is a {loaded_clip.kind} checkpoint, "
+                                      "not a CLIP "
                                       "(save one with dalle_pytorch.save(clip, path))")
             clip = loaded_clip.model.to(dt)
         if loaded.tokenizer is None and loaded.tokenizer_description is not None and bpe_path is None:
             warnings.warn("the checkpoint's tokenizer could not be rebuilt; using the default CLIP SimpleTokenizer")
         try:
-            tokenizer = tokenizer_for_flags(bpe_path, hug=hug, chinese=chinese, stored=loaded.tokenizer,
+            tokenizer = select_tokenizer(bpe_path, hug=hug, chinese=chinese, stored=loaded.tokenizer,
                                             model_text_tokens=loaded.model.num_user_text_tokens)
         except ValueError as e:
             raise GenerationError(str(e)) from None
@@ -303,16 +313,28 @@ class Pipeline:
 
     def tokenize(self, captions: list[str]) -> torch.Tensor:
         """(b, text_seq_len) ids of `captions` on the pipeline's device; GenerationError names a caption
-        that does not fit."""
+        that does not fit: too long, or token ids the model has no embedding for (another tokenizer)."""
         try:
-            return self.tokenizer.tokenize(list(captions), self.model.text_seq_len).to(self.device)
+            ids = self.tokenizer.tokenize(list(captions), self.model.text_seq_len)
+        except CaptionTooLongError as e:  # nothing truncates a caption here
+            raise GenerationError(str(e.with_hint("shorten it (the model's text_seq_len)"))) from None
         except ValueError as e:
             raise GenerationError(str(e)) from None
+        limit = self.model.num_user_text_tokens
+        if ids.numel() and int(ids.max()) >= limit:
+            row = int((ids >= limit).any(dim=1).long().argmax())
+            stored = self.checkpoint is not None and self.checkpoint.source == SOURCE_LEGACY
+            raise GenerationError(
+                f"caption {captions[row]!r} has token id {int(ids[row].max())}, beyond the model's {limit} text "
+                f"tokens: the model was trained with another tokenizer than this {type(self.tokenizer).__name__}"
+                f"{' (DALLE-pytorch files do not store theirs)' if stored else ''}; give the tokenizer file it was "
+                f"trained with as {setting('bpe_path')}")
+        return ids.to(self.device)
 
     # -- images -------------------------------------------------------------------------------------
 
     def generate(self, caption: str, *, num_images: int = 4, seed: int = 0, batch_size: int = 4,
-                 sampling: SamplingConfig = SamplingConfig(filter_thres=0.9), null_prompt: Optional[str] = None,
+                 sampling: SamplingConfig = SamplingConfig(filter_thres=0.9), negative_prompt: Optional[str] = None,
                  img: Optional[torch.Tensor] = None, num_init_img_tokens: Optional[int] = None,
                  mask: Optional[torch.Tensor] = None, use_cache: bool = True, compile: bool | str = False,
                  pack_weights: Optional[bool] = None,
@@ -321,7 +343,7 @@ class Pipeline:
         """Sample `num_images` images for `caption`.
 
         Batch k (of `batch_size` images) is sampled with a CPU generator seeded `seed + k`.
-        null_prompt: the caption guidance steers away from (needs sampling.cond_scale != 1).
+        negative_prompt: the caption guidance steers away from (needs sampling.cond_scale != 1).
         img: (1, c, H, W) pixels in [0, 1] whose first `num_init_img_tokens` codes prime every image,
         or, with `mask` (H, W) (1 keeps, 0 generates), whose kept codes are fixed (masked completion).
         `use_cache`, `compile` and `pack_weights` (False: no packed copies of the weights, see
@@ -332,9 +354,9 @@ class Pipeline:
         if int(callback_steps) != callback_steps or callback_steps < 1:
             raise GenerationError(f"callback_steps must be a positive integer, got {callback_steps}")
         text = self.tokenize([caption])
-        null = self.tokenize([null_prompt]) if null_prompt is not None else None
+        null = self.tokenize([negative_prompt]) if negative_prompt is not None else None
         prime = img.to(device=self.device, dtype=self.dtype) if img is not None else None
-        settings = generation_settings(sampling, null_prompt, batch_size,
+        settings = generation_settings(sampling, negative_prompt, batch_size,
                                        num_init_img_tokens if img is not None else None)
         images, seeds, scores = [], [], []
         start = time.perf_counter()
@@ -381,7 +403,7 @@ class Pipeline:
         return hook
 
     def sampling_config(self, *, top_k: float = 0.9, top_p: Optional[float] = None, temperature: float = 1.0,
-                        cond_scale: float = 1.0, null_prompt: Optional[str] = None) -> SamplingConfig:
+                        cond_scale: float = 1.0, negative_prompt: Optional[str] = None) -> SamplingConfig:
         """The validated SamplingConfig of these settings; GenerationError with the CLI's one-line reason.
 
         top_k is DALLE-pytorch's filter_thres (generate.py's --top_k): keep the top (1 - top_k) fraction.
@@ -390,20 +412,21 @@ class Pipeline:
             sampling = SamplingConfig(filter_thres=top_k, top_p=top_p, temperature=temperature, cond_scale=cond_scale)
         except ValueError as e:
             raise GenerationError(str(e)) from None
-        if null_prompt is not None and not sampling.guided:
-            raise GenerationError("null_prompt (a negative prompt) only has an effect with guidance: set cond_scale != 1")
+        if negative_prompt is not None and not sampling.guided:
+            raise GenerationError(f"{setting('negative_prompt')} only has an effect with guidance: set "
+                                  f"{setting('cond_scale')} != 1")
         return sampling
 
     def __call__(self, captions: str | list[str], *, num_images: int = 4, seed: Optional[int] = None,
                  batch_size: int = 4, cond_scale: float = 1.0, top_k: float = 0.9, top_p: Optional[float] = None,
-                 temperature: float = 1.0, null_prompt: Optional[str] = None,
+                 temperature: float = 1.0, negative_prompt: Optional[str] = None,
                  callback: Optional[Callable[[Step], None]] = None, callback_steps: int = 1,
                  **kwargs: Any) -> PipelineOutput:
         """Sample `num_images` images for each caption (a string or a list of them).
 
         Captions are tokenized with the model's own tokenizer; every one is checked before any
         sampling.  seed: batch k of each caption uses seed + k (None: a fresh seed, in the output).
-        top_k (filter_thres), top_p, temperature, cond_scale, null_prompt: as for generate.py.
+        top_k (filter_thres), top_p, temperature, cond_scale, negative_prompt: as for generate.py.
         Other keyword arguments (use_cache, compile, img, ...) go to `generate`.
         """
         if isinstance(captions, str):
@@ -411,11 +434,11 @@ class Pipeline:
         if not captions:
             raise GenerationError("give at least one caption")
         sampling = self.sampling_config(top_k=top_k, top_p=top_p, temperature=temperature, cond_scale=cond_scale,
-                                        null_prompt=null_prompt)
-        self.tokenize(list(captions) + ([null_prompt] if null_prompt is not None else []))
+                                        negative_prompt=negative_prompt)
+        self.tokenize(list(captions) + ([negative_prompt] if negative_prompt is not None else []))
         seed = fresh_seed() if seed is None else seed
         results = [self.generate(c, num_images=num_images, seed=seed, batch_size=batch_size, sampling=sampling,
-                                 null_prompt=null_prompt, callback=callback, callback_steps=callback_steps, **kwargs)
+                                 negative_prompt=negative_prompt, callback=callback, callback_steps=callback_steps, **kwargs)
                    for c in captions]
         return PipelineOutput(images=[im for r in results for im in r.pil_images()],
                               seeds=[s for r in results for s in r.seeds],

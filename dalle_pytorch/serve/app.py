@@ -35,7 +35,7 @@ except ImportError as e:  # pragma: no cover - depends on the installed extras
 
 import torch
 
-from dalle_pytorch.errors import GenerationError
+from dalle_pytorch.errors import GenerationError, setting_names
 from dalle_pytorch.formats.images import png_text, tensor_to_pil
 from dalle_pytorch.pipeline.text_to_image import Pipeline
 from dalle_pytorch.serve.scheduler import (Event, ImageRequest, ImageResult, QueueFull, RequestFailed, Scheduler,
@@ -45,6 +45,8 @@ __all__ = ["ImagesRequest", "ImagesResponse", "create_app"]
 
 STATIC = resources.files("dalle_pytorch.serve").joinpath("static")
 STATUS = {"timed_out": 504, "cancelled": 503, "failed": 500}  # RequestFailed.kind -> HTTP status
+#: the request fields of library settings named otherwise (`errors.setting`: the library's messages say these)
+HTTP_FIELDS = {"filter_thres": "top_k", "num_images": "n"}
 
 
 class ImagesRequest(BaseModel):
@@ -103,7 +105,7 @@ def _reproduce(body: ImagesRequest, result: ImageResult, dalle_path: str) -> str
     if s["cond_scale"] != 1.0:
         args += ["--cond_scale", str(s["cond_scale"])]
     if s["null_text"] is not None:
-        args += ["--null_text", s["null_text"]]
+        args += ["--negative_prompt", s["null_text"]]
     return shlex.join(args)
 
 
@@ -148,17 +150,21 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
     def submit(request: Request, body: ImagesRequest, on_event=None, preview: int = 0) -> Union[Ticket, JSONResponse]:
         scheduler: Scheduler = request.app.state.scheduler
         try:
-            sampling = request.app.state.pipe.sampling_config(
-                top_k=body.top_k, top_p=body.top_p, temperature=body.temperature, cond_scale=body.cond_scale)
-            return scheduler.submit(ImageRequest(body.prompt, n=body.n, seed=body.seed, sampling=sampling,
-                                                 negative_prompt=body.negative_prompt, batch_size=body.batch_size,
-                                                 preview_every=preview), on_event)
+            with setting_names(HTTP_FIELDS):
+                return _submit(request, body, scheduler, on_event, preview)
         except GenerationError as e:
             return _error(422, str(e))
         except QueueFull as e:
             return _error(429, str(e), {"Retry-After": str(e.retry_after)})
         except ShuttingDown as e:
             return _error(503, str(e))
+
+    def _submit(request: Request, body: ImagesRequest, scheduler: Scheduler, on_event, preview: int) -> Ticket:
+        sampling = request.app.state.pipe.sampling_config(
+            top_k=body.top_k, top_p=body.top_p, temperature=body.temperature, cond_scale=body.cond_scale)
+        return scheduler.submit(ImageRequest(body.prompt, n=body.n, seed=body.seed, sampling=sampling,
+                                             negative_prompt=body.negative_prompt, batch_size=body.batch_size,
+                                             preview_every=preview), on_event)
 
     def answer(body: ImagesRequest, result: ImageResult) -> dict:
         png_settings = {k: v for k, v in result.settings.items() if k != "seed"}

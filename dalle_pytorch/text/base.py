@@ -28,6 +28,20 @@ def to_id_list(tokens: TokenIds) -> list[int]:
 # shared interface
 
 
+class CaptionTooLongError(ValueError):
+    """A caption with more tokens than fit; `hint` says what to do (callers without truncation replace it)."""
+
+    def __init__(self, caption: str, tokens: int, context_length: int,
+                 hint: str = "shorten it or pass truncate_text=True"):
+        self.caption, self.tokens, self.context_length = caption, tokens, context_length
+        super().__init__(f"caption {shorten(caption)!r} is {tokens} tokens long, longer than the context length "
+                         f"{context_length}; {hint}")
+
+    def with_hint(self, hint: str) -> "CaptionTooLongError":
+        """The same error with another `hint` (e.g. "shorten it" where nothing truncates)."""
+        return CaptionTooLongError(self.caption, self.tokens, self.context_length, hint)
+
+
 class BaseTokenizer:
     """Common `tokenize` / `decode` plumbing; subclasses implement `encode`, `_decode_ids`, `describe`."""
 
@@ -59,7 +73,7 @@ class BaseTokenizer:
         """Tokenize captions into a zero-padded LongTensor of shape (b, context_length).
 
         A caption longer than `context_length` tokens is cut when `truncate_text` is set, and otherwise
-        raises a ValueError naming the caption.
+        raises a `CaptionTooLongError` (a ValueError) naming the caption.
         """
         if isinstance(texts, str):
             texts = [texts]
@@ -71,10 +85,7 @@ class BaseTokenizer:
             ids = self.encode(text)
             if len(ids) > context_length:
                 if not truncate_text:
-                    raise ValueError(
-                        f"caption {shorten(text)!r} is {len(ids)} tokens long, longer than the context length "
-                        f"{context_length}; shorten it or pass truncate_text=True"
-                    )
+                    raise CaptionTooLongError(text, len(ids), context_length)
                 ids = ids[:context_length]
             if len(ids) > 0:
                 result[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)

@@ -30,6 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Union
 
+from dalle_pytorch.errors import setting
 from dalle_pytorch.formats.files import regular_file
 from dalle_pytorch.text.base import BaseTokenizer
 from dalle_pytorch.text.chinese import CHINESE_VOCAB_HELP, ChineseTokenizer
@@ -47,7 +48,7 @@ __all__ = [
     "tokenizer_from_description",
     "is_yttm_model",
     "tokenizer_from_file",
-    "tokenizer_for_flags",
+    "select_tokenizer",
 ]
 
 # factory helpers
@@ -88,7 +89,8 @@ def tokenizer_from_file(path: Union[str, Path, None], *, hug: bool = False, chin
     else:
         return SimpleTokenizer(path)
     if chinese:
-        warnings.warn(f"chinese=True (--chinese) is ignored: {str(path)!r} is a {kind.__name__} file, which takes "
+        warnings.warn(f"chinese=True ({setting('chinese')}: the Chinese tokenizer) is ignored: {str(path)!r} is a "
+                      f"{kind.__name__} file, which takes "
                       "precedence as in DALLE-pytorch; pass bert-base-chinese's vocab.txt for the Chinese tokenizer",
                       stacklevel=2)
     return kind(path)
@@ -107,7 +109,7 @@ def tokenizer_from_description(d: dict) -> BaseTokenizer:
     if content is not None and d.get(content) is None and (d.get("path") or d.get("bpe_path")):
         raise ValueError(f"a {kind!r} tokenizer description needs its {content!r} text: this one names a file "
                          f"({d.get('path') or d.get('bpe_path')!r}) instead, and files named inside a checkpoint are "
-                         "never read. Give the tokenizer file with --bpe_path")
+                         f"never read. Give the tokenizer file with {setting('bpe_path')}")
     if content is not None and d.get(content) is not None and not isinstance(d[content], str):
         raise ValueError(f"the stored {kind!r} tokenizer's {content!r} must be text")
     if kind == "simple":
@@ -127,9 +129,10 @@ def tokenizer_from_description(d: dict) -> BaseTokenizer:
     raise ValueError(f"unknown tokenizer type {kind!r}; expected 'simple', 'hug', 'yttm' or 'chinese'")
 
 
-def tokenizer_for_flags(bpe_path: Union[str, Path, None] = None, *, hug: bool = False, chinese: bool = False,
+def select_tokenizer(bpe_path: Union[str, Path, None] = None, *, hug: bool = False, chinese: bool = False,
                         stored: BaseTokenizer | None = None, model_text_tokens: int | None = None) -> BaseTokenizer:
-    """The tokenizer the scripts' `--bpe_path` / `--hug` / `--chinese` flags select (one rule for every script).
+    """The tokenizer `bpe_path`, `hug` and `chinese` select (the one rule behind every script's `--bpe_path` /
+    `--hug` / `--chinese`, `cli.flags.tokenizer_for_flags`, and `Pipeline.from_checkpoint`).
 
     - `--bpe_path` given: the tokenizer that file holds (`tokenizer_from_file`, `hug` and `chinese`
       passed on: with `--chinese` the file is bert-base-chinese's vocab.txt).
@@ -140,35 +143,38 @@ def tokenizer_for_flags(bpe_path: Union[str, Path, None] = None, *, hug: bool = 
       warning), except when the model's `model_text_tokens` is not the CLIP vocabulary's size: then
       the model was trained with another tokenizer, the CLIP ids would be wrong, and it is an error.
 
-    Raises ValueError (naming the flag) for those and for a missing, unreadable or invalid file.
+    Raises ValueError (naming the setting: `errors.setting`) for those and for a missing, unreadable or
+    invalid file.
     """
     if bpe_path is None:
         if stored is not None:
             flag = None
             if chinese and not isinstance(stored, ChineseTokenizer):
-                flag = "--chinese"
+                flag = setting("chinese")
             elif hug and not isinstance(stored, HugTokenizer):
-                flag = "--hug"
+                flag = setting("hug")
             if flag is not None:
-                warnings.warn(f"{flag} without --bpe_path is ignored: the checkpoint stores the tokenizer the model "
-                              f"was trained with ({type(stored).__name__}), which is used", stacklevel=2)
+                warnings.warn(f"{flag} without {setting('bpe_path')} is ignored: the checkpoint stores the tokenizer "
+                              f"the model was trained with ({type(stored).__name__}), which is used", stacklevel=2)
             return stored
         if chinese:
-            raise ValueError(f"--chinese: {CHINESE_VOCAB_HELP}")
+            raise ValueError(f"{setting('chinese')}: {CHINESE_VOCAB_HELP}")
         default = get_default_tokenizer()
         if hug:
             if model_text_tokens is not None and model_text_tokens != default.vocab_size:
-                raise ValueError(f"--hug needs --bpe_path (the tokenizers JSON file): without it the CLIP tokenizer "
+                raise ValueError(f"{setting('hug')} needs {setting('bpe_path')} (the tokenizers JSON file): without it "
+                                 "the CLIP tokenizer "
                                  f"({default.vocab_size} tokens) would be used, as in DALLE-pytorch, but this model "
                                  f"has {model_text_tokens} text tokens, so it was trained with another tokenizer")
-            warnings.warn("--hug without --bpe_path is ignored, as in DALLE-pytorch: the default CLIP tokenizer is "
-                          "used (pass the tokenizers JSON with --bpe_path for a HuggingFace tokenizer)", stacklevel=2)
+            warnings.warn(f"{setting('hug')} without {setting('bpe_path')} is ignored, as in DALLE-pytorch: the default "
+                          f"CLIP tokenizer is used (pass the tokenizers JSON with {setting('bpe_path')} for a HuggingFace "
+                          "tokenizer)", stacklevel=2)
         return default
     try:
-        path = regular_file(bpe_path, "--bpe_path")
+        path = regular_file(bpe_path, setting("bpe_path"))
     except OSError as e:
         raise ValueError(str(e)) from None
     try:
         return tokenizer_from_file(path, hug=hug, chinese=chinese)
     except (ValueError, OSError) as e:
-        raise ValueError(f"--bpe_path: {e}") from None
+        raise ValueError(f"{setting('bpe_path')}: {e}") from None

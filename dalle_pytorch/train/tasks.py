@@ -23,7 +23,7 @@ from dalle_pytorch.formats.files import write_text
 from dalle_pytorch.formats.images import save_image_grid
 from dalle_pytorch.models.dalle import DALLE
 from dalle_pytorch.models.vae import DiscreteVAE
-from dalle_pytorch.text.factory import tokenizer_for_flags
+from dalle_pytorch.text.factory import select_tokenizer
 from dalle_pytorch.train.datasets import ImageFolder, TextImageDataset
 from dalle_pytorch.train.schedules import AnnealedTemperature
 from dalle_pytorch.train.webdataset import webdataset_loader
@@ -178,7 +178,7 @@ def dalle_task(args: argparse.Namespace, env: DistEnv, resumed: Optional[LoadedC
             info.append(f"initialised from {args.dalle_path} ({resumed.source}): its {what} (--resume continues a run "
                         "of this script exactly)")
     try:
-        tokenizer = tokenizer_for_flags(args.bpe_path, hug=args.hug, chinese=args.chinese,
+        tokenizer = select_tokenizer(args.bpe_path, hug=args.hug, chinese=args.chinese,
                                         stored=resumed.tokenizer if resumed else None,
                                         model_text_tokens=resumed.model.num_user_text_tokens if resumed else None)
     except ValueError as e:
