@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from dalle_pytorch.generation.sampling import SamplingConfig, next_codes, sample
+from dalle_pytorch.generation.speculative import DecodeStats, speculative_codes
 
-__all__ = ["COMPILE_MODES", "RowPlan", "compiled_step", "generate_codes", "generate_texts", "kept_codes", "plan_rows",
+__all__ = ["COMPILE_MODES", "DecodeStats", "RowPlan", "compiled_step", "generate_codes", "generate_texts", "kept_codes", "plan_rows",
            "prefill_rows", "prime_codes"]
 
 #: `compile=` values: False (eager), True / "prefix" (dynamic shapes over the filled prefix), "static"
@@ -188,6 +189,17 @@ def kept_codes(model, img: Optional[torch.Tensor], mask, batch: int):
 # -- the loops --------------------------------------------------------------------------------------
 
 
+def _check_speculative(speculative, use_cache) -> int:
+    """The window of `speculative` (None or 1: plain decoding, 0 returned)."""
+    if speculative is None:
+        return 0
+    if isinstance(speculative, bool) or not isinstance(speculative, int) or speculative < 1:
+        raise ValueError(f"speculative must be None or a window of at least 1 code, got {speculative!r}")
+    if speculative > 1 and not use_cache:
+        raise ValueError("speculative decoding verifies drafts with the cached step: it needs use_cache=True")
+    return speculative if speculative > 1 else 0
+
+
 def _check_options(compile, use_cache, kv_dtype, num_images) -> None:
     if compile not in COMPILE_MODES:
         raise ValueError(f'compile must be False, True, "prefix" or "static", got {compile!r}')
@@ -207,16 +219,22 @@ def generate_codes(model, text: torch.Tensor, sampling: SamplingConfig, *, img: 
                    use_cache: bool = True, num_images: int = 1, generator: Optional[torch.Generator] = None,
                    progress: bool = False, compile=False, kv_dtype: Optional[torch.dtype] = None,
                    pack_weights: Optional[bool] = None,
-                   callback: Optional[Callable[[int, torch.Tensor], None]] = None) -> torch.Tensor:
+                   callback: Optional[Callable[[int, torch.Tensor], None]] = None,
+                   speculative: Optional[int] = None, draft_prior: str = "left",
+                   stats: Optional[DecodeStats] = None) -> torch.Tensor:
     """The image codes (b * num_images, I) of `DALLE.generate_images` (which documents the arguments);
     the model must be in eval mode.
 
     callback(filled, codes): called after each sampled code with the number of codes filled so far
     and the codes (b * num_images, I) (positions >= filled are not sampled yet; priming codes count
     as filled).  It sees the live buffer: copy what it keeps.  Absent, it costs nothing.
+    speculative: a window of K > 1 drafts verified per forward (`generation.speculative`; None or 1:
+    one code per forward); draft_prior: how new drafts are guessed (`speculative.DRAFT_PRIORS`).
+    stats: a `DecodeStats` to fill (forward passes, codes, accepted drafts per position).
     """
     text = model.check_text(text)
     _check_options(compile, use_cache, kv_dtype, num_images)
+    window = _check_speculative(speculative, use_cache)
     b, device = text.shape[0], text.device
     if b == 0:  # no caption, no image
         return torch.zeros(0, model.image_seq_len, dtype=torch.long, device=device)
@@ -257,6 +275,9 @@ def generate_codes(model, text: torch.Tensor, sampling: SamplingConfig, *, img: 
         drawn = next_codes(img_logits, sampling, generator, rows=rows, vocab_size=model.total_tokens)
         return torch.where(forced, known[:, t], drawn)
 
+    if stats is not None:
+        stats.rows, stats.codes = rows, rows * (model.image_seq_len - start) - (
+            0 if keep is None else int(keep[:, start:].sum()))
     steps = range(start, model.image_seq_len)
     bar = tqdm(steps, desc="image tokens", disable=not progress, leave=False)
     if not use_cache:  # the reference: every step runs the whole sequence again
@@ -273,7 +294,13 @@ def generate_codes(model, text: torch.Tensor, sampling: SamplingConfig, *, img: 
         kv_dtype = torch.float32  # eager CPU attention: fp32 reads faster (see generate_images' docstring)
     # a compiled step multiplies with inductor's kernels (dynamo does not trace packed tensors);
     # the eager one goes through the cache's packed weights
-    cache, last = prefill_rows(model, plan, kv_dtype=kv_dtype, pack_weights=False if compile else pack_weights)
+    cache, last = prefill_rows(model, plan, kv_dtype=kv_dtype, pack_weights=False if compile else pack_weights,
+                               rewind=window)
+    if window:
+        with bar:
+            return speculative_codes(model, codes, start, last, cache, sampling, window=window, rows=rows,
+                                     guided=guided, generator=generator, known=known, keep=keep,
+                                     prior=draft_prior, stats=stats, callback=callback, on_progress=bar.update)
     mode = "prefix" if compile is True else compile
     if compile:
         if progress and mode not in compiled_modes():
@@ -294,6 +321,8 @@ def generate_codes(model, text: torch.Tensor, sampling: SamplingConfig, *, img: 
             # "static" attends over the whole cache (shapes never change); otherwise the filled prefix
             length = None if mode == "static" else pos + 1
             last = step_fn(token, positions[pos], cache, length=length)
+            if stats is not None:
+                stats.forward_passes += 1
     return codes
 
 

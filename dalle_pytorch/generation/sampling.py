@@ -21,8 +21,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ["FILTER_SCOPES", "SamplingConfig", "sample", "next_codes", "guided_logits", "top_k_filter", "top_p_filter",
-           "gumbel_sample"]
+__all__ = ["FILTER_SCOPES", "SamplingConfig", "sample", "sampling_probs", "filtered_logits", "next_codes", "guided_logits",
+           "top_k_filter", "top_p_filter", "gumbel_sample", "categorical"]
 
 FILTER_SCOPES = ("vocab", "candidates")
 
@@ -117,6 +117,16 @@ def guided_logits(logits: torch.Tensor, rows: int, cond_scale: float) -> torch.T
     return null + (cond - null) * cond_scale
 
 
+def filtered_logits(logits: torch.Tensor, config: SamplingConfig, *, vocab_size: Optional[int] = None) -> torch.Tensor:
+    """The logits `sample` draws from, before the temperature: top-k fraction, then nucleus; filtered
+    tokens are -inf.  (..., v) -> (..., v).  vocab_size: as for `sample`."""
+    vocab = None if vocab_size is None else config.top_k_vocab(vocab_size)
+    logits = top_k_filter(logits, config.filter_thres, vocab)
+    if config.top_p is not None:
+        logits = top_p_filter(logits, config.top_p)
+    return logits
+
+
 def sample(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None = None, *,
            vocab_size: Optional[int] = None) -> torch.Tensor:
     """Filter (top-k fraction, then nucleus) and draw one token per row.  (b, v) -> (b,).
@@ -124,11 +134,19 @@ def sample(logits: torch.Tensor, config: SamplingConfig, generator: torch.Genera
     vocab_size: the model's whole vocabulary (`DALLE.total_tokens`), which filter_scope="vocab" counts
     the top-k fraction over; None: the v candidates.
     """
-    vocab = None if vocab_size is None else config.top_k_vocab(vocab_size)
-    logits = top_k_filter(logits, config.filter_thres, vocab)
-    if config.top_p is not None:
-        logits = top_p_filter(logits, config.top_p)
-    return gumbel_sample(logits, config.temperature, generator)
+    return gumbel_sample(filtered_logits(logits, config, vocab_size=vocab_size), config.temperature, generator)
+
+
+def sampling_probs(logits: torch.Tensor, config: SamplingConfig, *, vocab_size: Optional[int] = None) -> torch.Tensor:
+    """The exact distribution `sample` draws from: softmax(filtered logits / temperature) in float32.
+    (..., v) -> (..., v); filtered tokens have probability 0."""
+    return (filtered_logits(logits, config, vocab_size=vocab_size).float() / config.temperature).softmax(dim=-1)
+
+
+def categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One exact sample per row of unnormalised probabilities (..., v) >= 0 -> (...,) long (Gumbel-max on
+    their logarithm; a zero is never drawn)."""
+    return gumbel_sample(probs.float().log(), 1.0, generator)
 
 
 def next_codes(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None = None, *, rows: int,

@@ -21,8 +21,8 @@ from dalle_pytorch.generation.sampling import SamplingConfig
 from dalle_pytorch.models.config import DALLEConfig
 from dalle_pytorch.models.transformer import Transformer
 from dalle_pytorch.nn.cache import InferenceCache
-from dalle_pytorch.nn.positions import StepPositions
 from dalle_pytorch.nn.packed import packing_available
+from dalle_pytorch.nn.positions import StepPositions
 
 
 class SharedEmbedding(nn.Module):
@@ -357,6 +357,8 @@ class DALLE(nn.Module):
         kv_dtype: torch.dtype | None = None,
         pack_weights: bool | None = None,
         callback: Callable[[int, torch.Tensor], None] | None = None,
+        speculative: int | None = None,
+        stats: decode.DecodeStats | None = None,
     ):
         """Sample images for captions.
 
@@ -384,6 +386,9 @@ class DALLE(nn.Module):
         prime every image. With `mask` (masked completion: inpainting / outpainting) the codes the
         mask keeps are fixed instead (mask 1 keeps, 0 generates; see `decode.kept_codes` for its shapes)
         and the others sampled, in raster order: a kept code conditions only the codes after it.
+        speculative: K > 1 verifies a window of K drafts per forward (speculative Jacobi decoding,
+        `generation.speculative`): fewer forward passes than codes, exactly the same distribution;
+        None or 1: one code per forward.  stats: a `generation.speculative.DecodeStats` to fill.
         """
         sampling = SamplingConfig(filter_thres=filter_thres, top_p=top_p, temperature=temperature,
                                   cond_scale=cond_scale, filter_scope=filter_scope)
@@ -393,7 +398,8 @@ class DALLE(nn.Module):
             codes = decode.generate_codes(self, text, sampling, img=img, num_init_img_tokens=num_init_img_tokens,
                                           mask=mask, null_text=null_text, use_cache=use_cache, num_images=num_images,
                                           generator=generator, progress=progress, compile=compile, kv_dtype=kv_dtype,
-                                          pack_weights=pack_weights, callback=callback)
+                                          pack_weights=pack_weights, callback=callback, speculative=speculative,
+                                          stats=stats)
             if return_codes:
                 return codes
             images = self.vae.decode(codes).clamp(0.0, 1.0)
