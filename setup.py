@@ -44,7 +44,7 @@ setup(
         "webdataset": ["webdataset"],
         "wandb": ["wandb"],
         "tensorboard": ["tensorboard"],
-        "plot": ["matplotlib"],  # curves.png of a training run (python -m dalle_pytorch.train.curves)
+        "plot": ["matplotlib"],  # curves.png of a training run (dalle-plot)
         # generate.py --clip_model: rerank with a pretrained OpenCLIP / OpenAI CLIP. open_clip requires torchvision:
         # install the torchvision release that matches your torch (an unpinned one may replace torch)
         "clip": ["open_clip_torch"],

@@ -207,6 +207,22 @@ def test_guidance_and_negative_prompt(tiny, tmp_path):
         run_tiny(tiny, tmp_path, "--text", CAPTION, "--null_text", "a red square on a green background")
 
 
+def test_speculative_decoding_is_recorded_reproducible_and_counts_its_forward_passes(tmp_path):
+    """--speculative K on the demo model: the window is a setting (other samples than plain decoding), the same
+    seed gives the same files, and generation.json counts the forward passes (far fewer than 63 per batch)."""
+    common = ["--text", CAPTION, "--seed", "3", "--num_images", "2", "--batch_size", "1"]
+    (a,) = run(*common, "--speculative", "8", "--outputs_dir", tmp_path / "a")
+    (b,) = run(*common, "--speculative", "8", "--outputs_dir", tmp_path / "b")
+    (plain,) = run(*common, "--outputs_dir", tmp_path / "plain")
+    record = json.loads(a.json_path.read_text())
+    assert record["settings"]["speculative"] == 8 and "speculative" not in plain.record["settings"]
+    assert plain.record["forward_passes"] == [63, 63]
+    assert all(n < 63 / 2 for n in record["forward_passes"]), record["forward_passes"]
+    assert png_bytes(a.folder) == png_bytes(b.folder)
+    with pytest.raises(GenerationError, match="--speculative must be a window"):
+        run(*common, "--speculative", "0", "--outputs_dir", tmp_path / "c")
+
+
 def test_prompts_file_and_pipe_separated_text(tiny, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle on a blue background\n\n# a comment\na green square on a white background\n")

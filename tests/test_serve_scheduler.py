@@ -34,9 +34,9 @@ def pipe():
     return tiny_pipeline(vae=tiny_vae(num_layers=3))
 
 
-def alone(pipe, prompt, n, seed, sampling=PLAIN, batch_size=4, negative=None):
+def alone(pipe, prompt, n, seed, sampling=PLAIN, batch_size=4, negative=None, speculative=None):
     return pipe.generate(prompt, num_images=n, seed=seed, batch_size=batch_size, sampling=sampling,
-                         negative_prompt=negative).images
+                         negative_prompt=negative, speculative=speculative).images
 
 
 # -- images and logits do not depend on the batch ------------------------------------------------------
@@ -121,6 +121,26 @@ def test_requests_joining_and_leaving_mid_run_get_their_lone_images(pipe):
     assert scheduler.batch.row_steps > 0 and scheduler.batch.rows == 0
     m = scheduler.metrics()
     assert m["completed"] == 3 and m["images_served"] == 9 and m["prefix_cache"]["hits"] >= 1
+
+
+def test_speculative_rows_alone_and_in_a_busy_batch_give_generate_images_codes(pipe):
+    """--speculative K: each group verifies its window with its own generator, so a request gives the images
+    generate_images(speculative=K) samples with its seed, alone and while other requests join and leave."""
+    scheduler = Scheduler(pipe, max_rows=32, speculative=4)
+    first = scheduler.submit(ImageRequest(RED, n=4, seed=1, sampling=GUIDED))
+    scheduler.step()
+    scheduler.step()
+    second = scheduler.submit(ImageRequest(GREEN, n=2, seed=2))
+    scheduler.run_until_idle()
+    lone = Scheduler(pipe, max_rows=32, speculative=4)
+    alone_ticket = lone.submit(ImageRequest(GREEN, n=2, seed=2))
+    lone.run_until_idle()
+    assert torch.equal(first.result(0).images, alone(pipe, RED, 4, 1, GUIDED, speculative=4))
+    assert torch.equal(second.result(0).images, alone(pipe, GREEN, 2, 2, speculative=4))
+    assert torch.equal(alone_ticket.result(0).images, second.result(0).images)
+    assert second.result(0).settings["speculative"] == 4
+    assert lone.stats["steps"] < 16  # fewer steps than the 16 codes of an image
+    assert not torch.equal(second.result(0).images, alone(pipe, GREEN, 2, 2))  # other samples than plain decoding
 
 
 def test_events_progress_previews_and_queue_positions(pipe):

@@ -177,3 +177,15 @@ def test_speculative_argument_errors():
             model.generate_images(random_text(), speculative=bad)
     with pytest.raises(ValueError, match="needs use_cache=True"):
         model.generate_images(random_text(), speculative=4, use_cache=False)
+
+
+def test_auto_is_on_for_small_batches_and_off_for_large_ones(demo):
+    from dalle_pytorch.generation.decode import AUTO_MAX_ROWS
+
+    model = demo.model
+    text = demo.tokenizer.tokenize(["a red circle on a blue background"], model.text_seq_len)
+    small, large = DecodeStats(), DecodeStats()
+    _sample(model, text, 1, seed=0, speculative="auto", stats=small)  # guided: 2 rows
+    _sample(model, text, AUTO_MAX_ROWS, seed=0, speculative="auto", stats=large)  # 2 x AUTO_MAX_ROWS rows
+    assert small.forward_passes < model.image_seq_len - 1 and small.accepted_drafts > 0
+    assert large.forward_passes == model.image_seq_len - 1 and large.accepted_drafts == 0

@@ -54,19 +54,20 @@ class LoadedCheckpoint:
     """What `load_checkpoint` read.
 
     Attributes:
-        model: the DALLE or DiscreteVAE, in eval mode, on the requested device.
+        model: the DALLE, the VAE (DiscreteVAE, VQGanVAE or OpenAIDiscreteVAE) or the CLIP, in eval mode,
+            on the requested device.
         tokenizer: the stored tokenizer, rebuilt (None when the file has none).
         metadata: ours: the dict given to `save(metadata=...)`; DALLE-pytorch files: version, epoch,
             vae_class_name.
         source: "dalle_pytorch" (our safetensors format) or "dalle-pytorch-legacy" (a DALLE-pytorch `.pt`).
-        kind: "dalle" or "vae".
-        config: the config the model was built from (DALLE kwargs without vae, or DiscreteVAE kwargs).
+        kind: "dalle", "vae" or "clip".
+        config: the config the model was built from (DALLE kwargs without vae, or the VAE's / CLIP's).
         path: the file read.
         package_version: the dalle_pytorch version that wrote the file (None for DALLE-pytorch files).
         tokenizer_description: the stored tokenizer description (kept even if it could not be rebuilt).
         verified: whether the file's SHA-256 digests were checked (our files written since they carry them).
         training: DALLE-pytorch train_dalle.py files: what they hold to resume beyond the model
-            (epoch, opt_state, scheduler_state, param_names: see `io.legacy.training_state`); else None.
+            (epoch, opt_state, scheduler_state, param_names: see `checkpoint.legacy.training_state`); else None.
     """
 
     model: nn.Module

@@ -19,13 +19,9 @@ the same folder, fsync, os.replace): a crash or error mid-write leaves the previ
 
 `load_checkpoint` also reads the `.pt` files of DALLE-pytorch's `train_dalle.py` / `train_vae.py`
 (with `torch.load(weights_only=True)`, never running code from the file) and remaps their
-parameter names (see legacy.py).  Every load is strict: the weights must fit the model built from
-the stored config exactly, or a CheckpointError names the offending keys and the likely cause.
-
-`load_checkpoint` also reads the `.pt` files of DALLE-pytorch's `train_dalle.py` / `train_vae.py`
-(see `dalle_pytorch.checkpoint.legacy`): every script loads models through it.  Every load is strict: the
-weights must fit the model built from the stored config exactly, or a CheckpointError names the
-offending keys and the likely cause.
+parameter names (`dalle_pytorch.checkpoint.legacy`): every script loads models through it.  Every
+load is strict: the weights must fit the model built from the stored config exactly, or a
+CheckpointError names the offending keys and the likely cause.
 """
 from __future__ import annotations
 

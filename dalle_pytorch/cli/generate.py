@@ -40,8 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help=f"DALLE checkpoint: ours (.safetensors) or DALLE-pytorch's (.pt); '{DEMO}' or omitted: "
                             "the demo model shipped with the package (coloured shapes, 32x32)")
     model.add_argument("--vae_path", default=None,
-                       help="DiscreteVAE checkpoint to use instead of the one stored with the DALLE (needed for "
-                            "DALLE-pytorch files saved without vae_params)")
+                       help="VAE checkpoint (ours: DiscreteVAE, VQGanVAE or OpenAIDiscreteVAE; or a DALLE-pytorch "
+                            "vae.pt) to use instead of the one stored with the DALLE (needed for DALLE-pytorch "
+                            "files saved without vae_params)")
     model.add_argument("--clip_path", default=None,
                        help="CLIP to rerank the images with (best first): a CLIP checkpoint of ours, or with "
                             "--clip_model the weights file of a pretrained OpenCLIP / OpenAI CLIP")
@@ -105,6 +106,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="torch.compile the cached decode step: the same images, faster after a compile of "
                            "several seconds. 'prefix' (the default when given without a value) is the "
                            "fastest on CPU; 'static' keeps every shape fixed (for CUDA graphs)")
+    samp.add_argument("--speculative", type=_window, default=None, metavar="K",
+                      help="speculative Jacobi decoding: verify K drafted codes per forward pass (fewer passes "
+                           "than codes; the same distribution, other samples than plain decoding); 'auto': on "
+                           "for small batches, where it pays (see docs/generation.md)")
 
     run = p.add_argument_group("run")
     run.add_argument("--device", default="auto",
@@ -118,6 +123,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="decode with the weights as they are instead of copies packed for oneDNN's CPU kernel: "
                           "slower, but saves as much memory as the transformer's weights (the same images)")
     return p.parse_args(argv)
+
+
+def _window(text: str):
+    """--speculative's value: 'auto' or an integer."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer or 'auto', got {text!r}") from None
 
 
 def _captions(args) -> list:
@@ -196,6 +211,11 @@ def _main(args: argparse.Namespace) -> list:
         raise GenerationError("give --num_init_img_tokens (keep the first codes) or --mask, not both")
     if args.compile and not args.use_cache:
         raise GenerationError("--compile compiles the cached decode step: it cannot be used with --no_use_cache")
+    if isinstance(args.speculative, int) and args.speculative < 1:
+        raise GenerationError(f"--speculative must be a window of at least 1 code, got {args.speculative}")
+    if args.speculative not in (None, 1) and not args.use_cache:
+        raise GenerationError("--speculative verifies drafts with the cached step: it cannot be used with "
+                              "--no_use_cache")
     if args.seed is not None:
         batch_seeds(args.seed, args.num_images, args.batch_size)  # --seed, --num_images and --batch_size, now
     env = DistEnv()
@@ -292,7 +312,7 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
             generated = pipe.generate(
                 caption, num_images=args.num_images, seed=seed, batch_size=args.batch_size, sampling=sampling,
                 negative_prompt=args.negative_prompt, img=img, num_init_img_tokens=args.num_init_img_tokens, mask=mask,
-                use_cache=args.use_cache, compile=args.compile or False,
+                use_cache=args.use_cache, compile=args.compile or False, speculative=args.speculative,
                 pack_weights=False if args.no_pack_weights else None, on_batch=bar.update, callback=show_codes,
                 callback_steps=4)
             generated.settings["img"] = os.path.basename(args.img) if args.img else None

@@ -33,6 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take (default 300)")
     p.add_argument("--preview_every", type=int, default=8, help="codes between streamed previews (default 8)")
     p.add_argument("--prefix_cache", type=int, default=64, help="prefilled captions kept (LRU; 0: off; default 64)")
+    p.add_argument("--speculative", type=int, default=None, metavar="K",
+                   help="speculative Jacobi decoding for every row: K drafted codes verified per step (as "
+                        "generate.py --speculative)")
     p.add_argument("--shutdown_grace", type=float, default=30.0,
                    help="seconds in-flight requests may take to finish at shutdown (default 30)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -65,7 +68,7 @@ def main(argv=None) -> int:
     app = create_app(pipe, max_rows=args.max_rows, max_queue=args.max_queue, max_images=args.max_images,
                      timeout=args.timeout, preview_every=args.preview_every, prefix_cache_entries=args.prefix_cache,
                      shutdown_grace=args.shutdown_grace, dalle_path=args.dalle_path,
-                     checkpoint_sha256=file_sha256(path))
+                     checkpoint_sha256=file_sha256(path), speculative=args.speculative)
     print(f"serving {args.dalle_path} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=args.shutdown_grace)

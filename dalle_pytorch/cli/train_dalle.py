@@ -1,4 +1,4 @@
-"""Train DALL-E (a transformer over caption tokens and a frozen DiscreteVAE's image codes).
+"""Train DALL-E (a transformer over caption tokens and a frozen VAE's image codes).
 
     python train_dalle.py --vae_path runs/vae/vae.safetensors --image_text_folder ./data
     torchrun --nproc_per_node 8 train_dalle.py --vae_path vae.safetensors --image_text_folder ./data

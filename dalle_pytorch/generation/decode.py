@@ -47,27 +47,33 @@ def _one_token_step(model, token, pos, cache, length):
     return model.decode_step(token, pos, cache, length=length)
 
 
-_compiled: dict = {}  # (mode, on_cpu) -> the compiled one-token step, made at first use (see compiled_step)
+def _window_step(model, tokens, start, cache, length):
+    return model.step(tokens, start, cache, length=length)
+
+
+_compiled: dict = {}  # (mode, on_cpu) -> the compiled step, made at first use (see compiled_step)
 
 
 def compiled_step(mode: str, device: torch.device) -> Callable:
-    """torch.compile of the one-token step `(model, token, pos, cache, length) -> logits` for `mode`,
-    made once per process and mode and reused by every call and every model (the model is an
-    argument, its parameters graph inputs: a model of another configuration adds graphs, not a second
-    compiled function; nothing here keeps a model alive).
+    """torch.compile of a cached step for `mode`, made once per process and mode and reused by every
+    call and every model (the model is an argument, its parameters graph inputs: a model of another
+    configuration adds graphs, not a second compiled function; nothing here keeps a model alive).
 
-    "prefix": dynamic shapes, attends over the filled prefix (one graph for every length);
-    "static": attends over the whole preallocated cache, shapes fixed (CUDA-graph capture).
+    "prefix": the one-token step `(model, token, pos, cache, length)`, dynamic shapes, attending over
+    the filled prefix (one graph for every length); "static": the same over the whole preallocated
+    cache, shapes fixed (CUDA-graph capture); "window": the t-token step of speculative decoding
+    `(model, tokens, start, cache, length)`, dynamic shapes.
     On the CPU, inductor's C++ wrapper calls the step's kernels without Python in between: faster
     steps (measured in docs/benchmarks.md), for a longer first compile.
     """
-    if mode not in ("prefix", "static"):
-        raise ValueError(f'compiled_step mode must be "prefix" or "static", got {mode!r}')
+    if mode not in ("prefix", "static", "window"):
+        raise ValueError(f'compiled_step mode must be "prefix", "static" or "window", got {mode!r}')
     on_cpu = torch.device(device).type == "cpu"
     key = (mode, on_cpu)
     if key not in _compiled:
         options = {"cpp_wrapper": True} if on_cpu else None
-        _compiled[key] = torch.compile(_one_token_step, dynamic=mode == "prefix", options=options)
+        fn = _window_step if mode == "window" else _one_token_step
+        _compiled[key] = torch.compile(fn, dynamic=mode != "static", options=options)
     return _compiled[key]
 
 
@@ -189,12 +195,21 @@ def kept_codes(model, img: Optional[torch.Tensor], mask, batch: int):
 # -- the loops --------------------------------------------------------------------------------------
 
 
-def _check_speculative(speculative, use_cache) -> int:
-    """The window of `speculative` (None or 1: plain decoding, 0 returned)."""
+#: speculative="auto": this window where a step feeds at most AUTO_MAX_ROWS rows (guided rows count
+#: twice), plain decoding above: a small batch's step streams the weights whatever it computes, so a
+#: window is nearly free there, while a large batch's step is compute-bound (docs/benchmarks.md)
+AUTO_WINDOW = 8
+AUTO_MAX_ROWS = 16
+
+
+def _check_speculative(speculative, use_cache, rows: int = 1) -> int:
+    """The window of `speculative` for a step of `rows` rows (None or 1: plain decoding, 0 returned)."""
     if speculative is None:
         return 0
+    if speculative == "auto":
+        return AUTO_WINDOW if use_cache and rows <= AUTO_MAX_ROWS else 0
     if isinstance(speculative, bool) or not isinstance(speculative, int) or speculative < 1:
-        raise ValueError(f"speculative must be None or a window of at least 1 code, got {speculative!r}")
+        raise ValueError(f'speculative must be None, "auto" or a window of at least 1 code, got {speculative!r}')
     if speculative > 1 and not use_cache:
         raise ValueError("speculative decoding verifies drafts with the cached step: it needs use_cache=True")
     return speculative if speculative > 1 else 0
@@ -229,12 +244,13 @@ def generate_codes(model, text: torch.Tensor, sampling: SamplingConfig, *, img: 
     and the codes (b * num_images, I) (positions >= filled are not sampled yet; priming codes count
     as filled).  It sees the live buffer: copy what it keeps.  Absent, it costs nothing.
     speculative: a window of K > 1 drafts verified per forward (`generation.speculative`; None or 1:
-    one code per forward); draft_prior: how new drafts are guessed (`speculative.DRAFT_PRIORS`).
+    one code per forward; "auto": AUTO_WINDOW where the step's rows are at most AUTO_MAX_ROWS, else
+    plain); draft_prior: how new drafts are guessed (`speculative.DRAFT_PRIORS`).
     stats: a `DecodeStats` to fill (forward passes, codes, accepted drafts per position).
     """
     text = model.check_text(text)
     _check_options(compile, use_cache, kv_dtype, num_images)
-    window = _check_speculative(speculative, use_cache)
+    window = _check_speculative(speculative, use_cache, text.shape[0] * num_images * (2 if sampling.guided else 1))
     b, device = text.shape[0], text.device
     if b == 0:  # no caption, no image
         return torch.zeros(0, model.image_seq_len, dtype=torch.long, device=device)
@@ -297,10 +313,15 @@ def generate_codes(model, text: torch.Tensor, sampling: SamplingConfig, *, img: 
     cache, last = prefill_rows(model, plan, kv_dtype=kv_dtype, pack_weights=False if compile else pack_weights,
                                rewind=window)
     if window:
+        step = None
+        if compile:
+            compiled = compiled_step("window", weight.device)
+            step = lambda tokens, start, cache, length: compiled(model, tokens, start, cache, length)  # noqa: E731
         with bar:
             return speculative_codes(model, codes, start, last, cache, sampling, window=window, rows=rows,
                                      guided=guided, generator=generator, known=known, keep=keep,
-                                     prior=draft_prior, stats=stats, callback=callback, on_progress=bar.update)
+                                     prior=draft_prior, stats=stats, callback=callback, on_progress=bar.update,
+                                     step=step)
     mode = "prefix" if compile is True else compile
     if compile:
         if progress and mode not in compiled_modes():

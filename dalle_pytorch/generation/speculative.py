@@ -28,7 +28,7 @@ import torch
 
 from dalle_pytorch.generation.sampling import SamplingConfig, categorical, guided_logits, sampling_probs
 
-__all__ = ["DRAFT_PRIORS", "DecodeStats", "verify", "speculative_codes"]
+__all__ = ["DRAFT_PRIORS", "DecodeStats", "Window", "verify", "speculative_codes"]
 
 #: how a window position without a computed p is drafted: "left" copies the code to its left, "above"
 #: the code one row up (left where there is none), "uniform" draws uniformly (the paper's start)
@@ -92,150 +92,194 @@ def _one_hot(codes: torch.Tensor, v: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(codes, v).float()
 
 
+class Window:
+    """The speculative state of R rows: their codes, how many each has accepted, and K drafts after them.
+
+    One speculative step is `feed` (the tokens to run and their per-row starts, as code indices), the
+    model's cached step over them, then `accept` with the step's sampling distributions.  The decode
+    loop (`speculative_codes`) and the server's scheduler (one Window per group, its own generator)
+    both drive it.
+
+    codes: (R, I) long, filled up to `filled` (primed codes before it); v: image codes; fmap_size: F.
+    known, keep: masked completion's codes and mask (R, I), or None.
+    """
+
+    def __init__(self, codes: torch.Tensor, filled: int, *, window: int, v: int, fmap_size: int,
+                 generator: Optional[torch.Generator] = None, known: Optional[torch.Tensor] = None,
+                 keep: Optional[torch.Tensor] = None, prior: str = "left", stats: Optional[DecodeStats] = None):
+        if prior not in DRAFT_PRIORS:
+            raise ValueError(f"the draft prior must be one of {DRAFT_PRIORS}, got {prior!r}")
+        self.codes, self.rows, self.total = codes, codes.shape[0], codes.shape[1]
+        self.k, self.v, self.f_side, self.prior = window, v, fmap_size, prior
+        self.t = min(window, self.total - 1)  # tokens per step
+        self.generator, self.known, self.keep, self.stats = generator, known, keep, stats
+        device = self.device = codes.device
+        self.f = torch.full((self.rows,), filled, dtype=torch.long, device=device)
+        self.offsets = torch.arange(self.k, device=device)
+        self.arange_t = torch.arange(max(self.t, 1), device=device)
+        self.row_index = torch.arange(self.rows, device=device)
+        self.tokens = torch.zeros(self.rows, self.k, dtype=torch.long, device=device)  # the drafts of codes f .. f+K-1
+        self.q = torch.zeros(self.rows, self.k, v, device=device)  # the distributions they were drawn from
+        self._s = None
+        if stats is not None:
+            stats.verified_at, stats.accepted_at = [0] * self.total, [0] * self.total
+
+    @property
+    def done(self) -> bool:
+        return bool((self.f >= self.total).all())
+
+    @property
+    def filled(self) -> int:
+        """Codes every row has accepted."""
+        return int(self.f.min())
+
+    def first(self, p: torch.Tensor) -> None:
+        """Draw each row's next code from p (R, V) (the prefill's logits' distribution), as plain decoding,
+        and draft the window after it."""
+        f = int(self.f[0])
+        code = categorical(p, self.generator)
+        if self.keep is not None:
+            code = torch.where(self.keep[:, f], self.known[:, f], code)
+        self.codes[:, f] = code
+        self.f += 1
+        self._draft(torch.ones(self.rows, self.k, dtype=torch.bool, device=self.device))
+        self._force_kept()
+
+    def feed(self) -> tuple:
+        """(tokens (R, t), start (R,)): the last accepted code and the first t - 1 drafts of each row, from
+        the code index `start` (rows at the end start earlier, re-feeding accepted codes); the step's
+        output at token j is the distribution of code start + 1 + j."""
+        t, f = self.t, self.f
+        s = torch.minimum(f, torch.full_like(f, self.total - t))
+        index = s[:, None] - 1 + self.arange_t[:t]
+        from_window = self.tokens.gather(1, (index - f[:, None]).clamp(0, self.k - 1))
+        self._s = s
+        return torch.where(index < f[:, None], self.codes.gather(1, index), from_window), s - 1
+
+    def accept(self, p: torch.Tensor) -> int:
+        """Verify the drafts with p (R, t, V), the step's sampling distributions at the fed tokens, and draft
+        the next window.  Returns the codes newly accepted by every row (the increase of `filled`)."""
+        t, f, s, rows = self.t, self.f, self._s, self.rows
+        before = self.filled
+        arange_t, row_index = self.arange_t[:t], self.row_index
+        o = f - s  # window slot 0 (code f) is at p index o
+        valid = (o[:, None] + arange_t) < t
+        p_win = p[row_index[:, None], (o[:, None] + arange_t).clamp(max=t - 1)]  # (R, t, V)
+        forced, _ = self._kept(f[:, None] + arange_t)
+        n, resampled = verify(p_win, self.tokens[:, :t], self.q[:, :t], valid, forced, self.generator)
+        room = valid.long().sum(dim=1)
+        take = (arange_t[None, :] < n[:, None]) & valid
+        target = f[:, None] + arange_t
+        self.codes[row_index[:, None].expand(rows, t)[take], target[take]] = self.tokens[:, :t][take]
+        rejected = (n < room) & (f + n < self.total)
+        at = (f + n).clamp(max=self.total - 1)
+        self.codes[row_index, at] = torch.where(rejected, resampled, self.codes[row_index, at])
+        if self.stats is not None:
+            self.stats.forward_passes += 1
+            self.stats.accepted_drafts += int(n.sum())
+            for c in target[valid & (arange_t[None, :] <= n[:, None])].tolist():
+                self.stats.verified_at[c] += 1
+            for c in target[take].tolist():
+                self.stats.accepted_at[c] += 1
+        self.f = f = f + n + rejected.long()
+        # the next window: slot j is code f + j; codes this step computed p for are re-drawn from it
+        slot = f[:, None] + self.offsets - s[:, None]
+        has_p = (slot < t) & (f[:, None] + self.offsets < self.total)
+        p_next = p[row_index[:, None], slot.clamp(0, t - 1)]  # (R, K, V)
+        self.tokens = torch.where(has_p, categorical(p_next, self.generator), torch.zeros_like(self.tokens))
+        self.q = torch.where(has_p[..., None], p_next, torch.zeros_like(self.q))
+        self._draft(~has_p)
+        self._force_kept()
+        return self.filled - before
+
+    # -- drafts ---------------------------------------------------------------------------------------
+
+    def _kept(self, index):  # (R, k) code indices -> (R, k) bool, known (R, k)
+        if self.keep is None:
+            return None, None
+        safe = index.clamp(max=self.total - 1)
+        return self.keep.gather(1, safe) & (index < self.total), self.known.gather(1, safe)
+
+    def _force_kept(self) -> None:
+        forced, known = self._kept(self.f[:, None] + self.offsets)
+        if forced is not None:
+            self.tokens = torch.where(forced, known, self.tokens)
+            self.q = torch.where(forced[..., None], _one_hot(known, self.v), self.q)
+
+    def _draft(self, fresh: torch.Tensor) -> None:
+        """Draft the window slots `fresh` (R, K) bool from the prior, left to right."""
+        rows, k, v, total, f = self.rows, self.k, self.v, self.total, self.f
+        for j in range(k):
+            need = fresh[:, j]
+            if not bool(need.any()):
+                continue
+            c = f + j  # the code index of slot j
+            if self.prior == "uniform":
+                gen = self.generator
+                draw = torch.randint(0, v, (rows,), generator=gen,
+                                     device=gen.device if gen is not None else self.device).to(self.device)
+                q = torch.full((rows, v), 1.0 / v, device=self.device)
+            else:
+                left = self.codes.gather(1, (c - 1).clamp(0, total - 1)[:, None])[:, 0] if j == 0 else self.tokens[:, j - 1]
+                draw = left
+                if self.prior == "above":
+                    up = c - self.f_side
+                    from_codes = self.codes.gather(1, up.clamp(0, total - 1)[:, None])[:, 0]
+                    from_window = self.tokens.gather(1, (up - f).clamp(0, k - 1)[:, None])[:, 0]
+                    draw = torch.where(up >= 0, torch.where(up < f, from_codes, from_window), left)
+                q = _one_hot(draw, v)
+            self.tokens[:, j] = torch.where(need, draw, self.tokens[:, j])
+            self.q[:, j] = torch.where(need[:, None], q, self.q[:, j])
+
+
+def sampling_distribution(model, sampling: SamplingConfig, rows: int, guided: bool) -> Callable:
+    """logits (R or 2R, ..., V) -> the final sampling distribution (R, ..., V): guidance combined,
+    top-k, top-p and temperature applied (`sampling.sampling_probs`)."""
+    def probs(logits):
+        if guided:
+            logits = guided_logits(logits, rows, sampling.cond_scale)
+        return sampling_probs(logits, sampling, vocab_size=model.total_tokens)
+    return probs
+
+
 @torch.inference_mode()
 def speculative_codes(model, codes: torch.Tensor, filled: int, last: torch.Tensor, cache, sampling: SamplingConfig,
                       *, window: int, rows: int, guided: bool, generator: Optional[torch.Generator],
                       known: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None,
                       prior: str = "left", stats: Optional[DecodeStats] = None,
                       callback: Optional[Callable[[int, torch.Tensor], None]] = None,
-                      on_progress: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+                      on_progress: Optional[Callable[[int], None]] = None,
+                      step: Optional[Callable] = None) -> torch.Tensor:
     """Fill `codes` (R, I) from position `filled` (codes before it are given: primed) by speculative
     steps of `window` drafts; `last` (R or 2R, V) are the image logits of position `filled` (the
     prefill's); `cache` holds every row's prefix (allocated with rewind >= window).
 
     known, keep: masked completion's codes and mask (R, I).  callback(filled, codes): after each step,
     `filled` the codes every row has accepted (codes past it may already be accepted in some rows,
-    never drafts).  on_progress(n): codes newly filled in every row.  Returns `codes`.
+    never drafts).  on_progress(n): codes newly filled in every row.  step(tokens, start, cache, length):
+    the verify step (default the model's eager `step`; `decode.compiled_step("window", ...)` compiled).
+    Returns `codes`.
     """
-    if prior not in DRAFT_PRIORS:
-        raise ValueError(f"the draft prior must be one of {DRAFT_PRIORS}, got {prior!r}")
-    total = codes.shape[1]
-    device = codes.device
-    f_side = model.fmap_size
-    v = model.num_image_tokens
-
-    def probs(logits):  # (R or 2R, ..., V) -> (R, ..., V): the final sampling distribution
-        if guided:
-            logits = guided_logits(logits, rows, sampling.cond_scale)
-        return sampling_probs(logits, sampling, vocab_size=model.total_tokens)
-
-    def kept(index):  # (R, k) code indices -> (R, k) bool, known (R, k)
-        if keep is None:
-            return None, None
-        safe = index.clamp(max=total - 1)
-        return keep.gather(1, safe) & (index < total), known.gather(1, safe)
-
-    # the first code from the prefill's logits, as plain decoding draws it
-    p0 = probs(last)
-    first = categorical(p0, generator)
-    if keep is not None:
-        first = torch.where(keep[:, filled], known[:, filled], first)
-    codes[:, filled] = first
-    f = torch.full((rows,), filled + 1, dtype=torch.long, device=device)
-    if stats is not None:
-        stats.verified_at = [0] * total
-        stats.accepted_at = [0] * total
+    probs = sampling_distribution(model, sampling, rows, guided)
+    win = Window(codes, filled, window=window, v=model.num_image_tokens, fmap_size=model.fmap_size,
+                 generator=generator, known=known, keep=keep, prior=prior, stats=stats)
+    win.first(probs(last))
     if callback is not None:
-        callback(filled + 1, codes)
+        callback(win.filled, codes)
     if on_progress is not None:
         on_progress(1)
-    t = min(window, total - 1)
-    if filled + 1 >= total or t < 1:
+    if win.t < 1:
         return codes
-    k = window
-    offsets = torch.arange(k, device=device)
-    row_index = torch.arange(rows, device=device)
-
-    def prior_drafts(win_tok, win_q, fresh, f_now):
-        """Draft the window slots `fresh` (R, K) bool from the prior, left to right."""
-        for j in range(k):
-            need = fresh[:, j]
-            if not bool(need.any()):
-                continue
-            c = f_now + j  # the code index of slot j
-            if prior == "uniform":
-                draw = torch.randint(0, v, (rows,), generator=generator,
-                                     device=generator.device if generator is not None else device).to(device)
-                q = torch.full((rows, v), 1.0 / v, device=device)
-            else:
-                left = codes.gather(1, (c - 1).clamp(0, total - 1)[:, None])[:, 0] if j == 0 else win_tok[:, j - 1]
-                if prior == "above":
-                    up = c - f_side
-                    from_codes = codes.gather(1, up.clamp(0, total - 1)[:, None])[:, 0]
-                    from_window = win_tok.gather(1, (up - f_now).clamp(0, k - 1)[:, None])[:, 0]
-                    above = torch.where(up < f_now, from_codes, from_window)
-                    draw = torch.where(up >= 0, above, left)
-                else:
-                    draw = left
-                q = _one_hot(draw, v)
-            win_tok[:, j] = torch.where(need, draw, win_tok[:, j])
-            win_q[:, j] = torch.where(need[:, None], q, win_q[:, j])
-        return win_tok, win_q
-
-    def force_kept(win_tok, win_q, f_now):
-        forced, known_w = kept(f_now[:, None] + offsets)
-        if forced is None:
-            return win_tok, win_q
-        win_tok = torch.where(forced, known_w, win_tok)
-        win_q = torch.where(forced[..., None], _one_hot(known_w, v), win_q)
-        return win_tok, win_q
-
-    win_tok = torch.zeros(rows, k, dtype=torch.long, device=device)
-    win_q = torch.zeros(rows, k, v, device=device)
-    win_tok, win_q = prior_drafts(win_tok, win_q, torch.ones(rows, k, dtype=torch.bool, device=device), f)
-    win_tok, win_q = force_kept(win_tok, win_q, f)
-    arange_t = torch.arange(t, device=device)
-    done_before = filled + 1
-    while bool((f < total).any()):
-        s = torch.minimum(f, torch.full_like(f, total - t))  # window start (code index); rows at the end shift left
-        index = s[:, None] - 1 + arange_t  # (R, t) the code index of each fed token
-        from_window = win_tok.gather(1, (index - f[:, None]).clamp(0, k - 1))
-        tokens = torch.where(index < f[:, None], codes.gather(1, index), from_window)
-        start = s - 1 + model.text_len
+    while not win.done:
+        tokens, start = win.feed()
+        start = start + model.text_len
         if guided:
             tokens, start = torch.cat((tokens, tokens)), torch.cat((start, start))
-        logits = model.step(tokens, start, cache, length=int(start.max()) + t)
-        p = probs(logits)  # (R, t, V): codes s .. s + t - 1
-        o = f - s  # window slot 0 is code f, at p index o
-        p_index = (o[:, None] + arange_t).clamp(max=t - 1)
-        valid = (o[:, None] + arange_t) < t
-        p_win = p[row_index[:, None], p_index]  # (R, t, V)
-        forced, _ = kept(f[:, None] + arange_t)
-        n, resampled = verify(p_win, win_tok[:, :t], win_q[:, :t], valid, forced, generator)
-        # accepted drafts, then the resampled code where a valid position rejected its draft
-        room = valid.long().sum(dim=1)  # positions verified this step
-        take = (arange_t[None, :] < n[:, None]) & valid
-        target = f[:, None] + arange_t
-        codes[row_index[:, None].expand(rows, t)[take], target[take]] = win_tok[:, :t][take]
-        rejected = (n < room) & (f + n < total)
-        at = (f + n).clamp(max=total - 1)
-        codes[row_index, at] = torch.where(rejected, resampled, codes[row_index, at])
-        advance = n + rejected.long()
-        if stats is not None:
-            stats.forward_passes += 1
-            stats.accepted_drafts += int(n.sum())
-            pos = (f[:, None] + arange_t)[valid & (arange_t[None, :] <= n[:, None])]
-            acc = (f[:, None] + arange_t)[take]
-            for c in pos.tolist():
-                stats.verified_at[c] += 1
-            for c in acc.tolist():
-                stats.accepted_at[c] += 1
-        f_new = f + advance
-        # the next window: slot j is code f_new + j; codes this step computed p for are re-drawn from it
-        c_new = f_new[:, None] + offsets  # (R, K)
-        p_slot = c_new - s[:, None]
-        has_p = (p_slot < t) & (c_new < total)
-        draws = categorical(p[row_index[:, None], p_slot.clamp(0, t - 1)], generator)  # (R, K)
-        new_tok = torch.where(has_p, draws, torch.zeros_like(draws))
-        new_q = torch.where(has_p[..., None], p[row_index[:, None], p_slot.clamp(0, t - 1)],
-                            torch.zeros(rows, k, v, device=device))
-        f = f_new
-        new_tok, new_q = prior_drafts(new_tok, new_q, ~has_p, f)
-        win_tok, win_q = force_kept(new_tok, new_q, f)
-        done = int(f.min())
+        length = int(start.max()) + win.t
+        logits = model.step(tokens, start, cache, length=length) if step is None else step(tokens, start, cache, length)
+        gained = win.accept(probs(logits))
         if callback is not None:
-            callback(done, codes)
-        if on_progress is not None and done > done_before:
-            on_progress(done - done_before)
-            done_before = done
+            callback(win.filled, codes)
+        if on_progress is not None and gained:
+            on_progress(gained)
     return codes

@@ -252,6 +252,8 @@ def save_outputs(folder: Path, generated, *, seed: int, run_info: dict, record_e
         "torch_version": torch.__version__,
         "elapsed_seconds": round(elapsed, 4),
         "images_per_second": round(n / elapsed, 4) if elapsed > 0 else None,
+        # the cached forward passes after each batch's prefill (plain decoding: one per code but the first)
+        "forward_passes": list(generated.forward_passes),
     }
     if generated.scores is not None:
         record["clip_scores"] = generated.scores

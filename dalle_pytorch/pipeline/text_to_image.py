@@ -35,6 +35,7 @@ from dalle_pytorch.errors import CheckpointError, GenerationError, setting
 from dalle_pytorch.formats.files import PathLike
 from dalle_pytorch.formats.images import tensor_to_pil
 from dalle_pytorch.generation.sampling import SamplingConfig
+from dalle_pytorch.generation.speculative import DecodeStats
 from dalle_pytorch.models.dalle import DALLE
 from dalle_pytorch.models.rerank import Reranker, as_reranker
 from dalle_pytorch.text.base import CaptionTooLongError
@@ -135,12 +136,16 @@ def batch_seeds(seed: int, num_images: int, batch_size: int) -> list[tuple[int, 
 
 
 def generation_settings(sampling: SamplingConfig, negative_prompt: Optional[str], batch_size: int,
-                        num_init_img_tokens: Optional[int] = None) -> dict:
+                        num_init_img_tokens: Optional[int] = None, speculative: Optional[int] = None) -> dict:
     """The settings that determine a caption's images (with its seed), as recorded in PNG text chunks
-    and generation.json, and returned by the server."""
+    and generation.json, and returned by the server (`speculative` only where a window K > 1 is used:
+    it draws other samples of the same distribution)."""
     # "null_text": the negative prompt's key in generation.json and PNG chunks (kept: files written by earlier releases)
-    return {**sampling.to_dict(), "null_text": negative_prompt, "num_init_img_tokens": num_init_img_tokens,
-            "batch_size": batch_size}
+    settings = {**sampling.to_dict(), "null_text": negative_prompt, "num_init_img_tokens": num_init_img_tokens,
+                "batch_size": batch_size}
+    if speculative is not None and speculative != 1:
+        settings["speculative"] = speculative
+    return settings
 
 
 def fresh_seed() -> int:
@@ -210,6 +215,7 @@ class GeneratedImages:
     elapsed: float  # seconds of sampling (and decoding)
     scores: Optional[list[float]] = None  # CLIP scores, with a CLIP (see `Pipeline.clip`)
     order: list[int] = field(default_factory=list)  # index of each image before reranking
+    forward_passes: list[int] = field(default_factory=list)  # the cached forward passes of each batch (after its prefill)
 
     def pil_images(self) -> list[Image.Image]:
         return [tensor_to_pil(im) for im in self.images]
@@ -337,7 +343,7 @@ class Pipeline:
                  sampling: SamplingConfig = SamplingConfig(filter_thres=0.9), negative_prompt: Optional[str] = None,
                  img: Optional[torch.Tensor] = None, num_init_img_tokens: Optional[int] = None,
                  mask: Optional[torch.Tensor] = None, use_cache: bool = True, compile: bool | str = False,
-                 pack_weights: Optional[bool] = None,
+                 pack_weights: Optional[bool] = None, speculative: Optional[int] = None,
                  progress: bool = False, on_batch: Optional[Callable[[int], None]] = None,
                  callback: Optional[Callable[[Step], None]] = None, callback_steps: int = 1) -> GeneratedImages:
         """Sample `num_images` images for `caption`.
@@ -347,9 +353,12 @@ class Pipeline:
         img: (1, c, H, W) pixels in [0, 1] whose first `num_init_img_tokens` codes prime every image,
         or, with `mask` (H, W) (1 keeps, 0 generates), whose kept codes are fixed (masked completion).
         `use_cache`, `compile` and `pack_weights` (False: no packed copies of the weights, see
-        `DALLE.generate_images`) change the speed and memory, never the images.  on_batch(n) is called after
-        each batch of n images.  callback(Step) is called every `callback_steps` sampled codes of a
-        batch and after its last one; it changes nothing that is sampled.
+        `DALLE.generate_images`) change the speed and memory, never the images.  speculative: K > 1
+        verifies K drafts per forward (speculative Jacobi decoding: the same distribution, other samples,
+        so it is recorded in the settings).  on_batch(n) is called after each batch of n images.
+        callback(Step) is called every `callback_steps` sampled codes of a batch (at the first step
+        that reaches each multiple: speculative steps fill several) and after its last one; it changes
+        nothing that is sampled.
         """
         if int(callback_steps) != callback_steps or callback_steps < 1:
             raise GenerationError(f"callback_steps must be a positive integer, got {callback_steps}")
@@ -357,12 +366,13 @@ class Pipeline:
         null = self.tokenize([negative_prompt]) if negative_prompt is not None else None
         prime = img.to(device=self.device, dtype=self.dtype) if img is not None else None
         settings = generation_settings(sampling, negative_prompt, batch_size,
-                                       num_init_img_tokens if img is not None else None)
-        images, seeds, scores = [], [], []
+                                       num_init_img_tokens if img is not None else None, speculative)
+        images, seeds, scores, passes = [], [], [], []
         start = time.perf_counter()
         for k, (batch_seed, n) in enumerate(batch_seeds(seed, num_images, batch_size)):
             generator = torch.Generator().manual_seed(batch_seed)
             hook = None if callback is None else self._step_hook(callback, callback_steps, caption, k, batch_seed)
+            stats = DecodeStats()
             try:
                 out = self.model.generate_images(
                     text, filter_thres=sampling.filter_thres, filter_scope=sampling.filter_scope,
@@ -370,6 +380,7 @@ class Pipeline:
                     temperature=sampling.temperature, img=prime, num_init_img_tokens=num_init_img_tokens,
                     mask=mask, cond_scale=sampling.cond_scale, null_text=null, use_cache=use_cache, num_images=n,
                     generator=generator, progress=progress, compile=compile, pack_weights=pack_weights, callback=hook,
+                    speculative=speculative, stats=stats,
                 )
             except ValueError as e:  # bad settings for this model (e.g. num_init_img_tokens too large)
                 raise GenerationError(str(e)) from None
@@ -378,6 +389,7 @@ class Pipeline:
                 scores.extend(float(s) for s in batch_scores)
             images.append(out.float().cpu())
             seeds.extend([batch_seed] * n)
+            passes.append(stats.forward_passes)
             if on_batch is not None:
                 on_batch(n)
         if self.device.type == "cuda":
@@ -389,15 +401,17 @@ class Pipeline:
             order = sorted(order, key=lambda i: -scores[i])  # best CLIP score first
             pixels, seeds, scores = pixels[order], [seeds[i] for i in order], [scores[i] for i in order]
         return GeneratedImages(caption=caption, images=pixels, seeds=seeds, settings=settings, elapsed=elapsed,
-                               scores=scores or None, order=order)
+                               scores=scores or None, order=order, forward_passes=passes)
 
     def _step_hook(self, callback: Callable[[Step], None], every: int, caption: str, batch: int,
                    seed: int) -> Callable[[int, torch.Tensor], None]:
         """generate_codes' callback(filled, codes) -> callback(Step) every `every` codes and at the last."""
         total, vae = self.model.image_seq_len, self.model.vae
+        shown = [0]  # the last multiple of `every` reported
 
         def hook(filled: int, codes: torch.Tensor) -> None:
-            if filled % every == 0 or filled == total:
+            if filled // every > shown[0] or filled == total:
+                shown[0] = filled // every
                 callback(Step(caption, batch, seed, filled, total, codes, vae))
 
         return hook

@@ -106,6 +106,8 @@ def _reproduce(body: ImagesRequest, result: ImageResult, dalle_path: str) -> str
         args += ["--cond_scale", str(s["cond_scale"])]
     if s["null_text"] is not None:
         args += ["--negative_prompt", s["null_text"]]
+    if s.get("speculative"):
+        args += ["--speculative", str(s["speculative"])]
     return shlex.join(args)
 
 
@@ -115,20 +117,21 @@ def _reproduce(body: ImagesRequest, result: ImageResult, dalle_path: str) -> str
 def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int = 64, max_queue: int = 64,
                max_images: int = 16, timeout: float = 300.0, preview_every: int = 8, prefix_cache_entries: int = 64,
                shutdown_grace: float = 30.0, dalle_path: str = "demo",
-               checkpoint_sha256: Optional[str] = None) -> FastAPI:
+               checkpoint_sha256: Optional[str] = None, speculative: Optional[int] = None) -> FastAPI:
     """The FastAPI app.  `pipe` is a Pipeline or a function that loads one (called once, at startup).
 
     max_rows: the running batch's capacity in rows (a guided image takes two); max_queue: requests
     waiting before 429; max_images: the largest n; timeout: seconds per request; preview_every:
     codes between previews on the stream; shutdown_grace: seconds in-flight work may take at shutdown.
     dalle_path and checkpoint_sha256 go into the PNG settings and the reproduce command line.
+    speculative: every row decodes with speculative windows of K drafts (`Scheduler`).
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         loaded = pipe if isinstance(pipe, Pipeline) else await run_in_threadpool(pipe)
         scheduler = Scheduler(loaded, max_rows=max_rows, max_queue=max_queue, max_images=max_images, timeout=timeout,
-                              prefix_cache_entries=prefix_cache_entries).start()
+                              prefix_cache_entries=prefix_cache_entries, speculative=speculative).start()
         app.state.scheduler, app.state.pipe, app.state.started = scheduler, loaded, time.time()
         try:
             yield

@@ -105,11 +105,12 @@ class Sequence:
 class RunningBatch:
     """Up to `capacity` rows of one preallocated cache, each sequence at its own position."""
 
-    def __init__(self, model: DALLE, capacity: int):
+    def __init__(self, model: DALLE, capacity: int, rewind: int = 0):
+        """rewind: how far a step may start before the end of the last one (speculative windows: K)."""
         if capacity < 1:
             raise ValueError(f"the running batch needs a capacity of at least 1 row, got {capacity}")
         self.model, self.capacity = model, capacity
-        self.cache = model.setup_cache(capacity)
+        self.cache = model.setup_cache(capacity, rewind=rewind)
         self.sequences: list[Sequence] = []
         device = self.cache.kv[0].k.device
         self._positions = torch.arange(model.total_seq_len + 1, device=device)  # 0-d position tensors, as generate_codes
@@ -178,4 +179,22 @@ class RunningBatch:
         for s in self.sequences:
             out.append(logits[s.row0 : s.row0 + s.rows])
             s.next_pos += 1
+        return out
+
+    @torch.inference_mode()
+    def step_window(self, tokens: list[torch.Tensor], starts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Feed t tokens per row at per-row starts: tokens[i] (rows of sequence i, t) image codes from the
+        positions starts[i] (rows,), in `sequences` order (speculative windows).  Returns each sequence's
+        logits (its rows, t, V); a sequence's `next_pos` becomes the end of its furthest window."""
+        if len(tokens) != len(self.sequences) or len(starts) != len(self.sequences):
+            raise ValueError(f"{len(tokens)} token tensors for {len(self.sequences)} sequences")
+        t = tokens[0].shape[1]
+        token = torch.cat(tokens) if len(tokens) > 1 else tokens[0]
+        start = torch.cat(starts) if len(starts) > 1 else starts[0]
+        logits = self.model.step(token, start, self.cache.narrow_rows(0, self.rows), length=int(start.max()) + t)
+        self.row_steps += 1
+        out = []
+        for s, first in zip(self.sequences, starts):
+            out.append(logits[s.row0 : s.row0 + s.rows])
+            s.next_pos = max(s.next_pos, int(first.max()) + t)
         return out

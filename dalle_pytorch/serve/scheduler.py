@@ -30,8 +30,7 @@ import math
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import count
 from typing import Callable, Optional
 
@@ -39,63 +38,15 @@ import torch
 
 from dalle_pytorch.errors import GenerationError
 from dalle_pytorch.generation.sampling import SamplingConfig, next_codes
+from dalle_pytorch.generation.speculative import Window, sampling_distribution
 from dalle_pytorch.pipeline.text_to_image import Pipeline, batch_seeds, fresh_seed, generation_settings, preview_images
 from dalle_pytorch.serve.batch import PrefixCache, RunningBatch, Sequence, prefill
+from dalle_pytorch.serve.requests import (Event, ImageRequest, ImageResult, QueueFull, RequestFailed, ShuttingDown,
+                                          Ticket)
 
 __all__ = ["Event", "ImageRequest", "ImageResult", "QueueFull", "RequestFailed", "Scheduler", "ShuttingDown", "Ticket"]
 
 log = logging.getLogger("dalle_pytorch.serve")
-
-class QueueFull(Exception):
-    """The waiting queue is full; try again after `retry_after` seconds."""
-
-    def __init__(self, message: str, retry_after: int):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class ShuttingDown(Exception):
-    """The scheduler no longer accepts requests."""
-
-
-class RequestFailed(Exception):
-    """An accepted request ended without images: timed out, cancelled, or failed.  `kind` says which."""
-
-    def __init__(self, message: str, kind: str = "failed"):
-        super().__init__(message)
-        self.kind = kind
-
-
-@dataclass(frozen=True)
-class ImageRequest:
-    """One caption's images; validated by `Scheduler.submit` with the CLI's one-line reasons."""
-
-    prompt: str
-    n: int = 4  # images
-    seed: Optional[int] = None  # group k uses seed + k; None: a fresh seed (returned)
-    sampling: SamplingConfig = SamplingConfig(filter_thres=0.9)
-    negative_prompt: Optional[str] = None  # the null caption of guidance (needs cond_scale != 1)
-    batch_size: int = 4  # images per generator, as generate.py's --batch_size
-    preview_every: int = 0  # codes between preview events of a group (0: no previews)
-    timeout: Optional[float] = None  # seconds from submission (None: the scheduler's default)
-
-
-@dataclass
-class Event:
-    """What a request's `on_event` receives: queued (position), started, progress (done, total),
-    preview (group, first_image, filled, total, images (m, c, H, W)), done (result), error (message, kind)."""
-
-    kind: str
-    data: dict
-
-
-@dataclass
-class ImageResult:
-    images: torch.Tensor  # (n, c, H, W) float32 on CPU, in [0, 1]
-    seeds: list[int]  # each image's group seed
-    settings: dict  # generation_settings + seed
-    timings: dict  # queued_s, run_s, total_s
-
 
 @dataclass(eq=False)
 class _Group:
@@ -108,39 +59,10 @@ class _Group:
     generator: torch.Generator
     codes: torch.Tensor  # (m, I)
     filled: int = 0
-    last: Optional[torch.Tensor] = None  # (rows, V) logits of the next code
+    last: Optional[torch.Tensor] = None  # (rows, V) logits of the next code ((rows, K, V) of a speculative window)
     seq: Optional[Sequence] = None
+    window: Optional[Window] = None  # the speculative state (--speculative K)
     images: Optional[torch.Tensor] = None  # (m, c, H, W) once finished
-
-
-@dataclass(eq=False)
-class Ticket:
-    """A submitted request: its future, its events, its state (owned by the loop thread)."""
-
-    id: int
-    request: ImageRequest
-    seed: int
-    text: torch.Tensor  # (u, T): the caption, then the null caption when guided
-    settings: dict
-    on_event: Optional[Callable[[Event], None]]
-    deadline: float
-    submitted: float = field(default_factory=time.perf_counter)
-    future: Future = field(default_factory=Future)
-    groups: list = field(default_factory=list)
-    pending: deque = field(default_factory=deque)  # groups not admitted yet
-    started: Optional[float] = None
-    closed: bool = False
-    position: Optional[int] = None  # last queue position sent
-    percent: int = -1  # last progress percent sent
-    cancel_reason: Optional[str] = None  # set by another thread; acted on by the loop
-
-    @property
-    def guided(self) -> bool:
-        return self.request.sampling.guided
-
-    def result(self, timeout: Optional[float] = None) -> ImageResult:
-        """Wait for the images; raises RequestFailed if the request ended without them."""
-        return self.future.result(timeout)
 
 
 class Scheduler:
@@ -153,12 +75,18 @@ class Scheduler:
     """
 
     def __init__(self, pipe: Pipeline, *, max_rows: int = 64, max_queue: int = 64, max_images: int = 16,
-                 timeout: float = 300.0, prefix_cache_entries: int = 64, prefix_cache_mb: float = 256.0):
+                 timeout: float = 300.0, prefix_cache_entries: int = 64, prefix_cache_mb: float = 256.0,
+                 speculative: Optional[int] = None):
         if max_queue < 1 or max_images < 1:
             raise ValueError("max_queue and max_images must be >= 1")
+        if speculative is not None and (isinstance(speculative, bool) or not isinstance(speculative, int)
+                                        or speculative < 1):
+            raise ValueError(f"speculative must be None or a window of at least 1 code, got {speculative!r}")
         self.pipe, self.model = pipe, pipe.model
         self.max_rows, self.max_queue, self.max_images, self.timeout = max_rows, max_queue, max_images, timeout
-        self.batch = RunningBatch(self.model, max_rows)
+        #: the speculative window of every row (0: one code per step)
+        self.window = speculative if speculative is not None and speculative > 1 else 0
+        self.batch = RunningBatch(self.model, max_rows, rewind=self.window)
         self.prefixes = PrefixCache(prefix_cache_entries, int(prefix_cache_mb * 2**20))
         self._running: list[_Group] = []  # in the batch's sequence order (loop thread only)
         self._waiting: deque[Ticket] = deque()  # requests with groups not admitted yet
@@ -208,7 +136,8 @@ class Scheduler:
         from the loop thread with every `Event` of the request; it must be quick and not block."""
         text = self.validate(request)
         seed = fresh_seed() if request.seed is None else request.seed
-        settings = dict(generation_settings(request.sampling, request.negative_prompt, request.batch_size), seed=seed)
+        settings = dict(generation_settings(request.sampling, request.negative_prompt, request.batch_size,
+                                            speculative=self.window or None), seed=seed)
         timeout = request.timeout if request.timeout is not None else self.timeout
         ticket = Ticket(next(self._ids), request, seed, text, settings, on_event, deadline=0.0)
         ticket.deadline = ticket.submitted + timeout
@@ -326,8 +255,8 @@ class Scheduler:
         self._finish()
         if self._running:
             try:
-                tokens = [torch.cat((g.codes[:, g.filled - 1],) * (2 if g.ticket.guided else 1)) for g in self._running]
-                logits = self.batch.step(tokens)
+                logits = self._step_window() if self.window else self.batch.step(
+                    [torch.cat((g.codes[:, g.filled - 1],) * (2 if g.ticket.guided else 1)) for g in self._running])
             except Exception as e:  # shared by every row: fail the requests in the batch, keep the loop
                 log.exception("decode step failed")
                 self._fail_running(f"the decode step failed: {e}")
@@ -336,6 +265,36 @@ class Scheduler:
                 g.last = out
         self.stats["steps"] += 1
         return True
+
+    def _step_window(self) -> list[torch.Tensor]:
+        """One speculative step for every running group: each feeds its window at its rows' own starts."""
+        tokens, starts = [], []
+        for g in self._running:
+            fed, first = g.window.feed()
+            first = first + self.model.text_len
+            copies = 2 if g.ticket.guided else 1
+            tokens.append(torch.cat((fed,) * copies))
+            starts.append(torch.cat((first,) * copies))
+        return self.batch.step_window(tokens, starts)
+
+    def _draw(self, g: _Group) -> None:
+        """The group's next codes from its last logits: one code per row, or a speculative window's accepted
+        codes (its own generator and stream of random numbers, whatever else runs)."""
+        t = g.ticket
+        if not self.window:
+            # the decode loop's own draw: guidance combined, the top-k fraction over the whole vocabulary
+            g.codes[:, g.filled] = next_codes(g.last, t.request.sampling, g.generator, rows=g.m,
+                                              vocab_size=self.model.total_tokens)
+            g.filled += 1
+            return
+        probs = sampling_distribution(self.model, t.request.sampling, g.m, t.guided)
+        if g.window is None:
+            g.window = Window(g.codes, 0, window=self.window, v=self.model.num_image_tokens,
+                              fmap_size=self.model.fmap_size, generator=g.generator)
+            g.window.first(probs(g.last))
+        else:
+            g.window.accept(probs(g.last))
+        g.filled = g.window.filled
 
     def _reap(self) -> None:
         now = time.perf_counter()
@@ -393,17 +352,17 @@ class Scheduler:
 
     def _sample(self) -> None:
         total = self.model.image_seq_len
+        sampled = 0
         for g in list(self._running):
             t = g.ticket
             if t.closed:
                 continue
             try:
-                # the decode loop's own draw: guidance combined, the top-k fraction over the whole vocabulary
-                g.codes[:, g.filled] = next_codes(g.last, t.request.sampling, g.generator, rows=g.m,
-                                                  vocab_size=self.model.total_tokens)
-                g.filled += 1
+                before = g.filled
+                self._draw(g)
+                sampled += (g.filled - before) * g.m
                 every = t.request.preview_every
-                if every and g.filled % every == 0 and g.filled < total:
+                if every and g.filled // every > before // every and g.filled < total:
                     self._emit(t, "preview", group=g.index, first_image=g.index * t.request.batch_size,
                                filled=g.filled, total=total, images=preview_images(self.model.vae, g.codes, g.filled))
                 done = sum(x.filled for x in t.groups)
@@ -414,7 +373,7 @@ class Scheduler:
             except Exception as e:
                 log.exception("sampling request %d failed", t.id)
                 self._fail(t, f"sampling failed: {e}")
-        self._rate.append((time.perf_counter(), sum(g.m for g in self._running if not g.ticket.closed)))
+        self._rate.append((time.perf_counter(), sampled))
         while len(self._rate) > 4096:
             self._rate.popleft()
 
