@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dalle_pytorch.checkpoint.pretrained import add_vae_flags, vae_flags, vae_from_flags
+from dalle_pytorch.cli.messages import flag_errors
 from dalle_pytorch.distributed import DistEnv, init_distributed
 from dalle_pytorch.errors import CheckpointError, GenerationError, TrainingError
 from dalle_pytorch.generation.sampling import FILTER_SCOPES, SamplingConfig
@@ -197,7 +198,7 @@ def main(args: argparse.Namespace) -> list:
         try:
             env = init_distributed(args.device)
         except TrainingError as e:  # e.g. --device cuda without a GPU
-            raise GenerationError(str(e)) from None
+            raise GenerationError(e.template) from None
     try:
         return _run(args, captions, sampling, env)
     finally:
@@ -331,7 +332,8 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
 def cli(argv=None) -> int:
     args = parse_args(argv)
     try:
-        main(args)
+        with flag_errors():
+            main(args)
     except (GenerationError, CheckpointError, OSError, ImportError) as e:  # OSError: files, folders, a full disk
         print(f"generate.py: error: {e}", file=sys.stderr)
         return 2

@@ -137,7 +137,7 @@ def _mix_seed(*values: int) -> int:
 # --------------------------------------------------------------------------- bad samples
 
 
-class DatasetError(RuntimeError):
+class DatasetError(TrainingError):
     """A dataset that cannot go on: too many bad samples, or none loadable (the message names examples)."""
 
 
@@ -184,7 +184,7 @@ class BadSamples:
                 f"{self.owner}: {self.num_skipped} of {self.size} {self.noun} in {self.folder} "
                 f"({self.num_skipped / self.size:.2%}) could not be loaded, more than "
                 f"max_bad_fraction={self.max_bad_fraction} allows ({allowed}); examples: "
-                f"{'; '.join(self.reasons[:3])}. Fix or remove these files, or raise --max_bad_fraction "
+                f"{'; '.join(self.reasons[:3])}. Fix or remove these files, or raise `max_bad_fraction` "
                 "(counts are per DataLoader worker)."
             ) from error
 
