@@ -70,6 +70,13 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, images):
     assert result.returncode == 1 and "no images" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_closing_line_counts_agree_in_number(tmp_path, images, capsys):
+    vae(images, tmp_path / "run", "--epochs", "1", "--batch_size", "8")  # 8 images: one step is the epoch
+    said = capsys.readouterr().out
+    assert "done: 1 step, 1 epoch completed, final loss" in said
+    assert "0 non-finite steps skipped, 0 bad samples skipped" in said and "8 images in" in said
+
+
 # -- rotation and the latest pointer -------------------------------------------------------------------
 
 

@@ -27,6 +27,7 @@ from dalle_pytorch.train.checkpoints import CheckpointManager, CheckpointPoint
 from dalle_pytorch.train.config import TrainConfig
 from dalle_pytorch.train.precision import check_precision
 from dalle_pytorch.train.rng import seed_all
+from dalle_pytorch.train.runlog import counted
 from dalle_pytorch.train.tasks import TaskBuilder
 from dalle_pytorch.train.trainer import Trainer
 
@@ -69,7 +70,7 @@ def run(config: TrainConfig, build_task: TaskBuilder, *, notes: Sequence[str] = 
         if env.is_main:
             removed = manager.clean_temporary_files()
             if removed:
-                say(f"removed {len(removed)} temporary files left by an interrupted run: "
+                say(f"removed {counted(len(removed), 'temporary file')} left by an interrupted run: "
                     f"{', '.join(removed[:5])}")
         env.barrier()
         point = manager.latest()

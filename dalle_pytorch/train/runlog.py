@@ -14,7 +14,7 @@ from dalle_pytorch.errors import TrainingError, name_fields
 from dalle_pytorch.formats.files import write_text
 from dalle_pytorch.train.config import TrainConfig
 
-__all__ = ["LOG_NAME", "RunLogger", "write_summary"]
+__all__ = ["LOG_NAME", "RunLogger", "counted", "write_summary"]
 
 LOG_NAME = "log.jsonl"
 
@@ -117,6 +117,11 @@ class RunLogger:
             self.file = None
 
 
+def counted(n: int, noun: str, plural: Optional[str] = None) -> str:
+    """'1 step', '2 steps' (`plural` for nouns that do not take an s)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def write_summary(logger: RunLogger, run_dir: str, summary: dict) -> None:
     """Write summary.json, log the "end" event and print the closing line (rank 0)."""
     write_text(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
@@ -125,13 +130,13 @@ def write_summary(logger: RunLogger, run_dir: str, summary: dict) -> None:
         logger.bar.close()
         logger.bar = None
     files = summary["skipped_files"]
-    skipped = f"{summary['skipped_samples']} bad samples skipped"
+    skipped = f"{counted(summary['skipped_samples'], 'bad sample')} skipped"
     if files:
         skipped += f" ({', '.join(files[:5])}" + (", ..." if len(files) > 5 else "") + ")"
     loss = f"{summary['final_loss']:.5f}" if summary["final_loss"] is not None else "n/a"
     logger.print(
-        f"done: {summary['steps']} steps, {summary['epochs_completed']} epochs completed, final loss {loss}, "
-        f"{summary['nonfinite_steps']} non-finite steps skipped, {skipped}"
+        f"done: {counted(summary['steps'], 'step')}, {counted(summary['epochs_completed'], 'epoch')} completed, "
+        f"final loss {loss}, {counted(summary['nonfinite_steps'], 'non-finite step')} skipped, {skipped}"
         + (f"; model: {summary['model']}" if summary["model"] is not None else ""))
     if summary["replicas_in_sync"] is False:
         logger.print("warning: the ranks ended with different weights (see replicas/*.sha256)")

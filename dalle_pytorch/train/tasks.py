@@ -26,6 +26,7 @@ from dalle_pytorch.models.vae import DiscreteVAE
 from dalle_pytorch.text.factory import tokenizer_for_flags
 from dalle_pytorch.train.config import DalleConfig, TrainConfig, VaeConfig
 from dalle_pytorch.train.datasets import ImageFolder, TextImageDataset
+from dalle_pytorch.train.runlog import counted
 from dalle_pytorch.train.schedules import AnnealedTemperature
 from dalle_pytorch.train.webdataset import webdataset_loader
 
@@ -136,7 +137,7 @@ def vae_task(config: TrainConfig, env: DistEnv, resumed: Optional[LoadedCheckpoi
     return Task(kind="vae", model=model, data=dataset, loss_fn=loss_fn, dummy_batch=dummy_batch,
                 image_fn=image_fn if k > 0 else None, log_fn=lambda step: {"temperature": temperature(step)},
                 set_steps_per_epoch=set_steps_per_epoch,
-                info=[f"{len(dataset)} images in {dataset.folder}",
+                info=[f"{counted(len(dataset), 'image')} in {dataset.folder}",
                       f"VAE: {sum(p.numel() for p in model.parameters()):,} parameters, "
                       f"{model.image_size}px -> {model.fmap_size}x{model.fmap_size} codes of {model.num_tokens}"])
 
@@ -229,7 +230,7 @@ def dalle_task(config: TrainConfig, env: DistEnv, resumed: Optional[LoadedCheckp
                                     max_bad_fraction=loop.max_bad_fraction, seed=loop.seed)
         except ValueError as e:  # no pairs in the folder
             raise TrainingError(f"`image_text_folder`: {e}") from None
-        info.append(f"{len(data)} image-text pairs in {data.folder}")
+        info.append(f"{counted(len(data), 'image-text pair')} in {data.folder}")
         first_caption = first_caption_of(data)
 
     caption = cfg.sample_caption or first_caption or "a picture"
