@@ -144,6 +144,17 @@ def test_over_long_caption(tmp_path):
     assert ds.skipped == ["x.txt"]
 
 
+def test_over_long_caption_gives_one_hint(tmp_path):
+    """The skip (and the error when nothing loads) says what to do once: not the tokenizer's own error and
+    hint nested in parentheses after the script's hint."""
+    write_pair(tmp_path, "x", "a" * (TEXT_LEN + 5))
+    with pytest.warns(UserWarning) as record, pytest.raises(RuntimeError) as error:
+        make(tmp_path, index_cache=False)[0]
+    for text in [str(w.message) for w in record] + [str(error.value)]:
+        assert "caption longer than 16 tokens: shorten it, raise --text_seq_len or pass --truncate_captions" in text
+        assert "(" not in text and "caption too long" not in text, text
+
+
 # ----------------------------------------------------------------------------- index cache
 
 

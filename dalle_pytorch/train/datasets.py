@@ -197,8 +197,8 @@ class BadSamples:
                 except BadSample as e:
                     self.record(index, e)
             index = next_index(index)
-        raise DatasetError(f"{self.owner}: no loadable sample found in {self.folder} (skipped: "
-                           f"{'; '.join(self.reasons[:3])})")
+        raise DatasetError(f"{self.owner}: no loadable sample found in {self.folder}; skipped: "
+                           f"{'; '.join(self.reasons[:3])}")
 
 
 # --------------------------------------------------------------------------- folder datasets
@@ -352,8 +352,8 @@ class TextImageDataset(SkippedSamples, Dataset):
         try:
             tokens = tokenize_caption(self.tokenizer, text, self.text_len, self.truncate_captions)
         except ValueError as e:  # a caption longer than text_len: a bad sample like the others
-            raise BadSample(text_rel, f"caption longer than {self.text_len} tokens (--text_seq_len); shorten it "
-                                      f"or pass --truncate_captions ({e})") from e
+            raise BadSample(text_rel, f"caption longer than {self.text_len} tokens: shorten it, raise "
+                                      "--text_seq_len or pass --truncate_captions") from e
         image = random_resized_crop(image, self.image_size, (self.resize_ratio, 1.0), (1.0, 1.0), rng)
         return tokens, image_to_tensor(image)
 
