@@ -241,6 +241,8 @@ class TextImageDataset(SkippedSamples, Dataset):
     written (read-only folder), a warning is issued and the dataset works without it.
     A custom cache path should lie outside the folder or in a hidden directory of it.
 
+    Images without a caption file are left out, with one warning that counts them (`uncaptioned`).
+
     Bad samples (`BadSamples`): an image that cannot be decoded, or a caption file that is empty
     (or unreadable), is skipped with a warning naming the file and another sample is returned
     instead (the next index, or a random one when ``shuffle`` is True), counted in
@@ -303,17 +305,27 @@ class TextImageDataset(SkippedSamples, Dataset):
             self.cache_path = None
         else:
             self.cache_path = os.path.abspath(os.fspath(index_cache))
-        self.pairs: list[tuple[str, str]]
+        index = load_index(root, self.cache_path, self._warn_no_cache)
+        self.pairs: list[tuple[str, str]] = index.pairs
         #: cache_hit: True when the list of pairs came from the index cache rather than a scan.
-        self.pairs, self.cache_hit = load_index(root, self.cache_path, self._warn_no_cache)
+        self.cache_hit = index.cache_hit
+        #: images without a caption file: left out of the dataset (counted in one warning)
+        self.uncaptioned: list[str] = index.uncaptioned
 
         if not self.pairs:
             raise ValueError(
                 f"TextImageDataset: no image/caption pairs found in {root!r}. Expected images "
                 f"({', '.join(IMAGE_EXTENSIONS)}) each next to a .txt caption file with the same "
                 "relative path and name, e.g. 'sub/x.jpg' + 'sub/x.txt' (searched recursively)."
+                + {0: "", 1: " The one image there has no caption."}.get(
+                    len(self.uncaptioned), f" None of the {len(self.uncaptioned)} images there has a caption.")
             )
         self.bad_samples = BadSamples("TextImageDataset", root, len(self.pairs), max_bad_fraction)
+        if self.uncaptioned:
+            n = len(self.uncaptioned)
+            examples = ", ".join(self.uncaptioned[:3]) + (", ..." if n > 3 else "")
+            warnings.warn(f"TextImageDataset: left out {n} image{'' if n == 1 else 's'} without a .txt caption in "
+                          f"{root}: {examples}")
 
     def _warn_no_cache(self, err: OSError) -> None:
         warnings.warn(
