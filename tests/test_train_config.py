@@ -1,14 +1,15 @@
 """TrainConfig: built once from the flags (cli/train_flags.config_from_flags), checked once, its errors in
-library terms (the field) that the command line shows as flags."""
+library terms (the field) that the command line shows as flags; warnings as one line on the command line."""
 from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 
 import pytest
 
 from dalle_pytorch.cli import train_dalle, train_vae
-from dalle_pytorch.cli.messages import flag_errors, flag_text
+from dalle_pytorch.cli.messages import flag_errors, flag_text, one_line_warnings
 from dalle_pytorch.cli.train_flags import config_from_flags
 from dalle_pytorch.errors import GenerationError, TrainingError
 from dalle_pytorch.train.config import (ComputeConfig, DalleConfig, LoopConfig, OptimConfig, OutputConfig, TrainConfig,
@@ -101,3 +102,12 @@ def test_validation_errors_through_the_script_name_the_flag(tmp_path):
             train_vae.main(train_vae.parse_args(argv))
     with pytest.raises(TrainingError, match=r"^--resize_ratio must be in \(0, 1\], got 2.0$"):
         train_dalle.main(train_dalle.parse_args([*DALLE, "--resize_ratio", "2"]))
+
+
+def test_warnings_are_one_line_on_the_command_line(capsys):
+    before = warnings.showwarning
+    with one_line_warnings():
+        warnings.warn("ImageFolder: skipping x.png: unreadable image\n(truncated)")
+    err = capsys.readouterr().err
+    assert err == "warning: ImageFolder: skipping x.png: unreadable image (truncated)\n"
+    assert warnings.showwarning is before  # restored after

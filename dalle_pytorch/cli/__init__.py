@@ -11,6 +11,6 @@ library and map its errors to the flags that caused them; the flag words live he
 
 Shared by them: train_flags.py (the flags of both training scripts and `config_from_flags`, the one
 way they become a `TrainConfig`) and messages.py (library messages with the flags they name, errors
-as one line). The repository's generate.py, train_dalle.py and train_vae.py are
+and warnings as one line). The repository's generate.py, train_dalle.py and train_vae.py are
 three-line wrappers around these, so DALLE-pytorch's command lines still run.  Nothing is imported here.
 """

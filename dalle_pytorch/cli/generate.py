@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dalle_pytorch.checkpoint.pretrained import add_vae_flags, vae_flags, vae_from_flags
-from dalle_pytorch.cli.messages import flag_errors
+from dalle_pytorch.cli.messages import flag_errors, one_line_warnings
 from dalle_pytorch.distributed import DistEnv, init_distributed
 from dalle_pytorch.errors import CheckpointError, GenerationError, TrainingError
 from dalle_pytorch.generation.sampling import FILTER_SCOPES, SamplingConfig
@@ -332,7 +332,7 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
 def cli(argv=None) -> int:
     args = parse_args(argv)
     try:
-        with flag_errors():
+        with one_line_warnings(), flag_errors():
             main(args)
     except (GenerationError, CheckpointError, OSError, ImportError) as e:  # OSError: files, folders, a full disk
         print(f"generate.py: error: {e}", file=sys.stderr)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from dalle_pytorch.cli.messages import flag_errors, flag_of, one_line
+from dalle_pytorch.cli.messages import flag_errors, flag_of, one_line, one_line_warnings
 from dalle_pytorch.distributed import device_type
 from dalle_pytorch.errors import CheckpointError, TrainingError
 from dalle_pytorch.train.config import GROUPS, TrainConfig
@@ -318,17 +318,19 @@ REPORTED = (TrainingError, CheckpointError, OSError, ImportError)
 
 def run_cli(main: Callable[[argparse.Namespace], Any], parse_args: Callable[[], argparse.Namespace]) -> int:
     """Run a script's ``main``; a configuration, checkpoint, data or file problem is one ``error:`` line
-    (exit status 1), with the full traceback when --debug or DALLE_PYTORCH_DEBUG=1 is given."""
+    (exit status 1), with the full traceback when --debug or DALLE_PYTORCH_DEBUG=1 is given. Warnings
+    are one ``warning:`` line each."""
     args = parse_args()
     debug = bool(getattr(args, "debug", False)) or os.environ.get("DALLE_PYTORCH_DEBUG", "") not in ("", "0")
-    try:
-        main(args)
-    except REPORTED as e:
-        if debug:
-            raise
-        print(f"error: {one_line(e)} (--debug shows the traceback)", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume (from the last checkpoint)", file=sys.stderr, flush=True)
-        return 130
+    with one_line_warnings():
+        try:
+            main(args)
+        except REPORTED as e:
+            if debug:
+                raise
+            print(f"error: {one_line(e)} (--debug shows the traceback)", file=sys.stderr, flush=True)
+            return 1
+        except KeyboardInterrupt:
+            print("interrupted; continue with --resume (from the last checkpoint)", file=sys.stderr, flush=True)
+            return 130
     return 0
