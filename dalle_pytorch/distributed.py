@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from dalle_pytorch.errors import TrainingError, setting
+from dalle_pytorch.errors import TrainingError
 
 
 @dataclasses.dataclass
@@ -82,28 +82,36 @@ def mps_available() -> bool:
     return bool(mps is not None and mps.is_available())
 
 
-def init_distributed(device: str = "auto") -> DistEnv:
-    """Read torchrun's environment, pick the device and (for WORLD_SIZE > 1) init the process group.
+def device_type(device: str = "auto") -> str:
+    """The kind of device `init_distributed(device)` picks for this process: "cuda", "mps" or "cpu".
 
-    gloo on CPU, nccl on CUDA; with CUDA each process uses GPU LOCAL_RANK. `auto` is CUDA when
-    available, else Apple's MPS when available (one process only: torch.distributed has no MPS
-    backend), else the CPU. MPS is untested here (the project's machines have none).
+    `auto` is CUDA when available, else Apple's MPS when available (one process only: torch.distributed
+    has no MPS backend), else the CPU. Raises TrainingError for a device that is not there.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"{setting('device')} cuda was asked for but no CUDA device is available "
-                            f"(use {setting('device')} cpu)")
+        raise TrainingError("`device` cuda was asked for but no CUDA GPU is available: use `device` cpu")
     if device == "mps" and not mps_available():
-        raise TrainingError(f"{setting('device')} mps was asked for but this PyTorch has no usable MPS device "
-                            "(Apple GPUs only; "
-                            f"use {setting('device')} cpu)")
+        raise TrainingError("`device` mps was asked for but this PyTorch has no usable MPS device (Apple GPUs only): "
+                            "use `device` cpu")
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     use_mps = not use_cuda and (device == "mps" or (device == "auto" and world == 1 and mps_available()))
     if use_mps and world > 1:
         raise TrainingError("several processes cannot share an MPS device (torch.distributed has no MPS backend): "
-                            f"run one process, or use {setting('device')} cpu under torchrun")
+                            "run one process, or use `device` cpu under torchrun")
+    return "cuda" if use_cuda else "mps" if use_mps else "cpu"
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Read torchrun's environment, pick the device (`device_type`) and (for WORLD_SIZE > 1) init the
+    process group: gloo on CPU, nccl on CUDA; with CUDA each process uses GPU LOCAL_RANK. MPS is
+    untested here (the project's machines have none).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    kind = device_type(device)
+    use_cuda, use_mps = kind == "cuda", kind == "mps"
     if use_cuda:
         dev = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(dev)

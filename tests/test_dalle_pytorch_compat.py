@@ -22,14 +22,15 @@ import torch
 
 from dalle_pytorch.checkpoint import load_checkpoint
 from dalle_pytorch.cli.flags import tokenizer_for_flags
-from dalle_pytorch.distributed import DistEnv
+from dalle_pytorch.cli.messages import flag_errors
+from dalle_pytorch.cli.train_flags import check_launcher_flags, config_from_flags, resolve_precision
 from dalle_pytorch.errors import GenerationError, TrainingError
 from dalle_pytorch.generation.sampling import SamplingConfig, top_k_filter
 from dalle_pytorch.synthetic import make_dataset
 from dalle_pytorch.text.chinese import CHINESE_VOCAB_HELP
 from dalle_pytorch.text.factory import ChineseTokenizer, HugTokenizer, SimpleTokenizer, YttmTokenizer
-from dalle_pytorch.train.backends import apply_backend_args
-from dalle_pytorch.train.precision import resolve_precision
+from dalle_pytorch.train.backends import split_global_batch
+from dalle_pytorch.train.config import LoopConfig, VaeConfig
 from dalle_pytorch.train.schedules import vae_learning_rate, vae_temperature
 from tests.helpers import load_script, tiny_dalle, word_tokenizer_json
 
@@ -239,13 +240,11 @@ def test_readme_deepspeed_amp_line_runs_as_ddp(tmp_path, data, dp_files):
     start = records(out, "start")[0]
     assert start["world_size"] == 1 and [r["step"] for r in records(out)] == [1, 2]
     # without --wds the global batch is split over --ga_steps too
-    args = argparse.Namespace(distributed_backend=None, deepspeed=True, deepscale=False, deepspeed_config=None,
-                              deepscale_config=None, wds="", batch_size=16, ga_steps=2)
-    notes = apply_backend_args(args, DistEnv(world_size=4))
+    args, notes = split_global_batch(LoopConfig(batch_size=16, ga_steps=2), world_size=4)
     assert args.batch_size == 2 and "16 is the global batch" in notes[0]
     args.batch_size = 12
-    with pytest.raises(TrainingError, match="must be a multiple of --ga_steps x processes = 8"):
-        apply_backend_args(args, DistEnv(world_size=4))
+    with pytest.raises(TrainingError, match="must be a multiple of --ga_steps x processes = 8"), flag_errors():
+        split_global_batch(args, world_size=4)
 
 
 def test_readme_horovod_line_names_the_torchrun_command(monkeypatch):
@@ -254,7 +253,7 @@ def test_readme_horovod_line_names_the_torchrun_command(monkeypatch):
     args = train_dalle.parse_args(argv[1:])
     with pytest.raises(TrainingError, match=r"Horovod is not supported.*: torchrun --nproc_per_node 4 train_dalle\.py "
                                             r"--image_text_folder d$"):
-        apply_backend_args(args, DistEnv(), argv)
+        check_launcher_flags(args, argv)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -487,9 +486,7 @@ def test_wandb_name_turns_wandb_on(tmp_path, data, monkeypatch):
         train_vae.main(args)
     assert args.wandb is True and args.wandb_name == "my_project"
     args = train_vae.parse_args(["--image_folder", str(data)])
-    from dalle_pytorch.train.args import check_common_args
-
-    check_common_args(args)
+    config_from_flags(args, VaeConfig)
     assert args.wandb is False and args.wandb_name == "dalle_train_vae"
 
 

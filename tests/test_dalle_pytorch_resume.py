@@ -7,7 +7,6 @@ killed run that resumes must continue the schedules exactly (docs/dalle_pytorch_
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 
 import pytest
@@ -15,10 +14,12 @@ import torch
 
 from dalle_pytorch.checkpoint import load_checkpoint
 from dalle_pytorch.checkpoint.legacy import legacy_key
+from dalle_pytorch.cli.messages import flag_text
 from dalle_pytorch.distributed import DistEnv
 from dalle_pytorch.errors import TrainingError
 from dalle_pytorch.models.dalle import DALLE
 from dalle_pytorch.models.vae import DiscreteVAE
+from dalle_pytorch.train.config import LoopConfig, OptimConfig, TrainConfig
 from dalle_pytorch.train.optim import LRSchedule, build_optimizer
 from dalle_pytorch.train.parallel import ParallelModel
 from dalle_pytorch.train.state import Progress, RunState
@@ -121,16 +122,16 @@ def _restored(name: str, lr_decay: bool):
     """Our model, optimizer and schedule after `--dalle_path <fixture>`, as the trainer restores them."""
     loaded = load_checkpoint(RESUME / f"{name}-v1.6.6.pt", map_location="cpu")
     model = loaded.model.train()
-    args = argparse.Namespace(learning_rate=1e-3, weight_decay=0.0, lr_schedule="constant", warmup_steps=0,
-                              lr_decay_rate=0.98, lr_decay_every=100, lr_decay=lr_decay, batch_size=4, ga_steps=1,
-                              seed=0)
+    args = TrainConfig(optim=OptimConfig(learning_rate=1e-3, weight_decay=0.0, lr_schedule="constant", warmup_steps=0,
+                                         lr_decay_rate=0.98, lr_decay_every=100, lr_decay=lr_decay),
+                       loop=LoopConfig(batch_size=4, ga_steps=1, seed=0))
     env = DistEnv()
     pm = ParallelModel(model, env, fsdp=False, compile=False, loss_fn=None, dummy_batch=None)
-    optimizer = build_optimizer(model, args)
-    schedule = LRSchedule(optimizer, args, total_steps=None, steps_per_epoch=5)
+    optimizer = build_optimizer(model, args.optim)
+    schedule = LRSchedule(optimizer, args.optim, total_steps=None, steps_per_epoch=5)
     progress = Progress()
     state = RunState(args, env, "dalle", pm, optimizer, schedule, torch.amp.GradScaler("cpu", enabled=False), progress)
-    notes = state.load_dalle_pytorch_state(loaded.training, steps_per_epoch=5)
+    notes = [flag_text(note) for note in state.load_dalle_pytorch_state(loaded.training, steps_per_epoch=5)]
     return loaded, model, optimizer, schedule, progress, notes
 
 

@@ -61,6 +61,7 @@ def no_racy_window(monkeypatch):
     monkeypatch.setattr(folder_index, "RACY_WINDOW_NS", 0)
 
 
+@pytest.mark.filterwarnings("ignore:TextImageDataset. left out")  # an image without a caption, on purpose
 def test_pairs_by_relative_path(tmp_path):
     write_pair(tmp_path, "a/x", "red", RGB["red"])
     write_pair(tmp_path, "b/x", "green", RGB["green"])
@@ -144,9 +145,46 @@ def test_over_long_caption(tmp_path):
     assert ds.skipped == ["x.txt"]
 
 
+def test_over_long_caption_gives_one_hint(tmp_path):
+    """The skip (and the error when nothing loads) says what to do once: not the tokenizer's own error and
+    hint nested in parentheses after the script's hint."""
+    write_pair(tmp_path, "x", "a" * (TEXT_LEN + 5))
+    with pytest.warns(UserWarning) as record, pytest.raises(RuntimeError) as error:
+        make(tmp_path, index_cache=False)[0]
+    for text in [str(w.message) for w in record] + [str(error.value)]:
+        assert "caption longer than 16 tokens: shorten it, raise --text_seq_len or pass --truncate_captions" in text
+        assert "(" not in text and "caption too long" not in text, text
+
+
+def test_images_without_captions_are_counted_in_one_warning(tmp_path, no_racy_window):
+    for i in range(2):
+        write_pair(tmp_path, f"pair{i}", f"caption {i}")
+    for i in range(4):
+        write_pair(tmp_path, f"sub/alone{i}", None)
+    message = r"TextImageDataset: left out 4 images without a \.txt caption in .*: sub/alone0\.png, sub/alone1\.png, " \
+              r"sub/alone2\.png, \.\.\.$"
+    with pytest.warns(UserWarning, match=message) as record:
+        ds = make(tmp_path)
+    assert len(ds) == 2 and ds.uncaptioned == [f"sub/alone{i}.png" for i in range(4)]
+    assert sum("left out" in str(w.message) for w in record) == 1
+    with pytest.warns(UserWarning, match=message):  # the index cache keeps them too
+        again = make(tmp_path)
+    assert again.cache_hit and again.uncaptioned == ds.uncaptioned
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        [ds[i] for i in range(len(ds))]  # said once, at the start: reading the samples says nothing more
+    write_pair(tmp_path / "one", "alone", None)  # no pair at all: the error says why
+    with pytest.raises(ValueError, match="The one image there has no caption"):
+        make(tmp_path / "one", index_cache=False)
+    write_pair(tmp_path / "one", "pair", "a caption")
+    with pytest.warns(UserWarning, match=r"left out 1 image without a \.txt caption in .*: alone\.png$"):
+        make(tmp_path / "one", index_cache=False)
+
+
 # ----------------------------------------------------------------------------- index cache
 
 
+@pytest.mark.filterwarnings("ignore:TextImageDataset. left out")  # an image without a caption, on purpose
 def test_index_cache_written_reused_and_invalidated(tmp_path, monkeypatch, no_racy_window):
     data = tmp_path / "data"
     for i in range(3):
@@ -433,6 +471,7 @@ def test_webdataset_loader_real(tmp_path):
 # -- image modes and bombs in training data ----------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:TextImageDataset. left out")  # an image without a caption, on purpose
 def test_sixteen_bit_and_float_images_are_scaled(tmp_path):
     """A mid-grey 16-bit PNG (32768 of 65535) used to come out white; now 0.5, in both datasets."""
     import numpy as np

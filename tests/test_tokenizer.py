@@ -1,4 +1,3 @@
-import argparse
 import json
 import random
 import shutil
@@ -322,6 +321,7 @@ def test_scripts_pick_yttm_for_a_yttm_model(tmp_path, hug_path):
     from dalle_pytorch.errors import GenerationError, TrainingError
     from dalle_pytorch.pipeline.text_to_image import Pipeline
     from dalle_pytorch.cli.flags import tokenizer_for_flags
+    from dalle_pytorch.train.config import DalleConfig, TrainConfig
     from dalle_pytorch.train.tasks import dalle_task
 
     model = tmp_path / "model.bpe"  # the name does not matter: the content does
@@ -342,8 +342,8 @@ def test_scripts_pick_yttm_for_a_yttm_model(tmp_path, hug_path):
 
     with pytest.raises(GenerationError, match="bad.bpe.*not a valid youtokentome"):
         Pipeline.from_checkpoint(None, bpe_path=str(bad))
-    args = argparse.Namespace(bpe_path=str(bad), hug=False, chinese=False, optimize_for_inference=False,
-                              dalle_path=None)
+    args = TrainConfig(task=DalleConfig(image_text_folder="unused", bpe_path=str(bad), hug=False, chinese=False,
+                                        dalle_path=None))
     with pytest.raises(TrainingError, match="bad.bpe.*not a valid youtokentome"):
         dalle_task(args, None, None)
 

@@ -124,6 +124,15 @@ def test_existing_run_needs_resume(vae_run, data_dir):
         train_vae.main(train_vae.parse_args(["--image_folder", str(data_dir), *VAE_FLAGS, "--output_dir", str(out)]))
 
 
+def test_a_missing_image_folder_is_reported_before_the_run_folder(vae_run, tmp_path, capsys):
+    """train_vae.py --image_folder missing/ into a folder that holds a run: the missing data is the error."""
+    out, _ = vae_run
+    missing = f"{tmp_path / 'missing'}/"
+    assert train_vae.cli(["--image_folder", missing, *VAE_FLAGS, "--output_dir", str(out)]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [f"error: --image_folder {missing!r} does not exist (--debug shows the traceback)"]
+
+
 def test_fp16_refused_on_cpu(tmp_path, data_dir):
     args = train_vae.parse_args(["--image_folder", str(data_dir), *VAE_FLAGS, "--precision", "fp16",
                                  "--device", "cpu", "--output_dir", str(tmp_path / "run")])

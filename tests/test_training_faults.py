@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,26 @@ def test_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, images):
     empty.mkdir()
     result = script("train_vae", "--image_folder", str(empty), "--output_dir", str(tmp_path / "c"), "--no_progress")
     assert result.returncode == 1 and "no images" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_closing_line_counts_agree_in_number(tmp_path, images, capsys):
+    vae(images, tmp_path / "run", "--epochs", "1", "--batch_size", "8")  # 8 images: one step is the epoch
+    said = capsys.readouterr().out
+    assert "done: 1 step, 1 epoch completed, final loss" in said
+    assert "0 non-finite steps skipped, 0 bad samples skipped" in said and "8 images in" in said
+
+
+def test_warnings_are_one_line_without_their_source(tmp_path, images, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(images, data)
+    (data / "broken.png").write_bytes(b"not a png at all")
+    argv = ["--image_folder", str(data), *VAE_FLAGS, "--batch_size", "9", "--epochs", "1", "--sample_every", "0",
+            "--output_dir", str(tmp_path / "run")]  # one step reads all 9 images
+    assert train_vae.cli(argv) == 0
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "broken.png" in line]
+    assert len(said) == 1 and said[0].startswith("warning: ImageFolder: skipping ") and "unreadable image" in said[0]
+    assert "UserWarning" not in err and "warnings.warn" not in err
 
 
 # -- rotation and the latest pointer -------------------------------------------------------------------

@@ -9,6 +9,8 @@ library and map its errors to the flags that caused them; the flag words live he
     dalle-plot        plot.py          a run's training curves
     dalle-serve       serve.py         the HTTP server and its page
 
-The repository's generate.py, train_dalle.py and train_vae.py are three-line wrappers around these,
-so DALLE-pytorch's command lines still run.  Nothing is imported here.
+Shared by them: train_flags.py (the flags of both training scripts and `config_from_flags`, the one
+way they become a `TrainConfig`) and messages.py (library messages with the flags they name, errors
+and warnings as one line). The repository's generate.py, train_dalle.py and train_vae.py are
+three-line wrappers around these, so DALLE-pytorch's command lines still run.  Nothing is imported here.
 """

@@ -1,5 +1,5 @@
 """What every entry point shares: flag names for the library's settings, flags more than one tool
-takes, one-line warnings, and the program name.
+takes, and the program name (how the entry points show messages: `messages.py`).
 
 The library names a setting in its messages with `errors.setting(name)`; the entry points run inside
 `setting_names(FLAGS)`, so the same message says `--seed must be ...` here and `seed must be ...` to
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from contextlib import contextmanager
 from typing import Iterator, Mapping, Optional
 
@@ -18,8 +17,7 @@ from dalle_pytorch.errors import setting_names
 from dalle_pytorch.text.base import BaseTokenizer
 from dalle_pytorch.text.factory import select_tokenizer
 
-__all__ = ["FLAG_ALIASES", "flag", "flag_names", "add_vae_flags", "tokenizer_for_flags", "one_line_warnings",
-           "prog_name"]
+__all__ = ["FLAG_ALIASES", "flag", "flag_names", "add_vae_flags", "tokenizer_for_flags", "prog_name"]
 
 #: settings whose flag is not `--<name>` (DALLE-pytorch's flag words for our settings)
 FLAG_ALIASES = {"filter_thres": "--top_k"}
@@ -56,26 +54,6 @@ def tokenizer_for_flags(bpe_path=None, *, hug: bool = False, chinese: bool = Fal
     warnings naming the flags."""
     with flag_names():
         return select_tokenizer(bpe_path, hug=hug, chinese=chinese, stored=stored, model_text_tokens=model_text_tokens)
-
-
-def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
-    stream = sys.stderr if file is None else file
-    try:
-        stream.write(f"warning: {' '.join(str(message).split())}\n")
-    except (OSError, ValueError):  # a closed stream: the warning is lost, the run goes on
-        pass
-
-
-@contextmanager
-def one_line_warnings() -> Iterator[None]:
-    """Within the block, warnings print as one `warning: <message>` line (Python's default adds the file,
-    line and source line of the warning, which mean nothing to a command-line user)."""
-    saved = warnings.showwarning
-    warnings.showwarning = _one_line
-    try:
-        yield
-    finally:
-        warnings.showwarning = saved
 
 
 def prog_name(default: str) -> str:

@@ -19,7 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from dalle_pytorch.checkpoint.pretrained import vae_flags, vae_from_flags
-from dalle_pytorch.cli.flags import add_vae_flags, flag_names, one_line_warnings, prog_name
+from dalle_pytorch.cli.flags import add_vae_flags, flag_names, prog_name
+from dalle_pytorch.cli.messages import flag_errors, one_line_warnings
 from dalle_pytorch.distributed import DistEnv, init_distributed
 from dalle_pytorch.errors import CheckpointError, GenerationError, TrainingError
 from dalle_pytorch.generation.decode import generate_texts
@@ -226,7 +227,7 @@ def _main(args: argparse.Namespace) -> list:
         try:
             env = init_distributed(args.device)
         except TrainingError as e:  # e.g. --device cuda without a GPU
-            raise GenerationError(str(e)) from None
+            raise GenerationError(e.template) from None
     try:
         return _run(args, captions, sampling, env)
     finally:
@@ -359,7 +360,7 @@ def cli(argv=None) -> int:
     """The command line: parse `argv` (default sys.argv), generate; an error is one line and exit status 2."""
     args = parse_args(argv)
     try:
-        with one_line_warnings():
+        with one_line_warnings(), flag_errors():
             main(args)
     except (GenerationError, CheckpointError, OSError, ImportError) as e:  # OSError: files, folders, a full disk
         print(f"{prog_name('dalle-generate')}: error: {e}", file=sys.stderr)

@@ -5,17 +5,17 @@
 
 Flags follow DALLE-pytorch's train_dalle.py; see docs/training.md. The training loop, distributed
 setup, checkpoints and logging live in dalle_pytorch/train/ (shared with train_vae.py); this
-script parses its flags and runs its task, dalle_pytorch.train.tasks.dalle_task.
+script parses its flags into a TrainConfig (cli/train_flags.config_from_flags) and runs its task,
+dalle_pytorch.train.tasks.dalle_task.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from dalle_pytorch.cli.flags import add_vae_flags, flag_names
-from dalle_pytorch.train.args import add_common_args
-from dalle_pytorch.train.run import cli as run_cli
-from dalle_pytorch.train.run import run
+from dalle_pytorch.cli.flags import add_vae_flags
+from dalle_pytorch.cli.train_flags import add_common_args, finish_flags, run_cli, train_from_flags
+from dalle_pytorch.train.config import DalleConfig
 from dalle_pytorch.train.tasks import dalle_task
 
 
@@ -96,12 +96,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_common_args(parser, name="dalle", learning_rate=3e-4, batch_size=4, clip_grad_norm=0.5,
                              lr_schedule="constant", wandb_project="dalle_train_transformer")
     parser.add_argument("--dalle_output_file_name", dest="name", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    return finish_flags(parser.parse_args(argv))
 
 
 def main(args: argparse.Namespace) -> dict:
-    with flag_names():
-        return run(args, dalle_task)
+    """Train as the parsed flags say (`config_from_flags`); returns the run summary. Errors name the flags."""
+    return train_from_flags(args, DalleConfig, dalle_task)
 
 
 def cli(argv=None) -> int:

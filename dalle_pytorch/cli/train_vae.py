@@ -5,17 +5,16 @@
 
 Flags follow DALLE-pytorch's train_vae.py; see docs/training.md. The training loop, distributed
 setup, checkpoints and logging live in dalle_pytorch/train/ (shared with train_dalle.py); this
-script parses its flags and runs its task, dalle_pytorch.train.tasks.vae_task.
+script parses its flags into a TrainConfig (cli/train_flags.config_from_flags) and runs its task,
+dalle_pytorch.train.tasks.vae_task.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from dalle_pytorch.cli.flags import flag_names
-from dalle_pytorch.train.args import add_common_args
-from dalle_pytorch.train.run import cli as run_cli
-from dalle_pytorch.train.run import run
+from dalle_pytorch.cli.train_flags import add_common_args, finish_flags, run_cli, train_from_flags
+from dalle_pytorch.train.config import VaeConfig
 from dalle_pytorch.train.tasks import vae_task
 
 
@@ -48,12 +47,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     add_common_args(parser, name="vae", learning_rate=1e-3, batch_size=8, clip_grad_norm=0.0,
                              lr_schedule="exponential", wandb_project="dalle_train_vae")
-    return parser.parse_args(argv)
+    return finish_flags(parser.parse_args(argv))
 
 
 def main(args: argparse.Namespace) -> dict:
-    with flag_names():
-        return run(args, vae_task)
+    """Train as the parsed flags say (`config_from_flags`); returns the run summary. Errors name the flags."""
+    return train_from_flags(args, VaeConfig, vae_task)
 
 
 def cli(argv=None) -> int:

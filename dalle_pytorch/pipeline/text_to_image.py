@@ -331,8 +331,8 @@ class Pipeline:
             row = int((ids >= limit).any(dim=1).long().argmax())
             stored = self.checkpoint is not None and self.checkpoint.source == SOURCE_LEGACY
             raise GenerationError(
-                f"caption {captions[row]!r} has token id {int(ids[row].max())}, beyond the model's {limit} text "
-                f"tokens: the model was trained with another tokenizer than this {type(self.tokenizer).__name__}"
+                f"caption {captions[row]!r} has token id {int(ids[row].max())}, not in [0, {limit}) (the model's text "
+                f"tokens): the model was trained with another tokenizer than this {type(self.tokenizer).__name__}"
                 f"{' (DALLE-pytorch files do not store theirs)' if stored else ''}; give the tokenizer file it was "
                 f"trained with as {setting('bpe_path')}")
         return ids.to(self.device)

@@ -137,7 +137,7 @@ def _mix_seed(*values: int) -> int:
 # --------------------------------------------------------------------------- bad samples
 
 
-class DatasetError(RuntimeError):
+class DatasetError(TrainingError):
     """A dataset that cannot go on: too many bad samples, or none loadable (the message names examples)."""
 
 
@@ -184,7 +184,7 @@ class BadSamples:
                 f"{self.owner}: {self.num_skipped} of {self.size} {self.noun} in {self.folder} "
                 f"({self.num_skipped / self.size:.2%}) could not be loaded, more than "
                 f"max_bad_fraction={self.max_bad_fraction} allows ({allowed}); examples: "
-                f"{'; '.join(self.reasons[:3])}. Fix or remove these files, or raise --max_bad_fraction "
+                f"{'; '.join(self.reasons[:3])}. Fix or remove these files, or raise `max_bad_fraction` "
                 "(counts are per DataLoader worker)."
             ) from error
 
@@ -197,8 +197,8 @@ class BadSamples:
                 except BadSample as e:
                     self.record(index, e)
             index = next_index(index)
-        raise DatasetError(f"{self.owner}: no loadable sample found in {self.folder} (skipped: "
-                           f"{'; '.join(self.reasons[:3])})")
+        raise DatasetError(f"{self.owner}: no loadable sample found in {self.folder}; skipped: "
+                           f"{'; '.join(self.reasons[:3])}")
 
 
 # --------------------------------------------------------------------------- folder datasets
@@ -240,6 +240,8 @@ class TextImageDataset(SkippedSamples, Dataset):
     removing or renaming a file or directory invalidates it. If the cache cannot be
     written (read-only folder), a warning is issued and the dataset works without it.
     A custom cache path should lie outside the folder or in a hidden directory of it.
+
+    Images without a caption file are left out, with one warning that counts them (`uncaptioned`).
 
     Bad samples (`BadSamples`): an image that cannot be decoded, or a caption file that is empty
     (or unreadable), is skipped with a warning naming the file and another sample is returned
@@ -303,17 +305,27 @@ class TextImageDataset(SkippedSamples, Dataset):
             self.cache_path = None
         else:
             self.cache_path = os.path.abspath(os.fspath(index_cache))
-        self.pairs: list[tuple[str, str]]
+        index = load_index(root, self.cache_path, self._warn_no_cache)
+        self.pairs: list[tuple[str, str]] = index.pairs
         #: cache_hit: True when the list of pairs came from the index cache rather than a scan.
-        self.pairs, self.cache_hit = load_index(root, self.cache_path, self._warn_no_cache)
+        self.cache_hit = index.cache_hit
+        #: images without a caption file: left out of the dataset (counted in one warning)
+        self.uncaptioned: list[str] = index.uncaptioned
 
         if not self.pairs:
             raise ValueError(
                 f"TextImageDataset: no image/caption pairs found in {root!r}. Expected images "
                 f"({', '.join(IMAGE_EXTENSIONS)}) each next to a .txt caption file with the same "
                 "relative path and name, e.g. 'sub/x.jpg' + 'sub/x.txt' (searched recursively)."
+                + {0: "", 1: " The one image there has no caption."}.get(
+                    len(self.uncaptioned), f" None of the {len(self.uncaptioned)} images there has a caption.")
             )
         self.bad_samples = BadSamples("TextImageDataset", root, len(self.pairs), max_bad_fraction)
+        if self.uncaptioned:
+            n = len(self.uncaptioned)
+            examples = ", ".join(self.uncaptioned[:3]) + (", ..." if n > 3 else "")
+            warnings.warn(f"TextImageDataset: left out {n} image{'' if n == 1 else 's'} without a .txt caption in "
+                          f"{root}: {examples}")
 
     def _warn_no_cache(self, err: OSError) -> None:
         warnings.warn(
@@ -352,8 +364,8 @@ class TextImageDataset(SkippedSamples, Dataset):
         try:
             tokens = tokenize_caption(self.tokenizer, text, self.text_len, self.truncate_captions)
         except ValueError as e:  # a caption longer than text_len: a bad sample like the others
-            raise BadSample(text_rel, f"caption longer than {self.text_len} tokens (--text_seq_len); shorten it "
-                                      f"or pass --truncate_captions ({e})") from e
+            raise BadSample(text_rel, f"caption longer than {self.text_len} tokens: shorten it, raise "
+                                      "--text_seq_len or pass --truncate_captions") from e
         image = random_resized_crop(image, self.image_size, (self.resize_ratio, 1.0), (1.0, 1.0), rng)
         return tokens, image_to_tensor(image)
 

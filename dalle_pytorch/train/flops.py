@@ -1,4 +1,4 @@
-"""`--flops_profiler`: the floating-point operations of one training step, counted by PyTorch.
+"""`flops_profiler` (`ComputeConfig`): the floating-point operations of one training step, counted by PyTorch.
 
 DALLE-pytorch's flag switched on DeepSpeed's flops profiler at step 200. Here
 `torch.utils.flop_counter.FlopCounterMode` counts the matmuls, convolutions and attention products

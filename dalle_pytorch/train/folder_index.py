@@ -1,6 +1,6 @@
-"""The index of a caption/image folder: the (image, caption) pairs found by a recursive scan, cached
-on disk with the mtime of every directory so that a later start on an unchanged folder stats only
-its directories (see `TextImageDataset`)."""
+"""The index of a caption/image folder: the (image, caption) pairs found by a recursive scan (and the
+images that have no caption), cached on disk with the mtime of every directory so that a later start
+on an unchanged folder stats only its directories (see `TextImageDataset`)."""
 from __future__ import annotations
 
 import json
@@ -8,16 +8,16 @@ import os
 import stat
 import time
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from dalle_pytorch.formats.files import write_json
 
-__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_CACHE", "scan_pairs", "cache_valid", "load_index"]
+__all__ = ["IMAGE_EXTENSIONS", "DEFAULT_CACHE", "FolderIndex", "scan_pairs", "cache_valid", "load_index"]
 
 #: Image file extensions picked up by the datasets (compared case-insensitively).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the images without a caption are stored too
 DEFAULT_CACHE = os.path.join(".dalle_cache", "index.json")
 # A directory whose mtime lies this close to (or after) the moment it was scanned may
 # still change within the same mtime tick without its mtime changing ("racy" entry,
@@ -29,9 +29,18 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def scan_pairs(root: str) -> tuple[list[tuple[str, str]], dict[str, int]]:
-    """Walk ``root`` recursively; return the sorted (image, caption) relative paths and
-    the mtime (ns) of every directory visited (relative path -> mtime, root is ".").
+class FolderIndex(NamedTuple):
+    """What `load_index` found in a folder."""
+
+    pairs: list[tuple[str, str]]  # (image, caption) relative paths, sorted
+    uncaptioned: list[str]  # images without a caption file, sorted (left out)
+    cache_hit: bool  # read from the index cache rather than scanned
+
+
+def scan_pairs(root: str) -> tuple[list[tuple[str, str]], dict[str, int], list[str]]:
+    """Walk ``root`` recursively; return the sorted (image, caption) relative paths, the mtime
+    (ns) of every directory visited (relative path -> mtime, root is ".") and the sorted images
+    that have no caption.
 
     Hidden files and directories (name starting with ".") are ignored. A directory's
     mtime is read before it is listed, so any later change is seen as a new mtime.
@@ -75,7 +84,8 @@ def scan_pairs(root: str) -> tuple[list[tuple[str, str]], dict[str, int]]:
                 else:
                     images[stem] = child
     pairs = sorted((images[k], captions[k]) for k in images.keys() & captions.keys())
-    return pairs, dirs
+    uncaptioned = sorted(images[k] for k in images.keys() - captions.keys())
+    return pairs, dirs, uncaptioned
 
 
 def cache_valid(data: Any, root: str) -> bool:
@@ -86,6 +96,8 @@ def cache_valid(data: Any, root: str) -> bool:
         return False
     dirs, pairs, scan_ns = data.get("dirs"), data.get("pairs"), data.get("scan_time_ns")
     if not isinstance(dirs, dict) or not isinstance(pairs, list) or not isinstance(scan_ns, int):
+        return False
+    if not isinstance(data.get("uncaptioned"), list):
         return False
     if "." not in dirs or data.get("count") != len(pairs):
         return False
@@ -101,19 +113,20 @@ def cache_valid(data: Any, root: str) -> bool:
     return True
 
 
-def load_index(root: str, path: Optional[str], warn_no_cache: Callable[[OSError], None]) -> tuple[list[tuple[str, str]], bool]:
-    """The (image, caption) pairs under `root`, from the cache file `path` when it is valid, else by
-    a scan (written to `path` when possible; `warn_no_cache(error)` when not).  Returns (pairs,
-    whether the cache was used).  path=None: always scan, no cache."""
+def load_index(root: str, path: Optional[str], warn_no_cache: Callable[[OSError], None]) -> FolderIndex:
+    """The (image, caption) pairs under `root` and its images without a caption, from the cache file
+    `path` when it is valid, else by a scan (written to `path` when possible; `warn_no_cache(error)`
+    when not).  path=None: always scan, no cache."""
     if path is None:
-        return scan_pairs(root)[0], False
+        pairs, _, uncaptioned = scan_pairs(root)
+        return FolderIndex(pairs, uncaptioned, False)
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError):
         data = None
     if data is not None and cache_valid(data, root):
-        return [(img, txt) for img, txt in data["pairs"]], True
+        return FolderIndex([(img, txt) for img, txt in data["pairs"]], [str(p) for p in data["uncaptioned"]], True)
 
     # Create the cache's directory before scanning: creating it changes its parent's mtime.
     writable = True
@@ -123,7 +136,7 @@ def load_index(root: str, path: Optional[str], warn_no_cache: Callable[[OSError]
         writable = False
         warn_no_cache(e)
     scan_time_ns = time.time_ns()
-    pairs, dirs = scan_pairs(root)
+    pairs, dirs, uncaptioned = scan_pairs(root)
     if writable:
         data = {
             "version": CACHE_VERSION,
@@ -133,6 +146,7 @@ def load_index(root: str, path: Optional[str], warn_no_cache: Callable[[OSError]
             "count": len(pairs),
             "dirs": dirs,
             "pairs": [list(p) for p in pairs],
+            "uncaptioned": uncaptioned,
         }
         try:
             write_json(path, data, indent=None)
@@ -146,4 +160,4 @@ def load_index(root: str, path: Optional[str], warn_no_cache: Callable[[OSError]
                     "changes that directory, so the cache is never reused. Put it outside "
                     "the folder or in a hidden directory."
                 )
-    return pairs, False
+    return FolderIndex(pairs, uncaptioned, False)

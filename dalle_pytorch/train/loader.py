@@ -3,7 +3,6 @@ mid-epoch), bad-sample reporting through the DataLoader, the distributed sampler
 moving batches to the device."""
 from __future__ import annotations
 
-import argparse
 import itertools
 from typing import Any, Iterable, Optional
 
@@ -13,6 +12,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from dalle_pytorch.distributed import DistEnv
 from dalle_pytorch.errors import TrainingError
+from dalle_pytorch.train.config import LoopConfig
 
 __all__ = ["EpochData", "ReportSkips", "ResumableSampler", "batch_len", "collate_with_skips", "to_device"]
 
@@ -85,46 +85,46 @@ class EpochData:
     """A task's data as the loop consumes it.
 
     A map-style dataset of single samples (`map_style`): each process reads its share of a seeded
-    shuffle, in batches of --batch_size, and an epoch can resume after any number of batches (exact
+    shuffle, in batches of `batch_size`, and an epoch can resume after any number of batches (exact
     resume).  Anything else is a stream of ready batches (WebDataset), which restarts at a fresh
     stream position.
     """
 
-    def __init__(self, data: Any, env: DistEnv, args: argparse.Namespace) -> None:
-        self.data, self.env, self.args = data, env, args
+    def __init__(self, data: Any, env: DistEnv, loop: LoopConfig) -> None:
+        self.data, self.env, self.loop = data, env, loop
         self.map_style = isinstance(data, Dataset) and hasattr(data, "__len__")
         self.dataset: Optional[ReportSkips] = None
         self.sampler: Optional[ResumableSampler] = None
         self.steps_per_epoch: Optional[int] = None
-        bs, ga = args.batch_size, args.ga_steps
+        bs, ga = loop.batch_size, loop.ga_steps
         if self.map_style:
             self.dataset = ReportSkips(data)
             base = DistributedSampler(self.dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True,
-                                      seed=args.seed, drop_last=True)
+                                      seed=loop.seed, drop_last=True)
             self.sampler = ResumableSampler(base)
             self.steps_per_epoch = (len(base) // bs) // ga
             if self.steps_per_epoch == 0:
                 raise TrainingError(
                     f"the dataset has {len(data)} samples: too few for one optimizer step of {bs * ga} samples "
-                    f"per process x {env.world_size} processes (--batch_size {bs}, --ga_steps {ga}); lower them")
-            self.total_steps = args.max_steps or args.epochs * self.steps_per_epoch
+                    f"per process x {env.world_size} processes (`batch_size` {bs}, `ga_steps` {ga}); lower them")
+            self.total_steps = loop.max_steps or loop.epochs * self.steps_per_epoch
         else:
-            if env.distributed and not args.max_steps:
-                raise TrainingError("streaming data (--wds) under torchrun needs --max_steps: shards split unevenly "
-                                    "across ranks, so epochs end at different times")
-            self.total_steps = args.max_steps
+            if env.distributed and not loop.max_steps:
+                raise TrainingError("streaming data (`wds`) over several processes needs `max_steps`: shards split "
+                                    "unevenly across ranks, so epochs end at different times")
+            self.total_steps = loop.max_steps
 
     def batches(self, epoch: int, batches_done: int) -> Iterable:
         """(batch, newly skipped files) items of `epoch`, after its first `batches_done` batches."""
-        args = self.args
+        loop = self.loop
         if not self.map_style:
             return ((b, None) for b in self.data)
         self.sampler.set_epoch(epoch)
         self.dataset.set_epoch(epoch)
-        self.sampler.start = batches_done * args.batch_size
-        loader = DataLoader(self.dataset, batch_size=args.batch_size, sampler=self.sampler,
-                            num_workers=args.num_workers, collate_fn=collate_with_skips, drop_last=True,
+        self.sampler.start = batches_done * loop.batch_size
+        loader = DataLoader(self.dataset, batch_size=loop.batch_size, sampler=self.sampler,
+                            num_workers=loop.num_workers, collate_fn=collate_with_skips, drop_last=True,
                             pin_memory=self.env.device.type == "cuda",
-                            generator=torch.Generator().manual_seed((args.seed * 100003 + epoch) % 2**63))
-        limit = self.steps_per_epoch * args.ga_steps - batches_done
+                            generator=torch.Generator().manual_seed((loop.seed * 100003 + epoch) % 2**63))
+        limit = self.steps_per_epoch * loop.ga_steps - batches_done
         return itertools.islice(loader, max(0, limit))

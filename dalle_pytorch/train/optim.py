@@ -2,11 +2,10 @@
 
 `LRSchedule` is the one object the trainer steps: per optimizer step (`lr_multiplier`: warmup, then
 constant, cosine, or DALLE-pytorch train_vae.py's exponential cadence) or, with train_dalle.py's
-`--lr_decay`, DALLE-pytorch's ReduceLROnPlateau, stepped once per epoch with the epoch's last loss.
+`lr_decay`, DALLE-pytorch's ReduceLROnPlateau, stepped once per epoch with the epoch's last loss.
 """
 from __future__ import annotations
 
-import argparse
 import math
 from typing import Optional
 
@@ -14,12 +13,14 @@ import torch
 from torch import nn
 
 from dalle_pytorch.errors import TrainingError
+from dalle_pytorch.train.config import OptimConfig
 from dalle_pytorch.train.schedules import dalle_plateau_scheduler, vae_updates_before
 
 __all__ = ["build_optimizer", "LRSchedule", "lr_multiplier"]
 
 
-def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW at `optim.learning_rate`, with `optim.weight_decay` on the weight matrices only."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -28,11 +29,11 @@ def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.O
             no_decay.append(p)
         else:
             decay.append(p)
-    groups = [g for g in ({"params": decay, "weight_decay": args.weight_decay},
+    groups = [g for g in ({"params": decay, "weight_decay": optim.weight_decay},
                           {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
     if not groups:
         raise TrainingError("the model has no trainable parameters")
-    return torch.optim.AdamW(groups, lr=args.learning_rate)
+    return torch.optim.AdamW(groups, lr=optim.learning_rate)
 
 
 def lr_multiplier(step: int, *, schedule: str, warmup_steps: int = 0, total_steps: Optional[int] = None,
@@ -68,27 +69,24 @@ _PLATEAU_COUNTERS = {"best": float, "num_bad_epochs": int, "cooldown_counter": i
 class LRSchedule:
     """The learning-rate schedule of a run.
 
-    Per step: a LambdaLR over `lr_multiplier` (`--lr_schedule`, `--warmup_steps`, `--lr_decay_rate`,
-    `--lr_decay_every`). With `--lr_decay` (train_dalle.py, as DALLE-pytorch): ReduceLROnPlateau with
+    Per step: a LambdaLR over `lr_multiplier` (`lr_schedule`, `warmup_steps`, `lr_decay_rate`,
+    `lr_decay_every` of `OptimConfig`). With `lr_decay` (train_dalle.py, as DALLE-pytorch): ReduceLROnPlateau with
     `PLATEAU_DEFAULTS`, stepped by `epoch_end(loss)` with the last step's loss (averaged over the
     ranks) and untouched by `step()`.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, args: argparse.Namespace, total_steps: Optional[int],
+    def __init__(self, optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: Optional[int],
                  steps_per_epoch: Optional[int]) -> None:
         self.optimizer = optimizer
-        self.plateau = bool(getattr(args, "lr_decay", False))
-        self.peak_lr = args.learning_rate
+        self.plateau = optim.lr_decay  # OptimConfig refuses it with a per-step schedule or warmup
+        self.peak_lr = optim.learning_rate
         if self.plateau:
-            if args.lr_schedule != "constant" or args.warmup_steps:
-                raise TrainingError("--lr_decay is DALLE-pytorch's plateau schedule (halve the lr after 11 epochs "
-                                    "without improvement); it replaces --lr_schedule / --warmup_steps: drop those")
             self.scheduler = dalle_plateau_scheduler(optimizer)
             return
-        if args.lr_schedule == "cosine" and total_steps is None:
-            raise TrainingError("--lr_schedule cosine needs the run length: pass --max_steps (the streaming "
-                                "--wds data has no known epoch length)")
-        schedule, warmup, rate, every = args.lr_schedule, args.warmup_steps, args.lr_decay_rate, args.lr_decay_every
+        if optim.lr_schedule == "cosine" and total_steps is None:
+            raise TrainingError("`lr_schedule` cosine needs the run length: set `max_steps` (streaming data has no "
+                                "known epoch length)")
+        schedule, warmup, rate, every = optim.lr_schedule, optim.warmup_steps, optim.lr_decay_rate, optim.lr_decay_every
 
         def factor(step: int) -> float:
             return lr_multiplier(step, schedule=schedule, warmup_steps=warmup, total_steps=total_steps,
@@ -102,7 +100,7 @@ class LRSchedule:
             self.scheduler.step()
 
     def epoch_end(self, loss: Optional[float]) -> None:
-        """After every epoch, with the loss of its last step (`--lr_decay` only)."""
+        """After every epoch, with the loss of its last step (`lr_decay` only)."""
         if self.plateau and loss is not None:
             self.scheduler.step(loss)
 
@@ -115,7 +113,7 @@ class LRSchedule:
     def load_state_dict(self, state: dict) -> None:
         if self.plateau != ("plateau" in state):
             raise TrainingError("the run was started " + ("without" if self.plateau else "with")
-                                + " --lr_decay; resume it with the same learning-rate flags")
+                                + " `lr_decay`; resume it with the same learning-rate settings")
         if not self.plateau:
             self.scheduler.load_state_dict(state)
             self.peak_lr = self.scheduler.base_lrs[0]

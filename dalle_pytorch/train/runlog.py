@@ -2,26 +2,34 @@
 Weights & Biases, rank 0 only; and the run's closing summary (`write_summary`)."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from PIL import Image
 
 from dalle_pytorch.distributed import DistEnv
-from dalle_pytorch.errors import TrainingError
+from dalle_pytorch.errors import TrainingError, name_fields
 from dalle_pytorch.formats.files import write_text
+from dalle_pytorch.train.config import TrainConfig
+
+__all__ = ["LOG_NAME", "RunLogger", "counted", "write_summary"]
 
 LOG_NAME = "log.jsonl"
 
 
 class RunLogger:
-    """JSONL log (every step and event), console lines, optional TensorBoard / W&B; rank 0 only."""
+    """JSONL log (every step and event), console lines, optional TensorBoard / W&B; rank 0 only.
 
-    def __init__(self, run_dir: str, args: argparse.Namespace, env: DistEnv, resume_step: Optional[int]) -> None:
+    Console lines name settings as `name_setting(field)` (`dalle_pytorch.errors.name_fields`).
+    """
+
+    def __init__(self, run_dir: str, config: TrainConfig, env: DistEnv, resume_step: Optional[int],
+                 name_setting: Optional[Callable[[str], str]] = None) -> None:
         self.active = env.is_main
+        self.name_setting = name_setting
+        outputs = config.outputs
         self.bar = None
         self.tb = None
         self.wandb = None
@@ -44,20 +52,20 @@ class RunLogger:
             self.file = open(path, "a", encoding="utf-8")
         else:
             self.file = open(path, "w", encoding="utf-8")
-        if args.tensorboard:
+        if outputs.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise TrainingError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
+                raise TrainingError("`tensorboard` needs the tensorboard package: pip install tensorboard") from e
             self.tb = SummaryWriter(log_dir=os.path.join(run_dir, "tensorboard"))
-        if args.wandb:
+        if outputs.wandb:
             try:
                 import wandb
             except ImportError as e:
-                raise TrainingError("--wandb needs the wandb package: pip install wandb (then wandb login)") from e
+                raise TrainingError("`wandb` needs the wandb package: pip install wandb, then wandb login") from e
             self.wandb = wandb
-            wandb.init(project=args.wandb_name, entity=args.wandb_entity, name=args.name,
-                       config={k: v for k, v in vars(args).items() if jsonable(v)}, dir=run_dir, resume="allow")
+            wandb.init(project=outputs.wandb_name, entity=outputs.wandb_entity, name=outputs.name,
+                       config=config.settings(), dir=run_dir, resume="allow")
 
     def write(self, record: dict) -> None:
         if not self.active:
@@ -80,6 +88,7 @@ class RunLogger:
     def print(self, message: str) -> None:
         if not self.active:
             return
+        message = name_fields(message, self.name_setting)
         if self.bar is not None:
             self.bar.write(message)
         else:
@@ -108,12 +117,9 @@ class RunLogger:
             self.file = None
 
 
-def jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value)
-        return True
-    except (TypeError, ValueError):
-        return False
+def counted(n: int, noun: str, plural: Optional[str] = None) -> str:
+    """'1 step', '2 steps' (`plural` for nouns that do not take an s)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def write_summary(logger: RunLogger, run_dir: str, summary: dict) -> None:
@@ -124,13 +130,13 @@ def write_summary(logger: RunLogger, run_dir: str, summary: dict) -> None:
         logger.bar.close()
         logger.bar = None
     files = summary["skipped_files"]
-    skipped = f"{summary['skipped_samples']} bad samples skipped"
+    skipped = f"{counted(summary['skipped_samples'], 'bad sample')} skipped"
     if files:
         skipped += f" ({', '.join(files[:5])}" + (", ..." if len(files) > 5 else "") + ")"
     loss = f"{summary['final_loss']:.5f}" if summary["final_loss"] is not None else "n/a"
     logger.print(
-        f"done: {summary['steps']} steps, {summary['epochs_completed']} epochs completed, final loss {loss}, "
-        f"{summary['nonfinite_steps']} non-finite steps skipped, {skipped}"
+        f"done: {counted(summary['steps'], 'step')}, {counted(summary['epochs_completed'], 'epoch')} completed, "
+        f"final loss {loss}, {counted(summary['nonfinite_steps'], 'non-finite step')} skipped, {skipped}"
         + (f"; model: {summary['model']}" if summary["model"] is not None else ""))
     if summary["replicas_in_sync"] is False:
         logger.print("warning: the ranks ended with different weights (see replicas/*.sha256)")

@@ -1,28 +1,28 @@
 """`Trainer`: runs one `Task`: loops over its data, steps the optimizer, logs, writes checkpoint pairs
 and sample images, and resumes exactly.
 
-Non-finite losses or gradients skip the optimizer step (counted); more than --max_nonfinite in a
+Non-finite losses or gradients skip the optimizer step (counted); more than `max_nonfinite` in a
 row stop the run.  Checkpoint pairs (model file + training state) are written with
 `CheckpointManager`; the JSONL log and console lines with `RunLogger`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import time
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 from dalle_pytorch.checkpoint.ours import save as save_model
 from dalle_pytorch.checkpoint.training_state import save_training_state
 from dalle_pytorch.distributed import DistEnv
-from dalle_pytorch.errors import TrainingError
+from dalle_pytorch.errors import TrainingError, name_fields
 from dalle_pytorch.formats.files import is_disk_full
 from dalle_pytorch.train.checkpoints import CheckpointManager, CheckpointPoint, link_file, replicas_in_sync
+from dalle_pytorch.train.config import TrainConfig
 from dalle_pytorch.train.curves import refresh_curves
 from dalle_pytorch.train.flops import FLOPS_DEPTH, count_flops, flops_report
 from dalle_pytorch.train.loader import EpochData, batch_len, to_device
@@ -38,29 +38,31 @@ __all__ = ["Trainer"]
 
 
 class Trainer:
-    """Trains `task` in `run_dir`; `resume` is the checkpoint pair to continue from (and its state)."""
+    """Trains `task` as `config` says, in `run_dir`; `resume` is the checkpoint pair to continue from (and its
+    state). Console lines name settings as `name_setting(field)` (default: the field's name)."""
 
-    def __init__(self, args: argparse.Namespace, env: DistEnv, task: Task, run_dir: str,
+    def __init__(self, config: TrainConfig, env: DistEnv, task: Task, run_dir: str,
                  manager: CheckpointManager, resume: Optional[tuple[CheckpointPoint, dict]],
-                 notes: Optional[list[str]] = None) -> None:
-        self.args, self.env, self.task = args, env, task
+                 notes: Optional[list[str]] = None, name_setting: Optional[Callable[[str], str]] = None) -> None:
+        self.config, self.env, self.task = config, env, task
+        compute, loop = config.compute, config.loop
         self.run_dir, self.manager = run_dir, manager
         self.samples_dir = os.path.join(run_dir, "samples")
         task.model.train()
-        self.model = ParallelModel(task.model, env, fsdp=args.fsdp, compile=args.compile, loss_fn=task.loss_fn,
+        self.model = ParallelModel(task.model, env, fsdp=compute.fsdp, compile=compute.compile, loss_fn=task.loss_fn,
                                    dummy_batch=task.dummy_batch)
         self.notes: list[str] = list(notes or []) + list(task.info) + self.model.notes
-        self.optimizer = build_optimizer(task.model, args)
-        self.scaler = torch.amp.GradScaler(env.device.type, enabled=args.precision == "fp16")
+        self.optimizer = build_optimizer(task.model, config.optim)
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=compute.precision == "fp16")
 
-        self.data = EpochData(task.data, env, args)
+        self.data = EpochData(task.data, env, loop)
         self.total = self.data.total_steps
         if task.set_steps_per_epoch is not None:  # schedules that count steps within the epoch
             task.set_steps_per_epoch(self.data.steps_per_epoch)
-        self.scheduler = LRSchedule(self.optimizer, args, self.total, self.data.steps_per_epoch)
+        self.scheduler = LRSchedule(self.optimizer, config.optim, self.total, self.data.steps_per_epoch)
 
         self.progress = Progress()
-        self.state = RunState(args, env, task.kind, self.model, self.optimizer, self.scheduler, self.scaler,
+        self.state = RunState(config, env, task.kind, self.model, self.optimizer, self.scheduler, self.scaler,
                               self.progress)
         self.resume_step: Optional[int] = None
         if resume is not None:
@@ -73,19 +75,20 @@ class Trainer:
                 self.progress.batches_in_epoch = 0
                 self.notes.append("note: streaming data resumes at a fresh stream position (not exact)")
         else:
-            seed_all(args.seed + env.rank)
-            if task.start_state is not None:  # --dalle_path with a DALLE-pytorch file: its optimizer, schedule, epoch
+            seed_all(loop.seed + env.rank)
+            if task.start_state is not None:  # dalle_path, a DALLE-pytorch file: its optimizer, schedule, epoch
                 self.notes += self.state.load_dalle_pytorch_state(task.start_state, self.data.steps_per_epoch)
         self.flops_step: Optional[int] = None
-        if getattr(args, "flops_profiler", False):
-            wanted = args.flops_profiler_step
+        if compute.flops_profiler:
+            wanted = compute.flops_profiler_step
             self.flops_step = min(wanted, self.total - 1) if self.total is not None else wanted
         self.last_saved = self.progress.step if resume is not None else -1
         self.epochs_completed = 0
         self._tick = time.time()
         #: a resumed run that had already reached its length: nothing is trained or written
         self.complete = resume is not None and self.total is not None and self.progress.step >= self.total
-        self.logger = None if self.complete else RunLogger(run_dir, args, env, self.resume_step)
+        self.name_setting = name_setting
+        self.logger = None if self.complete else RunLogger(run_dir, config, env, self.resume_step, name_setting)
 
     # -- checkpoints and images ---------------------------------------------------------------------
 
@@ -100,7 +103,8 @@ class Trainer:
         if env.is_main:
             try:
                 os.makedirs(self.manager.dir, exist_ok=True)
-                meta = {"step": step, "epoch": self.progress.epoch, "run": self.args.name, "kind": self.task.kind}
+                meta = {"step": step, "epoch": self.progress.epoch, "run": self.config.outputs.name,
+                        "kind": self.task.kind}
                 save_model(model, model_path, tokenizer=self.task.tokenizer, metadata=meta)
                 save_training_state(state_path, state)
                 self.manager.commit(step)
@@ -115,11 +119,11 @@ class Trainer:
             if error is not None and is_disk_full(error):
                 previous = (f"the previous checkpoint {last.model} (step {last.step}) is intact" if last
                             else "no earlier checkpoint exists")
-                raise TrainingError(f"{error}; {previous}. Free some space and continue with --resume") from error
+                raise TrainingError(f"{error}; {previous}. Free some space and continue with `resume`") from error
             if isinstance(error, ValueError) and "non-finite" in str(error):
                 raise TrainingError(f"stopping at step {step}: the weights have become non-finite (NaN/inf), "
-                                    f"so no checkpoint was written{where}. Lower --learning_rate, use "
-                                    "--clip_grad_norm or --precision fp32, and resume from there.") from error
+                                    f"so no checkpoint was written{where}. Lower `learning_rate`, use "
+                                    "`clip_grad_norm` or `precision` fp32, and resume from there.") from error
             if error is not None:
                 raise TrainingError(f"could not write the checkpoint of step {step}: {error}") from error
             raise TrainingError(f"rank 0 could not write the checkpoint of step {step}")
@@ -144,7 +148,7 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------------
 
     def fit(self) -> dict:
-        """Train to --max_steps / --epochs; returns the run summary."""
+        """Train to `max_steps` / `epochs`; returns the run summary."""
         if self.complete:
             return self._already_complete()
         try:
@@ -153,11 +157,12 @@ class Trainer:
             self.logger.close()
 
     def _already_complete(self) -> dict:
-        """--resume of a run that already reached its length: say so and change nothing."""
+        """Resuming a run that already reached its length: say so and change nothing."""
         p = self.progress
         if self.env.is_main:
-            print(f"{self.run_dir}: the run is already complete (step {p.step} of {self.total}); nothing to do. "
-                  "Pass a larger --max_steps / --epochs to train further.", flush=True)
+            print(name_fields(f"{self.run_dir}: the run is already complete (step {p.step} of {self.total}); nothing "
+                              "to do. Set a larger `max_steps` / `epochs` to train further.", self.name_setting),
+                  flush=True)
         try:
             with open(os.path.join(self.run_dir, "summary.json"), encoding="utf-8") as f:
                 return json.load(f)
@@ -165,19 +170,19 @@ class Trainer:
             return {"kind": self.task.kind, "steps": p.step, "complete": True}
 
     def _loop(self) -> dict:
-        args, env, task, log, p = self.args, self.env, self.task, self.logger, self.progress
-        ga = args.ga_steps
+        loop, env, task, log, p = self.config.loop, self.env, self.task, self.logger, self.progress
+        ga = loop.ga_steps
         resuming = self.resume_step is not None
         log.event("resume" if resuming else "start", step=p.step, epoch=p.epoch, kind=task.kind,
                   world_size=env.world_size, device=str(env.device), mode=self.model.mode, total_steps=self.total)
         for line in self.notes:
             log.print(line)
         log.print(f"training {task.kind} on {env.world_size} x {env.device.type} ({self.model.mode}), "
-                  f"{args.batch_size * ga * env.world_size} samples per step"
+                  f"{loop.batch_size * ga * env.world_size} samples per step"
                   + (f", {self.data.steps_per_epoch} steps per epoch" if self.data.steps_per_epoch else "")
                   + (f", {self.total} steps" if self.total else "")
                   + (f"; resuming at step {p.step} (epoch {p.epoch})" if resuming else ""))
-        if env.is_main and not args.no_progress:
+        if env.is_main and not self.config.outputs.no_progress:
             from tqdm.auto import tqdm
 
             log.bar = tqdm(total=self.total, initial=p.step, desc=task.kind, dynamic_ncols=True)
@@ -204,8 +209,8 @@ class Trainer:
                 raise TrainingError("the data stream produced no batches (empty or unreadable shards?)")
             p.epoch += 1
             p.batches_in_epoch = 0
-            self.scheduler.epoch_end(p.last_loss)  # --lr_decay: once per epoch, on its last step's loss
-            if done or (self.total is None and p.epoch >= args.epochs):
+            self.scheduler.epoch_end(p.last_loss)  # lr_decay: once per epoch, on its last step's loss
+            if done or (self.total is None and p.epoch >= loop.epochs):
                 break
 
         epoch_done = self.data.map_style and p.batches_in_epoch >= self.data.steps_per_epoch * ga
@@ -216,10 +221,11 @@ class Trainer:
 
     def _step(self, micro_batches: list) -> float:
         """One optimizer step over `micro_batches` (gradient accumulation); returns the mean loss."""
-        args, env, task, p = self.args, self.env, self.task, self.progress
+        outputs, env, task, p = self.config.outputs, self.env, self.task, self.progress
         ga = len(micro_batches)
         lr = self.optimizer.param_groups[0]["lr"]
-        want_images = bool(args.sample_every and task.image_fn is not None and (p.step + 1) % args.sample_every == 0)
+        every = outputs.sample_every
+        want_images = bool(every and task.image_fn is not None and (p.step + 1) % every == 0)
         if p.step == self.flops_step:
             with count_flops(depth=FLOPS_DEPTH) as counter:
                 loss_sum, finite_local, new_skips, aux, samples = self._forward_backward(micro_batches, want_images)
@@ -247,7 +253,8 @@ class Trainer:
         if not nonfinite:
             if self.scaler.is_enabled():
                 self.scaler.unscale_(self.optimizer)
-            max_norm = args.clip_grad_norm if args.clip_grad_norm > 0 else float("inf")
+            clip = self.config.optim.clip_grad_norm
+            max_norm = clip if clip > 0 else float("inf")
             norm = torch.nn.utils.clip_grad_norm_(self.model.params, max_norm)
             if hasattr(norm, "full_tensor"):
                 norm = norm.full_tensor()
@@ -280,14 +287,14 @@ class Trainer:
 
         if want_images:
             self._images(aux)
-        if args.save_every_steps and p.step % args.save_every_steps == 0:
+        if outputs.save_every_steps and p.step % outputs.save_every_steps == 0:
             self.save()
         self._tick = time.time()
         return loss_value
 
     def _forward_backward(self, micro_batches: list, want_images: bool):
         """Losses and gradients of one step's micro-batches: (loss sum, all finite, skipped files, aux, samples)."""
-        args, env, task, p = self.args, self.env, self.task, self.progress
+        precision, env, task, p = self.config.compute.precision, self.env, self.task, self.progress
         ga = len(micro_batches)
         loss_sum = torch.zeros((), device=env.device)
         finite_local = True
@@ -301,7 +308,7 @@ class Trainer:
             batch = to_device(batch, env.device)
             samples += batch_len(batch)
             with self.model.sync(last):
-                with autocast(args.precision, env.device):
+                with autocast(precision, env.device):
                     loss, micro_aux = task.loss_fn(self.model.train_model, batch, p.step)
                 loss = loss.float()
                 if not bool(torch.isfinite(loss.detach())):
@@ -313,16 +320,16 @@ class Trainer:
         return loss_sum, finite_local, new_skips, aux, samples
 
     def _flops(self, counter, samples: int) -> None:
-        """--flops_profiler: print and log the FLOPs of the step just counted (this process)."""
+        """flops_profiler: print and log the FLOPs of the step just counted (this process)."""
         step, log = self.progress.step, self.logger
         lines, total = flops_report(counter, samples)
         log.event("flops", step=step, flops=total, samples=samples)
-        log.print(f"--flops_profiler: step {step} (forward + backward of {samples} samples on this process):")
+        log.print(f"`flops_profiler`: step {step} (forward + backward of {samples} samples on this process):")
         for line in lines:
             log.print("  " + line)
 
     def _report(self, record: dict, loss_value: float, lr: float, nonfinite: bool, fresh: list[str]) -> None:
-        args, p, log = self.args, self.progress, self.logger
+        loop, p, log = self.config.loop, self.progress, self.logger
         log.write(record)
         if log.bar is not None:
             log.bar.update(1)
@@ -330,21 +337,21 @@ class Trainer:
         if nonfinite:
             log.print(f"step {p.step}: non-finite loss or gradient; optimizer step skipped "
                       f"({p.nonfinite_run} in a row, {p.nonfinite_total} in total)")
-            if p.nonfinite_run > args.max_nonfinite:
+            if p.nonfinite_run > loop.max_nonfinite:
                 last = self.manager.latest()
                 where = f" The last checkpoint is {last.model} (step {last.step})." if last else ""
                 raise TrainingError(
                     f"stopping at step {p.step}: the loss was non-finite (NaN/inf) for {p.nonfinite_run} "
-                    f"steps in a row, more than --max_nonfinite {args.max_nonfinite}.{where} Try a lower "
-                    "--learning_rate, --warmup_steps, --clip_grad_norm, or --precision fp32/bf16 instead of fp16.")
-        elif p.step % args.log_every == 0 and log.bar is None:
+                    f"steps in a row, more than `max_nonfinite` {loop.max_nonfinite}.{where} Try a lower "
+                    "`learning_rate`, `warmup_steps`, `clip_grad_norm`, or `precision` fp32/bf16 instead of fp16.")
+        elif p.step % self.config.outputs.log_every == 0 and log.bar is None:
             log.print(f"epoch {p.epoch} step {p.step}: loss {loss_value:.5f} lr {lr:.3e}")
         if fresh and self.env.is_main:
             log.print(f"skipped bad samples: {', '.join(fresh)} ({p.skipped_total} so far)")
 
     def _finish(self, start_time: float, last_loss: Optional[float]) -> dict:
         env, p = self.env, self.progress
-        final_path = os.path.join(self.run_dir, f"{self.args.name}.safetensors")
+        final_path = os.path.join(self.run_dir, f"{self.config.outputs.name}.safetensors")
         point = self.manager.latest()
         if env.is_main and point is not None:
             link_file(point.model, final_path)
