@@ -4,7 +4,7 @@ pattern's mask (and, for block-sparse, flex_attention with a block mask), side b
     python benchmarks/attention.py [--fmap 32] [--text_len 33]
 
 Times one forward + backward of an attention layer (dim 256, 4 heads of 64, batch 4) over the
-whole sequence, fp32, best of 3.  All kernels compute the same function (tests/test_patterns.py).
+whole sequence, fp32, best of 3.  All kernels compute the same function (tests/nn/test_patterns.py).
 """
 from __future__ import annotations
 

@@ -235,7 +235,7 @@ def ops_per_step(model, text, num_steps: int = 20) -> tuple[float, float]:
     from torch.profiler import ProfilerActivity, profile
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    class Count(TorchDispatchMode):  # the same counter as tests/test_cache.py's operator-count test
+    class Count(TorchDispatchMode):  # the same counter as tests/models/test_cache.py's operator-count test
         def __init__(self):
             super().__init__()
             self.calls = 0

@@ -6,7 +6,7 @@
 The model is benchmarks/generate.py's (dim 256, depth 4, random weights) saved with a word-level
 tokenizer; the captions come from the synthetic shapes vocabulary. One process gets all the CPU
 threads (--threads); each of the N torchrun processes gets threads / N. Both runs write the same
-files (tests/test_generate.py checks that); this prints their images/s and the ratio.
+files (tests/cli/test_generate.py checks that); this prints their images/s and the ratio.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
     python benchmarks/vae_decode.py            # about five minutes on 2 otherwise idle CPU cores
 
 Two models with random weights (no download), each also copied into the reference implementation
-and decoded the way DALLE-pytorch 1.6.6 decodes (tests/vae_oracles.py):
+and decoded the way DALLE-pytorch 1.6.6 decodes (tests/oracles/vae_oracles.py):
   * VQGAN f16 as DALLE-pytorch's default (ch 128, ch_mult 1,1,2,2,4, 2 resnet blocks, attention at
     16, 1024 codes): 16 x 16 codes per image, VQGanVAE.decode vs taming's VQModel.decode;
   * OpenAI's dVAE at its real size (n_hid 256, 2 blocks per group, 8192 codes): 32 x 32 codes,

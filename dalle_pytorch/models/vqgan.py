@@ -1,7 +1,7 @@
 """DALLE-pytorch 1.6.6's `VQGanVAE`: taming-transformers' pretrained VQGAN (the modules of `taming.py`)
 read from taming's own files (.yaml config, Lightning .ckpt) without taming or Lightning, as an
 image tokenizer: `get_codebook_indices` (images in [0, 1] -> codes) and `decode` (codes -> images).
-Codes are identical to taming's and pixels equal to float rounding (tests/test_vqgan.py).
+Codes are identical to taming's and pixels equal to float rounding (tests/models/test_vqgan.py).
 """
 from __future__ import annotations
 

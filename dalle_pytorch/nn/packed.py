@@ -7,7 +7,7 @@ layout is several times faster at small batches (measured in docs/benchmarks.md)
 keeps those reordered copies for one generation, made lazily at each weight's first product, and
 runs the products through them.
 
-Properties the decode path relies on (tested in tests/test_packed.py):
+Properties the decode path relies on (tested in tests/nn/test_packed.py):
 - the same function as `F.linear` up to float rounding, for float32 and bfloat16;
 - batch-invariant: a row's result does not depend on the other rows of the batch (the continuous
   batching server's rows belong to different requests);

@@ -12,10 +12,10 @@ import yaml
 from dalle_pytorch import VQGanVAE
 from dalle_pytorch.errors import NotRegularFileError
 from dalle_pytorch.models.taming import VQGanConfig, VQModel
-from tests.vae_oracles import (REAL_CONFIGS, build_taming, dalle_pytorch_vqgan_codes, dalle_pytorch_vqgan_decode,
+from tests.oracles.vae_oracles import (REAL_CONFIGS, build_taming, dalle_pytorch_vqgan_codes, dalle_pytorch_vqgan_decode,
                                require, save_taming_files, taming_model_section)
 
-FIXTURES = Path(__file__).parent / "fixtures" / "pretrained_vae"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pretrained_vae"
 
 
 def dd(resolution=32, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn=(16,), z=8, **extra):

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from dalle_pytorch import OpenAIDiscreteVAE
 from dalle_pytorch.formats.safe_pickle import UnsafePickleError
-from tests.vae_oracles import build_dall_e, dalle_pytorch_dvae_codes, dalle_pytorch_dvae_decode
+from tests.oracles.vae_oracles import build_dall_e, dalle_pytorch_dvae_codes, dalle_pytorch_dvae_decode
 
-FIXTURES = Path(__file__).parent / "fixtures" / "pretrained_vae"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pretrained_vae"
 
 # (n_hid, n_blk_per_group, vocab_size, n_init, torch.save zip format)
 CASES = [(64, 1, 512, 32, True), (64, 2, 1024, 128, False)]

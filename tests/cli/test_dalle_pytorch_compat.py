@@ -3,7 +3,7 @@
 - every flag of its train_dalle.py / train_vae.py / generate.py parses;
 - its README's command lines (tiny sizes appended, a few steps) run, or stop with a one-line reason,
   and give the configuration they gave there (model config, precision, batch, schedules);
-- (`--dalle_path` with a DALLE-pytorch file, and exact resumes: tests/test_dalle_pytorch_resume.py);
+- (`--dalle_path` with a DALLE-pytorch file, and exact resumes: tests/train/test_dalle_pytorch_resume.py);
 - `filter_thres` / `--top_k` keeps the codes DALLE-pytorch's `top_k` keeps (its whole vocabulary);
 - the tokenizer flags, --flops_profiler, the launcher flags.
 """
@@ -34,7 +34,7 @@ from dalle_pytorch.train.config import LoopConfig, VaeConfig
 from dalle_pytorch.train.schedules import vae_learning_rate, vae_temperature
 from tests.helpers import load_script, tiny_dalle, word_tokenizer_json
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RESUME = FIXTURES / "dalle_pytorch_resume"
 PRETRAINED = FIXTURES / "pretrained_vae"
 

@@ -12,9 +12,9 @@ from PIL import Image
 
 from dalle_pytorch.synthetic import make_dataset
 from dalle_pytorch.train.curves import load_curves
-from tests.test_training import VAE_FLAGS, train_vae
+from tests.train.test_training import VAE_FLAGS, train_vae
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("matplotlib", reason="the plot extra (matplotlib) is not installed")
 
 

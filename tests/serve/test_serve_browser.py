@@ -29,12 +29,12 @@ from dalle_pytorch.pipeline.text_to_image import Pipeline  # noqa: E402
 from dalle_pytorch.serve.app import create_app  # noqa: E402
 from dalle_pytorch.synthetic import dominant_colors, parse_caption  # noqa: E402
 from dalle_pytorch.train.datasets import image_to_tensor  # noqa: E402
-from tests.serve_helpers import live_server  # noqa: E402
+from tests.serve.helpers import live_server  # noqa: E402
 
 # Playwright's own browser download cannot work here: it drives the system Chromium
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(os.environ.get("DALLE_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+ARTIFACTS = Path(os.environ.get("DALLE_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
 TIMEOUT_MS = 120_000
 
 

@@ -23,7 +23,7 @@ from dalle_pytorch.train.config import LoopConfig, OptimConfig, TrainConfig
 from dalle_pytorch.train.optim import LRSchedule, build_optimizer
 from dalle_pytorch.train.parallel import ParallelModel
 from dalle_pytorch.train.state import Progress, RunState
-from tests.test_dalle_pytorch_compat import (  # noqa: F401 - fixtures
+from tests.cli.test_dalle_pytorch_compat import (  # noqa: F401 - fixtures
     OURS,
     RESUME,
     TINY_DALLE,

@@ -16,9 +16,9 @@ from dalle_pytorch.checkpoint import training_state
 from dalle_pytorch.errors import TrainingError
 from dalle_pytorch.formats import files
 from dalle_pytorch.synthetic import make_dataset
-from tests.test_training import VAE_FLAGS, train_vae
+from tests.train.test_training import VAE_FLAGS, train_vae
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,8 +12,8 @@ from dalle_pytorch.text.factory import (HugTokenizer, SimpleTokenizer, YttmToken
                                         is_yttm_model, tokenizer_from_description)
 
 CAPTION = "a red circle on a blue background"
-ROOT = Path(__file__).resolve().parents[1]
-YTTM_DIR = Path(__file__).parent / "fixtures" / "yttm"
+ROOT = Path(__file__).resolve().parents[2]
+YTTM_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "yttm"
 YTTM_MODELS = ("en.bpe", "mixed.bpe", "custom_ids.bpe")
 
 

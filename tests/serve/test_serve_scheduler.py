@@ -21,7 +21,7 @@ from tests.helpers import tiny_pipeline, tiny_vae
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RED = "a red circle on a blue background"
 GREEN = "a green square on a black background"
 PLAIN = SamplingConfig(filter_thres=0.9)

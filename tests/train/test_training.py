@@ -25,7 +25,7 @@ from dalle_pytorch.train.datasets import ImageFolder
 from dalle_pytorch.train.optim import lr_multiplier
 from dalle_pytorch.train.schedules import vae_learning_rate, vae_temperature
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _script(name):

@@ -24,7 +24,7 @@ from dalle_pytorch.pipeline import outputs
 from dalle_pytorch.pipeline.text_to_image import batch_seeds
 from tests.helpers import random_text, tiny_dalle
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CAPTION = "a red circle on a blue background"
 
 

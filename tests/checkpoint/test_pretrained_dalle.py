@@ -12,7 +12,7 @@ import torch
 from dalle_pytorch import CheckpointError, OpenAIDiscreteVAE, VQGanVAE, load, load_checkpoint, save
 from dalle_pytorch.cli.convert import main as convert_main
 
-FIXTURES = Path(__file__).parent / "fixtures" / "pretrained_vae"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pretrained_vae"
 
 
 def vqgan() -> VQGanVAE:

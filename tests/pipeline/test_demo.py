@@ -14,7 +14,7 @@ from dalle_pytorch.synthetic import caption, combinations, dominant_colors, pars
 from dalle_pytorch.text.factory import HugTokenizer
 from dalle_pytorch.train.datasets import image_to_tensor
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEMO_DIR = ROOT / "dalle_pytorch" / "demo"
 
 # every colour appears once as a background and once as a shape colour, every shape at least once

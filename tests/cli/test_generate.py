@@ -26,8 +26,8 @@ from dalle_pytorch.synthetic import COLORS, SHAPES, render
 from dalle_pytorch.text.factory import HugTokenizer
 from dalle_pytorch.train.datasets import image_to_tensor
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CAPTION = "a red circle on a blue background"
 
 

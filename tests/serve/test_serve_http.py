@@ -20,7 +20,7 @@ from dalle_pytorch.generation.sampling import SamplingConfig  # noqa: E402
 from dalle_pytorch.serve import scheduler as scheduler_module  # noqa: E402
 from dalle_pytorch.serve.app import create_app  # noqa: E402
 from tests.helpers import tiny_pipeline, tiny_vae  # noqa: E402
-from tests.serve_helpers import live_server  # noqa: E402
+from tests.serve.helpers import live_server  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

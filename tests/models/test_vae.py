@@ -6,7 +6,7 @@ import torch
 
 from dalle_pytorch.models.vae import DiscreteVAE
 
-FIXTURES = sorted(p for p in (Path(__file__).parent / "fixtures").glob("*.pt") if not p.name.endswith(".expected.pt"))
+FIXTURES = sorted(p for p in (Path(__file__).resolve().parents[1] / "fixtures").glob("*.pt") if not p.name.endswith(".expected.pt"))
 
 TINY = dict(image_size=32, num_layers=2, hidden_dim=16, num_tokens=64, codebook_dim=32)
 

@@ -18,7 +18,7 @@ from dalle_pytorch.checkpoint import (CheckpointError, load, load_checkpoint, lo
                                       save_training_state)
 from dalle_pytorch.cli.convert import main as convert_main
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 NAMES = sorted(p.name[: -len(".pt")] for p in FIXTURES.glob("*-v*.pt") if not p.name.endswith(".expected.pt"))
 assert NAMES, "no DALLE-pytorch fixtures found"
 
@@ -303,7 +303,7 @@ def test_malicious_pickle_is_not_executed(tmp_path):
 
 
 def test_pretrained_vae_files_need_that_vae(tmp_path, monkeypatch):
-    """A DALLE-pytorch file over VQGanVAE / OpenAIDiscreteVAE needs that VAE (tests/test_pretrained_dalle.py
+    """A DALLE-pytorch file over VQGanVAE / OpenAIDiscreteVAE needs that VAE (tests/checkpoint/test_pretrained_dalle.py
     loads real ones): a DiscreteVAE is refused, and without one the error says how to give it."""
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/dalle
     vae = train_vae_file(tmp_path, "full_plain-v1.6.6")
@@ -527,7 +527,7 @@ def test_convert_cli(tmp_path, capsys):
 
     # DALLE-pytorch's --bpe_path without --hug is a youtokentome model: stored whole in the output
     yttm_out = tmp_path / "yttm.safetensors"
-    yttm = Path(__file__).parent / "fixtures" / "yttm" / "en.bpe"
+    yttm = Path(__file__).resolve().parents[1] / "fixtures" / "yttm" / "en.bpe"
     assert convert_main([str(FIXTURES / f"{name}.pt"), str(yttm_out), "--bpe_path", str(yttm)]) == 0
     stored = load_checkpoint(yttm_out).tokenizer
     assert type(stored).__name__ == "YttmTokenizer" and stored.model_str == yttm.read_text()

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from dalle_pytorch.text.factory import (CHINESE_VOCAB_HELP, ChineseTokenizer, HugTokenizer, YttmTokenizer,
                                         tokenizer_from_description, tokenizer_from_file)
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VOCAB = FIXTURES / "bert_chinese" / "vocab.txt"
 
 

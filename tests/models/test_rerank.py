@@ -20,11 +20,11 @@ from dalle_pytorch.cli.flags import flag_names
 from dalle_pytorch.errors import CheckpointError, GenerationError
 from dalle_pytorch.formats.images import tensor_to_pil
 from dalle_pytorch.models.rerank import CLIPReranker, ImagePreprocess, as_reranker, import_open_clip, open_clip_model
-from tests.clip_oracles import TINY, TINY_CUSTOM_TEXT, oracle_model
-from tests.clip_oracles import import_open_clip as import_oracle
+from tests.oracles.clip_oracles import TINY, TINY_CUSTOM_TEXT, oracle_model
+from tests.oracles.clip_oracles import import_open_clip as import_oracle
 from tests.helpers import demo_tokenizer, tiny_dalle
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CAPTIONS = ["a red circle on a blue background", "a green square", "a yellow triangle on a black background",
             "white", "a blue circle on a red background", "something else entirely"]
 

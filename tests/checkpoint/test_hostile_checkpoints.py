@@ -23,7 +23,7 @@ from dalle_pytorch import DALLE, load, load_checkpoint, save
 from dalle_pytorch.errors import CheckpointError, NotRegularFileError
 from tests.helpers import tiny_dalle
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

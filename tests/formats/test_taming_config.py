@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from dalle_pytorch.errors import NotRegularFileError
 from dalle_pytorch.formats.taming_yaml import YamlSubsetError, parse_yaml_subset, read_yaml_subset
-from tests.vae_oracles import REAL_CONFIGS
+from tests.oracles.vae_oracles import REAL_CONFIGS
 
-FIXTURES = Path(__file__).parent / "fixtures" / "pretrained_vae"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pretrained_vae"
 
 # taming's repository configs are written by hand, with flow lists and comments
 TAMING_REPO_CONFIG = """\
