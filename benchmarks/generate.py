@@ -1,7 +1,7 @@
 """Cached generation benchmark: every comparison is measured side by side in one run.
 
     python benchmarks/generate.py --compile      # the full run (about two minutes on 2 CPU cores)
-    python benchmarks/generate.py --quick        # smaller grids, for a smoke test
+    python benchmarks/generate.py --quick        # 4x4 and 8x8 grids, for a smoke test
     python benchmarks/generate.py --device cuda  # on a GPU (timings synchronise the device)
 
 Model: dim 256, depth 4, heads 4, dim_head 64, text_seq_len 32, random weights, fp32, batch 4.
@@ -16,6 +16,7 @@ from contextlib import contextmanager
 import torch
 
 from dalle_pytorch import DALLE, DiscreteVAE
+from dalle_pytorch.generation import decode
 from dalle_pytorch.nn.cache import KVCache
 
 DEVICE = torch.device("cpu")  # set by --device
@@ -101,7 +102,8 @@ VARIANTS = {  # name: (compile mode or False, concatenating cache)
 def compiled_step(model, mode: str):
     if mode == "prefix,py":
         return torch.compile(model.decode_step, dynamic=True)
-    return model._compiled_decode_step(mode)
+    compiled = decode.compiled_step(mode, DEVICE)  # what generate_images(compile=mode) runs
+    return lambda token, pos, cache, length: compiled(model, token, pos, cache, length)
 
 
 @torch.inference_mode()
@@ -221,10 +223,11 @@ def matmul_share_in_steps(model, text, num_steps: int = 100) -> float:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step_times(model, text, num_steps)
+        step_times(model, text, min(num_steps, model.image_seq_len - 1))
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
-    mm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::addmm", "aten::mm", "aten::bmm"))
+    products = ("aten::addmm", "aten::mm", "aten::bmm", "mkldnn::_linear_pointwise")  # the last: packed weights
+    mm = sum(e.self_cpu_time_total for e in events if e.key in products)
     return mm / total
 
 
@@ -303,7 +306,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     global DEVICE
     DEVICE = torch.device(args.device)
-    small, large = (8, 16) if args.quick else (16, 32)
+    small, large = (4, 8) if args.quick else (16, 32)
     b = 4
     rows = []
 
@@ -357,13 +360,14 @@ def main(argv=None):
     report(f"[{large}x{large}] matmul floor of one step, between steps (in situ)", situ * 1e3, "ms")
     # the floor with the attention's products: what a step must at least compute and read
     full = [f + a for f, a in zip(sweep["floor"], sweep["attention"])]
-    f_early, f_late, f_mean = sum(full[:100]) / 100, sum(full[-100:]) / 100, sum(full) / len(full)
+    k = min(100, len(full))  # the first and last 100 positions (fewer on a --quick grid)
+    f_early, f_late, f_mean = sum(full[:k]) / k, sum(full[-k:]) / k, sum(full) / len(full)
     report(f"[{large}x{large}] floor with attention products (in situ), first 100", f_early * 1e3, "ms")
     report(f"[{large}x{large}] floor with attention products (in situ), last 100", f_late * 1e3, "ms")
     report(f"[{large}x{large}] floor with attention products: late / early", f_late / f_early, "x")
     for name in names:
         st = sweep[name]
-        early, late, mean = sum(st[:100]) / 100, sum(st[-100:]) / 100, sum(st) / len(st)
+        early, late, mean = sum(st[:k]) / k, sum(st[-k:]) / k, sum(st) / len(st)
         report(f"[{large}x{large}] {name}: mean step, first 100 positions", early * 1e3, "ms")
         report(f"[{large}x{large}] {name}: mean step, last 100 positions", late * 1e3, "ms")
         report(f"[{large}x{large}] {name}: late / early step time", late / early, "x")
@@ -375,7 +379,7 @@ def main(argv=None):
     # the sweep keeps one cache per variant (5 x 35 MB at the end), more than a real generation
     # holds: eager decoding alone, one cache resident, is what generate_images does
     alone = step_times(m, text, n - 1)
-    early, late = sum(alone[:100]) / 100, sum(alone[-100:]) / 100
+    early, late = sum(alone[:k]) / k, sum(alone[-k:]) / k
     report(f"[{large}x{large}] eager alone: mean step, first 100 positions", early * 1e3, "ms")
     report(f"[{large}x{large}] eager alone: mean step, last 100 positions", late * 1e3, "ms")
     report(f"[{large}x{large}] eager alone: late / early step time", late / early, "x")

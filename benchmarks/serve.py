@@ -198,12 +198,12 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads, here and in the server (default 1: with other processes on the cores, "
                              "2 OpenMP threads wait on each other; docs/serving.md)")
-    parser.add_argument("--requests", type=int, default=None, help="requests per phase (default 32, quick 12)")
+    parser.add_argument("--requests", type=int, default=None, help="requests per phase (default 32, quick 6)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     fmap = 8 if args.quick else 16
-    count = args.requests or (12 if args.quick else 32)
+    count = args.requests or (6 if args.quick else 32)
     bench = _bench_generate()
 
     from dalle_pytorch.checkpoint import save

@@ -1,7 +1,7 @@
 """Speculative Jacobi decoding against plain cached decoding, side by side in one run.
 
     python benchmarks/speculative.py                  # demo + bench models, batch 1 / 4 / 16 / 64 (a few minutes)
-    python benchmarks/speculative.py --quick          # a smoke test
+    python benchmarks/speculative.py --quick          # a smoke test (demo, batch 1, K = 8)
     python benchmarks/speculative.py --model community --batch 1 8   # the step cost of the community-size model
 
 For each model and batch: forward passes per image and wall clock of `generate_images` with
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="a smoke test: demo, batch 1 and 4, K = 8")
     args = p.parse_args(argv)
     if args.quick:
-        args.model, args.batch, args.window, args.seeds = ["demo"], [1, 4], [8], 1
+        args.model, args.batch, args.window, args.priors, args.seeds = ["demo"], [1], [8], ["left"], 1
     torch.set_num_threads(args.threads)
     print(f"# {cpu_name()}, torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.2f}")
     for name in args.model:
@@ -134,8 +134,8 @@ def main(argv=None) -> int:
         f = model.fmap_size
         by_row = []
         for r in range(f):
-            v = sum(st.verified_at[r * f : (r + 1) * f])
-            a = sum(st.accepted_at[r * f : (r + 1) * f])
+            v = int(st.verified_at[r * f : (r + 1) * f].sum())
+            a = int(st.accepted_at[r * f : (r + 1) * f].sum())
             by_row.append(f"{a / v:.2f}" if v else "-")
         print(f"\nacceptance by image row (K={args.window[0]}, {args.priors[0]}, batch 1): " + " ".join(by_row))
     return 0

@@ -199,7 +199,7 @@ def kept_codes(model, img: Optional[torch.Tensor], mask, batch: int):
 #: twice), plain decoding above: a small batch's step streams the weights whatever it computes, so a
 #: window is nearly free there, while a large batch's step is compute-bound (docs/benchmarks.md)
 AUTO_WINDOW = 8
-AUTO_MAX_ROWS = 16
+AUTO_MAX_ROWS = 4
 
 
 def _check_speculative(speculative, use_cache, rows: int = 1) -> int:

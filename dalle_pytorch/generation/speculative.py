@@ -21,7 +21,7 @@ accepted codes), so every step has the same shape; the cache is allocated with `
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -43,9 +43,9 @@ class DecodeStats:
     codes: int = 0  # codes sampled (not primed or kept) in every row
     rows: int = 0
     accepted_drafts: int = 0  # drafts accepted by speculative steps
-    #: per image position: how often a draft was verified there, and how often it was accepted
-    verified_at: list = field(default_factory=list)
-    accepted_at: list = field(default_factory=list)
+    #: per image position (I,) long: how often a draft was verified there, and how often it was accepted
+    verified_at: Optional[torch.Tensor] = None
+    accepted_at: Optional[torch.Tensor] = None
 
     @property
     def passes_per_row(self) -> float:
@@ -54,7 +54,9 @@ class DecodeStats:
 
     def acceptance_by_position(self) -> list:
         """The share of verified drafts accepted at each image position (None where none was verified)."""
-        return [a / v if v else None for a, v in zip(self.accepted_at, self.verified_at)]
+        if self.verified_at is None:
+            return []
+        return [a / v if v else None for a, v in zip(self.accepted_at.tolist(), self.verified_at.tolist())]
 
 
 def verify(p: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor, valid: torch.Tensor,
@@ -122,7 +124,8 @@ class Window:
         self.q = torch.zeros(self.rows, self.k, v, device=device)  # the distributions they were drawn from
         self._s = None
         if stats is not None:
-            stats.verified_at, stats.accepted_at = [0] * self.total, [0] * self.total
+            stats.verified_at = torch.zeros(self.total, dtype=torch.long, device=device)
+            stats.accepted_at = torch.zeros(self.total, dtype=torch.long, device=device)
 
     @property
     def done(self) -> bool:
@@ -177,10 +180,9 @@ class Window:
         if self.stats is not None:
             self.stats.forward_passes += 1
             self.stats.accepted_drafts += int(n.sum())
-            for c in target[valid & (arange_t[None, :] <= n[:, None])].tolist():
-                self.stats.verified_at[c] += 1
-            for c in target[take].tolist():
-                self.stats.accepted_at[c] += 1
+            verified = valid & (arange_t[None, :] <= n[:, None])
+            self.stats.verified_at.index_add_(0, target[verified], torch.ones_like(target[verified]))
+            self.stats.accepted_at.index_add_(0, target[take], torch.ones_like(target[take]))
         self.f = f = f + n + rejected.long()
         # the next window: slot j is code f + j; codes this step computed p for are re-drawn from it
         slot = f[:, None] + self.offsets - s[:, None]
@@ -207,29 +209,37 @@ class Window:
             self.q = torch.where(forced[..., None], _one_hot(known, self.v), self.q)
 
     def _draft(self, fresh: torch.Tensor) -> None:
-        """Draft the window slots `fresh` (R, K) bool from the prior, left to right."""
+        """Draft the window slots `fresh` (R, K) bool from the prior (a few tensor ops whatever K)."""
+        if not bool(fresh.any()):
+            return
         rows, k, v, total, f = self.rows, self.k, self.v, self.total, self.f
-        for j in range(k):
-            need = fresh[:, j]
-            if not bool(need.any()):
-                continue
-            c = f + j  # the code index of slot j
-            if self.prior == "uniform":
-                gen = self.generator
-                draw = torch.randint(0, v, (rows,), generator=gen,
-                                     device=gen.device if gen is not None else self.device).to(self.device)
-                q = torch.full((rows, v), 1.0 / v, device=self.device)
-            else:
-                left = self.codes.gather(1, (c - 1).clamp(0, total - 1)[:, None])[:, 0] if j == 0 else self.tokens[:, j - 1]
-                draw = left
-                if self.prior == "above":
-                    up = c - self.f_side
-                    from_codes = self.codes.gather(1, up.clamp(0, total - 1)[:, None])[:, 0]
-                    from_window = self.tokens.gather(1, (up - f).clamp(0, k - 1)[:, None])[:, 0]
-                    draw = torch.where(up >= 0, torch.where(up < f, from_codes, from_window), left)
-                q = _one_hot(draw, v)
-            self.tokens[:, j] = torch.where(need, draw, self.tokens[:, j])
-            self.q[:, j] = torch.where(need[:, None], q, self.q[:, j])
+        if self.prior == "uniform":
+            gen = self.generator
+            draw = torch.randint(0, v, (rows, k), generator=gen,
+                                 device=gen.device if gen is not None else self.device).to(self.device)
+            self.tokens = torch.where(fresh, draw, self.tokens)
+            self.q = torch.where(fresh[..., None], torch.full_like(self.q, 1.0 / v), self.q)
+            return
+        # "left": a fresh slot copies the nearest slot before it that is not fresh, or the last accepted code
+        last = torch.where(fresh, -1, self.offsets).cummax(dim=1).values  # (R, K): that slot, -1 for none
+        accepted = self.codes.gather(1, (f - 1).clamp(0, total - 1)[:, None])  # (R, 1)
+        draw = torch.where(last >= 0, self.tokens.gather(1, last.clamp(min=0)), accepted)
+        if self.prior == "above":  # the code one row up: accepted for the first F slots, else a slot drafted before
+            tokens = torch.where(fresh, draw, self.tokens)
+            side = self.f_side
+            for first in range(0, k, side):
+                j = self.offsets[first : first + side]
+                up = f[:, None] + j - side  # (R, m) the code index one row up
+                if first == 0:
+                    above = self.codes.gather(1, up.clamp(0, total - 1))
+                else:
+                    above = tokens.gather(1, (j - side).expand(rows, -1))
+                chunk = torch.where(up >= 0, above, draw[:, first : first + side])
+                tokens[:, first : first + side] = torch.where(fresh[:, first : first + side], chunk,
+                                                              tokens[:, first : first + side])
+            draw = tokens
+        self.tokens = torch.where(fresh, draw, self.tokens)
+        self.q = torch.where(fresh[..., None], _one_hot(self.tokens, v), self.q)
 
 
 def sampling_distribution(model, sampling: SamplingConfig, rows: int, guided: bool) -> Callable:

@@ -5,7 +5,9 @@ written before an error, a hang on a FIFO, Infinity in generation.json, a 0-byte
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import json
 import math
 import os
@@ -28,11 +30,26 @@ ROOT = Path(__file__).resolve().parents[2]
 CAPTION = "a red circle on a blue background"
 
 
-def run_generate(*argv, timeout=120, preexec=None):
-    """generate.py in a subprocess with the shipped demo model (threads: 1 for a fast start)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "generate.py"), "--no_progress", *argv], capture_output=True,
-                          text=True, timeout=timeout, env=env, preexec_fn=preexec)
+def run_generate(*argv, timeout=120, preexec=None, process=False):
+    """generate.py with the shipped demo model: its command line (`cli`) in this process, as `python
+    generate.py` runs it (argv[0], stdout, stderr, the exit status), or with `process` in a subprocess
+    (threads: 1 for a fast start) where a test needs one: a FIFO must not hang the test, limits set by
+    `preexec` must not apply to it."""
+    argv = ["--no_progress", *argv]
+    if process or preexec is not None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, str(ROOT / "generate.py"), *argv], capture_output=True,
+                              text=True, timeout=timeout, env=env, preexec_fn=preexec)
+    from dalle_pytorch.cli.generate import cli
+
+    out, err, argv0 = io.StringIO(), io.StringIO(), sys.argv[0]
+    sys.argv[0] = str(ROOT / "generate.py")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli(argv)
+    finally:
+        sys.argv[0] = argv0
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def one_line_error(result) -> str:
@@ -158,7 +175,7 @@ def test_a_fifo_is_refused_not_waited_on(tmp_path, flag):
     argv = ["--outputs_dir", str(tmp_path / "out"), flag, str(fifo)]
     if flag != "--prompts_file":
         argv = ["--text", CAPTION, *argv]
-    line = one_line_error(run_generate(*argv, timeout=60))
+    line = one_line_error(run_generate(*argv, timeout=60, process=True))
     assert "FIFO" in line and "only regular files are read" in line
 
 
