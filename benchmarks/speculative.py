@@ -60,12 +60,36 @@ def load(name: str):
     return model, text, SamplingConfig(filter_thres=0.9)
 
 
-def run(model, text, sampling, batch, window, prior="left", seed=0):
+def run(model, text, sampling, batch, window, prior="left", seed=0, codes_out=None):
     stats = DecodeStats()
     t0 = time.perf_counter()
-    decode.generate_codes(model, text, sampling, num_images=batch, generator=torch.Generator().manual_seed(seed),
-                          speculative=window, draft_prior=prior, stats=stats)
+    codes = decode.generate_codes(model, text, sampling, num_images=batch, generator=torch.Generator().manual_seed(seed),
+                                  speculative=window, draft_prior=prior, stats=stats)
+    if codes_out is not None:
+        codes_out.append(codes)
     return time.perf_counter() - t0, stats
+
+
+def acceptance_by_region(model, text, sampling, window, prior, seeds=8):
+    """Accepted / verified drafts at batch 1 over `seeds` images, split by where the position is: the
+    first image row (next to the caption), positions whose code equals the one to its left or above
+    ("flat": backgrounds, shape interiors), and the others ("edges")."""
+    f = model.fmap_size
+    totals = {"first row": [0, 0], "flat": [0, 0], "edges": [0, 0]}
+    for seed in range(seeds):
+        out = []
+        _, st = run(model, text, sampling, 1, window, prior, seed=seed, codes_out=out)
+        codes = out[0][0]
+        for c in range(model.image_seq_len):
+            v, a = int(st.verified_at[c]), int(st.accepted_at[c])
+            if c < f:
+                region = "first row"
+            else:
+                same = codes[c] == codes[c - f] or (c % f and codes[c] == codes[c - 1])
+                region = "flat" if bool(same) else "edges"
+            totals[region][0] += a
+            totals[region][1] += v
+    return {k: (a / v if v else None, v) for k, (a, v) in totals.items()}
 
 
 def step_cost(model, batch, t, repeat=5):
@@ -138,6 +162,10 @@ def main(argv=None) -> int:
             a = int(st.accepted_at[r * f : (r + 1) * f].sum())
             by_row.append(f"{a / v:.2f}" if v else "-")
         print(f"\nacceptance by image row (K={args.window[0]}, {args.priors[0]}, batch 1): " + " ".join(by_row))
+        regions = acceptance_by_region(model, text, sampling, args.window[0], args.priors[0],
+                                       seeds=2 if args.quick else 8)
+        print("acceptance by region (accepted / verified drafts, batch 1, several seeds): " + "; ".join(
+            f"{k} {r:.2f} of {n}" if r is not None else f"{k} -" for k, (r, n) in regions.items()))
     return 0
 
 

@@ -124,11 +124,15 @@ def test_fewer_forward_passes_than_codes_and_the_same_seed_the_same_codes(demo):
     assert len(rates) == 64 and any(r is not None for r in rates)
 
 
-@pytest.mark.parametrize("attn_type", ATTN_TYPES)
-def test_after_accepts_and_rejects_the_cache_equals_a_plain_run_over_the_accepted_codes(attn_type):
+@pytest.mark.parametrize("case", [dict(attn_type=a) for a in ATTN_TYPES] + [
+    dict(attn_type="axial_row", reversible=True), dict(attn_type="conv_like", stable=True, sandwich_norm=True)],
+    ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+def test_after_accepts_and_rejects_the_cache_equals_a_plain_run_over_the_accepted_codes(case):
     """Cache hygiene: the filled part of the cache after speculative decoding equals the cache of plain
-    cached steps over the same codes, for every layer type (shift and rotary on)."""
-    model = tiny_dalle(attn_type).eval()
+    cached steps over the same codes, for every layer type (shift and rotary on) and the reversible,
+    stable and sandwich options."""
+    case = dict(case)
+    model = tiny_dalle(case.pop("attn_type"), **case).eval()
     text = random_text()
     caches = {}
     real_step = model.step
