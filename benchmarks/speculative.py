@@ -11,7 +11,8 @@ the weight-streaming floor of a small batch).  Models:
 - "demo": the shipped demo model (8 x 8 codes of 128, trained on the synthetic shapes);
 - "bench": benchmarks/generate.py's model (dim 256, depth 4, 16 x 16 codes of 512), random weights: the
   worst case for acceptance (nothing to predict);
-- "community": dim 512, depth 16, 16 x 16 codes of 1024, random weights (step costs only, by default).
+- "community": dim 512, depth 16, 16 x 16 codes of 1024, random weights (step costs only, by default);
+- "photos": benchmarks/photo_model.py's model trained on real photographs (--checkpoint).
 """
 from __future__ import annotations
 
@@ -45,8 +46,14 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def load(name: str):
+def load(name: str, checkpoint=None):
     """(model, text (1, T) of a caption, sampling)."""
+    if name == "photos":  # benchmarks/photo_model.py's model, trained on real photographs
+        if checkpoint is None:
+            raise SystemExit("--model photos needs --checkpoint (benchmarks/photo_model.py writes it)")
+        d = load_checkpoint(checkpoint)
+        text = d.tokenizer.tokenize(["a photo of a cat"], d.model.text_seq_len)
+        return d.model, text, SamplingConfig(filter_thres=0.9)
     if name == "demo":
         d = load_checkpoint(demo_path())
         text = d.tokenizer.tokenize(["a red circle on a blue background"], d.model.text_seq_len)
@@ -60,8 +67,8 @@ def load(name: str):
     return model, text, SamplingConfig(filter_thres=0.9)
 
 
-def run(model, text, sampling, batch, window, prior="left", seed=0, codes_out=None):
-    stats = DecodeStats()
+def run(model, text, sampling, batch, window, prior="left", seed=0, codes_out=None, positions=False):
+    stats = DecodeStats(positions=positions)
     t0 = time.perf_counter()
     codes = decode.generate_codes(model, text, sampling, num_images=batch, generator=torch.Generator().manual_seed(seed),
                                   speculative=window, draft_prior=prior, stats=stats)
@@ -78,7 +85,7 @@ def acceptance_by_region(model, text, sampling, window, prior, seeds=8):
     totals = {"first row": [0, 0], "flat": [0, 0], "edges": [0, 0]}
     for seed in range(seeds):
         out = []
-        _, st = run(model, text, sampling, 1, window, prior, seed=seed, codes_out=out)
+        _, st = run(model, text, sampling, 1, window, prior, seed=seed, codes_out=out, positions=True)
         codes = out[0][0]
         for c in range(model.image_seq_len):
             v, a = int(st.verified_at[c]), int(st.accepted_at[c])
@@ -111,7 +118,8 @@ def step_cost(model, batch, t, repeat=5):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", nargs="+", default=["demo", "bench"], choices=["demo", "bench", "community"])
+    p.add_argument("--model", nargs="+", default=["demo", "bench"], choices=["demo", "bench", "community", "photos"])
+    p.add_argument("--checkpoint", help="the photos model's file (benchmarks/photo_model.py)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--window", type=int, nargs="+", default=[4, 8, 16])
     p.add_argument("--priors", nargs="+", default=list(DRAFT_PRIORS), choices=DRAFT_PRIORS)
@@ -125,7 +133,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     print(f"# {cpu_name()}, torch {torch.__version__}, {args.threads} threads, load {os.getloadavg()[0]:.2f}")
     for name in args.model:
-        model, text, sampling = load(name)
+        model, text, sampling = load(name, args.checkpoint)
         steps_only = args.steps_only or name == "community"
         print(f"\n## {name}: {model.image_seq_len} codes of {model.num_image_tokens}, "
               f"dim {model.transformer.dim}, depth {model.transformer.depth}")
@@ -154,7 +162,7 @@ def main(argv=None) -> int:
             passes_plain = plain[0][1].forward_passes
             print(f"| {b} | {passes_plain}, {t_plain:.2f} | " + " | ".join(cells) + " |")
         # acceptance by image row, batch 1, the first window and prior
-        _, st = run(model, text, sampling, 1, args.window[0], args.priors[0])
+        _, st = run(model, text, sampling, 1, args.window[0], args.priors[0], positions=True)
         f = model.fmap_size
         by_row = []
         for r in range(f):

@@ -235,7 +235,7 @@ def generate_codes(model, text: torch.Tensor, sampling: SamplingConfig, *, img: 
                    progress: bool = False, compile=False, kv_dtype: Optional[torch.dtype] = None,
                    pack_weights: Optional[bool] = None,
                    callback: Optional[Callable[[int, torch.Tensor], None]] = None,
-                   speculative: Optional[int] = None, draft_prior: str = "left",
+                   speculative: Optional[int] = None, draft_prior: str = "above",
                    stats: Optional[DecodeStats] = None) -> torch.Tensor:
     """The image codes (b * num_images, I) of `DALLE.generate_images` (which documents the arguments);
     the model must be in eval mode.

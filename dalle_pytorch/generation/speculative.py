@@ -30,9 +30,10 @@ from dalle_pytorch.generation.sampling import SamplingConfig, categorical, guide
 
 __all__ = ["DRAFT_PRIORS", "DecodeStats", "Window", "verify", "speculative_codes"]
 
-#: how a window position without a computed p is drafted: "left" copies the code to its left, "above"
-#: the code one row up (left where there is none), "uniform" draws uniformly (the paper's start)
-DRAFT_PRIORS = ("left", "above", "uniform")
+#: how a window position without a computed p is drafted: "above" (the default) copies the code one row up
+#: (the code to its left on the first row), "left" the code to its left, "uniform" draws uniformly (the
+#: paper's start); docs/benchmarks.md compares them
+DRAFT_PRIORS = ("above", "left", "uniform")
 
 
 @dataclass
@@ -40,6 +41,7 @@ class DecodeStats:
     """What a decode call did, for its caller to report (`generate_images(stats=...)`)."""
 
     forward_passes: int = 0  # cached steps after the prefill (plain decoding: one per code after the first)
+    positions: bool = False  # also count drafts verified and accepted per image position (costs a little per step)
     codes: int = 0  # codes sampled (not primed or kept) in every row
     rows: int = 0
     accepted_drafts: int = 0  # drafts accepted by speculative steps
@@ -108,7 +110,7 @@ class Window:
 
     def __init__(self, codes: torch.Tensor, filled: int, *, window: int, v: int, fmap_size: int,
                  generator: Optional[torch.Generator] = None, known: Optional[torch.Tensor] = None,
-                 keep: Optional[torch.Tensor] = None, prior: str = "left", stats: Optional[DecodeStats] = None):
+                 keep: Optional[torch.Tensor] = None, prior: str = "above", stats: Optional[DecodeStats] = None):
         if prior not in DRAFT_PRIORS:
             raise ValueError(f"the draft prior must be one of {DRAFT_PRIORS}, got {prior!r}")
         self.codes, self.rows, self.total = codes, codes.shape[0], codes.shape[1]
@@ -123,7 +125,7 @@ class Window:
         self.tokens = torch.zeros(self.rows, self.k, dtype=torch.long, device=device)  # the drafts of codes f .. f+K-1
         self.q = torch.zeros(self.rows, self.k, v, device=device)  # the distributions they were drawn from
         self._s = None
-        if stats is not None:
+        if stats is not None and stats.positions:
             stats.verified_at = torch.zeros(self.total, dtype=torch.long, device=device)
             stats.accepted_at = torch.zeros(self.total, dtype=torch.long, device=device)
 
@@ -180,9 +182,10 @@ class Window:
         if self.stats is not None:
             self.stats.forward_passes += 1
             self.stats.accepted_drafts += int(n.sum())
-            verified = valid & (arange_t[None, :] <= n[:, None])
-            self.stats.verified_at.index_add_(0, target[verified], torch.ones_like(target[verified]))
-            self.stats.accepted_at.index_add_(0, target[take], torch.ones_like(target[take]))
+            if self.stats.positions:
+                verified = valid & (arange_t[None, :] <= n[:, None])
+                self.stats.verified_at.index_add_(0, target[verified], torch.ones_like(target[verified]))
+                self.stats.accepted_at.index_add_(0, target[take], torch.ones_like(target[take]))
         self.f = f = f + n + rejected.long()
         # the next window: slot j is code f + j; codes this step computed p for are re-drawn from it
         slot = f[:, None] + self.offsets - s[:, None]
@@ -256,7 +259,7 @@ def sampling_distribution(model, sampling: SamplingConfig, rows: int, guided: bo
 def speculative_codes(model, codes: torch.Tensor, filled: int, last: torch.Tensor, cache, sampling: SamplingConfig,
                       *, window: int, rows: int, guided: bool, generator: Optional[torch.Generator],
                       known: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None,
-                      prior: str = "left", stats: Optional[DecodeStats] = None,
+                      prior: str = "above", stats: Optional[DecodeStats] = None,
                       callback: Optional[Callable[[int, torch.Tensor], None]] = None,
                       on_progress: Optional[Callable[[int], None]] = None,
                       step: Optional[Callable] = None) -> torch.Tensor:

@@ -113,7 +113,7 @@ def test_fewer_forward_passes_than_codes_and_the_same_seed_the_same_codes(demo):
     """On a trained model (the demo: flat backgrounds, peaked conditionals) most drafts are accepted."""
     model = demo.model
     text = demo.tokenizer.tokenize(["a red circle on a blue background"], model.text_seq_len)
-    plain, spec = DecodeStats(), DecodeStats()
+    plain, spec = DecodeStats(), DecodeStats(positions=True)
     _sample(model, text, 1, seed=0, stats=plain)
     a = _sample(model, text, 1, seed=0, speculative=8, stats=spec)
     assert plain.forward_passes == model.image_seq_len - 1
