@@ -75,7 +75,8 @@ class ImagesResponse(BaseModel):
     images: list[ImageOut]
     prompt: str
     settings: dict[str, Any]
-    timings: dict[str, float]
+    timings: dict[str, Any] = Field(description="queued_s, run_s, total_s; with --speculative, forward_passes "
+                                                "(the cached forward passes of each batch of images)")
     reproduce: str = Field(description="the generate.py command line that samples the same images")
 
 

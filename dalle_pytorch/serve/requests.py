@@ -63,7 +63,7 @@ class ImageResult:
     images: torch.Tensor  # (n, c, H, W) float32 on CPU, in [0, 1]
     seeds: list[int]  # each image's group seed
     settings: dict  # generation_settings + seed
-    timings: dict  # queued_s, run_s, total_s
+    timings: dict  # queued_s, run_s, total_s (and forward_passes per group with speculative decoding)
 
 
 @dataclass(eq=False)

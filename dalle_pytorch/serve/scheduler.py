@@ -62,6 +62,7 @@ class _Group:
     last: Optional[torch.Tensor] = None  # (rows, V) logits of the next code ((rows, K, V) of a speculative window)
     seq: Optional[Sequence] = None
     window: Optional[Window] = None  # the speculative state (--speculative K)
+    passes: int = 0  # the cached forward passes the group's rows took part in
     images: Optional[torch.Tensor] = None  # (m, c, H, W) once finished
 
 
@@ -263,6 +264,7 @@ class Scheduler:
                 return True
             for g, out in zip(self._running, logits):
                 g.last = out
+                g.passes += 1
         self.stats["steps"] += 1
         return True
 
@@ -402,6 +404,8 @@ class Scheduler:
     def _complete(self, t: Ticket) -> None:
         now = time.perf_counter()
         timings = {"queued_s": t.started - t.submitted, "run_s": now - t.started, "total_s": now - t.submitted}
+        if self.window:  # what speculative decoding saved: the forward passes of each group (plain: codes - 1)
+            timings["forward_passes"] = [g.passes for g in t.groups]
         result = ImageResult(images=torch.cat([g.images for g in t.groups]),
                              seeds=[g.seed for g in t.groups for _ in range(g.m)], settings=t.settings,
                              timings=timings)

@@ -174,6 +174,15 @@ def test_masked_completion_and_priming_keep_their_codes():
     assert torch.equal(primed[:, :20], known.expand(2, -1)[:, :20])
 
 
+def test_a_bf16_model_decodes_speculatively():
+    """Reduced precision composes: p and q are float32 whatever the model's dtype."""
+    model = tiny_dalle("axial_col").to(torch.bfloat16)
+    stats = DecodeStats()
+    codes = model.generate_images(random_text(), return_codes=True, speculative=4, cond_scale=2.0, stats=stats,
+                                  generator=torch.Generator().manual_seed(0))
+    assert codes.shape == (2, 64) and int(codes.max()) < 64 and 0 < stats.forward_passes < 63
+
+
 def test_speculative_argument_errors():
     model = tiny_dalle()
     for bad in (0, -2, 2.5, True, "4"):

@@ -178,3 +178,19 @@ def test_closing_the_stream_cancels_the_request(pipe):
 def test_cli_defaults_are_loopback_port_8000_and_the_demo_model():
     args = parse_args([])
     assert (args.host, args.port, args.dalle_path) == ("127.0.0.1", 8000, "demo")
+
+
+def test_a_speculative_server_reports_its_forward_passes_and_the_window(pipe):
+    """dalle-serve --speculative K: the answer's settings and reproduce line carry the window, its timings the
+    forward passes of each batch (fewer than the codes), and the images are generate's with that window."""
+    with TestClient(create_app(pipe, speculative=4)) as c:
+        r = c.post("/v1/images", json={"prompt": RED, "n": 2, "seed": 1, "batch_size": 2})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["settings"]["speculative"] == 4 and answer["reproduce"].endswith("--speculative 4")
+    (passes,) = answer["timings"]["forward_passes"]
+    assert 0 < passes < pipe.model.image_seq_len - 1
+    expected = pipe.generate(RED, num_images=2, seed=1, batch_size=2, speculative=4).pil_images()
+    for image, want in zip(answer["images"], expected):
+        got = Image.open(io.BytesIO(base64.b64decode(image["png"])))
+        assert np.array_equal(np.asarray(got), np.asarray(want))
