@@ -202,3 +202,18 @@ def test_auto_is_on_for_small_batches_and_off_for_large_ones(demo):
     _sample(model, text, AUTO_MAX_ROWS, seed=0, speculative="auto", stats=large)  # 2 x AUTO_MAX_ROWS rows
     assert small.forward_passes < model.image_seq_len - 1 and small.accepted_drafts > 0
     assert large.forward_passes == model.image_seq_len - 1 and large.accepted_drafts == 0
+
+
+@pytest.mark.slow
+def test_compiled_verify_steps_sample_the_eager_codes():
+    """compile composes: the K-token step compiled once (dynamic shapes: one graph for every length) gives the
+    eager step's codes for the same seed."""
+    model = tiny_dalle("conv_like")
+
+    def run(**kw):
+        return model.generate_images(random_text(), return_codes=True, speculative=4,
+                                     generator=torch.Generator().manual_seed(0), **kw)
+
+    eager = run()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert torch.equal(eager, run(compile=True))
