@@ -21,7 +21,7 @@ from dalle_pytorch.generation.sampling import SamplingConfig
 from dalle_pytorch.models.config import DALLEConfig
 from dalle_pytorch.models.transformer import Transformer
 from dalle_pytorch.nn.cache import InferenceCache
-from dalle_pytorch.nn.packed import packing_available
+from dalle_pytorch.nn.packed import PackedLinears, packing_available
 from dalle_pytorch.nn.positions import StepPositions
 
 
@@ -246,14 +246,15 @@ class DALLE(nn.Module):
     # -- cached inference: one step for every shape ------------------------------------------------
 
     def setup_cache(self, batch: int, max_len: int | None = None, kv_dtype: torch.dtype | None = None,
-                    pack_weights: bool | None = None, rewind: int = 0) -> InferenceCache:
+                    pack_weights: bool | PackedLinears | None = None, rewind: int = 0) -> InferenceCache:
         """Preallocate the inference state for `batch` rows and up to `max_len` positions.
 
         kv_dtype: the keys' and values' dtype (default: the model's); steps attend in it.
         pack_weights: run the steps' weight products through weights packed for oneDNN
         (`nn.packed.PackedLinears`: the same products up to float rounding, faster on the CPU, most at
         small batches: docs/benchmarks.md; packed at each weight's first use, held by the cache); None =
-        wherever it is available (`packing_available`: the CPU in float32 / bfloat16).
+        wherever it is available (`packing_available`: the CPU in float32 / bfloat16); a `PackedLinears`:
+        those packs (made once by the caller and reused by every generation it hands them to).
         rewind: how many positions before the end of a step the next step may start (speculative
         decoding re-runs the positions of rejected drafts); the token-shift rings keep that many more.
         """
@@ -355,7 +356,7 @@ class DALLE(nn.Module):
         progress: bool = False,
         compile: bool | str = False,
         kv_dtype: torch.dtype | None = None,
-        pack_weights: bool | None = None,
+        pack_weights: bool | PackedLinears | None = None,
         callback: Callable[[int, torch.Tensor], None] | None = None,
         speculative: int | None = None,
         stats: decode.DecodeStats | None = None,
@@ -380,7 +381,8 @@ class DALLE(nn.Module):
         converted with `.to(torch.bfloat16)` samples in bf16; images come back as float32.
         pack_weights: the eager cached steps multiply by weights packed for oneDNN (`setup_cache`;
         faster on the CPU, for as much memory again as the transformer's weights during the call).
-        None: wherever available (the CPU in fp32 / bf16); False: plain F.linear, no extra memory.
+        None: wherever available (the CPU in fp32 / bf16); False: plain F.linear, no extra memory; a
+        `nn.packed.PackedLinears`: reuse its packs (a caller that generates again packs once).
         callback(filled, codes): called after every sampled code, see `generation.decode.generate_codes`.
         img: (1 or b, c, H, W) pixels in [0, 1]: its first `num_init_img_tokens` codes (default 43.75%)
         prime every image. With `mask` (masked completion: inpainting / outpainting) the codes the

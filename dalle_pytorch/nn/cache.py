@@ -90,9 +90,11 @@ class InferenceCache:
     @classmethod
     def allocate(cls, *, depth: int, batch: int, heads: int, dim_head: int, max_len: int,
                  shift_channels: int | None, fmap_size: int, device, dtype,
-                 kv_dtype: torch.dtype | None = None, pack_weights: bool = False, rewind: int = 0) -> "InferenceCache":
+                 kv_dtype: torch.dtype | None = None, pack_weights: bool | PackedLinears = False,
+                 rewind: int = 0) -> "InferenceCache":
         """dtype: the shift rings' (the model's activations); kv_dtype: the keys' and values'
-        (default dtype); pack_weights: give the steps packed weights (`PackedLinears`, for `batch` rows);
+        (default dtype); pack_weights: give the steps packed weights (`PackedLinears`, for `batch` rows, or
+        the PackedLinears given, whose packs outlive this cache);
         rewind: how far before the end of a step the next one may start (the rings' extra slots)."""
         if int(rewind) != rewind or rewind < 0:
             raise ValueError(f"rewind must be an integer >= 0, got {rewind!r}")
@@ -108,8 +110,11 @@ class InferenceCache:
             sf = [ShiftCache(zeros(batch, ring, shift_channels)) for _ in range(depth)]
         else:
             sa, sf = [None] * depth, [None] * depth
-        return cls(kv=kv, shift_attn=sa, shift_ff=sf, length=0, max_len=max_len,
-                   linears=PackedLinears(batch) if pack_weights else None)
+        if isinstance(pack_weights, PackedLinears):
+            linears = pack_weights
+        else:
+            linears = PackedLinears(batch) if pack_weights else None
+        return cls(kv=kv, shift_attn=sa, shift_ff=sf, length=0, max_len=max_len, linears=linears)
 
     @property
     def batch(self) -> int:

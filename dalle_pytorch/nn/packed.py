@@ -17,10 +17,15 @@ Properties the decode path relies on (tested in tests/nn/test_packed.py):
   (a weight made under torch.inference_mode has no version counter: it is packed once).
 
 It is inference state, like the KV cache it lives beside (`InferenceCache.linears`): made per
-generation by `DALLE.setup_cache`, dropped with it; the model's parameters are never changed.
+generation by `DALLE.setup_cache` and dropped with it, or made once by its caller and handed to
+every generation (`setup_cache(pack_weights=packs)`: the `Pipeline` keeps one, so its batches pack
+the weights once); the model's parameters are never changed.  A pack is used only for the tensor it
+was made from (the same base tensor, alive, at the same version): a weight replaced by a new tensor,
+even at the same address, is packed again.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
@@ -50,7 +55,8 @@ class PackedLinears:
         if int(batch) < 1:
             raise ValueError(f"batch must be a positive integer, got {batch}")
         self.batch = int(batch)
-        self._packs: dict[tuple, tuple[int, Tensor]] = {}  # weight -> (its version when packed, packed)
+        # weight -> (its version when packed, packed, a weak reference to the tensor the weight views)
+        self._packs: dict[tuple, tuple[int, Tensor, weakref.ref]] = {}
 
     def linear(self, x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
         if (torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dtype != weight.dtype
@@ -61,10 +67,11 @@ class PackedLinears:
         key = (weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype)
         # (a weight made under inference_mode has no version counter: it is packed once)
         current = -1 if weight.is_inference() else weight._version
-        version, packed = self._packs.get(key, (None, None))
-        if version != current:
+        base = weight if weight._base is None else weight._base
+        version, packed, owner = self._packs.get(key, (None, None, None))
+        if version != current or owner() is not base:
             packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), self.batch)
-            self._packs[key] = (current, packed)
+            self._packs[key] = (current, packed, weakref.ref(base))
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
     def __len__(self) -> int:
@@ -72,4 +79,4 @@ class PackedLinears:
 
     def nbytes(self) -> int:
         """Bytes of the packed copies (about those of the weights packed so far)."""
-        return sum(p.numel() * p.element_size() for _, p in self._packs.values())
+        return sum(p.numel() * p.element_size() for _, p, _ in self._packs.values())

@@ -36,6 +36,7 @@ from dalle_pytorch.formats.files import PathLike
 from dalle_pytorch.formats.images import tensor_to_pil
 from dalle_pytorch.generation.sampling import SamplingConfig
 from dalle_pytorch.generation.speculative import DecodeStats
+from dalle_pytorch.nn.packed import PackedLinears, packing_available
 from dalle_pytorch.models.dalle import DALLE
 from dalle_pytorch.models.rerank import Reranker, as_reranker
 from dalle_pytorch.text.base import CaptionTooLongError
@@ -254,6 +255,10 @@ class Pipeline:
         self.device, self.dtype = param.device, param.dtype
         #: the LoadedCheckpoint a pipeline made by `from_checkpoint` came from
         self.checkpoint = None
+        #: the weights packed for the decode steps, per batch of rows: packed at the first batch, reused by
+        #: every later one (as much memory again as the transformer's weights while the pipeline lives;
+        #: generate(pack_weights=False) decodes without them)
+        self.packs: dict[int, PackedLinears] = {}
 
     @classmethod
     def from_checkpoint(cls, dalle_path: Optional[PathLike] = None, *, vae: Optional[nn.Module] = None,
@@ -368,6 +373,10 @@ class Pipeline:
         settings = generation_settings(sampling, negative_prompt, batch_size,
                                        num_init_img_tokens if img is not None else None, speculative)
         images, seeds, scores, passes = [], [], [], []
+        packs = pack_weights
+        if pack_weights is None and not compile and packing_available(self.device, self.dtype):
+            rows = batch_size * (2 if sampling.guided else 1)  # every batch packs for the full batch's rows
+            packs = self.packs.setdefault(rows, PackedLinears(rows))
         start = time.perf_counter()
         for k, (batch_seed, n) in enumerate(batch_seeds(seed, num_images, batch_size)):
             generator = torch.Generator().manual_seed(batch_seed)
@@ -379,7 +388,7 @@ class Pipeline:
                     top_p=sampling.top_p,
                     temperature=sampling.temperature, img=prime, num_init_img_tokens=num_init_img_tokens,
                     mask=mask, cond_scale=sampling.cond_scale, null_text=null, use_cache=use_cache, num_images=n,
-                    generator=generator, progress=progress, compile=compile, pack_weights=pack_weights, callback=hook,
+                    generator=generator, progress=progress, compile=compile, pack_weights=packs, callback=hook,
                     speculative=speculative, stats=stats,
                 )
             except ValueError as e:  # bad settings for this model (e.g. num_init_img_tokens too large)

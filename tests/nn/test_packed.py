@@ -90,3 +90,42 @@ def test_generation_with_packed_weights_draws_the_codes_of_plain_products():
     assert len(made[0].linears) == 4 * model.transformer.depth + 1 and made[2].linears is None
     assert torch.equal(packed, plain)
     assert torch.equal(packed, codes(use_cache=False))
+
+
+def test_a_pack_is_only_used_for_the_tensor_it_was_made_from():
+    """A pack held across generations must not outlive its weight: a new tensor, even one allocated where the
+    old one lay with the same shape and version, is packed again."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 16, generator=g)
+    packed = PackedLinears(2)
+    with torch.inference_mode():
+        for _ in range(20):  # freed and reallocated tensors often reuse an address
+            w = torch.randn(32, 16, generator=g)
+            assert torch.allclose(packed.linear(x, w), F.linear(x, w), atol=1e-5)
+            del w
+
+
+def test_a_pipeline_packs_the_weights_once_for_all_its_batches(monkeypatch):
+    """Pipeline.generate hands every batch the same packs: the second call reorders no weight, and the images
+    are those of packs made afresh."""
+    from tests.helpers import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    reorders = []
+    mkldnn = torch.ops.mkldnn
+
+    class Spy:  # torch.ops namespaces take no attribute assignment: stand in for the namespace
+        def __getattr__(self, name):
+            if name == "_reorder_linear_weight":
+                return lambda *a: reorders.append(a[1]) or mkldnn._reorder_linear_weight(*a)
+            return getattr(mkldnn, name)
+
+    monkeypatch.setattr(torch.ops, "mkldnn", Spy(), raising=False)
+    first = pipe.generate("a red circle on a blue background", num_images=3, batch_size=2, seed=0)
+    made = len(reorders)
+    second = pipe.generate("a red circle on a blue background", num_images=3, batch_size=2, seed=0)
+    assert made == 4 * pipe.model.transformer.depth + 1 and len(reorders) == made  # none the second time
+    assert list(pipe.packs) == [2] and torch.equal(first.images, second.images)
+    monkeypatch.undo()
+    fresh = pipe.generate("a red circle on a blue background", num_images=3, batch_size=2, seed=0, pack_weights=True)
+    assert torch.equal(first.images, fresh.images)
