@@ -289,7 +289,9 @@ def test_compiled_decode_step_matches_eager():
     with torch._dynamo.config.patch(error_on_recompile=True):  # one graph for every position, the last included
         assert torch.equal(eager, run(compile=True))
     assert torch.equal(eager, run(compile="static"))
-    assert compiled_modes() == {"prefix", "static"}  # one compiled step per mode, reused
+    # one compiled step per mode, reused (other tests of this process may have made the "window" one)
+    assert {"prefix", "static"} <= compiled_modes()
+    assert compiled_step("prefix", "cpu") is compiled_step("prefix", "cpu")
     assert torch.equal(eager, run(compile="prefix", cond_scale=1.0))
     # the compiled steps are a per-process cache outside the model: a copy or a pickled model carries none
     twin = copy.deepcopy(model)
