@@ -6,6 +6,7 @@ from dalle_pytorch.models.clip import CLIP
 from dalle_pytorch.models.config import DALLEConfig
 from dalle_pytorch.models.dalle import DALLE
 from dalle_pytorch.models.openai_dvae import OpenAIDiscreteVAE
+from dalle_pytorch.models.quantize import quantize
 from dalle_pytorch.models.vae import DiscreteVAE
 from dalle_pytorch.models.vqgan import VQGanVAE
 from dalle_pytorch.pipeline.text_to_image import Pipeline
@@ -15,4 +16,4 @@ from dalle_pytorch.version import __version__
 
 __all__ = ["DALLE", "DALLEConfig", "DiscreteVAE", "VQGanVAE", "OpenAIDiscreteVAE", "CLIP", "SamplingConfig", "Pipeline",
            "SimpleTokenizer", "HugTokenizer", "YttmTokenizer", "ChineseTokenizer", "get_default_tokenizer", "load",
-           "load_checkpoint", "save", "CheckpointError", "GenerationError", "TrainingError", "__version__"]
+           "load_checkpoint", "save", "quantize", "CheckpointError", "GenerationError", "TrainingError", "__version__"]

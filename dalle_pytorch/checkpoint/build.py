@@ -27,6 +27,7 @@ from dalle_pytorch.models.dalle import DALLE
 from dalle_pytorch.models.openai_dvae import OpenAIDiscreteVAE
 from dalle_pytorch.models.vae import DiscreteVAE
 from dalle_pytorch.models.vqgan import VQGanVAE
+from dalle_pytorch.nn.quantized import QuantizedLinear
 from dalle_pytorch.version import __version__
 
 __all__ = ["LoadedCheckpoint", "OVERRIDABLE", "SOURCE_OURS", "SOURCE_LEGACY", "DERIVED_BYTES_LIMIT", "VAE_CLASSES",
@@ -274,7 +275,9 @@ def finish(model: nn.Module, state: dict, path: str, map_location: Any) -> nn.Mo
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:  # pragma: no cover - check_state ran first
         raise CheckpointError(f"{path}: {e}") from e
-    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+    # a quantized layer's scales keep their own dtype: the model's is that of everything else
+    tables = {f"{name}.{t}" for name, m in model.named_modules() if isinstance(m, QuantizedLinear) for t in ("scale", "zero")}
+    dtypes = {v.dtype for k, v in state.items() if v.is_floating_point() and k not in tables}
     if len(dtypes) == 1:
         (dtype,) = dtypes
         if dtype != torch.float32:

@@ -44,6 +44,7 @@ from dalle_pytorch.formats.files import PathLike, atomic_write, regular_file
 from dalle_pytorch.formats.integrity import INTEGRITY_KEY, check_header, check_tensors, integrity_record
 from dalle_pytorch.models.clip import CLIP
 from dalle_pytorch.models.dalle import DALLE
+from dalle_pytorch.models.quantize import INT4_GROUPS, QUANTIZE_MODES, quantization_of, quantize
 from dalle_pytorch.text.factory import tokenizer_from_description
 from dalle_pytorch.version import __version__
 
@@ -165,6 +166,8 @@ def save(model: nn.Module, path: PathLike, *, tokenizer: Any = None, metadata: O
     if vae is not None:
         header["vae_config"] = _to_json(vae.config, "the VAE config")
         header["vae_class"] = vae_class
+    if kind == "dalle" and quantization_of(model) is not None:  # how the integer weights were made
+        header["quantization"] = _to_json(quantization_of(model), "the quantization")
     if tokenizer is not None:
         header["tokenizer"] = _to_json(_describe_tokenizer(tokenizer), "the tokenizer description")
     tensors = _state_tensors(model)
@@ -188,6 +191,19 @@ def _json_field(meta: dict, key: str, path: str, required: bool = True) -> Any:
         return json.loads(meta[key])
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: the checkpoint metadata '{key}' is not valid JSON ({e})") from e
+
+
+def _quantization(meta: dict, path: str) -> Optional[dict]:
+    """The header's record of a quantized DALLE ({"mode": "int8"} or {"mode": "int4", "group": g}), checked."""
+    q = _json_field(meta, "quantization", path, required=False)
+    if q is None:
+        return None
+    ok = (isinstance(q, dict) and q.get("mode") in QUANTIZE_MODES and set(q) <= {"mode", "group"}
+          and (q["mode"] == "int8" and "group" not in q or q["mode"] == "int4" and q.get("group") in INT4_GROUPS))
+    if not ok:
+        raise CheckpointError(f"{path}: the checkpoint's 'quantization' entry {q!r} is not one this version makes "
+                              f"(modes {', '.join(QUANTIZE_MODES)}, int4 groups {', '.join(map(str, INT4_GROUPS))})")
+    return q
 
 
 def _checked_path(path: PathLike, what: str) -> str:
@@ -275,10 +291,20 @@ def _load_ours(path: str, map_location: Any, vae: Optional[nn.Module], vae_sourc
         def own_vae() -> nn.Module:
             return build_stored_vae(vae_class, vae_config, path)
 
+        quantization = _quantization(meta, path)
+
+        def build() -> nn.Module:
+            model = build_dalle(dalle_config, vae if external else own_vae(), path)
+            if quantization is None:
+                return model
+            try:  # the quantized layers' shapes, filled from the file
+                return quantize(model, quantization["mode"], quantization.get("group"), compute=False)
+            except ValueError as e:
+                raise CheckpointError(f"{path}: cannot build the stored quantization {quantization}: {e}") from e
+
         with torch.device("meta"):
             check_dalle_size(path, dalle_config, vae if external else own_vae())
-        model = build_checked(lambda: build_dalle(dalle_config, vae if external else own_vae(), path),
-                              check("the DALLE"))
+        model = build_checked(build, check("the DALLE"))
         config = model.config.to_dict()
     state = load_file(path, device="cpu")
     check_tensors(path, meta, state)

@@ -305,7 +305,7 @@ def generate_codes(model, text: torch.Tensor, sampling: SamplingConfig, *, img: 
                 callback(t + 1, codes)
         return codes
 
-    weight = model.to_logits[1].weight
+    weight = model.to_logits[0].weight  # the activations' (the projection may be quantized)
     if kv_dtype is None and not compile and weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
         kv_dtype = torch.float32  # eager CPU attention: fp32 reads faster (see generate_images' docstring)
     # a compiled step multiplies with inductor's kernels (dynamo does not trace packed tensors);
@@ -352,7 +352,7 @@ def generate_texts(model, tokenizer, text: Optional[str], sampling: SamplingConf
                    generator: Optional[torch.Generator] = None):
     """Continue a caption (or start one) up to text_seq_len tokens: (tokens (1, T) with pads as 0,
     [decoded caption]).  The model must be in eval mode."""
-    device = model.to_logits[1].weight.device
+    device = model.to_logits[0].weight.device
     prompt = tokenizer.encode(text) if text else []
     if len(prompt) > model.text_seq_len:
         raise ValueError(f"text is {len(prompt)} tokens, longer than text_seq_len={model.text_seq_len}")

@@ -259,7 +259,7 @@ class DALLE(nn.Module):
         decoding re-runs the positions of rejected drafts); the token-shift rings keep that many more.
         """
         t = self.transformer
-        param = self.to_logits[1].weight
+        param = self.to_logits[0].weight  # the activations' dtype and device (the projection may be quantized)
         return InferenceCache.allocate(
             depth=t.depth, batch=batch, heads=t.heads, dim_head=t.dim_head,
             max_len=max_len or self.total_seq_len, shift_channels=t.shift_cache_channels,
@@ -288,7 +288,7 @@ class DALLE(nn.Module):
         out = self._stable_out(self.transformer.step(self._stable_in(x), pos, cache))
         norm, proj = self.to_logits
         rows = slice(self.num_text_tokens, None) if image else slice(0, self.num_text_tokens)
-        return cache.linear(norm(out), proj.weight[rows], proj.bias[rows])
+        return cache.linear(norm(out), proj, rows)
 
     def decode_step(self, token: torch.Tensor, pos: torch.Tensor, cache: InferenceCache, image: bool = True,
                     length: int | None = None) -> torch.Tensor:

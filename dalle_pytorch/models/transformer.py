@@ -27,6 +27,7 @@ from dalle_pytorch.models.config import DALLEConfig
 from dalle_pytorch.nn.attention import Attention
 from dalle_pytorch.nn.patterns import PatternSpec, draw_random_blocks, pattern_mask
 from dalle_pytorch.nn.positions import StepPositions
+from dalle_pytorch.nn.quantized import layer_product
 from dalle_pytorch.nn.rotary import rotary_step_tables, rotary_table
 from dalle_pytorch.nn.shift import PreShiftToken
 
@@ -59,11 +60,11 @@ class FeedForward(nn.Module):
     def forward(self, x):
         return self.proj_out(self.dropout(self.act(self.proj_in(x))))
 
-    def step(self, x, linear=F.linear):
+    def step(self, x, linear=layer_product):
         """forward in eval mode with plain function calls (the one-token decode step); linear: the
         weight products' function (`InferenceCache.linear` in a decode step)."""
-        x, gates = linear(x, self.proj_in.weight, self.proj_in.bias).chunk(2, dim=-1)
-        return linear(x * F.gelu(gates), self.proj_out.weight, self.proj_out.bias)
+        x, gates = linear(x, self.proj_in).chunk(2, dim=-1)
+        return linear(x * F.gelu(gates), self.proj_out)
 
 
 class Branch(nn.Module):

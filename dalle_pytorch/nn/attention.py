@@ -30,6 +30,7 @@ from torch import nn
 from dalle_pytorch.nn.patterns import (PatternSpec, conv_offsets, pattern_mask, random_blocks_from_tensor,
                                        random_blocks_to_tensor, sparse_block_allowed)
 from dalle_pytorch.nn.positions import StepPositions
+from dalle_pytorch.nn.quantized import layer_product
 from dalle_pytorch.nn.rotary import apply_rotary, apply_rotary_step
 
 #: How a layer's pattern runs in a full-sequence forward (see the module docstring).
@@ -251,10 +252,11 @@ class Attention(nn.Module):
 
     # -- the cached step ---------------------------------------------------------------------------
 
-    def step(self, x: torch.Tensor, pos: StepPositions, rotary, kv, linear=F.linear) -> torch.Tensor:
+    def step(self, x: torch.Tensor, pos: StepPositions, rotary, kv, linear=layer_product) -> torch.Tensor:
         """t new tokens per row against the preallocated KV cache.  x: (b, t, dim) at `pos`; kv: this
         layer's KVCache; rotary: (cos, sin, swap) of the positions (`rotary.rotary_step_tables`) or None;
-        linear: the weight products' function (`InferenceCache.linear` in a step; F.linear by default).
+        linear: the weight products' function `(x, layer)` (`InferenceCache.linear` in a step; by default
+        `layer_product`: the layer's own product).
 
         Writes the tokens' keys and values at their positions, then each token attends with the
         pattern's row for its own position, which also hides every slot after it: the step's later
@@ -265,7 +267,7 @@ class Attention(nn.Module):
         Returns (b, t, dim).
         """
         b, t = x.shape[0], x.shape[1]
-        qkv = linear(x, self.to_qkv.weight).view(b, t, 3, self.heads, self.dim_head)
+        qkv = linear(x, self.to_qkv).view(b, t, 3, self.heads, self.dim_head)
         if rotary is not None:
             cos, sin, swap = rotary
             qkv = apply_rotary_step(cos, sin, swap, qkv)
@@ -288,4 +290,4 @@ class Attention(nn.Module):
             cast = kv.k.dtype != q.dtype  # a cache in another dtype (DALLE.setup_cache's kv_dtype): attend in its dtype
             out = attend(q.to(kv.k.dtype) if cast else q, keys, values, mask, self.scale, self.stable)
             out = out.to(x.dtype) if cast else out
-        return linear(out.transpose(1, 2).reshape(b, t, -1), self.to_out.weight, self.to_out.bias)
+        return linear(out.transpose(1, 2).reshape(b, t, -1), self.to_out)

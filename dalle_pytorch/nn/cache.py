@@ -20,10 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from dalle_pytorch.nn.packed import PackedLinears
 from dalle_pytorch.nn.positions import StepPositions
+from dalle_pytorch.nn.quantized import layer_product
 from dalle_pytorch.nn.shift import ShiftCache
 
 
@@ -81,11 +82,10 @@ class InferenceCache:
     max_len: int = field(default=0)
     linears: PackedLinears | None = None  # the step's packed weights (CPU), or None: plain F.linear
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """F.linear(x, weight, bias) for a decode step: through the packed weights when there are any."""
-        if self.linears is None:
-            return F.linear(x, weight, bias)
-        return self.linears.linear(x, weight, bias)
+    def linear(self, x: torch.Tensor, layer: nn.Module, rows: slice | None = None) -> torch.Tensor:
+        """A step's product by `layer` (a Linear or a QuantizedLinear), its output `rows` only if given:
+        through the packed weights when there are any."""
+        return layer_product(x, layer, rows, self.linears)
 
     @classmethod
     def allocate(cls, *, depth: int, batch: int, heads: int, dim_head: int, max_len: int,

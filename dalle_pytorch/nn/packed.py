@@ -65,18 +65,29 @@ class PackedLinears:
         # a view (the logit rows of DALLE.decode_step) is the same weight as long as it starts at the
         # same address with the same shape and strides; its version counter moves with every in-place change
         key = (weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype)
+        packed = self._get(key, weight, lambda: torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), self.batch))
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+    def pack(self, weight: Tensor, rows: Optional[slice], make):
+        """The kernel layout `make()` builds for output `rows` (None: all) of `weight`, made once and kept
+        (a quantized layer's kernel packs, see quantized.py); made again if `weight` changed or is another tensor."""
+        span = None if rows is None else (rows.start, rows.stop, rows.step)
+        return self._get((weight.data_ptr(), tuple(weight.shape), weight.dtype, span), weight, make)
+
+    def _get(self, key: tuple, weight: Tensor, make):
         # (a weight made under inference_mode has no version counter: it is packed once)
         current = -1 if weight.is_inference() else weight._version
         base = weight if weight._base is None else weight._base
         version, packed, owner = self._packs.get(key, (None, None, None))
         if version != current or owner() is not base:
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), self.batch)
+            packed = make()
             self._packs[key] = (current, packed, weakref.ref(base))
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        return packed
 
     def __len__(self) -> int:
         return len(self._packs)
 
     def nbytes(self) -> int:
         """Bytes of the packed copies (about those of the weights packed so far)."""
-        return sum(p.numel() * p.element_size() for _, p, _ in self._packs.values())
+        parts = [p for _, pack, _ in self._packs.values() for p in (pack if isinstance(pack, tuple) else (pack,))]
+        return sum(p.numel() * p.element_size() for p in parts)

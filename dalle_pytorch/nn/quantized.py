@@ -1,0 +1,266 @@
+"""Quantized weight products: int8 and int4 layers for decoding with fewer bytes per step.
+
+A cached decode step at small batch streams every weight once, so its time is the weights' bytes
+over the memory bandwidth.  `QuantizedLinear` stores a Linear's weight in fewer bytes:
+
+- "int8": symmetric int8 weights, one scale per output channel, and the activations quantized the
+  same way per token at each product (W8A8, "dynamic"): the product is then an integer matrix
+  product, summed in int32 (exact), scaled by the weight's channel scale and the token's scale.
+  Chosen over weight-only int8 because the integer product is both the faster kernel on the CPU
+  (oneDNN's u8 x s8, VNNI) and exact: no summation order can change an integer sum, so a row's
+  result never depends on the batch it is in (docs/benchmarks.md has the kernels' timings).
+- "int4": asymmetric 4-bit weights in groups of `group` input channels (a scale and a zero point
+  per output channel and group, kept in bfloat16), multiplied by bfloat16 activations through
+  PyTorch's CPU int4 kernel (`_weight_int4pack_mm_for_cpu`); elsewhere the weight is dequantized
+  for a plain product.
+
+The model stores the portable form (int8 values, or two 4-bit values per byte, low nibble first,
+and the scales); a kernel's own layout (oneDNN's prepacked int8, the int4 kernel's tiles) is
+inference state, made in a `PackedLinears` beside the KV cache and reused by every step, or made
+afresh for a product without one (`forward`, a prefill).  Either way the same kernel computes the
+product, so the bits are the same.
+
+`layer_product(x, layer, rows, packs)` is the one weight product of a cached step: a Linear
+(through its packed weight where there is one) or a QuantizedLinear, optionally only some of its
+output rows (the logits of one vocabulary).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from dalle_pytorch.nn.packed import PackedLinears
+
+__all__ = ["QUANTIZE_MODES", "INT4_GROUPS", "QuantizedLinear", "layer_product"]
+
+QUANTIZE_MODES = ("int8", "int4")
+INT4_GROUPS = (32, 64, 128)
+_Q8 = 127  # int8 range used: symmetric [-127, 127]
+
+
+def _token_scales(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-token (last-dimension) symmetric int8 quantization of activations: (int8 values, fp32 scales)."""
+    xf = x.float()
+    scale = xf.abs().amax(-1, keepdim=True).clamp_min(1e-12) / _Q8
+    return torch.round(xf / scale).to(torch.int8), scale
+
+
+#: int4's range search: each group's [min, max] shrunk by these factors, the one of least squared error kept
+_INT4_SHRINK = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)
+
+
+def _int4_groups(groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(out, groups, group) fp32 -> (codes uint8 in [0, 15], scale bf16, zero bf16): asymmetric, the
+    range of each group chosen among shrunk [min, max] ranges by least squared error (clipping a few
+    outliers buys finer steps for the rest); the codes are computed with the scale and zero as stored."""
+    low, high = groups.amin(-1), groups.amax(-1)
+    best = None
+    for shrink in _INT4_SHRINK:
+        mid, half = (low + high) / 2, (high - low) / 2 * shrink
+        scale = ((2 * half) / 15).clamp_min(1e-8).to(torch.bfloat16)
+        zero = (mid - half).to(torch.bfloat16)  # the value of code 0
+        s, z = scale.float()[..., None], zero.float()[..., None]
+        q = torch.round((groups - z) / s).clamp(0, 15)
+        err = ((q * s + z - groups) ** 2).sum(-1)
+        if best is None:
+            best = [err, q, scale, zero]
+        else:
+            keep = err < best[0]
+            best[0] = torch.where(keep, err, best[0])
+            best[1] = torch.where(keep[..., None], q, best[1])
+            best[2] = torch.where(keep, scale, best[2])
+            best[3] = torch.where(keep, zero, best[3])
+    return best[1].to(torch.uint8), best[2], best[3]
+
+
+def _onednn_int8_available() -> bool:
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops, "onednn")
+            and hasattr(torch.ops.onednn, "qlinear_prepack") and hasattr(torch.ops.onednn, "qlinear_pointwise"))
+
+
+def _onednn_int8(xq: Tensor, packed: Tensor, scale: Tensor) -> Tensor:
+    """oneDNN's u8 x s8 product (activations shifted by 128, the shift compensated exactly) -> fp32 acc * scale."""
+    xu = (xq.to(torch.int16) + 128).to(torch.uint8)
+    zeros = torch.zeros(scale.shape[0], dtype=torch.int64)
+    return torch.ops.onednn.qlinear_pointwise(xu, 1.0, 128, packed, scale, zeros, None, 1.0, 0,
+                                              torch.float32, "none", [], "")
+
+
+@functools.lru_cache(maxsize=None)
+def onednn_int8_exact() -> bool:
+    """Whether this CPU's oneDNN int8 product sums exactly (checked once per process on the extreme values:
+    without VNNI, x86 int8 kernels may saturate 16-bit pair sums); if not, products use torch._int_mm."""
+    if not _onednn_int8_available():
+        return False
+    try:
+        w = torch.full((16, 64), _Q8, dtype=torch.int8)
+        w[1::2] = -_Q8
+        xq = torch.full((2, 64), _Q8, dtype=torch.int8)
+        xq[1] = -_Q8
+        got = _onednn_int8(xq, torch.ops.onednn.qlinear_prepack(w, [2, 64]), torch.ones(16))
+        return torch.equal(got, torch._int_mm(xq, w.t()).float())
+    except RuntimeError:
+        return False
+
+
+def _int4_available(device: torch.device) -> bool:
+    return device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+
+
+class QuantizedLinear(nn.Module):
+    """A Linear whose weight is int8 (per output channel) or int4 (grouped); see the module docstring.
+
+    Buffers (saved with the model): int8: `qweight` int8 (out, in), `scale` fp32 (out,); int4:
+    `qweight` uint8 (out, in / 2), `scale` and `zero` bfloat16 (out, in / group); `bias` (out,) in the
+    Linear's dtype, or absent.  For inference only: no gradient flows through a quantized product.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, mode: str = "int8",
+                 group: int = 64, dtype: torch.dtype = torch.float32, device=None) -> None:
+        super().__init__()
+        if mode not in QUANTIZE_MODES:
+            raise ValueError(f"quantize mode must be one of {', '.join(QUANTIZE_MODES)}, got {mode!r}")
+        if mode == "int4" and group not in INT4_GROUPS:
+            raise ValueError(f"int4 group must be one of {', '.join(map(str, INT4_GROUPS))}, got {group!r}")
+        if mode == "int4" and in_features % group:
+            raise ValueError(f"int4 needs in_features ({in_features}) divisible by the group ({group})")
+        self.in_features, self.out_features, self.mode, self.group = in_features, out_features, mode, group
+        if mode == "int8":
+            self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+            self.register_buffer("scale", torch.ones(out_features, dtype=torch.float32, device=device))
+        else:
+            groups = in_features // group
+            self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8, device=device))
+            self.register_buffer("scale", torch.ones(out_features, groups, dtype=torch.bfloat16, device=device))
+            self.register_buffer("zero", torch.zeros(out_features, groups, dtype=torch.bfloat16, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
+
+    @classmethod
+    @torch.no_grad()
+    def from_linear(cls, linear: nn.Linear, mode: str, group: int = 64) -> "QuantizedLinear":
+        w = linear.weight.detach()
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, mode, group,
+                    dtype=w.dtype, device=w.device)
+        w = w.float()
+        if mode == "int8":
+            scale = w.abs().amax(1).clamp_min(1e-12) / _Q8
+            layer.qweight.copy_(torch.round(w / scale[:, None]).clamp(-_Q8, _Q8).to(torch.int8))
+            layer.scale.copy_(scale)
+        else:
+            q, scale, zero = _int4_groups(w.view(w.shape[0], -1, group))
+            q = q.view(w.shape)
+            layer.qweight.copy_(q[:, 0::2] | (q[:, 1::2] << 4))
+            layer.scale.copy_(scale)
+            layer.zero.copy_(zero)
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias.detach())
+        return layer
+
+    def _apply(self, fn, recurse=True):
+        # model.to(dtype) converts floating buffers: the scales keep their own dtype (moves still move them)
+        pinned = {name: getattr(self, name).dtype for name in ("scale", "zero") if getattr(self, name, None) is not None}
+        super()._apply(fn, recurse)
+        for name, dtype in pinned.items():
+            if getattr(self, name).dtype != dtype:
+                setattr(self, name, getattr(self, name).to(dtype))
+        return self
+
+    def extra_repr(self) -> str:
+        group = f", group={self.group}" if self.mode == "int4" else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}{group}, bias={self.bias is not None}"
+
+    # -- the weights, whole or some output rows -----------------------------------------------------
+
+    def codes(self, rows: slice | None = None) -> Tensor:
+        """The integer weight values (out', in): int8 in [-127, 127], or int4 codes in [0, 15] (as int32)."""
+        q = self.qweight if rows is None else self.qweight[rows]
+        if self.mode == "int8":
+            return q
+        return torch.stack((q & 15, q >> 4), dim=-1).view(q.shape[0], -1).to(torch.int32)
+
+    def dequantized(self, rows: slice | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The weight the quantized values stand for (out', in)."""
+        q = self.codes(rows).float()
+        scale = self.scale if rows is None else self.scale[rows]
+        if self.mode == "int8":
+            return (q * scale[:, None]).to(dtype)
+        zero = self.zero if rows is None else self.zero[rows]
+        q = q.view(q.shape[0], -1, self.group)
+        return (q * scale.float()[..., None] + zero.float()[..., None]).view(q.shape[0], -1).to(dtype)
+
+    def _int4_tables(self, rows: slice | None) -> Tensor:
+        """The int4 kernel's scales and zeros (in / group, out', 2), bf16; its zero is the value of code 8."""
+        scale = self.scale if rows is None else self.scale[rows]
+        zero = self.zero if rows is None else self.zero[rows]
+        return torch.stack((scale, (zero.float() + 8 * scale.float()).to(torch.bfloat16)), -1).transpose(0, 1).contiguous()
+
+    def _kernel_pack(self, rows: slice | None, batch: int):
+        if self.mode == "int8":
+            codes = self.codes(rows).contiguous()
+            scale = (self.scale if rows is None else self.scale[rows]).contiguous()
+            return torch.ops.onednn.qlinear_prepack(codes, [batch, self.in_features]), scale
+        # the kernel takes output rows in multiples of 16: pad with zero rows (their outputs are dropped)
+        codes, tables = self.codes(rows), self._int4_tables(rows)
+        pad = -codes.shape[0] % 16
+        if pad:
+            codes = torch.cat((codes, codes.new_zeros(pad, codes.shape[1])))
+            tables = torch.cat((tables, tables.new_zeros(tables.shape[0], pad, 2)), 1)
+        return torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.contiguous(), 1), tables
+
+    # -- the product --------------------------------------------------------------------------------
+
+    def product(self, x: Tensor, rows: slice | None = None, packs: Optional[PackedLinears] = None) -> Tensor:
+        """x @ W[rows].T + bias[rows] with the quantized weight; the kernel's layout from `packs` (made
+        there once) or made for this product."""
+        if x.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError("a quantized layer is for inference: no gradient flows through it "
+                               "(train the float model, quantize it after)")
+        bias = self.bias if rows is None or self.bias is None else self.bias[rows]
+        lead, k = x.shape[:-1], x.shape[-1]
+        x2 = x.reshape(-1, k)
+        compiling = torch.compiler.is_compiling()
+        if self.mode == "int8":
+            xq, xs = _token_scales(x2)
+            if x.device.type == "cpu" and not compiling and onednn_int8_exact():
+                packed, scale = (self._kernel_pack(rows, x2.shape[0]) if packs is None
+                                 else packs.pack(self.qweight, rows, lambda: self._kernel_pack(rows, packs.batch)))
+                acc = _onednn_int8(xq, packed, scale)
+            elif x.device.type == "cpu":
+                scale = self.scale if rows is None else self.scale[rows]
+                acc = torch._int_mm(xq, self.codes(rows).t()).float() * scale  # the same exact sum, the same bits
+            else:  # no integer kernel assumed: the integer values multiplied in float
+                scale = self.scale if rows is None else self.scale[rows]
+                acc = (xq.float() @ self.codes(rows).float().t()) * scale
+            out = (acc * xs).to(x.dtype)
+        elif _int4_available(x.device) and not compiling:
+            packed, tables = (self._kernel_pack(rows, x2.shape[0]) if packs is None
+                              else packs.pack(self.qweight, rows, lambda: self._kernel_pack(rows, packs.batch)))
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16).contiguous(), packed, self.group, tables)
+            n = self.out_features if rows is None else len(range(*rows.indices(self.out_features)))
+            out = out[:, :n].to(x.dtype)
+        else:
+            out = F.linear(x2.to(torch.bfloat16), self.dequantized(rows, torch.bfloat16)).to(x.dtype)
+        if bias is not None:
+            out = out + bias.to(out.dtype)
+        return out.view(*lead, out.shape[-1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.product(x)
+
+
+def layer_product(x: Tensor, layer: nn.Module, rows: slice | None = None,
+                  packs: Optional[PackedLinears] = None) -> Tensor:
+    """layer(x) restricted to output `rows`, for a Linear or a QuantizedLinear: the one weight product of
+    a cached step (through `packs` where given)."""
+    if isinstance(layer, QuantizedLinear):
+        return layer.product(x, rows, packs)
+    weight = layer.weight if rows is None else layer.weight[rows]
+    bias = layer.bias if rows is None or layer.bias is None else layer.bias[rows]
+    if packs is None:
+        return F.linear(x, weight, bias)
+    return packs.linear(x, weight, bias)
