@@ -51,6 +51,23 @@ FLOORS = [("bench", 64), ("community", 1)]  # (model, batch) of the step-floor m
 QUICK = [("bench", 1, 1.0, "fp32"), ("bench", 4, 1.0, "bf16"), ("bench", 4, 1.0, "bf16+compile"),
          ("community", 1, 3.0, "fp32")]
 QUICK_FLOORS = [("bench", 4)]
+# --quant: the community model at batch 1 and 8, CFG 1 and 3, in fp32, bf16 and quantized (dalle_pytorch.quantize)
+QUANT = [("community", b, s, v) for b in (1, 8) for s in (1.0, 3.0) for v in ("fp32", "bf16", "int8", "int4")]
+QUANT_FLOORS = [("community", 1)]
+
+
+def weight_bytes(model) -> int:
+    """Bytes a decode step streams from the weights: the transformer's and the logits projection's."""
+    tensors = [*model.transformer.parameters(), *model.transformer.buffers(), *model.to_logits.parameters(),
+               *model.to_logits.buffers()]
+    masks = {id(b) for b in model.transformer.buffers() if b.dtype == torch_bool()}
+    return sum(t.numel() * t.element_size() for t in tensors if id(t) not in masks and t.dim() >= 1 and t.numel() > 4096)
+
+
+def torch_bool():
+    import torch
+
+    return torch.bool
 
 
 def load_model(spec: dict):
@@ -61,6 +78,10 @@ def load_model(spec: dict):
     model = load_checkpoint(spec["checkpoint"]).model.eval()
     if spec["variant"].startswith("bf16"):
         model = model.to(torch.bfloat16)
+    if spec["variant"] in ("int8", "int4"):
+        from dalle_pytorch import quantize
+
+        model = quantize(model, spec["variant"])
     return model
 
 
@@ -95,7 +116,8 @@ def worker(spec: dict) -> dict:
         ttft.append(first[-1] - t0)
     peak = peak_rss_mb()
     return {"impl": f"ours ({variant})", "seconds": min(times), "all_seconds": times, "first_token": min(ttft),
-            "peak_rss_mb": peak, "rss_before_mb": rss_before}
+            "peak_rss_mb": peak, "rss_before_mb": rss_before, "weight_bytes": weight_bytes(model),
+            "steps": model.image_seq_len - 1}
 
 
 def floor_worker(spec: dict) -> dict:
@@ -166,6 +188,8 @@ def main(argv=None):
                         help="the reference venv's python (benchmarks/dalle_pytorch_ref.sh)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a small grid (smoke test)")
+    parser.add_argument("--quant", action="store_true",
+                        help="the quantization grid: community model, fp32 / bf16 / int8 / int4, each step against its floor")
     parser.add_argument("--model", choices=["bench", "community"], help="only this model's rows")
     parser.add_argument("--batch", type=int, nargs="+", help="only the rows (and floors) of these batch sizes")
     parser.add_argument("--omp_wait_policy", choices=["PASSIVE", "ACTIVE", "default"], default="PASSIVE",
@@ -199,8 +223,8 @@ def main(argv=None):
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     check = spawn([args.ref_python, "-P", ref_script, "check"], args.threads)
     say(f"DALLE-pytorch with its cache kept at cond_scale 1: cached codes == uncached codes: {check['cached_equals_uncached']}")
-    grid = QUICK if args.quick else GRID
-    floors = QUICK_FLOORS if args.quick else FLOORS
+    grid = QUICK if args.quick else QUANT if args.quant else GRID
+    floors = QUICK_FLOORS if args.quick else QUANT_FLOORS if args.quant else FLOORS
     if args.model:
         grid = [g for g in grid if g[0] == args.model]
         floors = [f for f in floors if f[0] == args.model]
@@ -252,6 +276,22 @@ def main(argv=None):
                 f"{fl['weights'] * 1e3:.2f} ms + one read of the step's keys and values {fl['kv_read'] * 1e3:.2f} ms; "
                 f"step / floor {fl['step'] / (fl['weights'] + fl['kv_read']):.2f}x (median over steps "
                 f"{fl['step_over_floor_median']:.2f}x)")
+            # each variant's floor: the bytes its steps stream at the bandwidth the fp32 products reached
+            fp32 = next((r["ours"] for r in results if r.get("variant") == "fp32" and r.get("model") == model
+                         and r.get("batch") == b and r.get("cond_scale") == 1.0), None)
+            if fp32 is None:
+                continue
+            bandwidth = fp32["weight_bytes"] / fl["weights"]
+            say(f"{model}: the fp32 weight products streamed {bandwidth / 1e9:.1f} GB/s; per variant at batch {b}, "
+                "CFG 1 (step = (seconds - first code) / steps, so it includes the VAE decode):")
+            for r in results:
+                if r.get("model") == model and r.get("batch") == b and r.get("cond_scale") == 1.0 and "ours" in r:
+                    o = r["ours"]
+                    step = (o["seconds"] - o["first_token"]) / o["steps"]
+                    floor = o["weight_bytes"] / bandwidth + fl["kv_read"]
+                    say(f"- {r['variant']}: {o['weight_bytes'] / 2**20:.0f} MB of weights, step {step * 1e3:.2f} ms, floor "
+                        f"{floor * 1e3:.2f} ms, step / floor {step / floor:.2f}x, images/s {b / o['seconds']:.3f} "
+                        f"({fp32['seconds'] / o['seconds']:.2f}x fp32's)")
     say(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")

@@ -25,6 +25,7 @@ from dalle_pytorch.distributed import DistEnv, init_distributed
 from dalle_pytorch.errors import CheckpointError, GenerationError, TrainingError
 from dalle_pytorch.generation.decode import generate_texts
 from dalle_pytorch.generation.sampling import FILTER_SCOPES, SamplingConfig
+from dalle_pytorch.models.quantize import quantization_of
 from dalle_pytorch.pipeline.outputs import (append_index, check_outputs_dir, create_run_dir, file_sha256, load_image,
                                             load_mask, make_run_dir, plan_run_dirs, read_prompts, save_outputs,
                                             split_captions)
@@ -118,6 +119,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "(mps is untested)")
     run.add_argument("--dtype", default="float32", choices=list(DTYPES),
                      help="weights and activations (default float32; float16 needs a GPU)")
+    run.add_argument("--quantize", default=None, choices=["int8", "int4"],
+                     help="decode with int8 or int4 weights: fewer bytes per step, a small cost in quality "
+                          "(docs/generation.md); a checkpoint saved quantized is used as it is")
     run.add_argument("--outputs_dir", default="./outputs", help="where run folders are created (default ./outputs)")
     run.add_argument("--no_progress", action="store_true", help="no progress bars")
     run.add_argument("--no_pack_weights", action="store_true",
@@ -256,7 +260,7 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
     device = str(env.device) if env.distributed else args.device
     pipe = Pipeline.from_checkpoint(path, vae_path=args.vae_path, bpe_path=args.bpe_path, hug=args.hug,
                                     chinese=args.chinese, clip_path=args.clip_path, clip_model=args.clip_model,
-                                    device=device, dtype=args.dtype, vae=_pretrained_vae(args))
+                                    device=device, dtype=args.dtype, vae=_pretrained_vae(args), quantize=args.quantize)
     model, tokenizer = pipe.model, pipe.tokenizer
     # every caption (and the negative one) is checked before the first image is sampled
     pipe.tokenize([c for c in captions if c is not None] + ([args.negative_prompt] if args.negative_prompt is not None else []))
@@ -283,6 +287,7 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
         "img_path": os.path.abspath(args.img) if args.img else None,
         "device": str(pipe.device),
         "dtype": str(pipe.dtype).replace("torch.", ""),
+        "quantize": (quantization_of(pipe.model) or {}).get("mode"),
     }
     if args.seed is None and env.is_main:
         print(f"seed: {seed}")

@@ -24,6 +24,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hug", action="store_true", help="--bpe_path is a HuggingFace `tokenizers` JSON file")
     p.add_argument("--device", default="auto", help="'auto' (cuda if available, else cpu), 'cpu', 'cuda:1'")
     p.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    p.add_argument("--quantize", default=None, choices=["int8", "int4"],
+                   help="decode with int8 or int4 weights (batch-invariant: seeds reproduce; docs/generation.md)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max_rows", type=int, default=64,
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
         with flag_names():
             path, _ = resolve_checkpoint(args.dalle_path)
             pipe = Pipeline.from_checkpoint(path, vae_path=args.vae_path, bpe_path=args.bpe_path, hug=args.hug,
-                                            device=args.device, dtype=args.dtype)
+                                            device=args.device, dtype=args.dtype, quantize=args.quantize)
     except (GenerationError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"{prog_name('dalle-serve')}: error: {e}", file=sys.stderr)
         return 2

@@ -44,10 +44,11 @@ _Q8 = 127  # int8 range used: symmetric [-127, 127]
 
 
 def _token_scales(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-token (last-dimension) symmetric int8 quantization of activations: (int8 values, fp32 scales)."""
+    """Per-token (last-dimension) symmetric int8 quantization of activations: (the values in [-127, 127],
+    as floats, fp32 scales)."""
     xf = x.float()
-    scale = xf.abs().amax(-1, keepdim=True).clamp_min(1e-12) / _Q8
-    return torch.round(xf / scale).to(torch.int8), scale
+    scale = xf.abs().amax(-1, keepdim=True).clamp_min_(1e-12).div_(_Q8)
+    return torch.div(xf, scale).round_(), scale
 
 
 #: int4's range search: each group's [min, max] shrunk by these factors, the one of least squared error kept
@@ -83,10 +84,10 @@ def _onednn_int8_available() -> bool:
             and hasattr(torch.ops.onednn, "qlinear_prepack") and hasattr(torch.ops.onednn, "qlinear_pointwise"))
 
 
-def _onednn_int8(xq: Tensor, packed: Tensor, scale: Tensor) -> Tensor:
-    """oneDNN's u8 x s8 product (activations shifted by 128, the shift compensated exactly) -> fp32 acc * scale."""
-    xu = (xq.to(torch.int16) + 128).to(torch.uint8)
-    zeros = torch.zeros(scale.shape[0], dtype=torch.int64)
+def _onednn_int8(q: Tensor, packed: Tensor, scale: Tensor, zeros: Tensor) -> Tensor:
+    """oneDNN's u8 x s8 product of activation values `q` (floats in [-127, 127], shifted by 128 into u8: the
+    kernel compensates the shift exactly) -> fp32 exact integer sum * scale (zeros: the weights' zero points)."""
+    xu = q.add(128).to(torch.uint8)
     return torch.ops.onednn.qlinear_pointwise(xu, 1.0, 128, packed, scale, zeros, None, 1.0, 0,
                                               torch.float32, "none", [], "")
 
@@ -100,10 +101,10 @@ def onednn_int8_exact() -> bool:
     try:
         w = torch.full((16, 64), _Q8, dtype=torch.int8)
         w[1::2] = -_Q8
-        xq = torch.full((2, 64), _Q8, dtype=torch.int8)
+        xq = torch.full((2, 64), float(_Q8))
         xq[1] = -_Q8
-        got = _onednn_int8(xq, torch.ops.onednn.qlinear_prepack(w, [2, 64]), torch.ones(16))
-        return torch.equal(got, torch._int_mm(xq, w.t()).float())
+        got = _onednn_int8(xq, torch.ops.onednn.qlinear_prepack(w, [2, 64]), torch.ones(16), torch.zeros(16, dtype=torch.int64))
+        return torch.equal(got, torch._int_mm(xq.to(torch.int8), w.t()).float())
     except RuntimeError:
         return False
 
@@ -203,7 +204,8 @@ class QuantizedLinear(nn.Module):
         if self.mode == "int8":
             codes = self.codes(rows).contiguous()
             scale = (self.scale if rows is None else self.scale[rows]).contiguous()
-            return torch.ops.onednn.qlinear_prepack(codes, [batch, self.in_features]), scale
+            zeros = torch.zeros(codes.shape[0], dtype=torch.int64)
+            return torch.ops.onednn.qlinear_prepack(codes, [batch, self.in_features]), scale, zeros
         # the kernel takes output rows in multiples of 16: pad with zero rows (their outputs are dropped)
         codes, tables = self.codes(rows), self._int4_tables(rows)
         pad = -codes.shape[0] % 16
@@ -225,18 +227,22 @@ class QuantizedLinear(nn.Module):
         x2 = x.reshape(-1, k)
         compiling = torch.compiler.is_compiling()
         if self.mode == "int8":
-            xq, xs = _token_scales(x2)
+            q, xs = _token_scales(x2)
             if x.device.type == "cpu" and not compiling and onednn_int8_exact():
-                packed, scale = (self._kernel_pack(rows, x2.shape[0]) if packs is None
-                                 else packs.pack(self.qweight, rows, lambda: self._kernel_pack(rows, packs.batch)))
-                acc = _onednn_int8(xq, packed, scale)
+                packed, scale, zeros = (self._kernel_pack(rows, x2.shape[0]) if packs is None
+                                        else packs.pack(self.qweight, rows, lambda: self._kernel_pack(rows, packs.batch)))
+                acc = _onednn_int8(q, packed, scale, zeros)
             elif x.device.type == "cpu":
                 scale = self.scale if rows is None else self.scale[rows]
-                acc = torch._int_mm(xq, self.codes(rows).t()).float() * scale  # the same exact sum, the same bits
+                acc = torch._int_mm(q.to(torch.int8), self.codes(rows).t()).float() * scale  # the same exact sum and bits
             else:  # no integer kernel assumed: the integer values multiplied in float
                 scale = self.scale if rows is None else self.scale[rows]
-                acc = (xq.float() @ self.codes(rows).float().t()) * scale
-            out = (acc * xs).to(x.dtype)
+                acc = (q @ self.codes(rows).float().t()) * scale
+            out = acc.mul_(xs)
+            if bias is not None:
+                out = out.add_(bias)  # in fp32, then the activations' dtype
+                bias = None
+            out = out.to(x.dtype)
         elif _int4_available(x.device) and not compiling:
             packed, tables = (self._kernel_pack(rows, x2.shape[0]) if packs is None
                               else packs.pack(self.qweight, rows, lambda: self._kernel_pack(rows, packs.batch)))

@@ -38,6 +38,8 @@ from dalle_pytorch.generation.sampling import SamplingConfig
 from dalle_pytorch.generation.speculative import DecodeStats
 from dalle_pytorch.nn.packed import PackedLinears, packing_available
 from dalle_pytorch.models.dalle import DALLE
+from dalle_pytorch.models.quantize import QUANTIZE_MODES, quantization_of
+from dalle_pytorch.models.quantize import quantize as quantize_model
 from dalle_pytorch.models.rerank import Reranker, as_reranker
 from dalle_pytorch.text.base import CaptionTooLongError
 from dalle_pytorch.text.factory import BaseTokenizer, select_tokenizer
@@ -137,15 +139,18 @@ def batch_seeds(seed: int, num_images: int, batch_size: int) -> list[tuple[int, 
 
 
 def generation_settings(sampling: SamplingConfig, negative_prompt: Optional[str], batch_size: int,
-                        num_init_img_tokens: Optional[int] = None, speculative: Optional[int] = None) -> dict:
+                        num_init_img_tokens: Optional[int] = None, speculative: Optional[int] = None,
+                        quantize: Optional[str] = None) -> dict:
     """The settings that determine a caption's images (with its seed), as recorded in PNG text chunks
     and generation.json, and returned by the server (`speculative` only where a window K > 1 is used:
-    it draws other samples of the same distribution)."""
+    it draws other samples of the same distribution; `quantize` only for a quantized model)."""
     # "null_text": the negative prompt's key in generation.json and PNG chunks (kept: files written by earlier releases)
     settings = {**sampling.to_dict(), "null_text": negative_prompt, "num_init_img_tokens": num_init_img_tokens,
                 "batch_size": batch_size}
     if speculative is not None and speculative != 1:
         settings["speculative"] = speculative
+    if quantize is not None:
+        settings["quantize"] = quantize
     return settings
 
 
@@ -264,7 +269,7 @@ class Pipeline:
     def from_checkpoint(cls, dalle_path: Optional[PathLike] = None, *, vae: Optional[nn.Module] = None,
                         vae_path: Optional[PathLike] = None, bpe_path: Optional[PathLike] = None, hug: bool = False,
                         chinese: bool = False, clip_path: Optional[PathLike] = None, clip_model: Optional[str] = None,
-                        device: str = "auto", dtype: str = "float32") -> "Pipeline":
+                        device: str = "auto", dtype: str = "float32", quantize: Optional[str] = None) -> "Pipeline":
         """Load a DALLE checkpoint (ours, DALLE-pytorch's, or the demo model when `dalle_path` is None or
         "demo"), its tokenizer (or the one `bpe_path` / `hug` / `chinese` select: `select_tokenizer`)
         and an optional CLIP to rerank with: `clip_path` alone is a CLIP of ours (`dalle_pytorch.save(clip,
@@ -274,6 +279,9 @@ class Pipeline:
         vae / vae_path: as for `load_checkpoint` (a DALLE-pytorch model over a pretrained VAE needs
         `vae=VQGanVAE(...)`, see `dalle_pytorch.checkpoint.pretrained.vae_from_flags`, unless its files are in
         ~/.cache/dalle).
+        quantize: None, "int8" or "int4": decode with quantized weights (`dalle_pytorch.quantize`, after the
+        model is cast to `dtype`; a checkpoint saved quantized is already quantized: this must then be
+        None or its own mode).
 
         Raises GenerationError with a one-line reason for anything that does not fit.
         """
@@ -313,6 +321,18 @@ class Pipeline:
         except ValueError as e:
             raise GenerationError(str(e)) from None
         model = loaded.model.to(dt)
+        if quantize is not None:
+            stored = quantization_of(model)
+            if stored is not None and stored["mode"] != quantize:
+                raise GenerationError(f"{path} holds a model quantized to {stored['mode']}; it cannot be made "
+                                      f"{quantize} ({setting('quantize')} {stored['mode']}, or leave it out)")
+            if quantize not in QUANTIZE_MODES:
+                raise GenerationError(f"{setting('quantize')} must be one of {', '.join(QUANTIZE_MODES)}, got {quantize!r}")
+            if stored is None:
+                try:
+                    model = quantize_model(model, quantize)
+                except ValueError as e:
+                    raise GenerationError(f"{setting('quantize')} {quantize}: {e}") from None
         if tokenizer.vocab_size > model.num_user_text_tokens:
             warnings.warn(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
                           f"{model.num_user_text_tokens}; is it the tokenizer the model was trained with?")
@@ -371,7 +391,8 @@ class Pipeline:
         null = self.tokenize([negative_prompt]) if negative_prompt is not None else None
         prime = img.to(device=self.device, dtype=self.dtype) if img is not None else None
         settings = generation_settings(sampling, negative_prompt, batch_size,
-                                       num_init_img_tokens if img is not None else None, speculative)
+                                       num_init_img_tokens if img is not None else None, speculative,
+                                       (quantization_of(self.model) or {}).get("mode"))
         images, seeds, scores, passes = [], [], [], []
         packs = pack_weights
         if pack_weights is None and not compile and packing_available(self.device, self.dtype):

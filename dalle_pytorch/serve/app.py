@@ -109,6 +109,8 @@ def _reproduce(body: ImagesRequest, result: ImageResult, dalle_path: str) -> str
         args += ["--negative_prompt", s["null_text"]]
     if s.get("speculative"):
         args += ["--speculative", str(s["speculative"])]
+    if s.get("quantize"):
+        args += ["--quantize", s["quantize"]]
     return shlex.join(args)
 
 

@@ -544,3 +544,25 @@ def test_progress_is_one_clean_bar_in_a_terminal_and_none_in_a_pipe(tmp_path):
     piped = subprocess.run([*argv[:-1], str(tmp_path / "pipe")], capture_output=True, text=True, env=env, timeout=300)
     assert piped.returncode == 0 and "\r" not in piped.stderr + piped.stdout
     assert f"{CAPTION!r}: 4 images in" in piped.stdout
+
+
+def test_quantize_flag_decodes_with_quantized_weights_and_is_recorded(tiny, tmp_path):
+    """--quantize int8: the images of the library's quantized model with the same seed, the mode in
+    generation.json's settings; a checkpoint saved quantized is used as it is, and another mode is refused."""
+    from dalle_pytorch import quantize
+
+    (r,) = run_tiny(tiny, tmp_path / "a", "--text", CAPTION, "--seed", "3", "--num_images", "2", "--quantize", "int8")
+    record = json.loads(r.json_path.read_text())
+    assert record["settings"]["quantize"] == "int8" and record["quantize"] == "int8"
+    (plain,) = run_tiny(tiny, tmp_path / "b", "--text", CAPTION, "--seed", "3", "--num_images", "2")
+    assert "quantize" not in plain.record["settings"]
+    loaded = load_checkpoint(tiny[0])
+    quantized = quantize(loaded.model, "int8")
+    saved = tmp_path / "q.safetensors"
+    save(quantized, saved, tokenizer=loaded.tokenizer)
+    (again,) = run("--dalle_path", saved, "--outputs_dir", tmp_path / "c", "--text", CAPTION, "--seed", "3",
+                   "--num_images", "2")
+    files = sorted(r.folder.glob("*.png"))
+    assert files and all(torch.equal(pixels(f), pixels(again.folder / f.name)) for f in files)  # (the PNGs name their checkpoint)
+    with pytest.raises(GenerationError, match="quantized to int8"):
+        run("--dalle_path", saved, "--outputs_dir", tmp_path / "d", "--text", CAPTION, "--quantize", "int4")

@@ -312,3 +312,23 @@ def test_prefix_cache_is_bounded_and_reuses_prefills(pipe):
         scheduler.run_until_idle()
     stats = scheduler.metrics()["prefix_cache"]
     assert stats == dict(stats, entries=2, hits=2, misses=4, evictions=2)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_rows_alone_and_in_a_busy_batch_give_generate_images_codes(mode):
+    """A server over a quantized model (--quantize): its products are batch-invariant, so a request's images
+    are those Pipeline.generate samples with its seed, alone and beside other requests; the mode is a setting."""
+    import copy
+
+    from dalle_pytorch import quantize
+
+    base = tiny_pipeline(vae=tiny_vae(num_layers=3), dim=64, dim_head=32)
+    pipe = Pipeline(quantize(copy.deepcopy(base.model), mode, 32 if mode == "int4" else None), base.tokenizer)
+    scheduler = Scheduler(pipe, max_rows=32)
+    first = scheduler.submit(ImageRequest(RED, n=3, seed=1, sampling=GUIDED))
+    scheduler.step()
+    second = scheduler.submit(ImageRequest(GREEN, n=2, seed=2))
+    scheduler.run_until_idle()
+    assert torch.equal(first.result(0).images, alone(pipe, RED, 3, 1, GUIDED))
+    assert torch.equal(second.result(0).images, alone(pipe, GREEN, 2, 2))
+    assert second.result(0).settings["quantize"] == mode
