@@ -56,19 +56,6 @@ QUANT = [("community", b, s, v) for b in (1, 8) for s in (1.0, 3.0) for v in ("f
 QUANT_FLOORS = [("community", 1)]
 
 
-def weight_bytes(model) -> int:
-    """Bytes a decode step streams from the weights: the transformer's and the logits projection's."""
-    tensors = [*model.transformer.parameters(), *model.transformer.buffers(), *model.to_logits.parameters(),
-               *model.to_logits.buffers()]
-    masks = {id(b) for b in model.transformer.buffers() if b.dtype == torch_bool()}
-    return sum(t.numel() * t.element_size() for t in tensors if id(t) not in masks and t.dim() >= 1 and t.numel() > 4096)
-
-
-def torch_bool():
-    import torch
-
-    return torch.bool
-
 
 def load_model(spec: dict):
     import torch
@@ -116,8 +103,7 @@ def worker(spec: dict) -> dict:
         ttft.append(first[-1] - t0)
     peak = peak_rss_mb()
     return {"impl": f"ours ({variant})", "seconds": min(times), "all_seconds": times, "first_token": min(ttft),
-            "peak_rss_mb": peak, "rss_before_mb": rss_before, "weight_bytes": weight_bytes(model),
-            "steps": model.image_seq_len - 1}
+            "peak_rss_mb": peak, "rss_before_mb": rss_before}
 
 
 def floor_worker(spec: dict) -> dict:
@@ -127,7 +113,7 @@ def floor_worker(spec: dict) -> dict:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from generate import matmul_floor_fn
+    from generate import matmul_floor_fn, streamed_bytes
 
     torch.set_num_threads(spec["threads"])
     model = load_model(spec)
@@ -155,6 +141,7 @@ def floor_worker(spec: dict) -> dict:
             times["weights"].append(t2 - t1)
             times["kv_read"].append(t3 - t2)
     out = {k: sum(v) / len(v) for k, v in times.items()}
+    out["streamed_bytes"] = streamed_bytes(model)
     out["step_over_floor_median"] = statistics.median(s / (w + r) for s, w, r in zip(times["step"], times["weights"], times["kv_read"]))
     return out
 
@@ -194,6 +181,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, nargs="+", help="only the rows (and floors) of these batch sizes")
     parser.add_argument("--omp_wait_policy", choices=["PASSIVE", "ACTIVE", "default"], default="PASSIVE",
                         help="OMP_WAIT_POLICY of the workers (PASSIVE for a shared machine; default: OpenMP's own)")
+    parser.add_argument("--floors_only", action="store_true", help="only the step-floor measurements (no grid)")
     parser.add_argument("--out", help="also write the table (markdown) and the raw results (.json beside it)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--floor_worker", help=argparse.SUPPRESS)
@@ -246,7 +234,7 @@ def main(argv=None):
         say("| model | batch | cond_scale | variant | ours s | DALLE-pytorch s | ours images/s | DALLE-pytorch images/s | speed-up | first code: ours / DALLE-pytorch s | peak RSS: ours / DALLE-pytorch MB |")
         say("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         ref_done = {}
-        for model, batch, scale, variant in grid:
+        for model, batch, scale, variant in ([] if args.floors_only else grid):
             # small configurations: two rounds (ours, DALLE-pytorch, ours, DALLE-pytorch), best of each
             rounds = 2 if (model == "bench" and batch <= 16) or (model == "community" and batch == 1) else 1
             spec = {"checkpoint": ckpt[model], "batch": batch, "cond_scale": scale, "threads": args.threads,
@@ -276,22 +264,22 @@ def main(argv=None):
                 f"{fl['weights'] * 1e3:.2f} ms + one read of the step's keys and values {fl['kv_read'] * 1e3:.2f} ms; "
                 f"step / floor {fl['step'] / (fl['weights'] + fl['kv_read']):.2f}x (median over steps "
                 f"{fl['step_over_floor_median']:.2f}x)")
-            # each variant's floor: the bytes its steps stream at the bandwidth the fp32 products reached
-            fp32 = next((r["ours"] for r in results if r.get("variant") == "fp32" and r.get("model") == model
-                         and r.get("batch") == b and r.get("cond_scale") == 1.0), None)
-            if fp32 is None:
-                continue
-            bandwidth = fp32["weight_bytes"] / fl["weights"]
-            say(f"{model}: the fp32 weight products streamed {bandwidth / 1e9:.1f} GB/s; per variant at batch {b}, "
-                "CFG 1 (step = (seconds - first code) / steps, so it includes the VAE decode):")
-            for r in results:
-                if r.get("model") == model and r.get("batch") == b and r.get("cond_scale") == 1.0 and "ours" in r:
-                    o = r["ours"]
-                    step = (o["seconds"] - o["first_token"]) / o["steps"]
-                    floor = o["weight_bytes"] / bandwidth + fl["kv_read"]
-                    say(f"- {r['variant']}: {o['weight_bytes'] / 2**20:.0f} MB of weights, step {step * 1e3:.2f} ms, floor "
-                        f"{floor * 1e3:.2f} ms, step / floor {step / floor:.2f}x, images/s {b / o['seconds']:.3f} "
-                        f"({fp32['seconds'] / o['seconds']:.2f}x fp32's)")
+            if args.quant:  # each variant's own step, against the floor of the bytes it streams
+                variants = {"fp32": fl}
+                for v in ("bf16", "int8", "int4"):
+                    variants[v] = spawn([sys.executable, __file__, "--floor_worker", json.dumps(
+                        {"checkpoint": ckpt[model], "batch": b, "threads": args.threads, "variant": v})], args.threads)
+                    results.append({"model": model, "batch": b, "variant": v, "floor": variants[v]})
+                bandwidth = fl["streamed_bytes"] / fl["weights"]
+                say(f"{model}, batch {b}: the fp32 products streamed {bandwidth / 1e9:.1f} GB/s; each variant's mean eager "
+                    "step, its weight products alone, and its floor (its bytes at that bandwidth + the key / value read):")
+                say()
+                say("| variant | weights read per step | step ms | its products ms | floor ms | step / floor | step speed-up over fp32 |")
+                say("| --- | --- | --- | --- | --- | --- | --- |")
+                for v, f in variants.items():
+                    floor = f["streamed_bytes"] / bandwidth + f["kv_read"]
+                    say(f"| {v} | {f['streamed_bytes'] / 2**20:.0f} MB | {f['step'] * 1e3:.2f} | {f['weights'] * 1e3:.2f} | "
+                        f"{floor * 1e3:.2f} | {f['step'] / floor:.2f}x | {fl['step'] / f['step']:.2f}x |")
     say(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.out:
         Path(args.out).write_text("\n".join(lines) + "\n")

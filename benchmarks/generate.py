@@ -160,27 +160,48 @@ def uncached_forward_time(model, text, n_img: int) -> float:
     return best_of(lambda: model(text, codes), repeat=2)
 
 
-def matmul_floor_fn(model, b: int):
-    """A function running one decode step's matrix products alone (same shapes, weights, biases), by
-    the kernel the step uses: the packed weights of `DALLE.setup_cache` where it packs them."""
-    from dalle_pytorch.nn.packed import PackedLinears, packing_available
-
+def _step_layers(model):
+    """(layer, output rows) of every weight product of one decode step, in order."""
     t = model.transformer
     layers = []
     for i in range(t.depth):
         a, f = t.attns[t.attn_index[i]], t.ffs[t.ff_index[i]]
-        layers += [(a.to_qkv.weight, None), (a.to_out.weight, a.to_out.bias),
-                   (f.proj_in.weight, f.proj_in.bias), (f.proj_out.weight, f.proj_out.bias)]
-    proj = model.to_logits[1]
-    layers.append((proj.weight[model.num_text_tokens :], proj.bias[model.num_text_tokens :]))
-    xs = {w.shape[1]: torch.randn(b, w.shape[1], device=DEVICE, dtype=proj.weight.dtype) for w, _ in layers}
-    linear = (PackedLinears(b).linear if packing_available(proj.weight.device, proj.weight.dtype)
-              else torch.nn.functional.linear)
+        layers += [(a.to_qkv, None), (a.to_out, None), (f.proj_in, None), (f.proj_out, None)]
+    layers.append((model.to_logits[1], slice(model.num_text_tokens, None)))
+    return layers
+
+
+def streamed_bytes(model) -> int:
+    """The bytes of weights one decode step reads: every product's weight (its rows), bias, scales."""
+    from dalle_pytorch.nn.quantized import QuantizedLinear
+
+    total = 0
+    for layer, rows in _step_layers(model):
+        names = ("qweight", "scale", "zero", "bias") if isinstance(layer, QuantizedLinear) else ("weight", "bias")
+        for name in names:
+            t = getattr(layer, name, None)
+            if t is not None:
+                t = t if rows is None else t[rows]
+                total += t.numel() * t.element_size()
+    return total
+
+
+def matmul_floor_fn(model, b: int):
+    """A function running one decode step's matrix products alone (same shapes, weights, biases), by
+    the kernel the step uses: the packed weights of `DALLE.setup_cache` where it packs them, a
+    quantized model's own kernels."""
+    from dalle_pytorch.nn.packed import PackedLinears, packing_available
+    from dalle_pytorch.nn.quantized import layer_product
+
+    layers = _step_layers(model)
+    dtype = model.to_logits[0].weight.dtype
+    xs = {layer.in_features: torch.randn(b, layer.in_features, device=DEVICE, dtype=dtype) for layer, _ in layers}
+    packs = PackedLinears(b) if packing_available(model.to_logits[0].weight.device, dtype) else None
 
     def run():
         with torch.inference_mode():
-            for w, bias in layers:
-                linear(xs[w.shape[1]], w, bias)
+            for layer, rows in layers:
+                layer_product(xs[layer.in_features], layer, rows, packs)
 
     return run
 

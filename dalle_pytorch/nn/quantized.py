@@ -6,17 +6,18 @@ over the memory bandwidth.  `QuantizedLinear` stores a Linear's weight in fewer 
 - "int8": symmetric int8 weights, one scale per output channel, and the activations quantized the
   same way per token at each product (W8A8, "dynamic"): the product is then an integer matrix
   product, summed in int32 (exact), scaled by the weight's channel scale and the token's scale.
-  Chosen over weight-only int8 because the integer product is both the faster kernel on the CPU
-  (oneDNN's u8 x s8, VNNI) and exact: no summation order can change an integer sum, so a row's
-  result never depends on the batch it is in (docs/benchmarks.md has the kernels' timings).
+  Chosen over weight-only int8 because the integer product (`torch._int_mm`, which reads the int8
+  weight as stored) is both the faster kernel on the CPU and exact: no summation order can change
+  an integer sum, so a row's result never depends on the batch it is in (docs/benchmarks.md has
+  the kernels' timings; oneDNN's prepacked u8 x s8 product streams as fast but costs several times
+  more per call, which a decode step's 65 small products pay).
 - "int4": asymmetric 4-bit weights in groups of `group` input channels (a scale and a zero point
   per output channel and group, kept in bfloat16), multiplied by bfloat16 activations through
   PyTorch's CPU int4 kernel (`_weight_int4pack_mm_for_cpu`); elsewhere the weight is dequantized
   for a plain product.
 
 The model stores the portable form (int8 values, or two 4-bit values per byte, low nibble first,
-and the scales); a kernel's own layout (oneDNN's prepacked int8, the int4 kernel's tiles) is
-inference state, made in a `PackedLinears` beside the KV cache and reused by every step, or made
+and the scales); the int4 kernel's own layout (its tiles) is inference state, made in a `PackedLinears` beside the KV cache and reused by every step, or made
 afresh for a product without one (`forward`, a prefill).  Either way the same kernel computes the
 product, so the bits are the same.
 
@@ -44,11 +45,11 @@ _Q8 = 127  # int8 range used: symmetric [-127, 127]
 
 
 def _token_scales(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-token (last-dimension) symmetric int8 quantization of activations: (the values in [-127, 127],
-    as floats, fp32 scales)."""
+    """Per-token (last-dimension) symmetric int8 quantization of activations: (int8 values in [-127, 127],
+    fp32 scales (rows, 1))."""
     xf = x.float()
-    scale = xf.abs().amax(-1, keepdim=True).clamp_min_(1e-12).div_(_Q8)
-    return torch.div(xf, scale).round_(), scale
+    scale = torch.linalg.vector_norm(xf, float("inf"), dim=-1, keepdim=True).clamp_min_(1e-12).div_(_Q8)
+    return torch.div(xf, scale).round_().to(torch.int8), scale
 
 
 #: int4's range search: each group's [min, max] shrunk by these factors, the one of least squared error kept
@@ -79,32 +80,17 @@ def _int4_groups(groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return best[1].to(torch.uint8), best[2], best[3]
 
 
-def _onednn_int8_available() -> bool:
-    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops, "onednn")
-            and hasattr(torch.ops.onednn, "qlinear_prepack") and hasattr(torch.ops.onednn, "qlinear_pointwise"))
-
-
-def _onednn_int8(q: Tensor, packed: Tensor, scale: Tensor, zeros: Tensor) -> Tensor:
-    """oneDNN's u8 x s8 product of activation values `q` (floats in [-127, 127], shifted by 128 into u8: the
-    kernel compensates the shift exactly) -> fp32 exact integer sum * scale (zeros: the weights' zero points)."""
-    xu = q.add(128).to(torch.uint8)
-    return torch.ops.onednn.qlinear_pointwise(xu, 1.0, 128, packed, scale, zeros, None, 1.0, 0,
-                                              torch.float32, "none", [], "")
-
-
 @functools.lru_cache(maxsize=None)
-def onednn_int8_exact() -> bool:
-    """Whether this CPU's oneDNN int8 product sums exactly (checked once per process on the extreme values:
-    without VNNI, x86 int8 kernels may saturate 16-bit pair sums); if not, products use torch._int_mm."""
-    if not _onednn_int8_available():
-        return False
+def int_mm_exact() -> bool:
+    """Whether this CPU's `torch._int_mm` sums exactly (checked once per process on the extreme values: x86
+    int8 kernels without VNNI may saturate 16-bit pair sums); if not, int8 products multiply the integer
+    values in float32 (exact while a sum stays below 2**24)."""
     try:
         w = torch.full((16, 64), _Q8, dtype=torch.int8)
         w[1::2] = -_Q8
-        xq = torch.full((2, 64), float(_Q8))
-        xq[1] = -_Q8
-        got = _onednn_int8(xq, torch.ops.onednn.qlinear_prepack(w, [2, 64]), torch.ones(16), torch.zeros(16, dtype=torch.int64))
-        return torch.equal(got, torch._int_mm(xq.to(torch.int8), w.t()).float())
+        xq = torch.full((17, 64), _Q8, dtype=torch.int8)
+        xq[1::2] = -_Q8
+        return torch.equal(torch._int_mm(xq, w.t()).double(), xq.double() @ w.double().t())
     except RuntimeError:
         return False
 
@@ -201,11 +187,7 @@ class QuantizedLinear(nn.Module):
         return torch.stack((scale, (zero.float() + 8 * scale.float()).to(torch.bfloat16)), -1).transpose(0, 1).contiguous()
 
     def _kernel_pack(self, rows: slice | None, batch: int):
-        if self.mode == "int8":
-            codes = self.codes(rows).contiguous()
-            scale = (self.scale if rows is None else self.scale[rows]).contiguous()
-            zeros = torch.zeros(codes.shape[0], dtype=torch.int64)
-            return torch.ops.onednn.qlinear_prepack(codes, [batch, self.in_features]), scale, zeros
+        """The int4 kernel's layout of output `rows` (int8 needs none: its kernel reads the weight as stored)."""
         # the kernel takes output rows in multiples of 16: pad with zero rows (their outputs are dropped)
         codes, tables = self.codes(rows), self._int4_tables(rows)
         pad = -codes.shape[0] % 16
@@ -228,17 +210,12 @@ class QuantizedLinear(nn.Module):
         compiling = torch.compiler.is_compiling()
         if self.mode == "int8":
             q, xs = _token_scales(x2)
-            if x.device.type == "cpu" and not compiling and onednn_int8_exact():
-                packed, scale, zeros = (self._kernel_pack(rows, x2.shape[0]) if packs is None
-                                        else packs.pack(self.qweight, rows, lambda: self._kernel_pack(rows, packs.batch)))
-                acc = _onednn_int8(q, packed, scale, zeros)
-            elif x.device.type == "cpu":
-                scale = self.scale if rows is None else self.scale[rows]
-                acc = torch._int_mm(q.to(torch.int8), self.codes(rows).t()).float() * scale  # the same exact sum and bits
+            codes = self.codes(rows)
+            if x.device.type == "cpu" and int_mm_exact():
+                acc = torch._int_mm(q, codes.t()).float()  # an exact int32 sum, whatever the kernel's order
             else:  # no integer kernel assumed: the integer values multiplied in float
-                scale = self.scale if rows is None else self.scale[rows]
-                acc = (q @ self.codes(rows).float().t()) * scale
-            out = acc.mul_(xs)
+                acc = q.float() @ codes.float().t()
+            out = acc.mul_(xs * (self.scale if rows is None else self.scale[rows]))
             if bias is not None:
                 out = out.add_(bias)  # in fp32, then the activations' dtype
                 bias = None
