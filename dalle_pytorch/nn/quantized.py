@@ -211,7 +211,8 @@ class QuantizedLinear(nn.Module):
         if self.mode == "int8":
             q, xs = _token_scales(x2)
             codes = self.codes(rows)
-            if x.device.type == "cpu" and int_mm_exact():
+            # (a compiled step does not run the check, a graph break: the eager prefill before it has)
+            if x.device.type == "cpu" and (compiling or int_mm_exact()):
                 acc = torch._int_mm(q, codes.t()).float()  # an exact int32 sum, whatever the kernel's order
             else:  # no integer kernel assumed: the integer values multiplied in float
                 acc = q.float() @ codes.float().t()

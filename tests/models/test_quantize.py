@@ -183,3 +183,19 @@ def test_a_file_whose_scales_or_record_are_wrong_is_refused(tmp_path):
     save_file(wrong, tmp_path / "wrong.safetensors", metadata=meta)
     with pytest.raises(CheckpointError):
         load_checkpoint(tmp_path / "wrong.safetensors")
+
+
+@pytest.mark.slow
+def test_a_compiled_quantized_step_samples_the_eager_codes():
+    """Compile-friendly: the quantized products trace without a graph break, and the compiled steps sample
+    the eager codes, for both modes."""
+    from torch._dynamo.utils import counters
+
+    for mode, group in MODES:
+        model = quantize(_tiny(), mode, group)
+        g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+        eager = model.generate_images(random_text(), generator=g(), return_codes=True)
+        torch._dynamo.reset()
+        counters.clear()
+        assert torch.equal(eager, model.generate_images(random_text(), generator=g(), return_codes=True, compile=True))
+        assert not counters["graph_break"], dict(counters["graph_break"])
