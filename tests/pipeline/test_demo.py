@@ -121,24 +121,42 @@ def test_demo_cached_and_uncached_agree(demo):
     assert torch.equal(a, b)
 
 
-def test_demo_in_bfloat16_draws_the_colours_of_fp32(demo):
-    """The opt-in reduced precision (weights and KV cache in bf16) keeps image quality: over all 90
-    captions, 4 images each, the colour accuracy is within 1 point of fp32's, and most sampled
-    codes are fp32's (the same seed; a code that differs changes the rest of its image)."""
+def _all_captions_accuracy(model, demo):
+    """(background, shape colour) accuracy and the codes over all 90 captions, 4 images each, seed 1."""
+    captions = [caption(*c) for c in combinations()]
+    text = demo.tokenizer.tokenize(captions, model.text_seq_len)
+    codes = model.generate_images(text, num_images=4, filter_thres=0.9, return_codes=True,
+                                  generator=torch.Generator().manual_seed(1))
+    report = _check(demo.model.vae.decode(codes).clamp(0, 1), captions, 4)
+    return [sum(r[k] for r in report.values()) / len(report) for k in (0, 1)], codes
+
+
+@pytest.fixture(scope="module")
+def fp32_over_all_captions(demo):
+    return _all_captions_accuracy(demo.model, demo)
+
+
+# mode -> (the largest drop in colour accuracy allowed, the least share of codes equal to fp32's). int4 is
+# allowed 3 points: it loses about 2 on the shape colour (docs/benchmarks.md: the 1-point target is not met)
+REDUCED = {"bf16": (0.01, 0.9), "int8": (0.01, 0.9), "int4": (0.03, 0.7)}
+
+
+@pytest.mark.parametrize("mode", list(REDUCED))
+def test_demo_in_reduced_precision_draws_the_colours_of_fp32(demo, fp32_over_all_captions, mode):
+    """The opt-in reduced precisions (bf16 weights and KV cache; int8 / int4 quantized weights) keep image
+    quality: over all 90 captions, 4 images each, the colour accuracy is within REDUCED's points of fp32's,
+    and most sampled codes are fp32's (the same seed; a code that differs changes the rest of its image)."""
     import copy
 
-    model, tok = demo.model, demo.tokenizer
-    half = copy.deepcopy(model).to(torch.bfloat16)
-    captions = [caption(*c) for c in combinations()]
-    text = tok.tokenize(captions, model.text_seq_len)
-    accuracy, codes = {}, {}
-    for name, m in (("fp32", model), ("bf16", half)):
-        codes[name] = m.generate_images(text, num_images=4, filter_thres=0.9, return_codes=True,
-                                        generator=torch.Generator().manual_seed(1))
-        report = _check(model.vae.decode(codes[name]).clamp(0, 1), captions, 4)
-        accuracy[name] = [sum(r[k] for r in report.values()) / len(report) for k in (0, 1)]  # background, shape
-    assert half.generate_images(text[:1], generator=torch.Generator().manual_seed(0)).dtype == torch.float32
-    same = (codes["bf16"] == codes["fp32"]).float().mean().item()
+    from dalle_pytorch import quantize
+
+    model = copy.deepcopy(demo.model)
+    model = model.to(torch.bfloat16) if mode == "bf16" else quantize(model, mode)
+    (accuracy, codes), (reference, fp32_codes) = _all_captions_accuracy(model, demo), fp32_over_all_captions
+    text = demo.tokenizer.tokenize(CAPTIONS[:1], model.text_seq_len)
+    assert model.generate_images(text, generator=torch.Generator().manual_seed(0)).dtype == torch.float32
+    same = (codes == fp32_codes).float().mean().item()
+    drop, share = REDUCED[mode]
     for k, what in enumerate(("background", "shape colour")):
-        assert abs(accuracy["bf16"][k] - accuracy["fp32"][k]) <= 0.01, f"{what}: {accuracy}; codes equal: {same:.1%}"
-    assert same >= 0.9, f"only {same:.1%} of the bf16 codes are fp32's"
+        assert abs(accuracy[k] - reference[k]) <= drop, f"{what}: {mode} {accuracy}, fp32 {reference}; codes equal: {same:.1%}"
+    assert same >= share, f"only {same:.1%} of the {mode} codes are fp32's"
