@@ -324,7 +324,8 @@ class DALLE(nn.Module):
         x = self._stable_in(x)
         # plain F.linear: packing pays for the many thin products of the decode steps, and every prefill
         # (here, the server's prefix cache) then multiplies the same way, so their bits agree
-        unpacked = dataclasses.replace(cache, linears=None)  # the same buffers
+        # (a quantized layer's kernel is the same with or without its pack: the packs made here serve the steps)
+        unpacked = dataclasses.replace(cache, linears=None if cache.linears is None else cache.linears.quantized_only())
         for first in range(0, n, self.PREFILL_CHUNK):
             part = x[:, first : first + self.PREFILL_CHUNK]
             start = self.transformer.positions[first]

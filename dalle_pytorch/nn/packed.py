@@ -57,9 +57,18 @@ class PackedLinears:
         self.batch = int(batch)
         # weight -> (its version when packed, packed, a weak reference to the tensor the weight views)
         self._packs: dict[tuple, tuple[int, Tensor, weakref.ref]] = {}
+        self._floats = True  # False: float products are plain F.linear (`quantized_only`)
+
+    def quantized_only(self) -> "PackedLinears":
+        """The same packs for quantized layers' kernels (`pack`), and plain F.linear for float weights: a
+        prefill's products (whose float products are F.linear's, see DALLE.prefill; a quantized layer's
+        kernel is the same with or without a pack, so its pack is reused)."""
+        view = PackedLinears(self.batch)
+        view._packs, view._floats = self._packs, False
+        return view
 
     def linear(self, x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-        if (torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dtype != weight.dtype
+        if (not self._floats or torch.is_grad_enabled() or torch.compiler.is_compiling() or x.dtype != weight.dtype
                 or (bias is not None and bias.dtype != x.dtype) or x.device.type != "cpu" or weight.dim() != 2):
             return F.linear(x, weight, bias)
         # a view (the logit rows of DALLE.decode_step) is the same weight as long as it starts at the

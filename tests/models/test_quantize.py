@@ -199,3 +199,22 @@ def test_a_compiled_quantized_step_samples_the_eager_codes():
         counters.clear()
         assert torch.equal(eager, model.generate_images(random_text(), generator=g(), return_codes=True, compile=True))
         assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+def test_int4_weights_are_packed_once_by_the_prefill_for_every_step():
+    """The prefill packs the transformer's int4 weights in the cache's PackedLinears; the steps reuse them (and
+    add only the logits' image rows), with the same logits as products packed afresh."""
+    model = quantize(_tiny(), "int4", 32)
+    text, codes = random_text(), torch.randint(0, 64, (2, 3))
+    with torch.inference_mode():
+        cache = model.setup_cache(2)
+        model.prefill(model.text_ids(text), None, cache)
+        assert len(cache.linears) == 4 * model.transformer.depth
+        for t in range(3):
+            last = model.decode_step(codes[:, t], torch.tensor(model.text_len + t), cache)
+        assert len(cache.linears) == 4 * model.transformer.depth + 1
+        fresh = model.setup_cache(2, pack_weights=False)
+        model.prefill(model.text_ids(text), None, fresh)
+        for t in range(3):
+            again = model.decode_step(codes[:, t], torch.tensor(model.text_len + t), fresh)
+    assert torch.equal(last, again)
