@@ -17,9 +17,10 @@ over the memory bandwidth.  `QuantizedLinear` stores a Linear's weight in fewer 
   for a plain product.
 
 The model stores the portable form (int8 values, or two 4-bit values per byte, low nibble first,
-and the scales); the int4 kernel's own layout (its tiles) is inference state, made in a `PackedLinears` beside the KV cache and reused by every step, or made
-afresh for a product without one (`forward`, a prefill).  Either way the same kernel computes the
-product, so the bits are the same.
+and the scales); the int4 kernel's own layout (its tiles) is inference state, made in a
+`PackedLinears` beside the KV cache (by the prefill) and reused by every step, or made afresh for a
+product without one (`forward`).  Either way the same kernel computes the product, so the bits are
+the same.
 
 `layer_product(x, layer, rows, packs)` is the one weight product of a cached step: a Linear
 (through its packed weight where there is one) or a QuantizedLinear, optionally only some of its
@@ -37,7 +38,7 @@ from torch import Tensor
 
 from dalle_pytorch.nn.packed import PackedLinears
 
-__all__ = ["QUANTIZE_MODES", "INT4_GROUPS", "QuantizedLinear", "layer_product"]
+__all__ = ["QUANTIZE_MODES", "INT4_GROUPS", "QuantizedLinear", "layer_product", "int_mm_exact"]
 
 QUANTIZE_MODES = ("int8", "int4")
 INT4_GROUPS = (32, 64, 128)
