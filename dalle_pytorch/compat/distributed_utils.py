@@ -178,6 +178,8 @@ def set_backend_from_args(args):
                 raise ValueError(f"the {candidate.BACKEND_NAME} backend is not supported by dalle_pytorch; run the "
                                  "script under torchrun instead (torchrun --nproc_per_node N script.py ...)")
             is_distributed, backend = candidate.BACKEND_NAME != DummyBackend.BACKEND_NAME, candidate
+            if is_distributed:
+                print(f"Using {backend.BACKEND_NAME} for distributed execution")  # as DALLE-pytorch's scripts print
             return backend
     raise ValueError(f"unknown distributed backend {name!r}; known: torchrun (or none)")
 

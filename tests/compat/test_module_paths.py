@@ -112,7 +112,7 @@ def _script_args(*argv):
     return parser.parse_args(list(argv))
 
 
-def test_distributed_utils_as_dalle_pytorchs_scripts_call_it(monkeypatch):
+def test_distributed_utils_as_dalle_pytorchs_scripts_call_it(monkeypatch, capsys):
     """wrap_arg_parser -> set_backend_from_args -> initialize -> the backend's methods, as train_dalle.py calls them."""
     from dalle_pytorch import distributed_utils
 
@@ -136,6 +136,7 @@ def test_distributed_utils_as_dalle_pytorchs_scripts_call_it(monkeypatch):
     assert torch.equal(backend.average_all(t), t)
     backend.local_barrier()
     torch_backend = distributed_utils.set_backend_from_args(_script_args("--distributed_backend", "torchrun"))
+    assert "Using torchrun for distributed execution" in capsys.readouterr().out
     torch_backend.initialize()  # no torchrun here: one process
     assert distributed_utils.is_distributed and torch_backend.get_world_size() == 1
     assert torch.equal(torch_backend.average_all(t), t)
