@@ -28,7 +28,7 @@ try:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
     from fastapi.staticfiles import StaticFiles
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
     from starlette.concurrency import run_in_threadpool
 except ImportError as e:  # pragma: no cover - depends on the installed extras
     raise ImportError("the server needs FastAPI and uvicorn: pip install fastapi uvicorn (the serve extra of this package)") from e
@@ -52,7 +52,9 @@ HTTP_FIELDS = {"filter_thres": "top_k", "num_images": "n"}
 class ImagesRequest(BaseModel):
     """A caption and its sampling settings (generate.py's flags of the same names)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: a field takes its JSON type only (n: true or "4" is refused, not read as 1 or 4; an integer
+    # is still a number for the float fields)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str = Field(description="the caption", examples=["a red circle on a blue background"])
     n: int = Field(4, description="number of images")
@@ -64,6 +66,18 @@ class ImagesRequest(BaseModel):
     temperature: float = Field(1.0, description="sampling temperature, > 0")
     negative_prompt: Optional[str] = Field(None, description="the caption guidance steers away from")
     batch_size: int = Field(4, description="images per generator, as generate.py's --batch_size")
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _unicode_text(cls, value: Optional[str]) -> Optional[str]:
+        # JSON may escape a lone surrogate ("\ud800"), which is no Unicode text: refuse it here (a 422),
+        # not in the tokenizer (a 500)
+        if value is not None:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("must be Unicode text; it holds a lone surrogate (an unpaired \\ud800-\\udfff escape)") from None
+        return value
 
 
 class ImageOut(BaseModel):

@@ -86,12 +86,18 @@ def test_images_come_with_seeds_settings_and_generate_py_metadata(client, pipe):
     ({"prompt": RED, "cond_scale": -2}, "cond_scale must be >= 0"),
     ({"prompt": RED, "negative_prompt": "a red circle"}, "only has an effect with guidance"),
     ({"prompt": RED, "n": "four"}, "n: Input should be a valid integer"),
+    ({"prompt": RED, "n": "4"}, "n: Input should be a valid integer"),  # strict types: no "4" for 4
+    ({"prompt": RED, "n": True}, "n: Input should be a valid integer"),  # nor true for 1
+    ({"prompt": "a \ud800 b"}, "prompt: Value error, must be Unicode text; it holds a lone surrogate"),
+    ({"prompt": RED, "cond_scale": 3, "negative_prompt": "a \udfff"}, "negative_prompt: Value error, must be Unicode"),
     ({"prompt": RED, "steps": 3}, "steps: Extra inputs are not permitted"),
     ({"n": 2}, "prompt: Field required"),
 ])
 def test_invalid_input_is_422_with_the_reason(client, body, reason):
+    # the body as ASCII JSON (json.dumps escapes a lone surrogate as "\ud800", as a client's JSON may)
+    raw = json.dumps(body).encode("ascii")
     for path in ("/v1/images", "/v1/images/stream"):
-        r = client.post(path, json=body)
+        r = client.post(path, content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 422 and reason in r.json()["detail"], r.text
 
 
