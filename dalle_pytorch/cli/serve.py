@@ -13,6 +13,7 @@ from dalle_pytorch.cli.flags import flag_names, prog_name
 from dalle_pytorch.errors import CheckpointError, GenerationError
 from dalle_pytorch.pipeline.outputs import file_sha256
 from dalle_pytorch.pipeline.text_to_image import DEMO, DTYPES, Pipeline, resolve_checkpoint
+from dalle_pytorch.serve.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMPT_CHARS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,6 +34,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_queue", type=int, default=64, help="requests waiting to start before 429 (default 64)")
     p.add_argument("--max_images", type=int, default=16, help="the largest n of one request (default 16)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take (default 300)")
+    p.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help=f"the largest request body; larger is a 413 before it is read (default {DEFAULT_MAX_BODY_BYTES})")
+    p.add_argument("--max_prompt_chars", type=int, default=DEFAULT_MAX_PROMPT_CHARS,
+                   help=f"the longest prompt or negative prompt in characters (default {DEFAULT_MAX_PROMPT_CHARS})")
     p.add_argument("--preview_every", type=int, default=8, help="codes between streamed previews (default 8)")
     p.add_argument("--prefix_cache", type=int, default=64, help="prefilled captions kept (LRU; 0: off; default 64)")
     p.add_argument("--speculative", type=int, default=None, metavar="K",
@@ -70,6 +75,7 @@ def main(argv=None) -> int:
     app = create_app(pipe, max_rows=args.max_rows, max_queue=args.max_queue, max_images=args.max_images,
                      timeout=args.timeout, preview_every=args.preview_every, prefix_cache_entries=args.prefix_cache,
                      shutdown_grace=args.shutdown_grace, dalle_path=args.dalle_path,
+                     max_body_bytes=args.max_body_bytes, max_prompt_chars=args.max_prompt_chars,
                      checkpoint_sha256=file_sha256(path), speculative=args.speculative)
     print(f"serving {args.dalle_path} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,

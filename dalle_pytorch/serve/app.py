@@ -38,6 +38,7 @@ import torch
 from dalle_pytorch.errors import GenerationError, setting_names
 from dalle_pytorch.formats.images import png_text, tensor_to_pil
 from dalle_pytorch.pipeline.text_to_image import Pipeline
+from dalle_pytorch.serve.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMPT_CHARS, BodyLimit
 from dalle_pytorch.serve.scheduler import (Event, ImageRequest, ImageResult, QueueFull, RequestFailed, Scheduler,
                                            ShuttingDown, Ticket)
 
@@ -134,7 +135,8 @@ def _reproduce(body: ImagesRequest, result: ImageResult, dalle_path: str) -> str
 def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int = 64, max_queue: int = 64,
                max_images: int = 16, timeout: float = 300.0, preview_every: int = 8, prefix_cache_entries: int = 64,
                shutdown_grace: float = 30.0, dalle_path: str = "demo",
-               checkpoint_sha256: Optional[str] = None, speculative: Optional[int] = None) -> FastAPI:
+               checkpoint_sha256: Optional[str] = None, speculative: Optional[int] = None,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS) -> FastAPI:
     """The FastAPI app.  `pipe` is a Pipeline or a function that loads one (called once, at startup).
 
     max_rows: the running batch's capacity in rows (a guided image takes two); max_queue: requests
@@ -142,7 +144,12 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
     codes between previews on the stream; shutdown_grace: seconds in-flight work may take at shutdown.
     dalle_path and checkpoint_sha256 go into the PNG settings and the reproduce command line.
     speculative: every row decodes with speculative windows of K drafts (`Scheduler`).
+    max_body_bytes: a larger request body is a 413, before it is read (`limits.BodyLimit`);
+    max_prompt_chars: a longer prompt or negative prompt is a 422, before it is tokenized.
     """
+    for name, value in (("max_body_bytes", max_body_bytes), ("max_prompt_chars", max_prompt_chars)):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -158,6 +165,7 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
     app = FastAPI(title="dalle_pytorch", version="1", lifespan=lifespan,
                   description="Text to image with continuous batching. See docs/serving.md.")
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -169,6 +177,9 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
 
     def submit(request: Request, body: ImagesRequest, on_event=None, preview: int = 0) -> Union[Ticket, JSONResponse]:
         scheduler: Scheduler = request.app.state.scheduler
+        for name, text in (("prompt", body.prompt), ("negative_prompt", body.negative_prompt)):
+            if text is not None and len(text) > max_prompt_chars:
+                return _error(422, f"{name} is {len(text)} characters long; the limit is {max_prompt_chars}")
         try:
             with setting_names(HTTP_FIELDS):
                 return _submit(request, body, scheduler, on_event, preview)

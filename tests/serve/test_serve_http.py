@@ -200,3 +200,28 @@ def test_a_speculative_server_reports_its_forward_passes_and_the_window(pipe):
     for image, want in zip(answer["images"], expected):
         got = Image.open(io.BytesIO(base64.b64decode(image["png"])))
         assert np.array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_request_size_limits_come_before_any_work(pipe):
+    """A body over max_body_bytes is a 413 (declared or counted: the rest is not read), a prompt or negative
+    prompt over max_prompt_chars a 422 naming the limit, before the tokenizer sees it; the server answers on."""
+    with TestClient(create_app(pipe, max_body_bytes=4096, max_prompt_chars=200)) as c:
+        huge = json.dumps({"prompt": "a " * 10_000}).encode()
+        for path in ("/v1/images", "/v1/images/stream"):
+            r = c.post(path, content=huge, headers={"content-type": "application/json"})
+            assert r.status_code == 413 and "limit of 4096 bytes" in r.json()["detail"], r.text
+
+        def chunks():  # no Content-Length: the limit counts the bytes as they come
+            for _ in range(10):
+                yield b" " * 1000
+            yield json.dumps({"prompt": RED}).encode()
+
+        r = c.post("/v1/images", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 413, r.text
+        r = c.post("/v1/images", json={"prompt": "a" * 201})
+        assert r.status_code == 422 and r.json()["detail"] == "prompt is 201 characters long; the limit is 200"
+        r = c.post("/v1/images", json={"prompt": RED, "cond_scale": 3, "negative_prompt": "b" * 300})
+        assert r.status_code == 422 and "negative_prompt is 300 characters long" in r.json()["detail"]
+        assert c.post("/v1/images", json={"prompt": RED, "n": 1, "seed": 0}).status_code == 200
+    with pytest.raises(ValueError, match="max_body_bytes"):
+        create_app(pipe, max_body_bytes=0)

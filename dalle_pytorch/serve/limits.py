@@ -1,0 +1,67 @@
+"""Bounds on what a request may send, enforced before any work is done for it.
+
+`BodyLimit` (ASGI middleware): a request body over `max_bytes` is answered 413 as soon as its declared
+length or its bytes so far exceed the limit, without reading the rest (so a 50 MB prompt costs the
+server 64 KB, not 50 MB and a tokenizer run on the event loop).
+"""
+from __future__ import annotations
+
+import json
+
+__all__ = ["BodyLimit", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_PROMPT_CHARS"]
+
+#: the largest request body accepted (bytes)
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+#: the longest prompt (and negative prompt) accepted, in characters (the model's text length bounds tokens)
+DEFAULT_MAX_PROMPT_CHARS = 4096
+
+
+class BodyLimit:
+    """413 for a request body over `max_bytes` (declared by Content-Length, or counted as it arrives)."""
+
+    def __init__(self, app, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        if int(max_bytes) < 1:
+            raise ValueError(f"max_body_bytes must be a positive integer, got {max_bytes}")
+        self.app, self.max_bytes = app, int(max_bytes)
+
+    async def _too_large(self, send) -> None:
+        body = json.dumps({"detail": f"the request body is over the limit of {self.max_bytes} bytes"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._too_large(send)
+        received, started, answered = 0, False, False
+
+        async def limited_receive():
+            nonlocal received, answered
+            if answered:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes and not started:
+                    # answer now, and tell the app the client left: it stops reading and answers nothing
+                    answered = True
+                    await self._too_large(send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            if answered:
+                return  # the 413 was the answer
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except Exception:
+            if not answered:
+                raise
