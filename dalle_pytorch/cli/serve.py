@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from dalle_pytorch.cli.flags import flag_names, prog_name
 from dalle_pytorch.errors import CheckpointError, GenerationError
 from dalle_pytorch.pipeline.outputs import file_sha256
 from dalle_pytorch.pipeline.text_to_image import DEMO, DTYPES, Pipeline, resolve_checkpoint
-from dalle_pytorch.serve.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMPT_CHARS
+from dalle_pytorch.serve.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMPT_CHARS, LOOPBACK_HOSTS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,6 +35,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_queue", type=int, default=64, help="requests waiting to start before 429 (default 64)")
     p.add_argument("--max_images", type=int, default=16, help="the largest n of one request (default 16)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take (default 300)")
+    p.add_argument("--api_key", default=os.environ.get("DALLE_SERVE_API_KEY"),
+                   help="require `Authorization: Bearer KEY` on /v1/ (default: $DALLE_SERVE_API_KEY; none: open)")
+    p.add_argument("--allowed_hosts", nargs="+", default=None,
+                   help="Host headers answered (default: the loopback names when --host is loopback, else any)")
     p.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                    help=f"the largest request body; larger is a 413 before it is read (default {DEFAULT_MAX_BODY_BYTES})")
     p.add_argument("--max_prompt_chars", type=int, default=DEFAULT_MAX_PROMPT_CHARS,
@@ -76,11 +81,19 @@ def main(argv=None) -> int:
                      timeout=args.timeout, preview_every=args.preview_every, prefix_cache_entries=args.prefix_cache,
                      shutdown_grace=args.shutdown_grace, dalle_path=args.dalle_path,
                      max_body_bytes=args.max_body_bytes, max_prompt_chars=args.max_prompt_chars,
-                     checkpoint_sha256=file_sha256(path), speculative=args.speculative)
-    print(f"serving {args.dalle_path} on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
+                     checkpoint_sha256=file_sha256(path), speculative=args.speculative,
+                     api_key=args.api_key, allowed_hosts=allowed_hosts(args))
+    print(f"serving {args.dalle_path} on http://{args.host}:{args.port}/ (API description at /openapi.json)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=args.shutdown_grace)
     return 0
+
+
+def allowed_hosts(args) -> list | None:
+    """--allowed_hosts, or the loopback names for a loopback --host (DNS rebinding cannot reach it), or None."""
+    if args.allowed_hosts is not None:
+        return args.allowed_hosts
+    return LOOPBACK_HOSTS if args.host in ("127.0.0.1", "localhost", "::1") else None
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import io
 import json
+import os
 import shlex
 import time
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ try:
     from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel, ConfigDict, Field, field_validator
     from starlette.concurrency import run_in_threadpool
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
 except ImportError as e:  # pragma: no cover - depends on the installed extras
     raise ImportError("the server needs FastAPI and uvicorn: pip install fastapi uvicorn (the serve extra of this package)") from e
 
@@ -38,7 +40,7 @@ import torch
 from dalle_pytorch.errors import GenerationError, setting_names
 from dalle_pytorch.formats.images import png_text, tensor_to_pil
 from dalle_pytorch.pipeline.text_to_image import Pipeline
-from dalle_pytorch.serve.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMPT_CHARS, BodyLimit
+from dalle_pytorch.serve.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMPT_CHARS, ApiKey, BodyLimit
 from dalle_pytorch.serve.scheduler import (Event, ImageRequest, ImageResult, QueueFull, RequestFailed, Scheduler,
                                            ShuttingDown, Ticket)
 
@@ -136,7 +138,8 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
                max_images: int = 16, timeout: float = 300.0, preview_every: int = 8, prefix_cache_entries: int = 64,
                shutdown_grace: float = 30.0, dalle_path: str = "demo",
                checkpoint_sha256: Optional[str] = None, speculative: Optional[int] = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS) -> FastAPI:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
+               api_key: Optional[str] = None, allowed_hosts: Optional[list[str]] = None) -> FastAPI:
     """The FastAPI app.  `pipe` is a Pipeline or a function that loads one (called once, at startup).
 
     max_rows: the running batch's capacity in rows (a guided image takes two); max_queue: requests
@@ -146,7 +149,12 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
     speculative: every row decodes with speculative windows of K drafts (`Scheduler`).
     max_body_bytes: a larger request body is a 413, before it is read (`limits.BodyLimit`);
     max_prompt_chars: a longer prompt or negative prompt is a 422, before it is tokenized.
+    api_key: when given, every /v1/ path needs `Authorization: Bearer <api_key>` (401 otherwise), as the
+    OpenAI clients send it; allowed_hosts: when given, a request whose Host header names another host is
+    a 400 (a server on loopback is then not reachable through DNS rebinding).
+    The answers name the checkpoint by its file name only (`dalle_path`'s last part), not its full path.
     """
+    shown_path = dalle_path if dalle_path == "demo" else os.path.basename(os.fspath(dalle_path).rstrip("/\\")) or dalle_path
     for name, value in (("max_body_bytes", max_body_bytes), ("max_prompt_chars", max_prompt_chars)):
         if int(value) < 1:
             raise ValueError(f"{name} must be a positive integer, got {value}")
@@ -162,10 +170,17 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
         finally:
             await run_in_threadpool(scheduler.shutdown, shutdown_grace)
 
-    app = FastAPI(title="dalle_pytorch", version="1", lifespan=lifespan,
+    # no /docs or /redoc: FastAPI's pages load their scripts from a CDN (blank offline); /openapi.json stays
+    app = FastAPI(title="dalle_pytorch", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Text to image with continuous batching. See docs/serving.md.")
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    if api_key is not None:
+        if not api_key:
+            raise ValueError("api_key must not be empty")
+        app.add_middleware(ApiKey, key=api_key, prefix="/v1/")
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -205,7 +220,7 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
         images = [{"png": png_base64(im, caption=body.prompt, seed=seed, settings=png_settings), "seed": seed}
                   for im, seed in zip(result.images, result.seeds)]
         return {"images": images, "prompt": body.prompt, "settings": result.settings, "timings": result.timings,
-                "reproduce": _reproduce(body, result, dalle_path)}
+                "reproduce": _reproduce(body, result, shown_path)}
 
     @app.post("/v1/images", response_model=ImagesResponse,
               responses={422: {"description": "invalid input (the reason in `detail`)"},
@@ -290,7 +305,7 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
         defaults = {k: v.default for k, v in ImagesRequest.model_fields.items() if k != "prompt"}
         return {"max_images": max_images, "max_rows": max_rows, "text_seq_len": model.text_seq_len,
                 "image_size": model.vae.image_size, "image_seq_len": model.image_seq_len, "preview_every": preview_every,
-                "dalle_path": dalle_path, "defaults": defaults}
+                "dalle_path": shown_path, "defaults": defaults}
 
     @app.get("/", include_in_schema=False)
     async def page():

@@ -6,9 +6,13 @@ server 64 KB, not 50 MB and a tokenizer run on the event loop).
 """
 from __future__ import annotations
 
+import hmac
 import json
 
-__all__ = ["BodyLimit", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_PROMPT_CHARS"]
+__all__ = ["BodyLimit", "ApiKey", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_PROMPT_CHARS", "LOOPBACK_HOSTS"]
+
+#: the Host names a server bound to loopback answers to (anything else: DNS rebinding, or a mistake)
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
 
 #: the largest request body accepted (bytes)
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
@@ -65,3 +69,25 @@ class BodyLimit:
         except Exception:
             if not answered:
                 raise
+
+
+class ApiKey:
+    """401 for a request to a path under `prefix` without `Authorization: Bearer <key>` (compared in
+    constant time); other paths (the page, /health) are open."""
+
+    def __init__(self, app, key: str, prefix: str = "/v1/") -> None:
+        self.app, self.key, self.prefix = app, key.encode(), prefix
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("path", "").startswith(self.prefix):
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            scheme, _, token = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+                body = json.dumps({"detail": "missing or wrong API key: send Authorization: Bearer <key>"}).encode()
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode()),
+                                        (b"www-authenticate", b"Bearer")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

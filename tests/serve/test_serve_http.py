@@ -3,6 +3,7 @@ really close): images with generate.py's PNG metadata, 422 reasons, 429, 503/504
 client disconnects, health, metrics, the page's files and the CLI's defaults."""
 import base64
 import io
+import argparse
 import json
 import time
 
@@ -225,3 +226,31 @@ def test_request_size_limits_come_before_any_work(pipe):
         assert c.post("/v1/images", json={"prompt": RED, "n": 1, "seed": 0}).status_code == 200
     with pytest.raises(ValueError, match="max_body_bytes"):
         create_app(pipe, max_body_bytes=0)
+
+
+def test_api_key_hosts_offline_docs_and_no_paths(pipe):
+    """--api_key: /v1/ needs `Authorization: Bearer KEY` (401 otherwise), the page and /health stay open;
+    allowed_hosts: another Host header is refused (DNS rebinding); no /docs page (its scripts come from a CDN);
+    the answers name the checkpoint by its file name, not its path."""
+    app = create_app(pipe, api_key="s3cret", allowed_hosts=["testserver", "127.0.0.1"], dalle_path="/srv/models/mine.pt")
+    with TestClient(app) as c:
+        assert c.post("/v1/images", json={"prompt": RED, "n": 1}).status_code == 401
+        assert c.post("/v1/images", json={"prompt": RED, "n": 1}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        ok = c.post("/v1/images", json={"prompt": RED, "n": 1, "seed": 0}, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and "/srv/models" not in ok.text and "mine.pt" in ok.json()["reproduce"]
+        config = c.get("/v1/config", headers={"Authorization": "Bearer s3cret"}).json()
+        assert config["dalle_path"] == "mine.pt"
+        assert c.get("/health").status_code == 200 and c.get("/").status_code == 200
+        assert c.get("/health", headers={"Host": "evil.example"}).status_code == 400
+        assert c.get("/docs").status_code == 404 and c.get("/openapi.json").status_code == 200
+    with pytest.raises(ValueError, match="api_key"):
+        create_app(pipe, api_key="")
+
+
+def test_the_cli_answers_only_loopback_hosts_on_loopback():
+    from dalle_pytorch.cli.serve import allowed_hosts
+    from dalle_pytorch.serve.limits import LOOPBACK_HOSTS
+
+    assert allowed_hosts(argparse.Namespace(host="127.0.0.1", allowed_hosts=None)) == LOOPBACK_HOSTS
+    assert allowed_hosts(argparse.Namespace(host="0.0.0.0", allowed_hosts=None)) is None
+    assert allowed_hosts(argparse.Namespace(host="0.0.0.0", allowed_hosts=["a.example"])) == ["a.example"]
