@@ -154,7 +154,7 @@ class Scheduler:
         with self._lock:
             if not self._accepting:
                 raise ShuttingDown("the server is shutting down")
-            queued = sum(1 for t in self._waiting if t.started is None)
+            queued = self._queued()
             if queued >= self.max_queue:
                 self.stats["rejected"] += 1
                 raise QueueFull(f"the queue is full ({queued} requests waiting); retry later", self._retry_after())
@@ -163,6 +163,24 @@ class Scheduler:
             self.stats["accepted"] += 1
             self._lock.notify_all()
         return ticket
+
+    def _queued(self) -> int:
+        """Requests waiting to start beyond those the free rows take at the next step (called under the lock).
+
+        Rows freed by requests that just finished are filled at the start of the next step; until then
+        the requests that will take them are not "in the queue", so a client that resubmits as soon as
+        its answer arrives is not refused while rows are free."""
+        free = self.batch.free_rows
+        waiting = [t for t in self._waiting if t.started is None]
+        admitted = 0
+        for t in waiting:  # the order _admit takes them in (the head first)
+            group = t.pending[0]
+            rows = group.m * (2 if t.guided else 1)
+            if rows > free:
+                break
+            free -= rows
+            admitted += 1
+        return len(waiting) - admitted
 
     def cancel(self, ticket: Ticket, reason: str = "cancelled") -> None:
         """Take the request's rows out at the next step; it ends with RequestFailed(kind='cancelled')."""
@@ -175,7 +193,7 @@ class Scheduler:
         """Queue length, running requests and rows, tokens/s (image codes sampled per second over the
         last 5 s), images served, request counts and the prefix cache's counters."""
         with self._lock:
-            queued = sum(1 for t in self._waiting if t.started is None)
+            queued = self._queued()
             live = len(self._live)
         now = time.perf_counter()
         recent = [(t, n) for t, n in list(self._rate) if now - t <= 5.0]

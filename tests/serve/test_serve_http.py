@@ -134,15 +134,17 @@ def test_health_metrics_config_page_and_openapi(client):
 
 def test_a_full_queue_is_429_with_retry_after(pipe, monkeypatch):
     monkeypatch.setattr(scheduler_module.Scheduler, "start", lambda self: self)  # nothing runs: the queue stays
-    with TestClient(create_app(pipe, max_queue=2)) as c:
+    with TestClient(create_app(pipe, max_queue=2, max_rows=4)) as c:
         scheduler = c.app.state.scheduler
-        for seed in range(2):
+        rows = scheduler.batch.free_rows
+        scheduler.submit(scheduler_module.ImageRequest(RED, n=rows, batch_size=rows, seed=0))  # takes every row
+        for seed in range(1, 3):
             scheduler.submit(scheduler_module.ImageRequest(RED, n=1, seed=seed))
         r = c.post("/v1/images", json={"prompt": RED, "n": 1})
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1 and "queue is full" in r.json()["detail"]
         assert c.get("/metrics").json()["queue_length"] == 2
-    # the lifespan's shutdown ran the two accepted requests to the end (nothing accepted is lost)
-    assert scheduler.metrics()["completed"] == 2
+    # the lifespan's shutdown ran the three accepted requests to the end (nothing accepted is lost)
+    assert scheduler.metrics()["completed"] == 3
 
 
 def test_a_request_past_its_timeout_is_504(pipe):

@@ -192,11 +192,27 @@ def test_invalid_requests_are_refused_with_a_reason(pipe, request_kwargs, reason
 
 
 def test_a_full_queue_refuses_with_retry_after(pipe):
+    """The queue is what waits beyond the free rows: a request taking every row, then max_queue more, then 429."""
     scheduler = Scheduler(pipe, max_rows=4, max_queue=2)
-    tickets = [scheduler.submit(ImageRequest(RED, n=1, seed=i)) for i in range(2)]
+    tickets = [scheduler.submit(ImageRequest(RED, n=4, batch_size=4, seed=0))]  # takes the 4 rows at the next step
+    tickets += [scheduler.submit(ImageRequest(RED, n=1, seed=i)) for i in range(1, 3)]
     with pytest.raises(QueueFull) as e:
         scheduler.submit(ImageRequest(RED, n=1, seed=9))
     assert e.value.retry_after >= 1 and scheduler.metrics()["rejected"] == 1
+    scheduler.run_until_idle()
+    assert [t.result(0).images.shape[0] for t in tickets] == [4, 1, 1]
+
+
+def test_no_429_while_rows_are_free(pipe):
+    """Rows freed by finished requests are filled at the next step's start; the requests that will take them
+    do not count as queued meanwhile, so clients resubmitting as their answers arrive are not refused."""
+    scheduler = Scheduler(pipe, max_rows=8, max_queue=1)
+    tickets = [scheduler.submit(ImageRequest(RED, n=1, seed=i)) for i in range(8)]  # 8 free rows: none queued
+    assert scheduler.metrics()["queue_length"] == 0
+    tickets.append(scheduler.submit(ImageRequest(RED, n=1, seed=8)))  # the one request beyond the rows: queued
+    assert scheduler.metrics()["queue_length"] == 1
+    with pytest.raises(QueueFull):
+        scheduler.submit(ImageRequest(RED, n=1, seed=9))
     scheduler.run_until_idle()
     assert all(t.result(0).images.shape == (1, 3, 32, 32) for t in tickets)
 
