@@ -166,8 +166,9 @@ def save(model: nn.Module, path: PathLike, *, tokenizer: Any = None, metadata: O
     if vae is not None:
         header["vae_config"] = _to_json(vae.config, "the VAE config")
         header["vae_class"] = vae_class
-    if kind == "dalle" and quantization_of(model) is not None:  # how the integer weights were made
-        header["quantization"] = _to_json(quantization_of(model), "the quantization")
+    quantization = quantization_of(model) if kind == "dalle" else None
+    if quantization is not None:  # how the integer weights were made
+        header["quantization"] = _to_json(quantization, "the quantization")
     if tokenizer is not None:
         header["tokenizer"] = _to_json(_describe_tokenizer(tokenizer), "the tokenizer description")
     tensors = _state_tensors(model)

@@ -25,7 +25,6 @@ from dalle_pytorch.distributed import DistEnv, init_distributed
 from dalle_pytorch.errors import CheckpointError, GenerationError, TrainingError
 from dalle_pytorch.generation.decode import generate_texts
 from dalle_pytorch.generation.sampling import FILTER_SCOPES, SamplingConfig
-from dalle_pytorch.models.quantize import quantization_of
 from dalle_pytorch.pipeline.outputs import (append_index, check_outputs_dir, create_run_dir, file_sha256, load_image,
                                             load_mask, make_run_dir, plan_run_dirs, read_prompts, save_outputs,
                                             split_captions)
@@ -287,7 +286,7 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
         "img_path": os.path.abspath(args.img) if args.img else None,
         "device": str(pipe.device),
         "dtype": str(pipe.dtype).replace("torch.", ""),
-        "quantize": (quantization_of(pipe.model) or {}).get("mode"),
+        "quantize": pipe.quantize,
     }
     if args.seed is None and env.is_main:
         print(f"seed: {seed}")

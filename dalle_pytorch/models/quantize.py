@@ -46,8 +46,9 @@ def quantize(model: DALLE, mode: str, group: Optional[int] = None, *, compute: b
         raise ValueError(f"quantize mode must be one of {', '.join(QUANTIZE_MODES)}, got {mode!r}")
     if group is not None and mode != "int4":
         raise ValueError("group is int4's setting; int8 has one scale per output channel")
-    if quantization_of(model) is not None:
-        raise ValueError(f"this model is already quantized ({quantization_of(model)['mode']}); quantize the float model")
+    already = quantization_of(model)
+    if already is not None:
+        raise ValueError(f"this model is already quantized ({already['mode']}); quantize the float model")
     targets = _targets(model)
     widths = sorted({linear.in_features for _, _, linear in targets})
     if mode == "int4":

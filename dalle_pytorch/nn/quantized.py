@@ -96,6 +96,11 @@ def int_mm_exact() -> bool:
         return False
 
 
+def _all(rows: slice | None) -> slice:
+    """The output rows a product selects: `rows`, or all of them."""
+    return slice(None) if rows is None else rows
+
+
 def _int4_available(device: torch.device) -> bool:
     return device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
 
@@ -166,7 +171,7 @@ class QuantizedLinear(nn.Module):
 
     def codes(self, rows: slice | None = None) -> Tensor:
         """The integer weight values (out', in): int8 in [-127, 127], or int4 codes in [0, 15] (as int32)."""
-        q = self.qweight if rows is None else self.qweight[rows]
+        q = self.qweight[_all(rows)]
         if self.mode == "int8":
             return q
         return torch.stack((q & 15, q >> 4), dim=-1).view(q.shape[0], -1).to(torch.int32)
@@ -174,20 +179,19 @@ class QuantizedLinear(nn.Module):
     def dequantized(self, rows: slice | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         """The weight the quantized values stand for (out', in)."""
         q = self.codes(rows).float()
-        scale = self.scale if rows is None else self.scale[rows]
+        scale = self.scale[_all(rows)]
         if self.mode == "int8":
             return (q * scale[:, None]).to(dtype)
-        zero = self.zero if rows is None else self.zero[rows]
+        zero = self.zero[_all(rows)]
         q = q.view(q.shape[0], -1, self.group)
         return (q * scale.float()[..., None] + zero.float()[..., None]).view(q.shape[0], -1).to(dtype)
 
     def _int4_tables(self, rows: slice | None) -> Tensor:
         """The int4 kernel's scales and zeros (in / group, out', 2), bf16; its zero is the value of code 8."""
-        scale = self.scale if rows is None else self.scale[rows]
-        zero = self.zero if rows is None else self.zero[rows]
+        scale, zero = self.scale[_all(rows)], self.zero[_all(rows)]
         return torch.stack((scale, (zero.float() + 8 * scale.float()).to(torch.bfloat16)), -1).transpose(0, 1).contiguous()
 
-    def _kernel_pack(self, rows: slice | None, batch: int):
+    def _kernel_pack(self, rows: slice | None):
         """The int4 kernel's layout of output `rows` (int8 needs none: its kernel reads the weight as stored)."""
         # the kernel takes output rows in multiples of 16: pad with zero rows (their outputs are dropped)
         codes, tables = self.codes(rows), self._int4_tables(rows)
@@ -205,7 +209,7 @@ class QuantizedLinear(nn.Module):
         if x.requires_grad and torch.is_grad_enabled():
             raise RuntimeError("a quantized layer is for inference: no gradient flows through it "
                                "(train the float model, quantize it after)")
-        bias = self.bias if rows is None or self.bias is None else self.bias[rows]
+        bias = None if self.bias is None else self.bias[_all(rows)]
         lead, k = x.shape[:-1], x.shape[-1]
         x2 = x.reshape(-1, k)
         compiling = torch.compiler.is_compiling()
@@ -217,22 +221,17 @@ class QuantizedLinear(nn.Module):
                 acc = torch._int_mm(q, codes.t()).float()  # an exact int32 sum, whatever the kernel's order
             else:  # no integer kernel assumed: the integer values multiplied in float
                 acc = q.float() @ codes.float().t()
-            out = acc.mul_(xs * (self.scale if rows is None else self.scale[rows]))
-            if bias is not None:
-                out = out.add_(bias)  # in fp32, then the activations' dtype
-                bias = None
-            out = out.to(x.dtype)
+            out = acc.mul_(xs * self.scale[_all(rows)])  # fp32: the bias is added in fp32 too
         elif _int4_available(x.device) and not compiling:
-            packed, tables = (self._kernel_pack(rows, x2.shape[0]) if packs is None
-                              else packs.pack(self.qweight, rows, lambda: self._kernel_pack(rows, packs.batch)))
+            packed, tables = (self._kernel_pack(rows) if packs is None
+                              else packs.pack(self.qweight, rows, lambda: self._kernel_pack(rows)))
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16).contiguous(), packed, self.group, tables)
-            n = self.out_features if rows is None else len(range(*rows.indices(self.out_features)))
-            out = out[:, :n].to(x.dtype)
+            out = out[:, : len(range(*_all(rows).indices(self.out_features)))].to(x.dtype)
         else:
             out = F.linear(x2.to(torch.bfloat16), self.dequantized(rows, torch.bfloat16)).to(x.dtype)
         if bias is not None:
             out = out + bias.to(out.dtype)
-        return out.view(*lead, out.shape[-1])
+        return out.to(x.dtype).view(*lead, out.shape[-1])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.product(x)

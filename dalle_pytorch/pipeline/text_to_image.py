@@ -265,6 +265,12 @@ class Pipeline:
         #: generate(pack_weights=False) decodes without them)
         self.packs: dict[int, PackedLinears] = {}
 
+    @property
+    def quantize(self) -> Optional[str]:
+        """The model's quantization mode ("int8", "int4"; `dalle_pytorch.quantize`), or None: a generation
+        setting (it changes the images)."""
+        return (quantization_of(self.model) or {}).get("mode")
+
     @classmethod
     def from_checkpoint(cls, dalle_path: Optional[PathLike] = None, *, vae: Optional[nn.Module] = None,
                         vae_path: Optional[PathLike] = None, bpe_path: Optional[PathLike] = None, hug: bool = False,
@@ -392,7 +398,7 @@ class Pipeline:
         prime = img.to(device=self.device, dtype=self.dtype) if img is not None else None
         settings = generation_settings(sampling, negative_prompt, batch_size,
                                        num_init_img_tokens if img is not None else None, speculative,
-                                       (quantization_of(self.model) or {}).get("mode"))
+                                       self.quantize)
         images, seeds, scores, passes = [], [], [], []
         packs = pack_weights
         if pack_weights is None and not compile and packing_available(self.device, self.dtype):

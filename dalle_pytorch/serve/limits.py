@@ -20,6 +20,15 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_MAX_PROMPT_CHARS = 4096
 
 
+async def _answer(send, status: int, detail: str, headers: tuple = ()) -> None:
+    """A JSON error answer `{"detail": ...}` sent straight through ASGI (the middlewares answer before the app)."""
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class BodyLimit:
     """413 for a request body over `max_bytes` (declared by Content-Length, or counted as it arrives)."""
 
@@ -29,11 +38,8 @@ class BodyLimit:
         self.app, self.max_bytes = app, int(max_bytes)
 
     async def _too_large(self, send) -> None:
-        body = json.dumps({"detail": f"the request body is over the limit of {self.max_bytes} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        await _answer(send, 413, f"the request body is over the limit of {self.max_bytes} bytes",
+                      ((b"connection", b"close"),))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -83,11 +89,7 @@ class ApiKey:
             given = dict(scope.get("headers") or []).get(b"authorization", b"")
             scheme, _, token = given.partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
-                body = json.dumps({"detail": "missing or wrong API key: send Authorization: Bearer <key>"}).encode()
-                await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode()),
-                                        (b"www-authenticate", b"Bearer")]})
-                await send({"type": "http.response.body", "body": body})
+                await _answer(send, 401, "missing or wrong API key: send Authorization: Bearer <key>",
+                              ((b"www-authenticate", b"Bearer"),))
                 return
         await self.app(scope, receive, send)

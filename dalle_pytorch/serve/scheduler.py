@@ -39,7 +39,6 @@ import torch
 from dalle_pytorch.errors import GenerationError
 from dalle_pytorch.generation.sampling import SamplingConfig, next_codes
 from dalle_pytorch.generation.speculative import Window, sampling_distribution
-from dalle_pytorch.models.quantize import quantization_of
 from dalle_pytorch.pipeline.text_to_image import Pipeline, batch_seeds, fresh_seed, generation_settings, preview_images
 from dalle_pytorch.serve.batch import PrefixCache, RunningBatch, Sequence, prefill
 from dalle_pytorch.serve.requests import (Event, ImageRequest, ImageResult, QueueFull, RequestFailed, ShuttingDown,
@@ -140,7 +139,7 @@ class Scheduler:
         seed = fresh_seed() if request.seed is None else request.seed
         settings = dict(generation_settings(request.sampling, request.negative_prompt, request.batch_size,
                                             speculative=self.window or None,
-                                            quantize=(quantization_of(self.model) or {}).get("mode")), seed=seed)
+                                            quantize=self.pipe.quantize), seed=seed)
         timeout = request.timeout if request.timeout is not None else self.timeout
         ticket = Ticket(next(self._ids), request, seed, text, settings, on_event, deadline=0.0)
         ticket.deadline = ticket.submitted + timeout
