@@ -28,6 +28,14 @@ def random_text(batch=2, seed=0, num_text_tokens=50, text_seq_len=6):
     return text
 
 
+def prefilled_caches(model, text, copies=2):
+    """`copies` caches for `text`'s rows, each prefilled with its ids (to compare two ways of stepping)."""
+    caches = [model.setup_cache(text.shape[0]) for _ in range(copies)]
+    for cache in caches:
+        model.prefill(model.text_ids(text), None, cache)
+    return caches
+
+
 def demo_tokenizer():
     """The demo model's word-level tokenizer (15 tokens: the shapes captions' words)."""
     from pathlib import Path

@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from dalle_pytorch.generation.decode import compiled_modes, compiled_step
 from dalle_pytorch.generation.sampling import top_k_filter, top_p_filter
 from dalle_pytorch.nn.packed import packing_available
-from tests.helpers import ATTN_TYPES, random_text, tiny_dalle
+from tests.helpers import ATTN_TYPES, prefilled_caches, random_text, tiny_dalle
 
 GRID = [
     c
@@ -310,9 +310,7 @@ def test_compiled_bf16_step_attends_like_eager():
     compiled = compiled_step("prefix", torch.device("cpu"))
     step = lambda token, pos, cache, length: compiled(model, token, pos, cache, length)  # noqa: E731
     with torch.inference_mode():
-        caches = [model.setup_cache(2) for _ in range(2)]
-        for c in caches:
-            model.prefill(model.text_ids(text), None, c)
+        caches = prefilled_caches(model, text)
         for t in range(12):
             pos = model.text_len + t
             a = model.decode_step(codes[:, t], torch.tensor(pos), caches[0], length=pos + 1).float()
@@ -334,9 +332,7 @@ def test_prefix_length_step_equals_full_length_step(attn_type):
     model = tiny_dalle(attn_type).eval()
     text, codes = random_text(), torch.randint(0, 64, (2, 64))
     with torch.inference_mode():
-        caches = [model.setup_cache(2) for _ in range(2)]
-        for c in caches:
-            model.prefill(model.text_ids(text), None, c)
+        caches = prefilled_caches(model, text)
         for t in range(20):
             pos = model.text_len + t
             a = model.decode_step(codes[:, t], torch.tensor(pos), caches[0])

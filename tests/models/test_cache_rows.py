@@ -3,7 +3,7 @@ row's logits equal the full forward at its own position; row views and row moves
 import pytest
 import torch
 
-from tests.helpers import ATTN_TYPES, random_text, tiny_dalle
+from tests.helpers import ATTN_TYPES, prefilled_caches, random_text, tiny_dalle
 
 CASES = [dict(attn_type=a) for a in ATTN_TYPES] + [
     dict(attn_type="full", shift_tokens=False, rotary_emb=False, stable=True),
@@ -50,9 +50,7 @@ def test_per_row_step_at_one_position_equals_the_scalar_step():
     model = tiny_dalle("axial_col").eval()
     text, codes = random_text(), torch.randint(0, 64, (2, 64))
     with torch.inference_mode():
-        caches = [model.setup_cache(2) for _ in range(2)]
-        for c in caches:
-            model.prefill(model.text_ids(text), None, c)
+        caches = prefilled_caches(model, text)
         for t in range(12):
             pos = model.text_len + t
             a = model.decode_step(codes[:, t], torch.tensor(pos), caches[0], length=pos + 1)
