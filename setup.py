@@ -55,6 +55,7 @@ setup(
         "dalle-train-vae=dalle_pytorch.cli.train_vae:cli",
         "dalle-convert=dalle_pytorch.cli.convert:main",
         "dalle-plot=dalle_pytorch.cli.plot:main",
+        "dalle-encode=dalle_pytorch.cli.encode:cli",
         "dalle-serve=dalle_pytorch.cli.serve:main",
     ]},
 )

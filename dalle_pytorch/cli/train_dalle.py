@@ -32,8 +32,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_vae_flags(pretrained, "taming-transformers' VQGAN as the VAE")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--image_text_folder", required=True,
+    data.add_argument("--image_text_folder", default="",
                       help="folder of images with same-named .txt captions; with --wds: tar shards (dir, glob, URL)")
+    data.add_argument("--codes", default=None,
+                      help="train on codes pre-encoded by dalle-encode instead of images: its output folder (exact "
+                           "resume), or its shards as a pattern / URL list with --codes_manifest (streamed); the VAE "
+                           "(--vae_path etc., else the folder's copy) must be the one that made them")
+    data.add_argument("--codes_manifest", default=None, help="the manifest.json of --codes given as shards")
     data.add_argument("--wds", default="", help="read webdataset shards; value: image and caption keys, e.g. jpg,txt")
     data.add_argument("--truncate_captions", action="store_true",
                       help="cut captions longer than --text_seq_len tokens (otherwise they raise)")

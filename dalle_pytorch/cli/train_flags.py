@@ -317,10 +317,11 @@ def train_from_flags(args: argparse.Namespace, task: type, build_task: TaskBuild
 REPORTED = (TrainingError, CheckpointError, OSError, ImportError)
 
 
-def run_cli(main: Callable[[argparse.Namespace], Any], parse_args: Callable[[], argparse.Namespace]) -> int:
+def run_cli(main: Callable[[argparse.Namespace], Any], parse_args: Callable[[], argparse.Namespace],
+            interrupted: str = "interrupted; continue with --resume (from the last checkpoint)") -> int:
     """Run a script's ``main``; a configuration, checkpoint, data or file problem is one ``error:`` line
     (exit status 1), with the full traceback when --debug or DALLE_PYTORCH_DEBUG=1 is given. Warnings
-    are one ``warning:`` line each."""
+    are one ``warning:`` line each; Ctrl-C prints `interrupted` (exit status 130)."""
     args = parse_args()
     debug = bool(getattr(args, "debug", False)) or os.environ.get("DALLE_PYTORCH_DEBUG", "") not in ("", "0")
     with one_line_warnings():
@@ -332,6 +333,6 @@ def run_cli(main: Callable[[argparse.Namespace], Any], parse_args: Callable[[], 
             print(f"error: {one_line(e)} (--debug shows the traceback)", file=sys.stderr, flush=True)
             return 1
         except KeyboardInterrupt:
-            print("interrupted; continue with --resume (from the last checkpoint)", file=sys.stderr, flush=True)
+            print(interrupted, file=sys.stderr, flush=True)
             return 130
     return 0

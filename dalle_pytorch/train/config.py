@@ -159,8 +159,9 @@ class TrainConfig:
 
     @property
     def streaming(self) -> bool:
-        """Whether the data is a stream of WebDataset shards (no epoch length, no exact resume)."""
-        return bool(getattr(self.task, "wds", None))
+        """Whether the data is a stream of WebDataset shards (no epoch length, no exact resume): images (`wds`) or
+        code shards given with their `codes_manifest`."""
+        return bool(getattr(self.task, "wds", None)) or bool(getattr(self.task, "codes_streamed", False))
 
     def settings(self) -> dict:
         """Every setting by its field name, one flat JSON-able dict (the run folder's config.json)."""

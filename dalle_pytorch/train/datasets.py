@@ -37,6 +37,7 @@ __all__ = [
     "TextImageDataset",
     "caption_lines",
     "image_to_tensor",
+    "mix_seed",
     "random_resized_crop",
     "tokenize_caption",
 ]
@@ -125,7 +126,7 @@ def tokenize_caption(tokenizer: Any, text: str, text_len: int, truncate: bool) -
     return tokens.long()
 
 
-def _mix_seed(*values: int) -> int:
+def mix_seed(*values: int) -> int:
     """Combine integers into one 64-bit seed (stable across processes and runs)."""
     h = 0x243F6A8885A308D3
     for v in values:
@@ -344,11 +345,13 @@ class TextImageDataset(SkippedSamples, Dataset):
     def _rng(self, index: int) -> random.Random:
         if self.seed is None:
             return random.Random()
-        return random.Random(_mix_seed(self.seed, self.epoch, index))
+        return random.Random(mix_seed(self.seed, self.epoch, index))
 
-    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def read_pair(self, index: int) -> tuple[list[str], Image.Image]:
+        """The caption lines and the decoded image (in this dataset's mode) of pair `index`, untransformed;
+        BadSample for an unreadable or empty caption file or an unreadable image (dalle-encode reads pairs
+        with it, so that codes are made from exactly what training would read)."""
         image_rel, text_rel = self.pairs[index]
-        rng = self._rng(index)
         try:
             with open(os.path.join(self.folder, text_rel), encoding="utf-8") as f:
                 lines = caption_lines(f.read())
@@ -360,11 +363,16 @@ class TextImageDataset(SkippedSamples, Dataset):
             image = read_image(os.path.join(self.folder, image_rel), self.mode)
         except Exception as e:  # PIL raises many types for broken files
             raise BadSample(image_rel, f"unreadable image ({type(e).__name__}: {e})") from e
+        return lines, image
+
+    def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        lines, image = self.read_pair(index)
+        rng = self._rng(index)
         text = rng.choice(lines)
         try:
             tokens = tokenize_caption(self.tokenizer, text, self.text_len, self.truncate_captions)
         except ValueError as e:  # a caption longer than text_len: a bad sample like the others
-            raise BadSample(text_rel, f"caption longer than {self.text_len} tokens: shorten it, raise "
+            raise BadSample(self.pairs[index][1], f"caption longer than {self.text_len} tokens: shorten it, raise "
                                       "--text_seq_len or pass --truncate_captions") from e
         image = random_resized_crop(image, self.image_size, (self.resize_ratio, 1.0), (1.0, 1.0), rng)
         return tokens, image_to_tensor(image)

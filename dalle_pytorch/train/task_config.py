@@ -88,6 +88,8 @@ class DalleConfig:
     """A DALLE trained on captioned images (train_dalle.py), over a trained or a pretrained VAE."""
 
     image_text_folder: str = ""  # folder of images with same-named .txt captions; with wds: tar shards
+    codes: Optional[str] = None  # train on pre-encoded codes (dalle-encode): its folder, or shards with codes_manifest
+    codes_manifest: Optional[str] = None  # the manifest.json of codes streamed from shards (a pattern, URLs)
     wds: Optional[tuple[str, str]] = None  # read WebDataset shards: (image key, caption key), e.g. ("jpg", "txt")
     truncate_captions: bool = False  # cut captions longer than text_seq_len tokens (otherwise they are skipped)
     resize_ratio: float = 0.75  # smallest image area fraction kept by the random crop
@@ -126,8 +128,15 @@ class DalleConfig:
     sample_filter_thres: float = 0.9  # top-k filter of the samples over the whole vocabulary (DALLE-pytorch's)
 
     def __post_init__(self) -> None:
-        if not self.image_text_folder:
-            raise TrainingError("`image_text_folder` is empty: give the folder of captioned images (or the shards)")
+        if self.codes and self.image_text_folder:
+            raise TrainingError("`codes` trains on pre-encoded codes and `image_text_folder` on images: give only one")
+        if not self.image_text_folder and not self.codes:
+            raise TrainingError("`image_text_folder` is empty: give the folder of captioned images (or the shards), "
+                                "or `codes`")
+        if self.codes_manifest and not self.codes:
+            raise TrainingError("`codes_manifest` is the manifest of `codes` shards: give `codes` too")
+        if self.codes and self.wds is not None:
+            raise TrainingError("`wds` reads images from shards; code shards are read by `codes` alone")
         if self.wds is not None:
             self.wds = tuple(self.wds)
             if len(self.wds) != 2 or not all(isinstance(k, str) and k for k in self.wds):
@@ -157,5 +166,13 @@ class DalleConfig:
         """The model files and the data folder exist (when the run starts, before its run folder is looked at)."""
         check_exists(self, "dalle_path")
         check_exists(self, "vae_path")
-        if not self.wds:
+        check_exists(self, "codes_manifest")
+        if self.codes and not self.codes_manifest:
+            check_folder(self, "codes")
+        elif not self.wds and not self.codes:
             check_folder(self, "image_text_folder")
+
+    @property
+    def codes_streamed(self) -> bool:
+        """Codes read as a stream of shards (a pattern or URLs with `codes_manifest`), not from a local folder."""
+        return bool(self.codes) and self.codes_manifest is not None

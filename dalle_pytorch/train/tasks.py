@@ -25,6 +25,7 @@ from dalle_pytorch.models.dalle import DALLE
 from dalle_pytorch.models.vae import DiscreteVAE
 from dalle_pytorch.text.factory import select_tokenizer
 from dalle_pytorch.train.config import DalleConfig, TrainConfig, VaeConfig
+from dalle_pytorch.train.code_shards import MANIFEST, VAE_COPY, CodeDataset, Manifest, check_vae, code_loader, read_manifest
 from dalle_pytorch.train.datasets import ImageFolder, TextImageDataset
 from dalle_pytorch.train.runlog import counted
 from dalle_pytorch.train.schedules import AnnealedTemperature
@@ -153,6 +154,8 @@ def pretrained_vae(cfg: DalleConfig, resumed: Optional[LoadedCheckpoint]) -> Opt
     """
     if resumed is not None or cfg.vae_path or (cfg.dalle_path and not cfg.pretrained_vae_given):
         return None
+    if cfg.codes and not cfg.pretrained_vae_given:  # the codes folder's VAE (`codes_vae`)
+        return None
     vqgan = cfg.taming or cfg.vqgan_model_path is not None or cfg.vqgan_config_path is not None
     try:  # without taming DALLE-pytorch trains over OpenAI's dVAE
         return vae_from_flags(openai=not cfg.dalle_path and not vqgan, **vae_flags(cfg))
@@ -195,11 +198,14 @@ def dalle_task(config: TrainConfig, env: DistEnv, resumed: Optional[LoadedCheckp
         vae = pretrained_vae(cfg, None)
         if vae is not None:
             info.append(f"VAE: the pretrained {type(vae).__name__} ({vae.image_size}px -> {vae.num_tokens} codes)")
-        else:
+        elif cfg.vae_path:
             loaded_vae = load_checkpoint(cfg.vae_path, map_location="cpu")
             vae = loaded_vae.model.vae if loaded_vae.kind == "dalle" else loaded_vae.model
             if not isinstance(vae, DiscreteVAE):
                 raise TrainingError(f"`vae_path` {cfg.vae_path!r} does not hold a DiscreteVAE")
+        else:
+            vae = codes_vae(cfg)
+            info.append(f"VAE: the {type(vae).__name__} copied into the codes folder by dalle-encode")
         model = build_dalle(cfg, vae, tokenizer.vocab_size)
     if tokenizer.vocab_size > model.num_user_text_tokens:
         raise TrainingError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
@@ -211,7 +217,15 @@ def dalle_task(config: TrainConfig, env: DistEnv, resumed: Optional[LoadedCheckp
     text_len, image_size = model.text_seq_len, vae.image_size
 
     loop = config.loop
-    if cfg.wds:
+    first_caption = None
+    if cfg.codes:
+        data, manifest, where = code_data(cfg, tokenizer, text_len, loop)
+        check_vae(manifest, vae, where, vae_given(cfg, resumed))
+        info.append(f"{counted(manifest.samples, 'pre-encoded sample')} in {where} ({counted(manifest.crops, 'crop')} "
+                    f"each, made by this VAE: the VAE does not run while training)")
+        if isinstance(data, CodeDataset):
+            first_caption = data.first_caption()
+    elif cfg.wds:
         image_key, caption_key = cfg.wds
         try:
             data = webdataset_loader(cfg.image_text_folder, image_key=image_key, caption_key=caption_key,
@@ -221,7 +235,6 @@ def dalle_task(config: TrainConfig, env: DistEnv, resumed: Optional[LoadedCheckp
         except ValueError as e:  # no shards there
             raise TrainingError(f"`image_text_folder`: {e}") from None
         info.append(f"webdataset shards {cfg.image_text_folder} (keys {image_key}, {caption_key})")
-        first_caption = None
     else:
         try:
             data = TextImageDataset(cfg.image_text_folder, text_len=text_len, image_size=image_size,
@@ -252,6 +265,8 @@ def dalle_task(config: TrainConfig, env: DistEnv, resumed: Optional[LoadedCheckp
 
     def dummy_batch():
         text = tokenizer.tokenize([caption], text_len, truncate_text=True)
+        if cfg.codes:
+            return text, torch.zeros(1, model.image_seq_len, dtype=torch.long)
         return text, torch.rand(1, vae.channels, image_size, image_size)
 
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -260,6 +275,50 @@ def dalle_task(config: TrainConfig, env: DistEnv, resumed: Optional[LoadedCheckp
     return Task(kind="dalle", model=model, data=data, loss_fn=loss_fn, dummy_batch=dummy_batch,
                 image_fn=image_fn if num_images > 0 else None, image_needs_model=True, tokenizer=tokenizer, info=info,
                 start_state=start_state)
+
+
+def codes_manifest_path(cfg: DalleConfig) -> str:
+    """The manifest of `codes`: `codes_manifest` when given (streamed shards), else the folder's manifest.json."""
+    return cfg.codes_manifest or os.path.join(cfg.codes, MANIFEST)
+
+
+def codes_vae(cfg: DalleConfig) -> nn.Module:
+    """The VAE dalle-encode copied beside the codes' manifest (vae.safetensors), for a new DALLE given no VAE setting."""
+    path = os.path.join(os.path.dirname(os.path.abspath(codes_manifest_path(cfg))), VAE_COPY)
+    if not os.path.exists(path):
+        manifest = read_manifest(codes_manifest_path(cfg))
+        raise TrainingError(
+            f"the codes in {cfg.codes} hold no copy of their VAE ({VAE_COPY}; dalle-encode --no_save_vae): give the VAE "
+            f"they were made with, a {manifest.vae.get('class')} given to dalle-encode as "
+            f"{manifest.vae.get('description')} (`vae_path`, or `taming` / `vqgan_*` / `openai_*`)")
+    return load_checkpoint(path, map_location="cpu").model
+
+
+def vae_given(cfg: DalleConfig, resumed: Optional[LoadedCheckpoint]) -> str:
+    """How the run's VAE was given, for messages."""
+    if resumed is not None:
+        return "the VAE of the model being resumed" if not cfg.dalle_path else f"the VAE of `dalle_path` {cfg.dalle_path}"
+    if cfg.vae_path:
+        return f"`vae_path` {cfg.vae_path}"
+    if cfg.pretrained_vae_given:
+        return "the pretrained VAE of `taming` / `vqgan_*` / `openai_*`"
+    return f"the codes folder's {VAE_COPY}"
+
+
+def code_data(cfg: DalleConfig, tokenizer: Any, text_len: int, loop) -> tuple[Any, Manifest, str]:
+    """The training data of `codes`: a CodeDataset of a local folder (exact resume), or a stream of its shards."""
+    if not cfg.codes_streamed:
+        data = CodeDataset(cfg.codes, text_len=text_len, tokenizer=tokenizer, truncate_captions=cfg.truncate_captions,
+                           max_bad_fraction=loop.max_bad_fraction, seed=loop.seed)
+        return data, data.manifest, data.folder
+    manifest = read_manifest(cfg.codes_manifest)
+    try:
+        data = code_loader(cfg.codes, manifest, text_len=text_len, tokenizer=tokenizer,
+                           truncate_captions=cfg.truncate_captions, batch_size=loop.batch_size,
+                           num_workers=loop.num_workers)
+    except ValueError as e:  # no shards there
+        raise TrainingError(f"`codes`: {e}") from None
+    return data, manifest, str(cfg.codes)
 
 
 def build_dalle(cfg: DalleConfig, vae: nn.Module, num_text_tokens: int) -> DALLE:

@@ -18,21 +18,26 @@ from dalle_pytorch.formats.images import read_image
 from dalle_pytorch.text.factory import get_default_tokenizer
 from dalle_pytorch.train.datasets import caption_lines, image_to_tensor, random_resized_crop, tokenize_caption
 
-__all__ = ["webdataset_loader"]
+__all__ = ["webdataset_loader", "webdataset_module", "expand_shards", "shard_pipeline"]
 
 _WEBDATASET_HINT = (
-    "webdataset_loader needs the optional 'webdataset' package: "
+    "reading tar shards needs the optional 'webdataset' package: "
     "pip install webdataset (the webdataset extra of this package)"
 )
 
 
-def _expand_urls(urls: str | Sequence[str]) -> list[str]:
-    """Expand local globs and directories (-> their ``*.tar``); keep URLs / brace patterns."""
+def expand_shards(urls: str | Sequence[str]) -> list[str]:
+    """Expand local globs and directories (-> their ``*.tar``) and brace patterns (``shard-{000..099}.tar``, also in
+    URLs); keep other paths and URLs (ValueError: none)."""
     items = [urls] if isinstance(urls, (str, os.PathLike)) else list(urls)
     out: list[str] = []
     for item in items:
         item = os.fspath(item)
-        if "://" in item or item.startswith("pipe:"):
+        if "{" in item:  # a brace pattern (shard-{000..099}.tar), also in a URL
+            from webdataset.shardlists import expand_urls
+
+            out.extend(expand_urls(item))
+        elif "://" in item or item.startswith("pipe:"):
             out.append(item)
         elif os.path.isdir(item):
             found = sorted(glob.glob(os.path.join(item, "*.tar")))
@@ -45,7 +50,7 @@ def _expand_urls(urls: str | Sequence[str]) -> list[str]:
                 raise ValueError(f"webdataset_loader: no file matches {item!r}")
             out.extend(found)
         else:
-            out.append(item)  # plain path or a brace pattern that webdataset expands
+            out.append(item)
     if not out:
         raise ValueError("webdataset_loader: empty list of shards")
     return out
@@ -119,12 +124,7 @@ def webdataset_loader(
         An iterable (``wds.WebLoader``) of ``(text, image)`` batches: LongTensor
         (batch_size, text_len) and FloatTensor (batch_size, C, image_size, image_size).
     """
-    try:
-        import webdataset as wds
-    except ImportError as e:
-        raise ImportError(_WEBDATASET_HINT) from e
-
-    shards = _expand_urls(urls)
+    wds = webdataset_module()
     if tokenizer is None:
         tokenizer = get_default_tokenizer()
     decode = partial(
@@ -138,6 +138,23 @@ def webdataset_loader(
         resize_ratio=resize_ratio,
         mode="RGBA" if transparent else "RGB",
     )
+    return shard_pipeline(wds, expand_shards(urls), decode, _collate, batch_size, num_workers, shuffle_buffer)
+
+
+def webdataset_module():
+    """The optional `webdataset` package (ImportError naming the extra when it is not installed)."""
+    try:
+        import webdataset as wds
+    except ImportError as e:
+        raise ImportError(_WEBDATASET_HINT) from e
+    return wds
+
+
+def shard_pipeline(wds, shards: list[str], decode, collate, batch_size: int, num_workers: int,
+                   shuffle_buffer: int) -> Iterable:
+    """Batches of `collate`d `decode(sample)` items of the tar `shards`: split by rank and by worker, shards and
+    samples shuffled (unless `shuffle_buffer` is 0), undecodable samples skipped with a warning, incomplete last
+    batches dropped. `decode` must be picklable (a module function or a partial of one) for worker processes."""
     stages: list[Any] = [wds.SimpleShardList(shards), wds.split_by_node, wds.split_by_worker]
     if shuffle_buffer > 0:
         # Shuffles this worker's own shards only (after splitting), so ranks stay disjoint.
@@ -146,6 +163,6 @@ def webdataset_loader(
     if shuffle_buffer > 0:
         stages.append(wds.shuffle(shuffle_buffer))
     stages.append(wds.map(decode, handler=wds.warn_and_continue))
-    stages.append(wds.batched(batch_size, collation_fn=_collate, partial=False))
+    stages.append(wds.batched(batch_size, collation_fn=collate, partial=False))
     pipeline = wds.DataPipeline(*stages)
     return wds.WebLoader(pipeline, batch_size=None, shuffle=False, num_workers=num_workers)
