@@ -174,6 +174,28 @@ def test_training_on_codes_equals_training_on_images_vqgan(vqgan_data, tokenizer
     assert _losses(tmp_path / "on_codes") == _losses(tmp_path / "images")
 
 
+def test_a_killed_run_on_codes_resumes_exactly(codes_dir, tokenizer_json, tmp_path, monkeypatch):
+    from dalle_pytorch.models.dalle import DALLE
+
+    flags = ["--codes", str(codes_dir[0]), "--bpe_path", str(tokenizer_json), "--hug", "--max_steps", "5",
+             "--save_every_steps", "2", "--null_cond_prob", "0.5"]
+    _train(tmp_path / "straight", *flags)
+    original, calls = DALLE.forward, []
+
+    def dying_forward(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt("killed")
+        return original(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(DALLE, "forward", dying_forward)
+        with pytest.raises(KeyboardInterrupt):
+            _train(tmp_path / "resumed", *flags)
+    _train(tmp_path / "resumed", *flags, "--resume")
+    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")  # the log rewound to step 2, then 3-5
+
+
 # ------------------------------------------------------------------------------------------ the VAE must match
 
 
