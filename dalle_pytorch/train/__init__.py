@@ -17,6 +17,8 @@
     datasets.py     TextImageDataset, ImageFolder, the bad-sample policy, image transforms
     folder_index.py the cached scan of a caption/image folder
     webdataset.py   batches from WebDataset shards
+    encode.py       encode_dataset: a dataset's codes, once (dalle-encode)
+    code_shards.py  the code-shard format: manifest, shard writer, CodeDataset, code_loader (--codes)
     loader.py       EpochData: batches of an epoch, resumable; collation, devices
     distributed.py  DistEnv, init_distributed (torchrun)
     runlog.py       RunLogger (JSONL, console, TensorBoard, W&B), the run summary

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import os
 import random
 import shutil
@@ -414,3 +415,26 @@ def test_torchrun_encode_gives_the_one_process_shards(codes_dir, data_dir, vae_f
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("encoded 12 samples") == 1  # rank 0 reports
     assert _tree_digests(tmp_path / "codes") == _tree_digests(codes_dir[0])
+
+
+# ------------------------------------------------------------------------------------------ the documented sequence
+
+
+@pytest.mark.slow
+def test_the_documented_command_sequence_runs(tmp_path):
+    """docs/training.md, "Encode once, train on codes": its bash block, as written, in a scratch folder."""
+    section = (ROOT / "docs" / "training.md").read_text(encoding="utf-8").split("## Encode once, train on codes", 1)[1]
+    block = re.search(r"^```bash\n(.*?)^```", section, flags=re.S | re.M).group(1)
+    commands = [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
+    assert [c.split()[0] for c in commands] == ["python", "python", "dalle-encode", "python", "python"]
+    for name in ("generate.py", "train_vae.py", "train_dalle.py", "dalle_pytorch"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for command in commands:
+        proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+    assert read_manifest(tmp_path / "codes" / "shapes" / "manifest.json").samples == 32
+    assert load_checkpoint(tmp_path / "runs" / "dalle-codes" / "dalle.safetensors").kind == "dalle"
+    assert len([p for p in (tmp_path / "outputs-codes").rglob("*.png") if p.name != "grid.png"]) == 2
