@@ -222,17 +222,28 @@ class DALLE(nn.Module):
             tokens = torch.cat((tokens, self.embed_image(codes)), dim=1)
         if tokens.shape[1] > self.total_seq_len:
             tokens = tokens[:, :-1]  # the last code is only ever a target
-        out = self._transform(tokens, masked=masked)
-        logits = self._logits(out, torch.arange(tokens.shape[1], device=tokens.device))
-        if not return_loss:
-            return logits
-        if codes is None or codes.shape[1] != self.image_seq_len:
+        if return_loss and (codes is None or codes.shape[1] != self.image_seq_len):
             raise ValueError(f"return_loss needs a whole image (pixels or {self.image_seq_len} codes)")
-        labels = torch.cat((ids[:, 1:], codes + self.num_text_tokens), dim=1)
-        T = self.text_seq_len
-        loss_text = F.cross_entropy(logits[:, :T].transpose(1, 2), labels[:, :T])
-        loss_img = F.cross_entropy(logits[:, T:].transpose(1, 2), labels[:, T:])
+        out = self._transform(tokens, masked=masked)
+        if not return_loss:
+            return self._logits(out, torch.arange(tokens.shape[1], device=tokens.device))
+        text_logits, image_logits = self._split_logits(out)
+        loss_text = F.cross_entropy(text_logits.flatten(0, 1), ids[:, 1:].flatten())
+        loss_img = F.cross_entropy(image_logits.flatten(0, 1), codes.flatten())
         return (loss_text + self.loss_img_weight * loss_img) / (self.loss_img_weight + 1)
+
+    def _split_logits(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits the loss reads, without the forbidden ones: text positions over the text tokens (b, T,
+        num_text_tokens), image positions over the codes (b, I, num_image_tokens). A forbidden logit is masked
+        to -max, whose exp is exactly 0 in the softmax, so the loss is the masked logits' loss, at about a
+        third of the logit products and softmax work (and no transposed copies)."""
+        norm, proj = self.to_logits
+        h, T, t = norm(out), self.text_seq_len, self.num_text_tokens
+        if type(proj) is not nn.Linear:  # a quantized projection: its own product over every logit
+            logits = proj(h)
+            return logits[:, :T, :t], logits[:, T:, t:]
+        bias = (None, None) if proj.bias is None else (proj.bias[:t], proj.bias[t:])
+        return F.linear(h[:, :T], proj.weight[:t], bias[0]), F.linear(h[:, T:], proj.weight[t:], bias[1])
 
     def last_logits(self, ids: torch.Tensor, codes: torch.Tensor | None = None) -> torch.Tensor:
         """Uncached: the logits of the last position (b, V) after model text ids (b, <= T+1) and image

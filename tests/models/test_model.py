@@ -64,6 +64,31 @@ def test_loss_matches_definition():
     assert torch.allclose(model(text, codes, return_loss=True), (lt + 3 * li) / 4)
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"share_input_output_emb": True}, {"stable": True}], ids=["plain", "shared", "stable"])
+def test_loss_skips_the_forbidden_logits_with_the_same_loss_and_gradients(kwargs):
+    """The loss computes only the logits it reads (text x text tokens, image x codes): the same value and gradients
+    as the cross-entropy of the whole masked logits (a forbidden logit is -max: exp gives exactly 0)."""
+    text, codes = random_text(), torch.randint(0, 64, (2, 64))
+    grads = []
+    for split in (True, False):
+        model = tiny_dalle(loss_img_weight=3, **kwargs)
+        if split:
+            loss = model(text, codes, return_loss=True)
+        else:
+            logits, ids = model(text, codes), model.text_ids(text)
+            labels = torch.cat((ids[:, 1:], codes + model.num_text_tokens), dim=1)
+            ce = torch.nn.functional.cross_entropy
+            loss = (ce(logits[:, :6].transpose(1, 2), labels[:, :6]) + 3 * ce(logits[:, 6:].transpose(1, 2),
+                                                                              labels[:, 6:])) / 4
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (a, ga), (b, gb) = grads
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+    assert ga.keys() == gb.keys() and "to_logits.1.weight" in ga
+    for name in ga:
+        torch.testing.assert_close(ga[name], gb[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_pads_get_unique_ids():
     model = tiny_dalle()
     ids = model.text_ids(torch.tensor([[5, 0, 0, 7, 0, 0]]))
