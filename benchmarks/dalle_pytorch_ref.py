@@ -3,6 +3,7 @@
     VENV/bin/python -P benchmarks/dalle_pytorch_ref.py make MODEL PATH   # random weights -> a train_dalle.py file
     VENV/bin/python -P benchmarks/dalle_pytorch_ref.py run SPEC_JSON     # one timed generation -> one JSON line
     VENV/bin/python -P benchmarks/dalle_pytorch_ref.py check             # cached == uncached codes (the fix below)
+    VENV/bin/python -P benchmarks/dalle_pytorch_ref.py train SPEC_JSON   # one timed training step -> one JSON line
 
 (-P: this repository's own `dalle_pytorch` must not shadow the installed one.)
 `bash benchmarks/dalle_pytorch_ref.sh` builds the venv.  Only the standard library and the
@@ -54,10 +55,10 @@ def vae_params(cfg: dict) -> dict:
     return dict(image_size=32, num_layers=1, num_tokens=cfg["num_tokens"], codebook_dim=16, hidden_dim=8, num_resnet_blocks=0)
 
 
-def hparams(cfg: dict) -> dict:
+def hparams(cfg: dict, attn_types=("full",)) -> dict:
     return dict(num_text_tokens=cfg["num_text_tokens"], text_seq_len=cfg["text_seq_len"], dim=cfg["dim"],
                 depth=cfg["depth"], heads=cfg["heads"], dim_head=cfg["dim_head"], reversible=False,
-                loss_img_weight=7, attn_types=["full"], ff_dropout=0.0, attn_dropout=0.0, stable=False,
+                loss_img_weight=7, attn_types=list(attn_types), ff_dropout=0.0, attn_dropout=0.0, stable=False,
                 shift_tokens=True, rotary_emb=True)
 
 
@@ -67,11 +68,11 @@ def build(hp: dict, vp: dict):
     return DALLE(vae=DiscreteVAE(**vp), **hp).eval()
 
 
-def make(model: str, path: str) -> None:
+def make(model: str, path: str, attn_types: str = "full") -> None:
     """Random weights (seed 0), saved as DALLE-pytorch's train_dalle.py saves them."""
     torch.manual_seed(0)
     cfg = MODELS[model]
-    hp, vp = hparams(cfg), vae_params(cfg)
+    hp, vp = hparams(cfg, attn_types.split(",")), vae_params(cfg)
     dalle = build(hp, vp)
     torch.save({"hparams": hp, "vae_params": vp, "weights": dalle.state_dict(), "version": "1.6.6",
                 "vae_class_name": "DiscreteVAE", "epoch": 0}, path)
@@ -113,6 +114,31 @@ def run(spec: dict) -> dict:
             "peak_rss_mb": peak, "rss_before_mb": rss_before}
 
 
+def train(spec: dict) -> dict:
+    """spec: checkpoint, batch, threads, repeat.  Times one training step as its train_dalle.py takes it:
+    loss = dalle(text, codes, return_loss=True), backward, clip_grad_norm_(0.5), Adam step (best of repeat,
+    after two warm-up steps), and reports the first step's loss (the same weights give the same loss here)."""
+    torch.set_num_threads(spec["threads"])
+    dalle = load(spec["checkpoint"]).train()
+    params = [p for p in dalle.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=3e-4)
+    b, T = spec["batch"], dalle.text_seq_len
+    g = torch.Generator().manual_seed(0)
+    text = torch.randint(1, dalle.num_text_tokens - T, (b, T), generator=g)
+    codes = torch.randint(0, dalle.num_image_tokens, (b, dalle.image_seq_len), generator=g)
+    losses, times = [], []
+    for i in range(2 + spec["repeat"]):
+        t0 = time.perf_counter()
+        loss = dalle(text, codes, return_loss=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 0.5)
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - t0)
+        losses.append(float(loss))
+    return {"impl": "DALLE-pytorch 1.6.6", "seconds": min(times[2:]), "all_seconds": times[2:], "first_loss": losses[0]}
+
+
 def check() -> None:
     """With the fix, DALLE-pytorch's cached generation samples its uncached codes (same seed)."""
     keep_cache_at_cond_scale_1()
@@ -131,10 +157,12 @@ def check() -> None:
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "make":
-        make(sys.argv[2], sys.argv[3])
+        make(*sys.argv[2:5])
     elif cmd == "run":
         print(json.dumps(run(json.loads(sys.argv[2]))))
+    elif cmd == "train":
+        print(json.dumps(train(json.loads(sys.argv[2]))))
     elif cmd == "check":
         check()
     else:
-        raise SystemExit(f"unknown command {cmd!r}: make | run | check")
+        raise SystemExit(f"unknown command {cmd!r}: make | run | train | check")

@@ -27,7 +27,7 @@ import os
 import random
 import time
 import warnings
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ from dalle_pytorch.train.datasets import (BadSample, DatasetError, TextImageData
 from dalle_pytorch.train.task_config import at_least, fraction
 from dalle_pytorch.train.webdataset import expand_shards, webdataset_module
 
-__all__ = ["EncodeConfig", "encode_dataset"]
+__all__ = ["EncodeConfig", "encode_dataset", "on_main"]
 
 SETTINGS = "encode_settings.json"
 
@@ -129,12 +129,15 @@ class _Source:
             self.fingerprint = hashlib.sha256("\n".join(self.shards).encode()).hexdigest()
             self.total = None
         else:
-            with env.main_first():  # rank 0 writes the folder's index cache, the others read it
+            def scan() -> TextImageDataset:
                 try:
-                    self.pairs = TextImageDataset(config.source, image_size=image_size, transparent=mode == "RGBA",
-                                                  tokenizer=_NO_TOKENIZER, max_bad_fraction=1.0)
+                    return TextImageDataset(config.source, image_size=image_size, transparent=mode == "RGBA",
+                                            tokenizer=_NO_TOKENIZER, max_bad_fraction=1.0)
                 except ValueError as e:
                     raise TrainingError(f"`image_text_folder`: {e}") from None
+
+            found = on_main(env, scan)  # rank 0 writes the folder's index cache, then the others read it
+            self.pairs = found if env.is_main else scan()
             n = len(self.pairs)
             self.num_units = math.ceil(n / config.shard_size)
             self.fingerprint = hashlib.sha256(json.dumps(self.pairs.pairs).encode()).hexdigest()
@@ -191,6 +194,22 @@ class _Source:
 _NO_TOKENIZER = object()
 
 
+def on_main(env: DistEnv, fn: Callable[[], Any]) -> Any:
+    """fn() on rank 0 (its result there, None elsewhere); if it fails, every rank raises (none waits for it)."""
+    result, error = None, None
+    if env.is_main:
+        try:
+            result = fn()
+        except Exception as e:
+            error = e
+    ok = env.all_ok(error is None)  # a collective: the others wait here until rank 0 is done
+    if error is not None:
+        raise error
+    if not ok:
+        raise TrainingError("process 0 of the encode failed (its message is above)")
+    return result
+
+
 def _settings(config: EncodeConfig, vae_digest: str, source: _Source) -> dict:
     """What must not change while an encode resumes."""
     return {"vae_weights_sha256": vae_digest, "source": os.path.abspath(config.source) if not config.wds else
@@ -244,12 +263,14 @@ def encode_dataset(config: EncodeConfig, vae: nn.Module, *, vae_class: str, vae_
     record = vae_record(vae, vae_class, vae_description)
     source = _Source(config, vae.image_size, "RGBA" if channels == 4 else "RGB", env)
     manifest_path = os.path.join(out, MANIFEST)
-    if env.is_main:
+
+    def prepare() -> None:
         os.makedirs(out, exist_ok=True)
         _check_settings(os.path.join(out, SETTINGS), _settings(config, record["weights_sha256"], source))
         if config.save_vae and not os.path.exists(os.path.join(out, VAE_COPY)):
             save(vae, os.path.join(out, VAE_COPY), metadata={"codes": "the VAE of this codes folder"})
-    env.barrier()
+
+    on_main(env, prepare)
 
     mine = range(env.rank, source.num_units, env.world_size)
     done = {u: r for u in mine if (r := shard_done(out, u)) is not None}
@@ -277,10 +298,10 @@ def encode_dataset(config: EncodeConfig, vae: nn.Module, *, vae_class: str, vae_
         raise TrainingError("another process of the encode failed (its message is above); run the same command again "
                             "to resume")
     seconds = time.perf_counter() - start
-    env.barrier()
     summary = {"shards_resumed": len(mine) - len(todo), "images_encoded": encoded, "seconds": seconds,
                "images_per_sec": encoded / seconds if seconds > 0 else 0.0, "manifest": manifest_path}
-    if env.is_main:
+
+    def finish() -> None:  # every unit is done (all_ok above waited for every process)
         records = [shard_done(out, u) for u in range(source.num_units)]
         missing = [u for u, r in enumerate(records) if r is None]
         if missing:
@@ -294,7 +315,8 @@ def encode_dataset(config: EncodeConfig, vae: nn.Module, *, vae_class: str, vae_
                                       "keys": list(config.wds or ())},
             shards=records, gumbel=bool(getattr(vae, "is_gumbel", False)))
         write_json(manifest_path, manifest.to_dict())
-    env.barrier()
+
+    on_main(env, finish)
     final = read_manifest(manifest_path)
     summary.update(samples=final.samples, skipped=final.skipped, shards=len(final.shards))
     return summary

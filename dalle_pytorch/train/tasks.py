@@ -222,7 +222,8 @@ def dalle_task(config: TrainConfig, env: DistEnv, resumed: Optional[LoadedCheckp
         data, manifest, where = code_data(cfg, tokenizer, text_len, loop)
         check_vae(manifest, vae, where, vae_given(cfg, resumed))
         info.append(f"{counted(manifest.samples, 'pre-encoded sample')} in {where} ({counted(manifest.crops, 'crop')} "
-                    f"each, made by this VAE: the VAE does not run while training)")
+                    f"each, taken by dalle-encode at resize_ratio {manifest.resize_ratio:g}; made by this VAE, which "
+                    "does not run while training)")
         if isinstance(data, CodeDataset):
             first_caption = data.first_caption()
     elif cfg.wds:
