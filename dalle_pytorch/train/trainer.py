@@ -52,7 +52,10 @@ class Trainer:
         self.model = ParallelModel(task.model, env, fsdp=compute.fsdp, compile=compute.compile, loss_fn=task.loss_fn,
                                    dummy_batch=task.dummy_batch)
         self.notes: list[str] = list(notes or []) + list(task.info) + self.model.notes
-        self.optimizer = build_optimizer(task.model, config.optim)
+        # reduced precision: the fused AdamW kernel (not bit-identical to the default loop, which fp32 keeps);
+        # not under FSDP2, whose sharded parameters go through the default loop
+        fused = compute.precision != "fp32" and not compute.fsdp and env.device.type in ("cpu", "cuda")
+        self.optimizer = build_optimizer(task.model, config.optim, fused=fused)
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=compute.precision == "fp16")
 
         self.data = EpochData(task.data, env, loop)
@@ -237,16 +240,17 @@ class Trainer:
         fresh = [f for f in new_skips if f not in p.skipped_files]
         p.skipped_files.update(fresh)
         stats = torch.stack([
-            loss_sum / ga if finite_local else torch.zeros((), device=env.device),
-            torch.tensor(0.0 if finite_local else 1.0, device=env.device),
+            torch.where(finite_local, loss_sum / ga, 0.0),
+            (~finite_local).float(),
             torch.tensor(float(len(fresh)), device=env.device),
             torch.tensor(float(samples), device=env.device),
         ])
         env.all_reduce_sum(stats)
-        nonfinite = float(stats[1].item()) > 0
-        p.skipped_total += int(stats[2].item())
-        p.samples_seen += int(stats[3].item())
-        loss_value = float("nan") if nonfinite else float(stats[0].item()) / env.world_size
+        loss_total, nonfinite_count, skipped, samples_all = stats.tolist()  # the step's one read of its results
+        nonfinite = nonfinite_count > 0
+        p.skipped_total += int(skipped)
+        p.samples_seen += int(samples_all)
+        loss_value = float("nan") if nonfinite else loss_total / env.world_size
         p.last_loss = loss_value
 
         grad_norm = None
@@ -277,7 +281,7 @@ class Trainer:
 
         dt = max(time.time() - self._tick, 1e-9)  # data loading + compute since the previous step
         record = {"event": "step", "step": p.step, "epoch": p.epoch, "loss": loss_value, "lr": lr,
-                  "grad_norm": grad_norm, "samples_per_sec": float(stats[3].item()) / dt,
+                  "grad_norm": grad_norm, "samples_per_sec": samples_all / dt,
                   "nonfinite_steps": p.nonfinite_total, "skipped_samples": p.skipped_total}
         if nonfinite:
             record["skipped_step"] = True
@@ -293,11 +297,12 @@ class Trainer:
         return loss_value
 
     def _forward_backward(self, micro_batches: list, want_images: bool):
-        """Losses and gradients of one step's micro-batches: (loss sum, all finite, skipped files, aux, samples)."""
+        """Losses and gradients of one step's micro-batches: (loss sum, all finite (a bool tensor), skipped files, aux,
+        samples)."""
         precision, env, task, p = self.config.compute.precision, self.env, self.task, self.progress
         ga = len(micro_batches)
         loss_sum = torch.zeros((), device=env.device)
-        finite_local = True
+        finite_local = torch.ones((), dtype=torch.bool, device=env.device)  # read once, with the step's stats
         new_skips: list[str] = []
         aux = None
         samples = 0
@@ -311,8 +316,7 @@ class Trainer:
                 with autocast(precision, env.device):
                     loss, micro_aux = task.loss_fn(self.model.train_model, batch, p.step)
                 loss = loss.float()
-                if not bool(torch.isfinite(loss.detach())):
-                    finite_local = False
+                finite_local &= torch.isfinite(loss.detach())
                 self.scaler.scale(loss / ga).backward()
             loss_sum += loss.detach()
             if last and want_images:

@@ -174,11 +174,12 @@ def test_training_on_codes_equals_training_on_images_vqgan(vqgan_data, tokenizer
     assert _losses(tmp_path / "on_codes") == _losses(tmp_path / "images")
 
 
-def test_a_killed_run_on_codes_resumes_exactly(codes_dir, tokenizer_json, tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: autocast and the fused AdamW
+def test_a_killed_run_on_codes_resumes_exactly(codes_dir, tokenizer_json, tmp_path, monkeypatch, precision):
     from dalle_pytorch.models.dalle import DALLE
 
     flags = ["--codes", str(codes_dir[0]), "--bpe_path", str(tokenizer_json), "--hug", "--max_steps", "5",
-             "--save_every_steps", "2", "--null_cond_prob", "0.5"]
+             "--save_every_steps", "2", "--null_cond_prob", "0.5", "--precision", precision, "--device", "cpu"]
     _train(tmp_path / "straight", *flags)
     original, calls = DALLE.forward, []
 
