@@ -27,9 +27,16 @@ from torch import nn
 
 from dalle_pytorch.checkpoint.build import (SOURCE_LEGACY, LoadedCheckpoint, apply_overrides, build_checked,
                                             build_dalle, build_vae, check_dalle_size, check_state, dalle_config_of,
-                                            finish, swap_vae)
+                                            finish, swap_vae, vae_class_name)
 from dalle_pytorch.errors import CheckpointError
+from dalle_pytorch.formats.files import atomic_write
 from dalle_pytorch.formats.pt_files import torch_load
+from dalle_pytorch.models.dalle import DALLE
+from dalle_pytorch.models.dalle_pytorch_keys import (check_rotary_table, dalle_pytorch_state_dict, legacy_key,
+                                                     remap_state_dict)
+from dalle_pytorch.models.quantize import quantization_of
+from dalle_pytorch.models.vae import DiscreteVAE
+from dalle_pytorch.version import __version__
 from dalle_pytorch.models.openai_dvae import OpenAIDiscreteVAE
 from dalle_pytorch.models.vqgan import VQGanVAE
 
@@ -73,82 +80,6 @@ def dalle_config_from_hparams(hparams: dict, version=None) -> dict:
     return config
 
 
-_AXIAL_WEIGHT = re.compile(r"^image_pos_emb\.weights_(\d+)$")
-_BLOCK = re.compile(r"^transformer\.layers\.(?:layers\.(\d+)\.([01])|blocks\.(\d+)\.([fg])\.net)\.(.+)$")
-_INNER = {
-    "to_qkv.weight": ("attns", "to_qkv.weight"),
-    "to_out.0.weight": ("attns", "to_out.weight"),
-    "to_out.0.bias": ("attns", "to_out.bias"),
-    "net.0.weight": ("ffs", "proj_in.weight"),
-    "net.0.bias": ("ffs", "proj_in.bias"),
-    "net.3.weight": ("ffs", "proj_out.weight"),
-    "net.3.bias": ("ffs", "proj_out.bias"),
-}
-
-
-def legacy_key(key: str, transformer) -> Optional[str]:
-    """This package's name for a DALLE-pytorch DALLE state-dict key (None: the rotary table, derived here).
-
-    The `text_emb.linear.*` / `image_emb.linear.*` copies of share_input_output_emb name their twin
-    `to_logits.1.*`; keys it does not understand come back unchanged (the strict key check reports them).
-    """
-    m = _BLOCK.match(key)
-    if m:
-        depth = int(m.group(1) if m.group(1) is not None else m.group(3))
-        branch = ("attn", "ff")[int(m.group(2))] if m.group(2) is not None else {"f": "attn", "g": "ff"}[m.group(4)]
-        rest = m.group(5)
-        if rest == "scale":
-            return f"transformer.layers.{depth}.{branch}.scale"
-        rest = re.sub(r"^fn\.", "", rest)  # the PreNorm level
-        if rest.startswith(("norm.", "norm_out.")):
-            return f"transformer.layers.{depth}.{branch}.{rest}"
-        inner = re.sub(r"^(?:fn\.)+", "", rest)  # CachedAs / PreShiftToken / NonCached levels
-        if inner not in _INNER or depth >= transformer.depth:
-            return key
-        group, name = _INNER[inner]
-        index = (transformer.attn_index if group == "attns" else transformer.ff_index)[depth]
-        return f"transformer.{group}.{index}.{name}"
-    if key == "transformer.pos_emb":
-        return None
-    if key.startswith(("text_emb.linear.", "image_emb.linear.")):
-        return "to_logits.1." + key.split(".linear.", 1)[1]
-    m = _AXIAL_WEIGHT.match(key)
-    if m:  # axial_positional_embedding <= 0.2.1 names them weights_0, 0.3 and later weights.0
-        return f"image_pos_emb.weights.{m.group(1)}"
-    return key
-
-
-def remap_state_dict(weights: dict, transformer) -> dict:
-    """Map a DALLE-pytorch DALLE state dict onto this package's names (`legacy_key`).
-
-    transformer: our Transformer built from the same config (it says which depth uses which
-    shared attention / feed-forward module).  Raises CheckpointError on conflicting copies of a
-    shared layer, and when `text_emb.linear.*` / `image_emb.linear.*` (share_input_output_emb)
-    are not exact copies of `to_logits.1.*`.  Keys it does not understand are passed through
-    unchanged so that a strict key check reports them.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in weights.items():
-        target = legacy_key(key, transformer)
-        if target is None:
-            continue  # the rotary table: checked by check_rotary_table
-        if key.startswith(("text_emb.linear.", "image_emb.linear.")):
-            # share_input_output_emb: a second copy of to_logits.1; dropped once it is seen to be one
-            twin = target
-            if twin not in weights or weights[twin].shape != value.shape or not torch.equal(weights[twin], value):
-                raise CheckpointError(f"'{key}' should be a copy of '{twin}' (share_input_output_emb) but "
-                                      f"{'the checkpoint has no ' + repr(twin) if twin not in weights else 'they differ'}; "
-                                      "the checkpoint is corrupted or was not written by DALLE-pytorch")
-            continue
-        if target in out:
-            if out[target].shape != value.shape or not torch.equal(out[target], value):
-                raise CheckpointError(f"'{key}' differs from another copy of the shared parameter '{target}'; "
-                                      "do shared_attn_ids / shared_ff_ids match the checkpoint?")
-            continue
-        out[target] = value
-    return out
-
-
 def optimizer_param_names(weights: dict, model: nn.Module) -> list[str]:
     """Our names of the parameters DALLE-pytorch's train_dalle.py optimizer holds, in its order.
 
@@ -184,21 +115,6 @@ def training_state(obj: dict, weights: dict, model: nn.Module, path: str) -> Opt
             raise CheckpointError(f"{path}: {key!r} must be a state dict, got {type(value).__name__}")
     return {"epoch": epoch, "opt_state": opt_state, "scheduler_state": scheduler_state,
             "param_names": optimizer_param_names(weights, model)}
-
-
-def check_rotary_table(weights: dict, transformer) -> None:
-    """The stored rotary table must equal the one we derive from the config."""
-    table = weights.get("transformer.pos_emb")
-    if table is None or not transformer.rotary_emb:
-        if table is not None:
-            raise CheckpointError("checkpoint has a rotary table (transformer.pos_emb) but rotary_emb=False")
-        return
-    ours = torch.atan2(transformer.rot_sin, transformer.rot_cos)
-    theirs = table.reshape(table.shape[-2], table.shape[-1]).float()
-    if theirs.shape != ours.shape or not torch.allclose(torch.atan2(theirs.sin(), theirs.cos()), ours, atol=1e-4):
-        raise CheckpointError("the checkpoint's rotary table (transformer.pos_emb) differs from the one this config "
-                              f"gives ({tuple(theirs.shape)} vs {tuple(ours.shape)}); dim_head, text_seq_len or the "
-                              "VAE's image size do not match")
 
 
 # feed-forward keys: transformer.layers.layers.{i}.1.<fn levels>net.0.weight or ...blocks.{i}.g.net.<fn levels>net.0.weight
@@ -371,3 +287,56 @@ def load_legacy(path: str, map_location: Any, vae: Optional[nn.Module], vae_sour
     return LoadedCheckpoint(model=model, tokenizer=None, metadata=meta, source=SOURCE_LEGACY, kind="dalle",
                             config=model.config.to_dict(), path=path, training=training)
 
+
+
+# ------------------------------------------------------------------------------------------------
+# writing DALLE-pytorch files
+# ------------------------------------------------------------------------------------------------
+
+#: DALLE-pytorch 1.6.6's DALLE constructor arguments, as its train_dalle.py stores them in `hparams`
+_HPARAMS = ("num_text_tokens", "text_seq_len", "dim", "depth", "heads", "dim_head", "reversible", "loss_img_weight",
+            "attn_types", "ff_dropout", "attn_dropout", "stable", "sandwich_norm", "shift_tokens", "rotary_emb",
+            "shared_attn_ids", "shared_ff_ids", "share_input_output_emb")
+#: settings of ours that DALLE-pytorch 1.6.6 has fixed: (field, its value there)
+_FIXED_THERE = (("ff_mult", 4), ("conv_kernel_size", 5), ("conv_dilation", 1))
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def dalle_pytorch_file(model: nn.Module, old_axial_names: bool = False) -> dict:
+    """What DALLE-pytorch 1.6.6's scripts write for `model` (a DALLE: train_dalle.py's dict; a DiscreteVAE:
+    train_vae.py's), which its `DALLE(vae=..., **hparams).load_state_dict(weights)` reads. ValueError for a
+    model it cannot express (our own attention settings, a quantized or 'sparse' model)."""
+    if isinstance(model, DiscreteVAE):
+        return {"hparams": _plain(dict(model.config)), "weights": model.state_dict()}
+    if not isinstance(model, DALLE):
+        raise ValueError(f"a DALLE-pytorch file holds a DALLE or a DiscreteVAE, not a {type(model).__name__}")
+    c = model.config
+    if quantization_of(model) is not None:
+        raise ValueError("a quantized DALLE cannot be written for DALLE-pytorch (its layers are float)")
+    if "sparse" in c.attn_types:
+        raise ValueError(f"this model has 'sparse' layers, which DALLE-pytorch would read as its own: "
+                         f"{_UNSUPPORTED_ATTN['sparse']}")
+    for name, there in _FIXED_THERE:
+        if getattr(c, name) != there:
+            raise ValueError(f"DALLE-pytorch 1.6.6 has no setting for {name}={getattr(c, name)} (its layers use {there})")
+    if "conv_like" in c.attn_types and c.conv_variant != "up_left":
+        raise ValueError("this model's conv_like layers are DALLE-pytorch <= 1.4's centred window; 1.6.6 reads "
+                         "its own (up_left) window into the same weights")
+    vae_class = vae_class_name(model.vae)
+    return {
+        "hparams": {name: _plain(getattr(c, name)) for name in _HPARAMS},
+        "vae_params": _plain(dict(model.vae.config)) if vae_class == "DiscreteVAE" else None,
+        "weights": dalle_pytorch_state_dict(model, old_axial_names),
+        "vae_class_name": vae_class,
+        "version": "1.6.6",  # the layout (DALLE-pytorch reads no version); who wrote it:
+        "written_by": f"dalle_pytorch {__version__} (dalle-convert --to dalle_pytorch)",
+    }
+
+
+def save_dalle_pytorch(model: nn.Module, path, old_axial_names: bool = False) -> None:
+    """Write `dalle_pytorch_file(model, old_axial_names)` to `path` with torch.save, atomically."""
+    obj = dalle_pytorch_file(model, old_axial_names)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))

@@ -1,7 +1,11 @@
-"""Convert a checkpoint (DALLE-pytorch `.pt` or ours) into this package's safetensors format.
+"""Convert a checkpoint (DALLE-pytorch `.pt` or ours) into this package's safetensors format, or back.
 
     python -m dalle_pytorch.cli.convert OLD.pt NEW.safetensors [--vae_path VAE.pt] [--force]
         [--bpe_path tokenizer.json|model.bpe|vocab.txt] [--hug] [--chinese]
+    python -m dalle_pytorch.cli.convert OURS.safetensors THEIRS.pt --to dalle_pytorch [--old_axial_names]
+
+`--to dalle_pytorch` writes what DALLE-pytorch 1.6.6's scripts write (train_dalle.py's / train_vae.py's dict,
+its key layout: `checkpoint.legacy.dalle_pytorch_file`), which its own generate.py and `load_state_dict` read.
 
 The input is read with `load_checkpoint` (strict, `torch.load(weights_only=True)` for `.pt` files)
 and written with `save` (atomically), so the output reproduces the input model exactly.
@@ -14,6 +18,7 @@ import sys
 from typing import Optional, Sequence
 
 from dalle_pytorch.checkpoint.build import SOURCE_LEGACY, LoadedCheckpoint
+from dalle_pytorch.checkpoint.legacy import save_dalle_pytorch
 from dalle_pytorch.checkpoint.ours import load_checkpoint, save
 from dalle_pytorch.checkpoint.pretrained import vae_flags, vae_from_flags
 from dalle_pytorch.cli.flags import add_vae_flags, flag_names, prog_name, tokenizer_for_flags
@@ -71,7 +76,13 @@ def _parser() -> argparse.ArgumentParser:
                     "dalle_pytorch .safetensors checkpoint.",
     )
     p.add_argument("input", help="checkpoint to read (.pt from DALLE-pytorch, or .safetensors)")
-    p.add_argument("output", help="the .safetensors file to write")
+    p.add_argument("output", help="the file to write: .safetensors (ours), or with --to dalle_pytorch a .pt")
+    p.add_argument("--to", choices=("ours", "dalle_pytorch"), default="ours",
+                   help="the output format: ours (default) or DALLE-pytorch 1.6.6's .pt (its train_dalle.py / "
+                        "train_vae.py dict and key layout, for its scripts and load_state_dict)")
+    p.add_argument("--old_axial_names", action="store_true",
+                   help="with --to dalle_pytorch: name the image position embeddings as axial_positional_embedding "
+                        "<= 0.2.1 does (weights_0; 0.3 and later: weights.0)")
     p.add_argument("--vae_path", default=None,
                    help="separate VAE checkpoint, for DALLE files saved without VAE parameters")
     vae = p.add_argument_group("pretrained VAEs (DALLE-pytorch files over VQGanVAE / OpenAIDiscreteVAE; the output "
@@ -122,6 +133,13 @@ def _convert(args) -> int:
                                         model_text_tokens=model_tokens)
     elif args.default_tokenizer:
         tokenizer = {"type": "simple"}
+    if args.to == "dalle_pytorch":
+        if tokenizer is not None and args.bpe_path is None:
+            print("note: DALLE-pytorch files hold no tokenizer: pass its --bpe_path (and --hug / --chinese) to its scripts")
+        save_dalle_pytorch(loaded.model, args.output, old_axial_names=args.old_axial_names)
+        print(f"converted {args.input} -> {args.output} (DALLE-pytorch 1.6.6's format)")
+        print(summarize(loaded))
+        return 0
     metadata = dict(loaded.metadata) if loaded.source == "dalle_pytorch" else {}
     if loaded.source != "dalle_pytorch":
         metadata["converted_from"] = {"file": os.path.basename(args.input), "source": loaded.source,

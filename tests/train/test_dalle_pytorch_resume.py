@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dalle_pytorch.checkpoint import load_checkpoint
-from dalle_pytorch.checkpoint.legacy import legacy_key
+from dalle_pytorch.models.dalle_pytorch_keys import legacy_key
 from dalle_pytorch.cli.messages import flag_text
 from dalle_pytorch.distributed import DistEnv
 from dalle_pytorch.errors import TrainingError
