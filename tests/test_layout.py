@@ -22,7 +22,8 @@ FLOORS = {
     # the package's front door and the documented former paths: they re-export, nothing imports them
     "__init__": 8, "tokenizer": 8, "io": 8,
     # DALLE-pytorch 1.6.6's module paths (docs/migrating.md): the compat area, and its paths at the root
-    "compat": 8, "dalle_pytorch": 9, "vae": 9, "loader": 9, "distributed_utils": 9,
+    "compat": 8, "dalle_pytorch": 9, "vae": 9, "loader": 9, "distributed_utils": 9, "transformer": 9, "attention": 9,
+    "reversible": 9,
 }
 #: modules that are entry points, never imported (python -m ...)
 ENTRY_POINTS = {"dalle_pytorch.serve.__main__"}
