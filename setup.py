@@ -35,11 +35,12 @@ setup(
         # pyyaml: the oracle of the taming-config reader; attrs, requests: what the dall-e oracle imports. The
         # oracles taming-transformers-rom1504==0.0.6 and dall-e==0.1 are NOT listed: their requirements
         # (torchvision, pytorch-lightning, an unpinned torch) would replace torch; .ci/run installs them --no-deps.
-        # fastapi/uvicorn/httpx: the server tests; playwright: the page in headless Chromium (Debian's chromium).
+        # fastapi/uvicorn/httpx: the server tests; playwright: the page in headless Chromium (Debian's chromium);
+    # openai: the official client against POST /v1/images/generations.
         # open_clip_torch==3.3.0 and torchvision==0.28.0, the reranking oracles, are installed --no-deps by .ci/run too
         # (what they import, regex, ftfy, tqdm, safetensors, numpy, pillow, is already required)
         "test": ["pytest", "hypothesis", "webdataset", "transformers", "pyyaml", "attrs", "requests", "matplotlib",
-                 "fastapi", "uvicorn", "httpx", "playwright"],
+                 "fastapi", "uvicorn", "httpx", "playwright", "openai"],
         "serve": ["fastapi", "uvicorn"],
         "webdataset": ["webdataset"],
         "wandb": ["wandb"],

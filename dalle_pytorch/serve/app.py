@@ -7,6 +7,7 @@ Endpoints (docs/serving.md has examples):
     POST /v1/images         JSON request -> {"images": [{"png": base64, "seed": int}, ...], settings, timings}
     POST /v1/images/stream  the same request -> server-sent events: queued, started, progress,
                             preview, done (the POST answer), error
+    POST /v1/images/generations  OpenAI's image endpoint (serve/openai_api.py), for its clients
     GET  /health, GET /metrics, GET /v1/config (limits and defaults), GET / (the page), /static/*
 Invalid input: 422 with a one-line `detail`; a full queue: 429 with Retry-After; shutting down:
 503; a request past its timeout: 504.  A client that disconnects cancels its request's rows.
@@ -29,7 +30,7 @@ try:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
     from fastapi.staticfiles import StaticFiles
-    from pydantic import BaseModel, ConfigDict, Field, field_validator
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
     from starlette.concurrency import run_in_threadpool
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 except ImportError as e:  # pragma: no cover - depends on the installed extras
@@ -41,6 +42,7 @@ from dalle_pytorch.errors import GenerationError, setting_names
 from dalle_pytorch.formats.images import png_text, tensor_to_pil
 from dalle_pytorch.pipeline.text_to_image import Pipeline
 from dalle_pytorch.serve.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMPT_CHARS, ApiKey, BodyLimit
+from dalle_pytorch.serve.openai_api import OPENAI_PATH, add_openai_routes, openai_error
 from dalle_pytorch.serve.scheduler import (Event, ImageRequest, ImageResult, QueueFull, RequestFailed, Scheduler,
                                            ShuttingDown, Ticket)
 
@@ -188,6 +190,10 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             reasons.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+        if request.url.path == OPENAI_PATH:  # OpenAI's clients read their own error shape, with 400
+            first = next((e for e in exc.errors()), {})
+            param = next((str(p) for p in first.get("loc", ()) if p != "body"), None)
+            return openai_error(400, "; ".join(reasons) or "invalid request", param, "invalid_value")
         return _error(422, "; ".join(reasons) or "invalid request")
 
     def submit(request: Request, body: ImagesRequest, on_event=None, preview: int = 0) -> Union[Ticket, JSONResponse]:
@@ -228,6 +234,11 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
                          504: {"description": "timed out"}})
     async def images(body: ImagesRequest, request: Request):
         """Sample `n` images for a caption; answers when they are all done."""
+        result = await run(request, body)
+        return result if isinstance(result, JSONResponse) else await run_in_threadpool(answer, body, result)
+
+    async def run(request: Request, body: ImagesRequest) -> Union[ImageResult, JSONResponse]:
+        """The request's result once its images are done (a client that disconnects cancels it), or the refusal."""
         ticket = submit(request, body)
         if isinstance(ticket, JSONResponse):
             return ticket
@@ -237,10 +248,22 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
             if not waiter.done() and await request.is_disconnected():
                 request.app.state.scheduler.cancel(ticket, "client disconnected")
         try:
-            result = waiter.result()
+            return waiter.result()
         except RequestFailed as e:
             return _error(STATUS[e.kind], str(e))
-        return await run_in_threadpool(answer, body, result)
+
+    async def openai_generate(request: Request, prompt: str, n: int) -> Union[list[str], JSONResponse]:
+        try:
+            body = ImagesRequest(prompt=prompt, n=n)  # the server's defaults, a fresh seed
+        except ValidationError as e:
+            return _error(422, "prompt: " + "; ".join(str(err.get("msg")) for err in e.errors()))
+        result = await run(request, body)
+        if isinstance(result, JSONResponse):
+            return result
+        return [im["png"] for im in (await run_in_threadpool(answer, body, result))["images"]]
+
+    add_openai_routes(app, model_name=shown_path, image_size=lambda request: request.app.state.pipe.model.vae.image_size,
+                      max_images=max_images, generate=openai_generate)
 
     @app.post("/v1/images/stream", responses={200: {"content": {"text/event-stream": {}},
                                                     "description": "server-sent events"}})
