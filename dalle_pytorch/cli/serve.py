@@ -58,9 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401  (the serve extra: checked before the model loads)
 
         from dalle_pytorch.serve.app import create_app
+        from dalle_pytorch.serve.server import serve
     except ImportError as e:
         print(f"{prog_name('dalle-serve')}: error: {e} (pip install fastapi uvicorn: the serve extra)", file=sys.stderr)
         return 2
@@ -84,8 +85,7 @@ def main(argv=None) -> int:
                      checkpoint_sha256=file_sha256(path), speculative=args.speculative,
                      api_key=args.api_key, allowed_hosts=allowed_hosts(args))
     print(f"serving {args.dalle_path} on http://{args.host}:{args.port}/ (API description at /openapi.json)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=args.shutdown_grace)
+    serve(app, host=args.host, port=args.port, log_level=args.log_level, shutdown_grace=args.shutdown_grace)
     return 0
 
 

@@ -219,15 +219,23 @@ class Scheduler:
             self._thread.start()
         return self
 
-    def shutdown(self, grace: float = 30.0) -> None:
-        """Stop accepting; let the accepted requests finish for up to `grace` seconds, then fail the
-        rest with 'the server is shutting down'.  Every accepted request gets its answer."""
+    def begin_shutdown(self, grace: float = 30.0) -> None:
+        """Stop accepting now and give the accepted requests `grace` seconds, without waiting: at the end of the
+        budget the loop fails the rest ('cancelled': a 503, or a stream's error event). One budget: a later
+        call (`shutdown`) keeps the earlier deadline."""
         with self._lock:
             self._accepting = False
-            self._stop_at = time.perf_counter() + grace
+            deadline = time.perf_counter() + grace
+            self._stop_at = deadline if self._stop_at is None else min(self._stop_at, deadline)
             self._lock.notify_all()
+
+    def shutdown(self, grace: float = 30.0) -> None:
+        """Stop accepting; let the accepted requests finish for up to `grace` seconds (what is left of the budget
+        `begin_shutdown` started, if it ran), then fail the rest with 'the server is shutting down'.  Every
+        accepted request gets its answer."""
+        self.begin_shutdown(grace)
         if self._thread is not None:
-            self._thread.join(grace + 30.0)
+            self._thread.join(max(0.0, self._stop_at - time.perf_counter()) + 30.0)
             self._thread = None
         else:
             self.run_until_idle(deadline=self._stop_at)

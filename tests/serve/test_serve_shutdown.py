@@ -1,0 +1,67 @@
+"""Shutdown past the grace period, on a real uvicorn (serve/server.py): one budget for the whole process; the
+requests still running when it ends get 503 (JSON) or the stream's `error` event, then the process exits."""
+import json
+import signal
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the server tests need the [serve] extra (fastapi, uvicorn)")
+httpx = pytest.importorskip("httpx")
+
+from dalle_pytorch.serve.app import create_app  # noqa: E402
+from dalle_pytorch.serve.scheduler import Scheduler  # noqa: E402
+from dalle_pytorch.serve.server import ANSWER_MARGIN, server_for  # noqa: E402
+from tests.helpers import tiny_pipeline, tiny_vae  # noqa: E402
+from tests.serve.helpers import free_port  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+GRACE = 1.0
+
+
+def test_work_past_the_grace_gets_503_and_the_stream_its_error_event(monkeypatch):
+    step = Scheduler.step
+
+    def slow_step(self, *args, **kwargs):  # 16 codes at 0.25 s each: longer than the grace
+        time.sleep(0.25)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Scheduler, "step", slow_step)
+    app = create_app(tiny_pipeline(vae=tiny_vae(num_layers=3)), shutdown_grace=GRACE)
+    port = free_port()
+    server = server_for(app, host="127.0.0.1", port=port, log_level="warning", shutdown_grace=GRACE)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    body = {"prompt": "a red circle on a blue background", "n": 1, "seed": 1}
+    answers = {}
+
+    def post():
+        answers["json"] = httpx.post(url + "/v1/images", json=body, timeout=60)
+
+    def stream():
+        answers["stream"] = httpx.post(url + "/v1/images/stream", json=body, timeout=60)
+
+    clients = [threading.Thread(target=post), threading.Thread(target=stream)]
+    for c in clients:
+        c.start()
+    deadline = time.monotonic() + 30
+    while httpx.get(url + "/metrics").json()["requests_in_flight"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    server.handle_exit(signal.SIGTERM, None)  # what uvicorn's signal handler calls
+    for c in clients:
+        c.join(30)
+    thread.join(30)
+    elapsed = time.monotonic() - t0
+    assert not thread.is_alive() and elapsed < GRACE + ANSWER_MARGIN, elapsed  # one budget, not two
+    r = answers["json"]
+    assert r.status_code == 503 and "shutting down" in r.json()["detail"]
+    events = [block for block in answers["stream"].text.split("\n\n") if block.startswith("event: error")]
+    assert len(events) == 1
+    error = json.loads(events[0].split("data: ", 1)[1])
+    assert error["status"] == 503 and error["kind"] == "cancelled"
