@@ -239,7 +239,7 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
 
     async def run(request: Request, body: ImagesRequest) -> Union[ImageResult, JSONResponse]:
         """The request's result once its images are done (a client that disconnects cancels it), or the refusal."""
-        ticket = submit(request, body)
+        ticket = await run_in_threadpool(submit, request, body)  # tokenizing: off the event loop
         if isinstance(ticket, JSONResponse):
             return ticket
         waiter = asyncio.wrap_future(ticket.future)
@@ -278,7 +278,7 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
         def on_event(event: Event) -> None:  # the scheduler's thread
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-        ticket = submit(request, body, on_event, preview_every)
+        ticket = await run_in_threadpool(submit, request, body, on_event, preview_every)  # off the event loop
         if isinstance(ticket, JSONResponse):
             return ticket
         scheduler: Scheduler = request.app.state.scheduler

@@ -1,5 +1,6 @@
-"""Shutdown past the grace period, on a real uvicorn (serve/server.py): one budget for the whole process; the
-requests still running when it ends get 503 (JSON) or the stream's `error` event, then the process exits."""
+"""On a real uvicorn: shutdown past the grace period (serve/server.py: one budget for the whole process; the
+requests still running when it ends get 503 (JSON) or the stream's `error` event, then the process exits), and
+tokenizing off the event loop (a slow one does not hold /health)."""
 import json
 import signal
 import threading
@@ -65,3 +66,28 @@ def test_work_past_the_grace_gets_503_and_the_stream_its_error_event(monkeypatch
     assert len(events) == 1
     error = json.loads(events[0].split("data: ", 1)[1])
     assert error["status"] == 503 and error["kind"] == "cancelled"
+
+
+def test_tokenizing_runs_off_the_event_loop(monkeypatch):
+    """A slow tokenization (a long caption under a raised --max_prompt_chars) does not hold other requests."""
+    from tests.serve.helpers import live_server
+
+    pipe = tiny_pipeline(vae=tiny_vae(num_layers=3))
+    tokenize = pipe.tokenize
+
+    def slow_tokenize(captions, *args, **kwargs):
+        time.sleep(2.0)
+        return tokenize(captions, *args, **kwargs)
+
+    monkeypatch.setattr(pipe, "tokenize", slow_tokenize)
+    with live_server(create_app(pipe)) as url:
+        done = {}
+        worker = threading.Thread(target=lambda: done.setdefault("r", httpx.post(
+            url + "/v1/images", json={"prompt": "a red circle on a blue background", "n": 1}, timeout=60)))
+        worker.start()
+        time.sleep(0.3)  # the request is being tokenized
+        t0 = time.monotonic()
+        assert httpx.get(url + "/health", timeout=10).status_code == 200
+        assert time.monotonic() - t0 < 1.0
+        worker.join(60)
+        assert done["r"].status_code == 200
