@@ -33,5 +33,9 @@ def server_for(app: FastAPI, *, host: str, port: int, log_level: str = "info", s
 
 
 def serve(app: FastAPI, **kwargs) -> None:
-    """Run `app` until SIGTERM / Ctrl-C (`server_for`'s arguments)."""
-    server_for(app, **kwargs).run()
+    """Run `app` until SIGTERM / Ctrl-C (`server_for`'s arguments); Ctrl-C ends it cleanly, as `uvicorn.run`
+    does (uvicorn raises the captured SIGINT again once it has shut down)."""
+    try:
+        server_for(app, **kwargs).run()
+    except KeyboardInterrupt:
+        pass
