@@ -36,11 +36,11 @@ setup(
         # oracles taming-transformers-rom1504==0.0.6 and dall-e==0.1 are NOT listed: their requirements
         # (torchvision, pytorch-lightning, an unpinned torch) would replace torch; .ci/run installs them --no-deps.
         # fastapi/uvicorn/httpx: the server tests; playwright: the page in headless Chromium (Debian's chromium);
-    # openai: the official client against POST /v1/images/generations.
+    # openai: the official client against POST /v1/images/generations; prometheus-client: the parser of /metrics.
         # open_clip_torch==3.3.0 and torchvision==0.28.0, the reranking oracles, are installed --no-deps by .ci/run too
         # (what they import, regex, ftfy, tqdm, safetensors, numpy, pillow, is already required)
         "test": ["pytest", "hypothesis", "webdataset", "transformers", "pyyaml", "attrs", "requests", "matplotlib",
-                 "fastapi", "uvicorn", "httpx", "playwright", "openai"],
+                 "fastapi", "uvicorn", "httpx", "playwright", "openai", "prometheus-client"],
         "serve": ["fastapi", "uvicorn"],
         "webdataset": ["webdataset"],
         "wandb": ["wandb"],

@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional, Union
 try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+    from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
     from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
     from starlette.concurrency import run_in_threadpool
@@ -42,6 +42,7 @@ from dalle_pytorch.errors import GenerationError, setting_names
 from dalle_pytorch.formats.images import png_text, tensor_to_pil
 from dalle_pytorch.pipeline.text_to_image import Pipeline
 from dalle_pytorch.serve.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMPT_CHARS, ApiKey, BodyLimit
+from dalle_pytorch.serve.metrics import prometheus_text
 from dalle_pytorch.serve.openai_api import OPENAI_PATH, add_openai_routes, openai_error
 from dalle_pytorch.serve.scheduler import (Event, ImageRequest, ImageResult, QueueFull, RequestFailed, Scheduler,
                                            ShuttingDown, Ticket)
@@ -316,10 +317,18 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
         return JSONResponse({"status": "ok" if status == 200 else "shutting down"}, status_code=status)
 
     @app.get("/metrics")
-    async def metrics(request: Request):
+    async def metrics(request: Request, format: Optional[str] = None):
         """queue_length, requests_in_flight, batch_rows / batch_capacity, tokens_per_s (image codes per
-        second, last 5 s), images_served, request counts, prefix cache counters, uptime_s."""
-        return {**request.app.state.scheduler.metrics(), "uptime_s": time.time() - request.app.state.started}
+        second, last 5 s), images_served, request counts, prefix cache counters, uptime_s, and `latency`:
+        p50 / p99 of time to first code, step time and queue wait. In Prometheus' text format for a scraper
+        (an Accept header naming text/plain or OpenMetrics) or with ?format=prometheus."""
+        scheduler: Scheduler = request.app.state.scheduler
+        m, uptime = scheduler.metrics(), time.time() - request.app.state.started
+        latency = scheduler.latencies.quantiles()
+        accept = request.headers.get("accept", "")
+        if format == "prometheus" or "text/plain" in accept or "openmetrics" in accept:
+            return PlainTextResponse(prometheus_text(m, latency, uptime), media_type="text/plain; version=0.0.4")
+        return {**m, "uptime_s": uptime, "latency": latency}
 
     @app.get("/v1/config")
     async def config(request: Request):

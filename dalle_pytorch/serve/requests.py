@@ -82,6 +82,7 @@ class Ticket:
     groups: list = field(default_factory=list)
     pending: deque = field(default_factory=deque)  # groups not admitted yet
     started: Optional[float] = None
+    first_code: Optional[float] = None  # when its first image code was sampled (time to first code)
     closed: bool = False
     position: Optional[int] = None  # last queue position sent
     percent: int = -1  # last progress percent sent

@@ -41,6 +41,7 @@ from dalle_pytorch.generation.sampling import SamplingConfig, next_codes
 from dalle_pytorch.generation.speculative import Window, sampling_distribution
 from dalle_pytorch.pipeline.text_to_image import Pipeline, batch_seeds, fresh_seed, generation_settings, preview_images
 from dalle_pytorch.serve.batch import PrefixCache, RunningBatch, Sequence, prefill
+from dalle_pytorch.serve.metrics import Latencies
 from dalle_pytorch.serve.requests import (Event, ImageRequest, ImageResult, QueueFull, RequestFailed, ShuttingDown,
                                           Ticket)
 
@@ -101,6 +102,7 @@ class Scheduler:
         self._recent_totals = deque(maxlen=32)  # total_s of recent answers
         self.stats = dict(accepted=0, rejected=0, completed=0, failed=0, cancelled=0, timed_out=0,
                           images_served=0, steps=0)
+        self.latencies = Latencies()  # time to first code, step time, queue wait (serve/metrics.py)
 
     # -- the caller's side (any thread) ----------------------------------------------------------
 
@@ -274,6 +276,7 @@ class Scheduler:
     @torch.inference_mode()
     def step(self) -> bool:
         """One iteration (see the module docstring).  Returns whether any row ran."""
+        t0 = time.perf_counter()  # an iteration with rows: the time between two codes of a row
         self._reap()
         self._admit()
         self._send_queue_positions()
@@ -292,6 +295,7 @@ class Scheduler:
             for g, out in zip(self._running, logits):
                 g.last = out
                 g.passes += 1
+            self.latencies.observe("step_seconds", time.perf_counter() - t0)
         self.stats["steps"] += 1
         return True
 
@@ -369,6 +373,7 @@ class Scheduler:
         self._running.append(group)
         if ticket.started is None:
             ticket.started = time.perf_counter()
+            self.latencies.observe("queue_wait_seconds", ticket.started - ticket.submitted)
             self._emit(ticket, "started", queued_s=ticket.started - ticket.submitted)
 
     def _send_queue_positions(self) -> None:
@@ -390,6 +395,9 @@ class Scheduler:
                 before = g.filled
                 self._draw(g)
                 sampled += (g.filled - before) * g.m
+                if t.first_code is None and g.filled > before:
+                    t.first_code = time.perf_counter()
+                    self.latencies.observe("time_to_first_code_seconds", t.first_code - t.submitted)
                 every = t.request.preview_every
                 if every and g.filled // every > before // every and g.filled < total:
                     self._emit(t, "preview", group=g.index, first_image=g.index * t.request.batch_size,

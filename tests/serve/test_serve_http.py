@@ -256,3 +256,26 @@ def test_the_cli_answers_only_loopback_hosts_on_loopback():
     assert allowed_hosts(argparse.Namespace(host="127.0.0.1", allowed_hosts=None)) == LOOPBACK_HOSTS
     assert allowed_hosts(argparse.Namespace(host="0.0.0.0", allowed_hosts=None)) is None
     assert allowed_hosts(argparse.Namespace(host="0.0.0.0", allowed_hosts=["a.example"])) == ["a.example"]
+
+
+def test_metrics_latencies_and_prometheus_text(client):
+    """/metrics: p50 / p99 of time to first code, step time and queue wait; for a scraper, Prometheus' text
+    format, read back by prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert client.post("/v1/images", json={"prompt": RED, "n": 1, "seed": 0}).status_code == 200
+    latency = client.get("/metrics").json()["latency"]
+    for name in ("time_to_first_code_seconds", "step_seconds", "queue_wait_seconds"):
+        q = latency[name]
+        assert q["count"] >= 1 and 0 <= q["p50"] <= q["p99"]
+    assert latency["time_to_first_code_seconds"]["p50"] > 0 and latency["step_seconds"]["sum"] > 0
+    r = client.get("/metrics", headers={"Accept": "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(r.text)}
+    completed = [s for s in families["dalle_requests"].samples if s.labels.get("outcome") == "completed"]
+    assert completed and completed[0].value >= 1
+    ttfc = {s.labels.get("quantile"): s.value for s in families["dalle_time_to_first_code_seconds"].samples
+            if "quantile" in s.labels}
+    assert 0 < ttfc["0.5"] <= ttfc["0.99"]
+    assert client.get("/metrics?format=prometheus").text.startswith("# HELP dalle_")
+    assert "queue_length" in client.get("/metrics").json()  # JSON stays the default
