@@ -14,7 +14,7 @@ from dalle_pytorch.cli.flags import flag_names, prog_name
 from dalle_pytorch.errors import CheckpointError, GenerationError
 from dalle_pytorch.pipeline.outputs import file_sha256
 from dalle_pytorch.pipeline.text_to_image import DEMO, DTYPES, Pipeline, resolve_checkpoint
-from dalle_pytorch.serve.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMPT_CHARS, LOOPBACK_HOSTS
+from dalle_pytorch.serve.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMPT_CHARS, DEFAULT_SEND_TIMEOUT, LOOPBACK_HOSTS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Host headers answered (default: the loopback names when --host is loopback, else any)")
     p.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                    help=f"the largest request body; larger is a 413 before it is read (default {DEFAULT_MAX_BODY_BYTES})")
+    p.add_argument("--send_timeout", type=float, default=DEFAULT_SEND_TIMEOUT,
+                   help=f"seconds a write of an event stream may wait for a client that stopped reading; then its "
+                        f"request is cancelled and the connection closed (default {DEFAULT_SEND_TIMEOUT:g})")
     p.add_argument("--max_prompt_chars", type=int, default=DEFAULT_MAX_PROMPT_CHARS,
                    help=f"the longest prompt or negative prompt in characters (default {DEFAULT_MAX_PROMPT_CHARS})")
     p.add_argument("--preview_every", type=int, default=8, help="codes between streamed previews (default 8)")
@@ -81,7 +84,7 @@ def main(argv=None) -> int:
     app = create_app(pipe, max_rows=args.max_rows, max_queue=args.max_queue, max_images=args.max_images,
                      timeout=args.timeout, preview_every=args.preview_every, prefix_cache_entries=args.prefix_cache,
                      shutdown_grace=args.shutdown_grace, dalle_path=args.dalle_path,
-                     max_body_bytes=args.max_body_bytes, max_prompt_chars=args.max_prompt_chars,
+                     max_body_bytes=args.max_body_bytes, max_prompt_chars=args.max_prompt_chars, send_timeout=args.send_timeout,
                      checkpoint_sha256=file_sha256(path), speculative=args.speculative,
                      api_key=args.api_key, allowed_hosts=allowed_hosts(args))
     print(f"serving {args.dalle_path} on http://{args.host}:{args.port}/ (API description at /openapi.json)", flush=True)

@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional, Union
 try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+    from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
     from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
     from starlette.concurrency import run_in_threadpool
@@ -41,7 +41,8 @@ import torch
 from dalle_pytorch.errors import GenerationError, setting_names
 from dalle_pytorch.formats.images import png_text, tensor_to_pil
 from dalle_pytorch.pipeline.text_to_image import Pipeline
-from dalle_pytorch.serve.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMPT_CHARS, ApiKey, BodyLimit
+from dalle_pytorch.serve.limits import (DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMPT_CHARS, DEFAULT_SEND_TIMEOUT, ApiKey,
+                                       BodyLimit, timed_stream)
 from dalle_pytorch.serve.metrics import prometheus_text
 from dalle_pytorch.serve.openai_api import OPENAI_PATH, add_openai_routes, openai_error
 from dalle_pytorch.serve.scheduler import (Event, ImageRequest, ImageResult, QueueFull, RequestFailed, Scheduler,
@@ -142,7 +143,8 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
                shutdown_grace: float = 30.0, dalle_path: str = "demo",
                checkpoint_sha256: Optional[str] = None, speculative: Optional[int] = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
-               api_key: Optional[str] = None, allowed_hosts: Optional[list[str]] = None) -> FastAPI:
+               api_key: Optional[str] = None, allowed_hosts: Optional[list[str]] = None,
+               send_timeout: float = DEFAULT_SEND_TIMEOUT) -> FastAPI:
     """The FastAPI app.  `pipe` is a Pipeline or a function that loads one (called once, at startup).
 
     max_rows: the running batch's capacity in rows (a guided image takes two); max_queue: requests
@@ -155,6 +157,8 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
     api_key: when given, every /v1/ path needs `Authorization: Bearer <api_key>` (401 otherwise), as the
     OpenAI clients send it; allowed_hosts: when given, a request whose Host header names another host is
     a 400 (a server on loopback is then not reachable through DNS rebinding).
+    send_timeout: seconds a write of an event stream may wait for a client that stopped reading; then its
+    request is cancelled and the connection dropped (`limits.timed_stream`).
     The answers name the checkpoint by its file name only (`dalle_path`'s last part), not its full path.
     """
     shown_path = dalle_path if dalle_path == "demo" else os.path.basename(os.fspath(dalle_path).rstrip("/\\")) or dalle_path
@@ -306,8 +310,9 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
                 if not ticket.future.done():
                     scheduler.cancel(ticket, "client disconnected")
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        return timed_stream(stream(), send_timeout=send_timeout, media_type="text/event-stream",
+                            on_timeout=lambda: scheduler.cancel(ticket, "the client stopped reading"),
+                            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     @app.get("/health")
     async def health(request: Request):

@@ -2,14 +2,16 @@
 
 `BodyLimit` (ASGI middleware): a request body over `max_bytes` is answered 413 as soon as its declared
 length or its bytes so far exceed the limit, without reading the rest (so a 50 MB prompt costs the
-server 64 KB, not 50 MB and a tokenizer run on the event loop).
+server 64 KB, not 50 MB and a tokenizer run on the event loop). `timed_stream`: an event stream whose
+writes time out for a client that stops reading.
 """
 from __future__ import annotations
 
 import hmac
 import json
 
-__all__ = ["BodyLimit", "ApiKey", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_PROMPT_CHARS", "LOOPBACK_HOSTS"]
+__all__ = ["BodyLimit", "ApiKey", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_PROMPT_CHARS", "DEFAULT_SEND_TIMEOUT",
+           "LOOPBACK_HOSTS", "timed_stream"]
 
 #: the Host names a server bound to loopback answers to (anything else: DNS rebinding, or a mistake)
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
@@ -93,3 +95,31 @@ class ApiKey:
                               ((b"www-authenticate", b"Bearer"),))
                 return
         await self.app(scope, receive, send)
+
+
+#: seconds one write of an event stream may wait for a client that has stopped reading
+DEFAULT_SEND_TIMEOUT = 30.0
+
+
+def timed_stream(content, *, send_timeout: float, on_timeout, **kwargs):
+    """A StreamingResponse whose every write must complete within `send_timeout` seconds: a client that stops
+    reading (its socket's buffers full, so the write waits) gets `on_timeout()` (the server cancels its
+    request's rows, as for a disconnect), the stream is closed and the connection dropped; memory held for a
+    slow reader is bounded by what the events of `send_timeout` seconds take."""
+    import asyncio
+
+    from starlette.responses import StreamingResponse
+
+    class TimedStream(StreamingResponse):
+        async def stream_response(self, send) -> None:
+            async def timed(message) -> None:
+                try:
+                    await asyncio.wait_for(send(message), send_timeout)
+                except asyncio.TimeoutError:
+                    on_timeout()
+                    await self.body_iterator.aclose()
+                    raise OSError(f"the client read nothing for {send_timeout:g} s") from None
+
+            await super().stream_response(timed)
+
+    return TimedStream(content, **kwargs)

@@ -91,3 +91,36 @@ def test_tokenizing_runs_off_the_event_loop(monkeypatch):
         assert time.monotonic() - t0 < 1.0
         worker.join(60)
         assert done["r"].status_code == 200
+
+
+def test_a_stream_whose_client_stops_reading_is_cancelled_after_the_send_timeout():
+    """limits.timed_stream (the event stream's response): a write that waits longer than send_timeout (the
+    client's buffers are full) cancels the request, closes the stream and drops the connection."""
+    import asyncio
+
+    from dalle_pytorch.serve.limits import timed_stream
+
+    closed, cancelled, sent = [], [], []
+
+    async def events():
+        try:
+            for i in range(1000):
+                yield f"event: progress\ndata: {i}\n\n"
+        finally:
+            closed.append(True)  # where the endpoint's stream cancels its ticket
+
+    async def send(message):
+        if len(sent) >= 3:
+            await asyncio.Event().wait()  # the client stopped reading: this write never completes
+        sent.append(message)
+
+    async def main():
+        response = timed_stream(events(), send_timeout=0.2, on_timeout=lambda: cancelled.append(True),
+                                media_type="text/event-stream")
+        t0 = time.monotonic()
+        with pytest.raises(OSError, match="read nothing for 0.2 s"):
+            await response.stream_response(send)
+        return time.monotonic() - t0
+
+    elapsed = asyncio.run(main())
+    assert 0.2 <= elapsed < 1.0 and cancelled == [True] and closed == [True] and len(sent) == 3
