@@ -15,6 +15,7 @@ from dalle_pytorch.errors import CheckpointError, GenerationError
 from dalle_pytorch.pipeline.outputs import file_sha256
 from dalle_pytorch.pipeline.text_to_image import DEMO, DTYPES, Pipeline, resolve_checkpoint
 from dalle_pytorch.serve.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMPT_CHARS, DEFAULT_SEND_TIMEOUT, LOOPBACK_HOSTS
+from dalle_pytorch.serve.server import DEFAULT_HEADER_TIMEOUT, DEFAULT_LIMIT_CONCURRENCY
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,6 +42,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Host headers answered (default: the loopback names when --host is loopback, else any)")
     p.add_argument("--max_body_bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                    help=f"the largest request body; larger is a 413 before it is read (default {DEFAULT_MAX_BODY_BYTES})")
+    p.add_argument("--header_timeout", type=float, default=DEFAULT_HEADER_TIMEOUT,
+                   help=f"seconds a connection may take to send a request's head; then it is closed (slowloris) "
+                        f"(default {DEFAULT_HEADER_TIMEOUT:g})")
+    p.add_argument("--limit_concurrency", type=int, default=DEFAULT_LIMIT_CONCURRENCY,
+                   help=f"concurrent connections before new ones are answered 503 (default {DEFAULT_LIMIT_CONCURRENCY})")
     p.add_argument("--send_timeout", type=float, default=DEFAULT_SEND_TIMEOUT,
                    help=f"seconds a write of an event stream may wait for a client that stopped reading; then its "
                         f"request is cancelled and the connection closed (default {DEFAULT_SEND_TIMEOUT:g})")
@@ -88,7 +94,8 @@ def main(argv=None) -> int:
                      checkpoint_sha256=file_sha256(path), speculative=args.speculative,
                      api_key=args.api_key, allowed_hosts=allowed_hosts(args))
     print(f"serving {args.dalle_path} on http://{args.host}:{args.port}/ (API description at /openapi.json)", flush=True)
-    serve(app, host=args.host, port=args.port, log_level=args.log_level, shutdown_grace=args.shutdown_grace)
+    serve(app, host=args.host, port=args.port, log_level=args.log_level, shutdown_grace=args.shutdown_grace,
+          header_timeout=args.header_timeout, limit_concurrency=args.limit_concurrency)
     return 0
 
 

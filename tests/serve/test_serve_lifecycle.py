@@ -124,3 +124,33 @@ def test_a_stream_whose_client_stops_reading_is_cancelled_after_the_send_timeout
 
     elapsed = asyncio.run(main())
     assert 0.2 <= elapsed < 1.0 and cancelled == [True] and closed == [True] and len(sent) == 3
+
+
+def test_a_request_head_sent_a_byte_at_a_time_is_dropped():
+    """slowloris: a connection that does not finish its request head within header_timeout is closed, while
+    other requests are answered; a complete request on a kept-alive connection is not affected."""
+    import socket
+
+    app = create_app(tiny_pipeline(vae=tiny_vae(num_layers=3)))
+    port = free_port()
+    server = server_for(app, host="127.0.0.1", port=port, log_level="warning", header_timeout=0.5)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.settimeout(5)
+        t0 = time.monotonic()
+        for byte in b"GET /health HTTP/1.1\r\nHo":
+            slow.send(bytes([byte]))
+            time.sleep(0.01)
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200  # others are served
+        assert slow.recv(1024) == b"" and time.monotonic() - t0 < 2.0  # closed by the server
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as kept:  # one connection, requests 1 s apart
+            for _ in range(2):
+                assert kept.get("/health").status_code == 200
+                time.sleep(0.3)
+    finally:
+        server.should_exit = True
+        thread.join(30)
