@@ -68,14 +68,18 @@ async def soak(url: str, seconds: float, clients: int, pid: int, seed: int):
 
     counts: collections.Counter = collections.Counter()
     peak = rss_mb(pid)
-    until = time.monotonic() + seconds
+    t0 = time.monotonic()
+    until, marks = t0 + seconds, []  # RSS at each tenth of the run (a trend, not only its ends)
     async with httpx.AsyncClient(timeout=120) as client:
         tasks = [asyncio.create_task(client_loop(client, url, until, random.Random(seed + i), counts))
                  for i in range(clients)]
         while not all(t.done() for t in tasks):
-            peak = max(peak, rss_mb(pid))
+            rss = rss_mb(pid)
+            peak = max(peak, rss)
+            if time.monotonic() - t0 >= len(marks) * seconds / 10:
+                marks.append(round(rss))
             await asyncio.sleep(0.5)
-    return counts, peak
+    return counts, peak, marks
 
 
 def main() -> int:
@@ -105,7 +109,7 @@ def main() -> int:
             time.sleep(0.2)
         httpx.post(url + "/v1/images", json={"prompt": CAPTIONS[0], "n": 1}, timeout=120)  # warm
         start_rss = rss_mb(proc.pid)
-        counts, peak = asyncio.run(soak(url, args.seconds, args.clients, proc.pid, seed=0))
+        counts, peak, marks = asyncio.run(soak(url, args.seconds, args.clients, proc.pid, seed=0))
         time.sleep(2.0)  # cancelled rows leave at the next step
         m = httpx.get(url + "/metrics", timeout=10).json()
         end_rss = rss_mb(proc.pid)
@@ -122,6 +126,7 @@ def main() -> int:
     print(f"server RSS: {start_rss:.0f} MB at start, {peak:.0f} MB peak, {end_rss:.0f} MB at the end; at the end "
           f"queue_length {m['queue_length']}, batch_rows {m['batch_rows']}, requests_in_flight "
           f"{m['requests_in_flight']}; 5xx / errors: {sum(five.values())} {dict(five) if five else ''}")
+    print(f"RSS (MB) at each tenth of the run: {marks}")
     print(json.dumps({k: m[k] for k in ("completed", "rejected", "cancelled", "failed", "timed_out", "images_served")}))
     return 0 if idle and not five else 1
 
