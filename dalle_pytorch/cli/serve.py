@@ -93,10 +93,20 @@ def main(argv=None) -> int:
                      max_body_bytes=args.max_body_bytes, max_prompt_chars=args.max_prompt_chars, send_timeout=args.send_timeout,
                      checkpoint_sha256=file_sha256(path), speculative=args.speculative,
                      api_key=args.api_key, allowed_hosts=allowed_hosts(args))
+    for line in startup_warnings(args):
+        print(f"warning: {line}", file=sys.stderr, flush=True)
     print(f"serving {args.dalle_path} on http://{args.host}:{args.port}/ (API description at /openapi.json)", flush=True)
     serve(app, host=args.host, port=args.port, log_level=args.log_level, shutdown_grace=args.shutdown_grace,
           header_timeout=args.header_timeout, limit_concurrency=args.limit_concurrency)
     return 0
+
+
+def startup_warnings(args) -> list[str]:
+    """What the server says at start about how it is exposed: bound beyond loopback without a key."""
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        return [f"serving on {args.host} without --api_key: anyone who can reach this port can use the server; set "
+                "--api_key KEY (or $DALLE_SERVE_API_KEY), clients then send 'Authorization: Bearer KEY'"]
+    return []
 
 
 def allowed_hosts(args) -> list | None:

@@ -258,6 +258,15 @@ def test_the_cli_answers_only_loopback_hosts_on_loopback():
     assert allowed_hosts(argparse.Namespace(host="0.0.0.0", allowed_hosts=["a.example"])) == ["a.example"]
 
 
+def test_the_cli_warns_when_it_serves_beyond_loopback_without_a_key():
+    from dalle_pytorch.cli.serve import startup_warnings
+
+    assert startup_warnings(argparse.Namespace(host="127.0.0.1", api_key=None)) == []
+    assert startup_warnings(argparse.Namespace(host="0.0.0.0", api_key="k")) == []
+    (warning,) = startup_warnings(argparse.Namespace(host="0.0.0.0", api_key=None))
+    assert "0.0.0.0 without --api_key" in warning and "DALLE_SERVE_API_KEY" in warning
+
+
 def test_metrics_latencies_and_prometheus_text(client):
     """/metrics: p50 / p99 of time to first code, step time and queue wait; for a scraper, Prometheus' text
     format, read back by prometheus_client's own parser."""
