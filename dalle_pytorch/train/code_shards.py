@@ -41,8 +41,9 @@ from dalle_pytorch.errors import TrainingError
 from dalle_pytorch.formats.files import atomic_write_bytes, open_regular, read_bytes, write_json
 from dalle_pytorch.text.factory import get_default_tokenizer
 from dalle_pytorch.train.checkpoints import weights_digest
-from dalle_pytorch.train.datasets import BadSample, BadSamples, SkippedSamples, caption_lines, mix_seed, tokenize_caption
-from dalle_pytorch.train.webdataset import expand_shards, shard_pipeline, webdataset_module
+from dalle_pytorch.train.datasets import (BadSample, BadSamples, SkippedSamples, caption_lines, sample_rng,
+                                          tokenize_caption)
+from dalle_pytorch.train.webdataset import collate_pairs, expand_shards, shard_pipeline, webdataset_module
 
 __all__ = ["FORMAT", "MANIFEST", "VAE_COPY", "Manifest", "ShardRecord", "CodeSample", "code_dtype", "shard_name",
            "write_shard", "shard_done", "read_manifest", "vae_record", "check_vae", "CodeDataset", "code_loader"]
@@ -265,6 +266,20 @@ def _decode_lines(data: bytes, what: str) -> list[str]:
     return lines
 
 
+def _pick(lines: list[str], codes: np.ndarray, rng: random.Random, tokenizer: Any, text_len: int, truncate: bool,
+          what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text, codes) of one sample: a caption line, then one of its crops, drawn from `rng` in that order (as a
+    TextImageDataset draws its line, then its crop); BadSample for a caption longer than `text_len` tokens."""
+    text = rng.choice(lines)
+    crop = rng.randrange(len(codes)) if len(codes) > 1 else 0
+    try:
+        tokens = tokenize_caption(tokenizer, text, text_len, truncate)
+    except ValueError as e:
+        raise BadSample(what, f"caption longer than {text_len} tokens: shorten it, raise --text_seq_len or pass "
+                              "--truncate_captions") from e
+    return tokens, torch.from_numpy(codes[crop].astype(np.int64))
+
+
 class CodeDataset(SkippedSamples, Dataset):
     """The samples of a codes folder as training reads them: ``(text, codes)`` like a `TextImageDataset`'s
     ``(text, image)``, with ``codes`` a LongTensor (h * w,) where the image was.
@@ -356,16 +371,8 @@ class CodeDataset(SkippedSamples, Dataset):
 
     def _load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         lines, codes = self.sample(index)
-        rng = random.Random() if self.seed is None else random.Random(mix_seed(self.seed, self.epoch, index))
-        text = rng.choice(lines)
-        crop = rng.randrange(len(codes)) if len(codes) > 1 else 0
-        try:
-            tokens = tokenize_caption(self.tokenizer, text, self.text_len, self.truncate_captions)
-        except ValueError as e:
-            raise BadSample(f"{self.manifest.shards[int(self.index[index][0])].name}#{index}",
-                            f"caption longer than {self.text_len} tokens: shorten it, raise --text_seq_len or pass "
-                            "--truncate_captions") from e
-        return tokens, torch.from_numpy(codes[crop].astype(np.int64))
+        return _pick(lines, codes, sample_rng(self.seed, self.epoch, index), self.tokenizer, self.text_len,
+                     self.truncate_captions, f"{self.manifest.shards[int(self.index[index][0])].name}#{index}")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(self)
@@ -387,16 +394,8 @@ def _decode_code_sample(sample: dict, manifest: Manifest, tokenizer: Any, text_l
         if ext not in sample:
             raise BadSample(what, f"no {ext} member")
     codes = _decode_codes(sample["codes.npy"], manifest, what)
-    rng = random.Random()
-    text = rng.choice(_decode_lines(sample["txt"], what))
-    crop = rng.randrange(len(codes)) if len(codes) > 1 else 0
-    tokens = tokenize_caption(tokenizer, text, text_len, truncate_captions)
-    return tokens, torch.from_numpy(codes[crop].astype(np.int64))
-
-
-def _collate(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
-    texts, codes = zip(*samples)
-    return torch.stack(texts), torch.stack(codes)
+    return _pick(_decode_lines(sample["txt"], what), codes, random.Random(), tokenizer, text_len, truncate_captions,
+                 what)
 
 
 def code_loader(urls: str | list[str], manifest: Manifest, text_len: int = 256, tokenizer: Any = None,
@@ -409,4 +408,4 @@ def code_loader(urls: str | list[str], manifest: Manifest, text_len: int = 256, 
     decode = partial(_decode_code_sample, manifest=manifest,
                      tokenizer=tokenizer if tokenizer is not None else get_default_tokenizer(),
                      text_len=text_len, truncate_captions=truncate_captions)
-    return shard_pipeline(wds, expand_shards(urls), decode, _collate, batch_size, num_workers, shuffle_buffer)
+    return shard_pipeline(wds, expand_shards(urls), decode, collate_pairs, batch_size, num_workers, shuffle_buffer)

@@ -38,6 +38,7 @@ __all__ = [
     "caption_lines",
     "image_to_tensor",
     "mix_seed",
+    "sample_rng",
     "random_resized_crop",
     "tokenize_caption",
 ]
@@ -133,6 +134,15 @@ def mix_seed(*values: int) -> int:
         h = ((h ^ (v & 0xFFFFFFFFFFFFFFFF)) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
         h ^= h >> 29
     return h
+
+
+def sample_rng(seed: int | None, epoch: int, index: int) -> random.Random:
+    """The randomness of sample `index` in `epoch` (caption line, crop): a function of them and `seed` alone,
+    whatever the DataLoader workers; None: fresh randomness. The image datasets and the codes dataset draw
+    from it in the same order, so the same sample gets the same caption line in both."""
+    if seed is None:
+        return random.Random()
+    return random.Random(mix_seed(seed, epoch, index))
 
 
 # --------------------------------------------------------------------------- bad samples
@@ -343,9 +353,7 @@ class TextImageDataset(SkippedSamples, Dataset):
         self.epoch = int(epoch)
 
     def _rng(self, index: int) -> random.Random:
-        if self.seed is None:
-            return random.Random()
-        return random.Random(mix_seed(self.seed, self.epoch, index))
+        return sample_rng(self.seed, self.epoch, index)
 
     def read_pair(self, index: int) -> tuple[list[str], Image.Image]:
         """The caption lines and the decoded image (in this dataset's mode) of pair `index`, untransformed;

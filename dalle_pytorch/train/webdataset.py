@@ -18,7 +18,7 @@ from dalle_pytorch.formats.images import read_image
 from dalle_pytorch.text.factory import get_default_tokenizer
 from dalle_pytorch.train.datasets import caption_lines, image_to_tensor, random_resized_crop, tokenize_caption
 
-__all__ = ["webdataset_loader", "webdataset_module", "expand_shards", "shard_pipeline"]
+__all__ = ["webdataset_loader", "webdataset_module", "expand_shards", "shard_pipeline", "collate_pairs"]
 
 _WEBDATASET_HINT = (
     "reading tar shards needs the optional 'webdataset' package: "
@@ -81,7 +81,8 @@ def _decode_wds_sample(
     return tokens, image_to_tensor(image)
 
 
-def _collate(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
+def collate_pairs(samples: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of (text, image or codes) samples: the texts stacked, the images (or codes) stacked."""
     texts, images = zip(*samples)
     return torch.stack(texts), torch.stack(images)
 
@@ -138,7 +139,7 @@ def webdataset_loader(
         resize_ratio=resize_ratio,
         mode="RGBA" if transparent else "RGB",
     )
-    return shard_pipeline(wds, expand_shards(urls), decode, _collate, batch_size, num_workers, shuffle_buffer)
+    return shard_pipeline(wds, expand_shards(urls), decode, collate_pairs, batch_size, num_workers, shuffle_buffer)
 
 
 def webdataset_module():
