@@ -73,6 +73,11 @@ def shard_name(unit: int) -> str:
     return f"codes-{unit:06d}.tar"
 
 
+def _record_path(folder: str, unit: int) -> str:
+    """The record of `unit`'s shard (codes-NNNNNN.json beside codes-NNNNNN.tar): written after the shard."""
+    return os.path.join(folder, f"codes-{unit:06d}.json")
+
+
 @dataclasses.dataclass
 class ShardRecord:
     """One finished shard: its file, how many samples it holds and skipped, its size and SHA-256."""
@@ -222,7 +227,7 @@ def write_shard(folder: str, unit: int, samples: Sequence[CodeSample], skipped: 
     atomic_write_bytes(os.path.join(folder, name), data)
     record = ShardRecord(name=name, samples=len(samples), skipped=len(skipped), bytes=len(data),
                          sha256=hashlib.sha256(data).hexdigest(), skipped_examples=list(skipped[:10]))
-    write_json(os.path.join(folder, name[:-4] + ".json"), dataclasses.asdict(record))
+    write_json(_record_path(folder, unit), dataclasses.asdict(record))
     return record
 
 
@@ -230,8 +235,7 @@ def shard_done(folder: str, unit: int) -> Optional[ShardRecord]:
     """The record of `unit`'s shard when it was finished (record present, shard of the recorded size), else None."""
     name = shard_name(unit)
     try:
-        record = ShardRecord(**json.loads(read_bytes(os.path.join(folder, name[:-4] + ".json"), "a shard record",
-                                                     1 << 20)))
+        record = ShardRecord(**json.loads(read_bytes(_record_path(folder, unit), "a shard record", 1 << 20)))
         if record.name == name and os.path.getsize(os.path.join(folder, name)) == record.bytes:
             return record
     except (OSError, ValueError, TypeError):
