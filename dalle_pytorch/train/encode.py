@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import math
 import os
@@ -38,13 +37,12 @@ from dalle_pytorch.checkpoint.ours import save
 from dalle_pytorch.distributed import DistEnv
 from dalle_pytorch.errors import TrainingError
 from dalle_pytorch.formats.files import read_bytes, write_json
-from dalle_pytorch.formats.images import read_image
 from dalle_pytorch.train.code_shards import (MANIFEST, VAE_COPY, CodeSample, Manifest, ShardRecord, code_dtype,
                                              read_manifest, shard_done, vae_record, write_shard)
-from dalle_pytorch.train.datasets import (BadSample, DatasetError, TextImageDataset, caption_lines, image_to_tensor,
+from dalle_pytorch.train.datasets import (BadSample, DatasetError, TextImageDataset, image_to_tensor,
                                           mix_seed, random_resized_crop)
 from dalle_pytorch.train.task_config import at_least, fraction
-from dalle_pytorch.train.webdataset import expand_shards, webdataset_module
+from dalle_pytorch.train.webdataset import expand_shards, read_wds_pair, webdataset_module
 
 __all__ = ["EncodeConfig", "encode_dataset", "on_main"]
 
@@ -169,18 +167,7 @@ class _Source:
                 yield shard, None, errors.pop(0)
             name = f"{os.path.basename(shard)}/{sample.get('__key__')}"
             try:
-                if image_key not in sample or caption_key not in sample:
-                    raise BadSample(name, f"no {image_key if image_key not in sample else caption_key} member")
-                try:
-                    lines = caption_lines(sample[caption_key].decode("utf-8"))
-                except UnicodeDecodeError as e:
-                    raise BadSample(name, f"caption is not UTF-8 ({e})") from None
-                if not lines:
-                    raise BadSample(name, "empty caption")
-                try:
-                    image = read_image(io.BytesIO(sample[image_key]), self.mode)
-                except Exception as e:  # PIL raises many types for broken files
-                    raise BadSample(name, f"unreadable image ({type(e).__name__}: {e})") from None
+                lines, image = read_wds_pair(sample, image_key, caption_key, self.mode, name)
             except BadSample as e:
                 yield name, None, str(e)
                 continue

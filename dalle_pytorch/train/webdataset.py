@@ -16,9 +16,9 @@ import torch
 
 from dalle_pytorch.formats.images import read_image
 from dalle_pytorch.text.factory import get_default_tokenizer
-from dalle_pytorch.train.datasets import caption_lines, image_to_tensor, random_resized_crop, tokenize_caption
+from dalle_pytorch.train.datasets import BadSample, caption_lines, image_to_tensor, random_resized_crop, tokenize_caption
 
-__all__ = ["webdataset_loader", "webdataset_module", "expand_shards", "shard_pipeline", "collate_pairs"]
+__all__ = ["webdataset_loader", "webdataset_module", "expand_shards", "shard_pipeline", "collate_pairs", "read_wds_pair"]
 
 _WEBDATASET_HINT = (
     "reading tar shards needs the optional 'webdataset' package: "
@@ -56,6 +56,26 @@ def expand_shards(urls: str | Sequence[str]) -> list[str]:
     return out
 
 
+def read_wds_pair(sample: dict, image_key: str, caption_key: str, mode: str, name: str) -> tuple[list[str], Any]:
+    """The caption lines and the decoded image (PIL, in `mode`) of one raw WebDataset sample; BadSample(name, why)
+    for a missing member, a caption that is not UTF-8 or is empty, or an unreadable image."""
+    for key in (image_key, caption_key):
+        if key not in sample:
+            raise BadSample(name, f"no {key} member")
+    raw_text = sample[caption_key]
+    try:
+        lines = caption_lines(raw_text.decode("utf-8") if isinstance(raw_text, bytes) else str(raw_text))
+    except UnicodeDecodeError as e:
+        raise BadSample(name, f"caption is not UTF-8 ({e})") from None
+    if not lines:
+        raise BadSample(name, "empty caption")
+    try:
+        image = read_image(io.BytesIO(sample[image_key]), mode)
+    except Exception as e:  # PIL raises many types for broken files
+        raise BadSample(name, f"unreadable image ({type(e).__name__}: {e})") from None
+    return lines, image
+
+
 def _decode_wds_sample(
     sample: dict,
     image_key: str,
@@ -69,13 +89,8 @@ def _decode_wds_sample(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn one raw WebDataset sample (``{key: bytes}``) into ``(text, image)``:
     LongTensor (text_len,) and FloatTensor (C, image_size, image_size) in [0, 1]."""
-    raw_text = sample[caption_key]
-    text = raw_text.decode("utf-8") if isinstance(raw_text, bytes) else str(raw_text)
-    lines = caption_lines(text)
-    if not lines:
-        raise ValueError(f"empty caption in sample {sample.get('__key__')!r}")
+    lines, image = read_wds_pair(sample, image_key, caption_key, mode, repr(sample.get("__key__")))
     rng = random.Random()
-    image = read_image(io.BytesIO(sample[image_key]), mode)
     tokens = tokenize_caption(tokenizer, rng.choice(lines), text_len, truncate_captions)
     image = random_resized_crop(image, image_size, (resize_ratio, 1.0), (1.0, 1.0), rng)
     return tokens, image_to_tensor(image)
