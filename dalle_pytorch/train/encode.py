@@ -41,7 +41,7 @@ from dalle_pytorch.train.code_shards import (MANIFEST, VAE_COPY, CodeSample, Man
                                              read_manifest, shard_done, vae_record, write_shard)
 from dalle_pytorch.train.datasets import (BadSample, DatasetError, TextImageDataset, image_to_tensor,
                                           mix_seed, random_resized_crop)
-from dalle_pytorch.train.task_config import at_least, fraction
+from dalle_pytorch.train.task_config import at_least, fraction, image_data
 from dalle_pytorch.train.webdataset import expand_shards, read_wds_pair, webdataset_module
 
 __all__ = ["EncodeConfig", "encode_dataset", "on_main"]
@@ -72,15 +72,10 @@ class EncodeConfig:
             raise TrainingError("`image_text_folder` is empty: give the folder of captioned images (or the shards)")
         if not self.output_dir:
             raise TrainingError("`output_dir` is empty: give the folder the codes go to")
-        if self.wds is not None:
-            self.wds = tuple(self.wds)
-            if len(self.wds) != 2 or not all(isinstance(k, str) and k for k in self.wds):
-                raise TrainingError(f"`wds` must be the (image key, caption key) of the shards, got {self.wds!r}")
+        image_data(self)
         at_least(self, 1, "batch_size", "shard_size", "crops")
         at_least(self, 0, "num_workers")
         fraction(self, "max_bad_fraction")
-        if not 0 < self.resize_ratio <= 1:
-            raise TrainingError(f"`resize_ratio` must be in (0, 1], got {self.resize_ratio}")
 
 
 def _crops(image, size: int, config: EncodeConfig, rng: random.Random) -> torch.Tensor:

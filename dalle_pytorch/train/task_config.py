@@ -44,6 +44,17 @@ def check_exists(config: Any, name: str) -> None:
         raise TrainingError(f"`{name}` {path!r} does not exist")
 
 
+def image_data(config: Any) -> None:
+    """The image-data settings train_dalle.py and dalle-encode share: `wds` (normalised to a tuple of the image and
+    caption keys, or None) and `resize_ratio` in (0, 1]."""
+    if config.wds is not None:
+        config.wds = tuple(config.wds)
+        if len(config.wds) != 2 or not all(isinstance(k, str) and k for k in config.wds):
+            raise TrainingError(f"`wds` must be the (image key, caption key) of the shards, got {config.wds!r}")
+    if not 0 < config.resize_ratio <= 1:
+        raise TrainingError(f"`resize_ratio` must be in (0, 1], got {config.resize_ratio}")
+
+
 def fraction(config: Any, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
@@ -137,17 +148,12 @@ class DalleConfig:
             raise TrainingError("`codes_manifest` is the manifest of `codes` shards: give `codes` too")
         if self.codes and self.wds is not None:
             raise TrainingError("`wds` reads images from shards; code shards are read by `codes` alone")
-        if self.wds is not None:
-            self.wds = tuple(self.wds)
-            if len(self.wds) != 2 or not all(isinstance(k, str) and k for k in self.wds):
-                raise TrainingError(f"`wds` must be the (image key, caption key) of the shards, got {self.wds!r}")
+        image_data(self)
         if self.vae_path and self.dalle_path:
             raise TrainingError("`vae_path` builds a new DALLE and `dalle_path` starts from one: give only one")
         if self.vae_path and self.pretrained_vae_given:
             raise TrainingError("`vae_path` and `taming` / `vqgan_*` / `openai_*` ask for two different VAEs; "
                                 "choose one")
-        if not 0 < self.resize_ratio <= 1:
-            raise TrainingError(f"`resize_ratio` must be in (0, 1], got {self.resize_ratio}")
         self.attn_types = tuple(self.attn_types)
         if not self.attn_types:
             raise TrainingError("`attn_types` is empty: give at least one attention type (e.g. full)")
