@@ -18,6 +18,10 @@ from dalle_pytorch.serve.limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROMP
 from dalle_pytorch.serve.server import DEFAULT_HEADER_TIMEOUT, DEFAULT_LIMIT_CONCURRENCY
 
 
+#: --host values that bind to loopback only
+LOOPBACK_BIND = ("127.0.0.1", "localhost", "::1")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=prog_name("dalle-serve"),
                                 description="Serve a DALLE over HTTP with continuous batching (docs/serving.md).")
@@ -103,7 +107,7 @@ def main(argv=None) -> int:
 
 def startup_warnings(args) -> list[str]:
     """What the server says at start about how it is exposed: bound beyond loopback without a key."""
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+    if args.host not in LOOPBACK_BIND and not args.api_key:
         return [f"serving on {args.host} without --api_key: anyone who can reach this port can use the server; set "
                 "--api_key KEY (or $DALLE_SERVE_API_KEY), clients then send 'Authorization: Bearer KEY'"]
     return []
@@ -113,7 +117,7 @@ def allowed_hosts(args) -> list | None:
     """--allowed_hosts, or the loopback names for a loopback --host (DNS rebinding cannot reach it), or None."""
     if args.allowed_hosts is not None:
         return args.allowed_hosts
-    return LOOPBACK_HOSTS if args.host in ("127.0.0.1", "localhost", "::1") else None
+    return LOOPBACK_HOSTS if args.host in LOOPBACK_BIND else None
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from dalle_pytorch.serve.limits import (DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROM
                                        BodyLimit, timed_stream)
 from dalle_pytorch.serve.metrics import prometheus_text
 from dalle_pytorch.serve.openai_api import OPENAI_PATH, add_openai_routes, openai_error
+from dalle_pytorch.serve.requests import Refusal
 from dalle_pytorch.serve.scheduler import (Event, ImageRequest, ImageResult, QueueFull, RequestFailed, Scheduler,
                                            ShuttingDown, Ticket)
 
@@ -115,6 +116,10 @@ def png_base64(image: torch.Tensor, caption: Optional[str] = None, seed: Optiona
 
 def _error(status: int, detail: str, headers: Optional[dict] = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _refused(refusal: Refusal) -> JSONResponse:
+    return _error(refusal.status, refusal.detail, refusal.headers)
 
 
 def _reproduce(body: ImagesRequest, result: ImageResult, dalle_path: str) -> str:
@@ -201,20 +206,20 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
             return openai_error(400, "; ".join(reasons) or "invalid request", param, "invalid_value")
         return _error(422, "; ".join(reasons) or "invalid request")
 
-    def submit(request: Request, body: ImagesRequest, on_event=None, preview: int = 0) -> Union[Ticket, JSONResponse]:
+    def submit(request: Request, body: ImagesRequest, on_event=None, preview: int = 0) -> Union[Ticket, Refusal]:
         scheduler: Scheduler = request.app.state.scheduler
         for name, text in (("prompt", body.prompt), ("negative_prompt", body.negative_prompt)):
             if text is not None and len(text) > max_prompt_chars:
-                return _error(422, f"{name} is {len(text)} characters long; the limit is {max_prompt_chars}")
+                return Refusal(422, f"{name} is {len(text)} characters long; the limit is {max_prompt_chars}")
         try:
             with setting_names(HTTP_FIELDS):
                 return _submit(request, body, scheduler, on_event, preview)
         except GenerationError as e:
-            return _error(422, str(e))
+            return Refusal(422, str(e))
         except QueueFull as e:
-            return _error(429, str(e), {"Retry-After": str(e.retry_after)})
+            return Refusal(429, str(e), {"Retry-After": str(e.retry_after)})
         except ShuttingDown as e:
-            return _error(503, str(e))
+            return Refusal(503, str(e))
 
     def _submit(request: Request, body: ImagesRequest, scheduler: Scheduler, on_event, preview: int) -> Ticket:
         sampling = request.app.state.pipe.sampling_config(
@@ -240,12 +245,12 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
     async def images(body: ImagesRequest, request: Request):
         """Sample `n` images for a caption; answers when they are all done."""
         result = await run(request, body)
-        return result if isinstance(result, JSONResponse) else await run_in_threadpool(answer, body, result)
+        return _refused(result) if isinstance(result, Refusal) else await run_in_threadpool(answer, body, result)
 
-    async def run(request: Request, body: ImagesRequest) -> Union[ImageResult, JSONResponse]:
+    async def run(request: Request, body: ImagesRequest) -> Union[ImageResult, Refusal]:
         """The request's result once its images are done (a client that disconnects cancels it), or the refusal."""
         ticket = await run_in_threadpool(submit, request, body)  # tokenizing: off the event loop
-        if isinstance(ticket, JSONResponse):
+        if isinstance(ticket, Refusal):
             return ticket
         waiter = asyncio.wrap_future(ticket.future)
         while not waiter.done():
@@ -255,15 +260,15 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
         try:
             return waiter.result()
         except RequestFailed as e:
-            return _error(STATUS[e.kind], str(e))
+            return Refusal(STATUS[e.kind], str(e))
 
-    async def openai_generate(request: Request, prompt: str, n: int) -> Union[list[str], JSONResponse]:
+    async def openai_generate(request: Request, prompt: str, n: int) -> Union[list[str], Refusal]:
         try:
             body = ImagesRequest(prompt=prompt, n=n)  # the server's defaults, a fresh seed
         except ValidationError as e:
-            return _error(422, "prompt: " + "; ".join(str(err.get("msg")) for err in e.errors()))
+            return Refusal(422, "prompt: " + "; ".join(str(err.get("msg")) for err in e.errors()))
         result = await run(request, body)
-        if isinstance(result, JSONResponse):
+        if isinstance(result, Refusal):
             return result
         return [im["png"] for im in (await run_in_threadpool(answer, body, result))["images"]]
 
@@ -284,8 +289,8 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         ticket = await run_in_threadpool(submit, request, body, on_event, preview_every)  # off the event loop
-        if isinstance(ticket, JSONResponse):
-            return ticket
+        if isinstance(ticket, Refusal):
+            return _refused(ticket)
         scheduler: Scheduler = request.app.state.scheduler
 
         async def stream():

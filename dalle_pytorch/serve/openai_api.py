@@ -16,13 +16,14 @@ and not stored. Every request samples with a fresh seed and the model's default 
 """
 from __future__ import annotations
 
-import json
 import time
 from typing import Awaitable, Callable, Optional, Union
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+
+from dalle_pytorch.serve.requests import Refusal
 
 __all__ = ["OPENAI_PATH", "OpenAIImagesRequest", "openai_error", "add_openai_routes"]
 
@@ -64,9 +65,9 @@ def openai_error(status: int, message: str, param: Optional[str] = None, code: O
 
 
 def add_openai_routes(app: FastAPI, *, model_name: str, image_size: Callable[[Request], int], max_images: int,
-                      generate: Callable[[Request, str, int], Awaitable[Union[list[str], JSONResponse]]]) -> None:
+                      generate: Callable[[Request, str, int], Awaitable[Union[list[str], Refusal]]]) -> None:
     """Add POST /v1/images/generations to `app`. generate(request, prompt, n) samples n images with the server's
-    defaults and returns their base64 PNGs, or a JSONResponse ({"detail"}, with the status) for a refusal."""
+    defaults and returns their base64 PNGs, or the `Refusal`."""
 
     @app.post(OPENAI_PATH, responses={400: {"description": "an invalid or unsupported field (OpenAI's error shape)"},
                                       404: {"description": "another model than the served one"}})
@@ -93,9 +94,7 @@ def add_openai_routes(app: FastAPI, *, model_name: str, image_size: Callable[[Re
         if not 1 <= n <= max_images:
             return openai_error(400, f"n must be between 1 and {max_images}, got {n}", "n", "invalid_value")
         out = await generate(request, body.prompt, n)
-        if isinstance(out, JSONResponse):
-            detail = json.loads(out.body).get("detail", "the request failed")
-            status = 400 if out.status_code == 422 else out.status_code
-            headers = {k: v for k, v in out.headers.items() if k.lower() == "retry-after"}
-            return openai_error(status, detail, "prompt" if status == 400 else None, None, headers or None)
+        if isinstance(out, Refusal):  # our 422 is OpenAI's 400 (a bad prompt); the other statuses are the same
+            status = 400 if out.status == 422 else out.status
+            return openai_error(status, out.detail, "prompt" if status == 400 else None, None, out.headers)
         return {"created": int(time.time()), "data": [{"b64_json": png} for png in out]}

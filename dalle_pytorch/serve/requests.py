@@ -6,13 +6,13 @@ import time
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
 from dalle_pytorch.generation.sampling import SamplingConfig
 
-__all__ = ["Event", "ImageRequest", "ImageResult", "QueueFull", "RequestFailed", "ShuttingDown", "Ticket"]
+__all__ = ["Event", "ImageRequest", "ImageResult", "QueueFull", "Refusal", "RequestFailed", "ShuttingDown", "Ticket"]
 
 
 class QueueFull(Exception):
@@ -33,6 +33,15 @@ class RequestFailed(Exception):
     def __init__(self, message: str, kind: str = "failed"):
         super().__init__(message)
         self.kind = kind
+
+
+class Refusal(NamedTuple):
+    """A request the server answers with an error instead of images: the HTTP status, the one-line reason and
+    headers (Retry-After); each endpoint writes it in its own error shape."""
+
+    status: int
+    detail: str
+    headers: Optional[dict] = None
 
 
 @dataclass(frozen=True)
