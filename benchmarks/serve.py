@@ -81,9 +81,14 @@ def free_port() -> int:
 
 
 def start_server(path: Path, port: int, threads: int, preview_every: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "dalle_pytorch.serve", "--dalle_path", str(path), "--port", str(port),
-           "--threads", str(threads), "--max_rows", "64", "--max_queue", "256", "--max_images", "16",
-           "--preview_every", str(preview_every), "--log_level", "warning"]
+    return launch_server(port, "--dalle_path", str(path), "--threads", str(threads), "--max_rows", "64",
+                         "--max_queue", "256", "--max_images", "16", "--preview_every", str(preview_every))
+
+
+def launch_server(port: int, *flags: str) -> subprocess.Popen:
+    """`python -m dalle_pytorch.serve --port PORT FLAGS` in a subprocess, once /health answers (the benchmarks'
+    one way to start the server)."""
+    cmd = [sys.executable, "-m", "dalle_pytorch.serve", "--port", str(port), *flags, "--log_level", "warning"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     import httpx
 

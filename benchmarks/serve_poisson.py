@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.generate import cpu_name  # noqa: E402
-from benchmarks.serve import CAPTIONS, free_port, percentile  # noqa: E402
+from benchmarks.serve import CAPTIONS, free_port, launch_server, percentile  # noqa: E402
 
 
 async def one(client, url: str, caption: str) -> dict:
@@ -84,21 +82,9 @@ def main() -> None:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "dalle_pytorch.serve", "--dalle_path", args.dalle_path, "--port", str(port),
-           "--threads", str(args.threads), "--max_rows", str(args.max_rows), "--max_queue", str(args.max_queue),
-           "--log_level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = launch_server(port, "--dalle_path", args.dalle_path, "--threads", str(args.threads),
+                         "--max_rows", str(args.max_rows), "--max_queue", str(args.max_queue))
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the server did not start: {proc.stderr.read()[-2000:]}")
-            time.sleep(0.2)
         print(f"{cpu_name()}, server --threads {args.threads} --max_rows {args.max_rows} --max_queue {args.max_queue}, "
               f"{args.dalle_path}; load average {os.getloadavg()[0]:.2f}; {args.seconds:g} s of arrivals per rate", flush=True)
         print(f"| rate (/s) | sent | 200 | 429 | other | images/s | TTFC p50 / p99 | latency p50 / p99 | "

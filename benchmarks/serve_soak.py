@@ -16,7 +16,6 @@ import asyncio
 import collections
 import json
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.generate import cpu_name  # noqa: E402
-from benchmarks.serve import CAPTIONS, free_port  # noqa: E402
+from benchmarks.serve import CAPTIONS, free_port, launch_server  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -93,20 +92,9 @@ def main() -> int:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "dalle_pytorch.serve", "--dalle_path", args.dalle_path, "--port", str(port),
-           "--threads", str(args.threads), "--max_rows", "32", "--max_queue", "16", "--log_level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = launch_server(port, "--dalle_path", args.dalle_path, "--threads", str(args.threads),
+                         "--max_rows", "32", "--max_queue", "16")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the server did not start: {proc.stderr.read()[-2000:]}")
-            time.sleep(0.2)
         httpx.post(url + "/v1/images", json={"prompt": CAPTIONS[0], "n": 1}, timeout=120)  # warm
         start_rss = rss_mb(proc.pid)
         counts, peak, marks = asyncio.run(soak(url, args.seconds, args.clients, proc.pid, seed=0))
