@@ -75,7 +75,7 @@ async def soak(url: str, seconds: float, clients: int, pid: int, seed: int):
         while not all(t.done() for t in tasks):
             rss = rss_mb(pid)
             peak = max(peak, rss)
-            if time.monotonic() - t0 >= len(marks) * seconds / 10:
+            if len(marks) <= 10 and time.monotonic() - t0 >= len(marks) * seconds / 10:  # 0/10 .. 10/10
                 marks.append(round(rss))
             await asyncio.sleep(0.5)
     return counts, peak, marks
