@@ -10,7 +10,7 @@ kernels and cached `step`), so `load_state_dict` takes DALLE-pytorch's key layou
 from __future__ import annotations
 
 from dalle_pytorch.models.config import DALLEConfig
-from dalle_pytorch.models.dalle_pytorch_keys import check_rotary_table, is_dalle_pytorch_layout, remap_state_dict
+from dalle_pytorch.models.dalle_pytorch_keys import accept_their_keys
 from dalle_pytorch.models.transformer import Transformer as _Ours
 
 __all__ = ["Transformer"]
@@ -52,12 +52,5 @@ class Transformer(_Ours):
         return super().forward(x)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        keys = [k for k in state_dict if k.startswith(prefix)]
-        local = {"transformer." + k[len(prefix):]: state_dict[k] for k in keys}  # the names under a DALLE
-        if is_dalle_pytorch_layout(local):
-            check_rotary_table(local, self)
-            for k in keys:
-                del state_dict[k]
-            for k, v in remap_state_dict(local, self).items():
-                state_dict[prefix + k[len("transformer."):]] = v
+        accept_their_keys(state_dict, prefix, self, inner="transformer.")  # its keys are named as under a DALLE
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

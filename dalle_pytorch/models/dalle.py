@@ -18,7 +18,7 @@ from torch import nn
 
 from dalle_pytorch.generation import decode
 from dalle_pytorch.generation.sampling import SamplingConfig
-from dalle_pytorch.models.dalle_pytorch_keys import check_rotary_table, is_dalle_pytorch_layout, remap_state_dict
+from dalle_pytorch.models.dalle_pytorch_keys import accept_their_keys
 from dalle_pytorch.models.config import DALLEConfig
 from dalle_pytorch.models.transformer import Transformer
 from dalle_pytorch.nn.cache import InferenceCache
@@ -190,13 +190,7 @@ class DALLE(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """`load_state_dict` takes DALLE-pytorch's key layout too (`dalle.load_state_dict(torch.load(f)['weights'])`
         in its scripts): its keys are renamed to ours first (shared layers' copies and the rotary table checked)."""
-        keys = [k for k in state_dict if k.startswith(prefix)]
-        local = {k[len(prefix):]: state_dict[k] for k in keys}
-        if is_dalle_pytorch_layout(local):
-            check_rotary_table(local, self.transformer)
-            for k in keys:
-                del state_dict[k]
-            state_dict.update({prefix + k: v for k, v in remap_state_dict(local, self.transformer).items()})
+        accept_their_keys(state_dict, prefix, self.transformer)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def logits_mask(self, positions: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch import nn
 from dalle_pytorch.errors import CheckpointError
 from dalle_pytorch.nn.rotary import rotary_table
 
-__all__ = ["legacy_key", "remap_state_dict", "check_rotary_table", "is_dalle_pytorch_layout",
+__all__ = ["legacy_key", "remap_state_dict", "check_rotary_table", "is_dalle_pytorch_layout", "accept_their_keys",
            "dalle_pytorch_state_dict"]
 
 _AXIAL_WEIGHT = re.compile(r"^image_pos_emb\.weights_(\d+)$")
@@ -104,6 +104,21 @@ def remap_state_dict(weights: dict, transformer) -> dict:
             continue
         out[target] = value
     return out
+
+
+def accept_their_keys(state_dict: dict, prefix: str, transformer, inner: str = "") -> None:
+    """`load_state_dict`'s hook: the DALLE-pytorch keys under `prefix` of `state_dict` renamed to ours, in place
+    (shared copies and the rotary table checked); our own keys are left as they are. inner: what the names
+    below `prefix` lack of a DALLE's ("transformer." for a bare Transformer)."""
+    keys = [k for k in state_dict if k.startswith(prefix)]
+    local = {inner + k[len(prefix):]: state_dict[k] for k in keys}
+    if not is_dalle_pytorch_layout(local):
+        return
+    check_rotary_table(local, transformer)
+    for k in keys:
+        del state_dict[k]
+    for k, v in remap_state_dict(local, transformer).items():
+        state_dict[prefix + k[len(inner):]] = v
 
 
 def check_rotary_table(weights: dict, transformer) -> None:
