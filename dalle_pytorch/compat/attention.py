@@ -21,7 +21,6 @@ from torch import nn
 from dalle_pytorch.nn.attention import Attention as _PatternAttention
 from dalle_pytorch.nn.attention import attend
 from dalle_pytorch.nn.patterns import PatternSpec, pattern_mask
-from dalle_pytorch.nn.rotary import apply_rotary
 
 __all__ = ["Attention", "SparseConvCausalAttention", "SparseAxialCausalAttention", "SparseAttention"]
 
@@ -42,28 +41,30 @@ def _their_to_out(state_dict, prefix: str) -> None:
             state_dict[f"{prefix}to_out.{name}"] = state_dict.pop(theirs)
 
 
-class Attention(nn.Module):
+class _Layer(_PatternAttention):
+    """One of this package's attention layers whose `load_state_dict` takes DALLE-pytorch's key names too."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        _their_to_out(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class Attention(_Layer):
     """DALLE-pytorch's `Attention`: softmax(q k^T / sqrt(d)) v over the whole sequence, causal unless
-    causal=False, masked by `static_mask` (n, n; True = may attend) and a key mask (b, n) when given."""
+    causal=False, masked by `static_mask` (n, n; True = may attend) and a key mask (b, n) when given.
+    Our full-attention layer's projections, with those masks."""
 
     def __init__(self, dim, seq_len, causal=True, heads=8, dim_head=64, dropout=0., stable=False, static_mask=None):
-        super().__init__()
-        inner = dim_head * heads
-        self.heads, self.dim_head, self.seq_len, self.scale = heads, dim_head, seq_len, dim_head ** -0.5
-        self.causal, self.stable = causal, stable
+        super().__init__(dim, heads=heads, dim_head=dim_head, dropout=dropout, stable=stable,
+                         spec=PatternSpec("full", seq_len, 1))
+        self.seq_len, self.causal = seq_len, causal
         self.register_buffer("static_mask", static_mask, persistent=False)
-        self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
-        self.to_out = nn.Linear(inner, dim)
-        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, mask=None, rotary_pos_emb=None, cache=None, cache_key=None):
         if cache is not None or cache_key is not None:
             raise TypeError("Attention takes no cache here: cached decoding runs through DALLE.generate_images")
         b, n, _ = x.shape
-        q, k, v = self.to_qkv(x).view(b, n, 3, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
-        rotary = _rotary(rotary_pos_emb, n)
-        if rotary is not None:  # DALLE-pytorch rotates q, k and v
-            q, k, v = (apply_rotary(rotary[0], rotary[1], t) for t in (q, k, v))
+        q, k, v = self._qkv(x, _rotary(rotary_pos_emb, n))  # DALLE-pytorch rotates q, k and v
         allowed = torch.ones(1, 1, n, n, dtype=torch.bool, device=x.device)
         if self.causal:
             allowed = allowed.tril()
@@ -71,15 +72,10 @@ class Attention(nn.Module):
             allowed = allowed & self.static_mask[:n, :n].bool()
         if mask is not None:
             allowed = allowed & mask.bool()[:, None, None, :]
-        out = attend(q, k, v, allowed, self.scale, self.stable)
-        return self.dropout(self.to_out(out.transpose(1, 2).reshape(b, n, -1)))
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        _their_to_out(state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        return self._out(attend(q, k, v, allowed, self.scale, self.stable))
 
 
-class _Sparse(_PatternAttention):
+class _Sparse(_Layer):
     """One of this package's patterns with DALLE-pytorch's constructor and forward."""
 
     def __init__(self, attn_type, dim, seq_len, image_size, heads, dim_head, dropout, stable, **pattern):
@@ -95,10 +91,6 @@ class _Sparse(_PatternAttention):
         if mask is not None and not bool(mask.all()):
             raise ValueError("a text padding mask is not taken here (DALLE-pytorch's DALLE never passes one)")
         return super().forward(x, rotary=_rotary(rotary_pos_emb, x.shape[1]))
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        _their_to_out(state_dict, prefix)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class SparseAxialCausalAttention(_Sparse):
