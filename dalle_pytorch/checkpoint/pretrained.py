@@ -20,7 +20,7 @@ from dalle_pytorch.formats.files import PathLike
 from dalle_pytorch.models.openai_dvae import OpenAIDiscreteVAE
 from dalle_pytorch.models.vqgan import VQGanVAE
 
-__all__ = ["VAE_FLAGS", "vae_flags", "vae_from_flags"]
+__all__ = ["VAE_FLAGS", "vae_flags", "asks_for_vqgan", "vae_from_flags"]
 
 
 #: DALLE-pytorch's pretrained-VAE settings, as `vae_from_flags` takes them (the flags of generate.py,
@@ -33,6 +33,12 @@ def vae_flags(settings) -> dict:
     return {name: getattr(settings, name) for name in VAE_FLAGS}
 
 
+def asks_for_vqgan(flags: dict) -> bool:
+    """Whether the `VAE_FLAGS` (as `vae_flags` gives them) ask for taming's VQGAN: `taming`, or either VQGAN path."""
+    return bool(flags.get("taming")) or flags.get("vqgan_model_path") is not None \
+        or flags.get("vqgan_config_path") is not None
+
+
 def vae_from_flags(*, taming: bool = False, vqgan_model_path: Optional[PathLike] = None,
                    vqgan_config_path: Optional[PathLike] = None, openai: bool = False,
                    openai_encoder_path: Optional[PathLike] = None,
@@ -43,7 +49,7 @@ def vae_from_flags(*, taming: bool = False, vqgan_model_path: Optional[PathLike]
     silently ignored). Raises ValueError for contradicting flags, FileNotFoundError (naming each
     missing file) and the VAEs' own errors for files that cannot be read.
     """
-    vqgan = taming or vqgan_model_path is not None or vqgan_config_path is not None
+    vqgan = asks_for_vqgan(dict(taming=taming, vqgan_model_path=vqgan_model_path, vqgan_config_path=vqgan_config_path))
     dvae = openai or openai_encoder_path is not None or openai_decoder_path is not None
     if vqgan and dvae:
         raise ValueError(f"{setting('taming')} / {setting('vqgan_model_path')} / {setting('vqgan_config_path')} and "

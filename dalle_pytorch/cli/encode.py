@@ -20,7 +20,7 @@ from torch import nn
 
 from dalle_pytorch.checkpoint.build import vae_class_name
 from dalle_pytorch.checkpoint.ours import load_checkpoint
-from dalle_pytorch.checkpoint.pretrained import VAE_FLAGS, vae_flags, vae_from_flags
+from dalle_pytorch.checkpoint.pretrained import VAE_FLAGS, asks_for_vqgan, vae_flags, vae_from_flags
 from dalle_pytorch.cli.flags import add_vae_flags, flag_names, prog_name
 from dalle_pytorch.cli.messages import flag_errors
 from dalle_pytorch.cli.train_flags import non_negative_int, parse_wds, positive_int, run_cli
@@ -80,9 +80,9 @@ def vae_of_flags(args: argparse.Namespace) -> tuple[nn.Module, str]:
         return (loaded.model.vae if loaded.kind == "dalle" else loaded.model), f"--vae_path {args.vae_path}"
     given = [f"--{name}" + ("" if name == "taming" else f" {getattr(args, name)}")
              for name in VAE_FLAGS if getattr(args, name)]
-    vqgan = args.taming or args.vqgan_model_path is not None or args.vqgan_config_path is not None
-    try:
-        vae = vae_from_flags(openai=not vqgan, **vae_flags(args))
+    flags = vae_flags(args)
+    try:  # as train_dalle.py: the VQGAN when asked for, else OpenAI's dVAE
+        vae = vae_from_flags(openai=not asks_for_vqgan(flags), **flags)
     except ValueError as e:
         raise TrainingError(str(e)) from None
     return vae, " ".join(given) or "OpenAI's dVAE from ~/.cache/dalle (no VAE flags)"

@@ -16,7 +16,7 @@ from torch import nn
 
 from dalle_pytorch.checkpoint.build import LoadedCheckpoint
 from dalle_pytorch.checkpoint.ours import load_checkpoint
-from dalle_pytorch.checkpoint.pretrained import vae_flags, vae_from_flags
+from dalle_pytorch.checkpoint.pretrained import asks_for_vqgan, vae_flags, vae_from_flags
 from dalle_pytorch.distributed import DistEnv
 from dalle_pytorch.errors import TrainingError
 from dalle_pytorch.formats.files import write_text
@@ -156,9 +156,9 @@ def pretrained_vae(cfg: DalleConfig, resumed: Optional[LoadedCheckpoint]) -> Opt
         return None
     if cfg.codes and not cfg.pretrained_vae_given:  # the codes folder's VAE (`codes_vae`)
         return None
-    vqgan = cfg.taming or cfg.vqgan_model_path is not None or cfg.vqgan_config_path is not None
+    flags = vae_flags(cfg)
     try:  # without taming DALLE-pytorch trains over OpenAI's dVAE
-        return vae_from_flags(openai=not cfg.dalle_path and not vqgan, **vae_flags(cfg))
+        return vae_from_flags(openai=not cfg.dalle_path and not asks_for_vqgan(flags), **flags)
     except (ValueError, OSError) as e:
         raise TrainingError(str(e)) from None
 
