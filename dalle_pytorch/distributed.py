@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -69,6 +69,22 @@ class DistEnv:
         yield
         if self.is_main:
             self.barrier()
+
+    def on_main(self, fn: Callable[[], Any]) -> Any:
+        """fn() on rank 0 alone (its result there, None elsewhere), the others waiting for it; if it fails, every
+        rank raises (rank 0 its error, the others a TrainingError saying so), so none waits for ever."""
+        result, error = None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except Exception as e:
+                error = e
+        ok = self.all_ok(error is None)  # a collective: the others wait here until rank 0 is done
+        if error is not None:
+            raise error
+        if not ok:
+            raise TrainingError("process 0 failed (its message is above)")
+        return result
 
     def close(self) -> None:
         if self.owns_group and dist.is_available() and dist.is_initialized():

@@ -26,7 +26,7 @@ import os
 import random
 import time
 import warnings
-from typing import Any, Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from dalle_pytorch.train.datasets import (BadSample, DatasetError, TextImageData
 from dalle_pytorch.train.task_config import at_least, fraction, image_data
 from dalle_pytorch.train.webdataset import expand_shards, read_wds_pair, webdataset_module
 
-__all__ = ["EncodeConfig", "encode_dataset", "on_main"]
+__all__ = ["EncodeConfig", "encode_dataset"]
 
 SETTINGS = "encode_settings.json"
 
@@ -129,7 +129,7 @@ class _Source:
                 except ValueError as e:
                     raise TrainingError(f"`image_text_folder`: {e}") from None
 
-            found = on_main(env, scan)  # rank 0 writes the folder's index cache, then the others read it
+            found = env.on_main(scan)  # rank 0 writes the folder's index cache, then the others read it
             self.pairs = found if env.is_main else scan()
             n = len(self.pairs)
             self.num_units = math.ceil(n / config.shard_size)
@@ -174,22 +174,6 @@ class _Source:
 
 #: TextImageDataset needs a tokenizer only to tokenize, which encoding never does
 _NO_TOKENIZER = object()
-
-
-def on_main(env: DistEnv, fn: Callable[[], Any]) -> Any:
-    """fn() on rank 0 (its result there, None elsewhere); if it fails, every rank raises (none waits for it)."""
-    result, error = None, None
-    if env.is_main:
-        try:
-            result = fn()
-        except Exception as e:
-            error = e
-    ok = env.all_ok(error is None)  # a collective: the others wait here until rank 0 is done
-    if error is not None:
-        raise error
-    if not ok:
-        raise TrainingError("process 0 of the encode failed (its message is above)")
-    return result
 
 
 def _settings(config: EncodeConfig, vae_digest: str, source: _Source) -> dict:
@@ -252,7 +236,7 @@ def encode_dataset(config: EncodeConfig, vae: nn.Module, *, vae_class: str, vae_
         if config.save_vae and not os.path.exists(os.path.join(out, VAE_COPY)):
             save(vae, os.path.join(out, VAE_COPY), metadata={"codes": "the VAE of this codes folder"})
 
-    on_main(env, prepare)
+    env.on_main(prepare)
 
     mine = range(env.rank, source.num_units, env.world_size)
     done = {u: r for u in mine if (r := shard_done(out, u)) is not None}
@@ -298,7 +282,7 @@ def encode_dataset(config: EncodeConfig, vae: nn.Module, *, vae_class: str, vae_
             shards=records, gumbel=bool(getattr(vae, "is_gumbel", False)))
         write_json(manifest_path, manifest.to_dict())
 
-    on_main(env, finish)
+    env.on_main(finish)
     final = read_manifest(manifest_path)
     summary.update(samples=final.samples, skipped=final.skipped, shards=len(final.shards))
     return summary
