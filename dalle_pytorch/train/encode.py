@@ -306,12 +306,11 @@ def _encode_unit(config: EncodeConfig, vae: nn.Module, env: DistEnv, source: _So
     """Encode one unit into its shard (batched through the VAE) and return its record."""
     samples: list[CodeSample] = []
     skipped: list[str] = []
-    pending: list[tuple[str, list, torch.Tensor]] = []
-    pending_images = 0
+    pending: list[tuple[str, list, torch.Tensor]] = []  # samples waiting for the encoder, `crops` images each
     batch_no = 0
 
     def flush() -> None:
-        nonlocal pending_images, batch_no
+        nonlocal batch_no
         if not pending:
             return
         images = torch.cat([crops for _, _, crops in pending])
@@ -327,7 +326,7 @@ def _encode_unit(config: EncodeConfig, vae: nn.Module, env: DistEnv, source: _So
             if rate:
                 bar.set_postfix_str(f"{rate * config.crops:.1f} images/s")
         pending.clear()
-        pending_images, batch_no = 0, batch_no + 1
+        batch_no += 1
 
     for name, lines, crops in source.samples(unit):
         if lines is None:  # crops: "file: why"
@@ -337,8 +336,7 @@ def _encode_unit(config: EncodeConfig, vae: nn.Module, env: DistEnv, source: _So
                 bar.update(1)
             continue
         pending.append((name, lines, crops))
-        pending_images += len(crops)
-        if pending_images >= config.batch_size:
+        if len(pending) * config.crops >= config.batch_size:
             flush()
     flush()
     return write_shard(out, unit, samples, skipped)
