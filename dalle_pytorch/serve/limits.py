@@ -7,6 +7,7 @@ writes time out for a client that stops reading.
 """
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 
@@ -101,25 +102,35 @@ class ApiKey:
 DEFAULT_SEND_TIMEOUT = 30.0
 
 
-def timed_stream(content, *, send_timeout: float, on_timeout, **kwargs):
-    """A StreamingResponse whose every write must complete within `send_timeout` seconds: a client that stops
-    reading (its socket's buffers full, so the write waits) gets `on_timeout()` (the server cancels its
-    request's rows, as for a disconnect), the stream is closed and the connection dropped; memory held for a
-    slow reader is bounded by what the events of `send_timeout` seconds take."""
+@functools.lru_cache(maxsize=None)
+def _timed_stream_class():
+    """The StreamingResponse subclass of `timed_stream`, made once (starlette is imported only where the server runs)."""
     import asyncio
 
     from starlette.responses import StreamingResponse
 
     class TimedStream(StreamingResponse):
+        def __init__(self, content, *, send_timeout: float, on_timeout, **kwargs) -> None:
+            super().__init__(content, **kwargs)
+            self.send_timeout, self.on_timeout = send_timeout, on_timeout
+
         async def stream_response(self, send) -> None:
             async def timed(message) -> None:
                 try:
-                    await asyncio.wait_for(send(message), send_timeout)
+                    await asyncio.wait_for(send(message), self.send_timeout)
                 except asyncio.TimeoutError:
-                    on_timeout()
+                    self.on_timeout()
                     await self.body_iterator.aclose()
-                    raise OSError(f"the client read nothing for {send_timeout:g} s") from None
+                    raise OSError(f"the client read nothing for {self.send_timeout:g} s") from None
 
             await super().stream_response(timed)
 
-    return TimedStream(content, **kwargs)
+    return TimedStream
+
+
+def timed_stream(content, *, send_timeout: float, on_timeout, **kwargs):
+    """A StreamingResponse whose every write must complete within `send_timeout` seconds: a client that stops
+    reading (its socket's buffers full, so the write waits) gets `on_timeout()` (the server cancels its
+    request's rows, as for a disconnect), the stream is closed and the connection dropped; memory held for a
+    slow reader is bounded by what the events of `send_timeout` seconds take."""
+    return _timed_stream_class()(content, send_timeout=send_timeout, on_timeout=on_timeout, **kwargs)
