@@ -42,17 +42,17 @@ def expand_shards(urls: str | Sequence[str]) -> list[str]:
         elif os.path.isdir(item):
             found = sorted(glob.glob(os.path.join(item, "*.tar")))
             if not found:
-                raise ValueError(f"webdataset_loader: no .tar shards in directory {item!r}")
+                raise ValueError(f"no .tar shards in directory {item!r}")
             out.extend(found)
         elif glob.has_magic(item):
             found = sorted(glob.glob(os.path.expanduser(item)))
             if not found:
-                raise ValueError(f"webdataset_loader: no file matches {item!r}")
+                raise ValueError(f"no file matches {item!r}")
             out.extend(found)
         else:
             out.append(item)
     if not out:
-        raise ValueError("webdataset_loader: empty list of shards")
+        raise ValueError("an empty list of shards")
     return out
 
 
