@@ -430,17 +430,18 @@ def test_bf16_training_tracks_fp32(codes_dir, tokenizer_json, tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_training_on_codes_with_samples(codes_dir, tokenizer_json, tmp_path):
-    """DDP over two CPU processes on a codes folder, with a sample grid drawn through the VAE copy."""
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_torchrun_training_on_codes_with_samples(codes_dir, tokenizer_json, tmp_path, mode):
+    """DDP, or FSDP2, over two CPU processes on a codes folder, with a sample grid drawn through the VAE copy."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "train_dalle.py"), *DALLE_FLAGS, "--codes", str(codes_dir[0]), "--bpe_path", str(tokenizer_json),
            "--hug", "--batch_size", "2", "--max_steps", "2", "--sample_every", "2", "--num_sample_images", "2",
-           "--device", "cpu", "--output_dir", str(tmp_path / "run")]
+           "--device", "cpu", "--output_dir", str(tmp_path / "run"), *(["--fsdp"] if mode == "fsdp" else [])]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["mode"] == "ddp" and summary["replicas_in_sync"] is True
+    assert summary["world_size"] == 2 and summary["mode"] == mode and summary["replicas_in_sync"] is True
     assert summary["samples_seen"] == 2 * 2 * 2
     assert (tmp_path / "run" / "samples" / "step_00000002.png").exists()
 
