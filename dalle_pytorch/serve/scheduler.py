@@ -7,7 +7,8 @@
     scheduler.shutdown(grace=10)
 
 Pure Python + torch (no HTTP): the server (`app.py`) talks to it through `submit`, `cancel` and
-each request's `on_event` callback, which the loop thread calls.
+each request's `on_event` callback, which the loop thread calls.  A request's own side (its
+validation, its groups, each group's feed) is `groups.py`; this module is the loop.
 
 A request of n images with batch size B is ceil(n / B) *groups*, group k sampled with its own
 `torch.Generator().manual_seed(seed + k)` exactly as `generate.py` samples batch k: same rows, same
@@ -30,17 +31,16 @@ import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from itertools import count
 from typing import Callable, Optional
 
 import torch
 
-from dalle_pytorch.errors import GenerationError
-from dalle_pytorch.generation.sampling import SamplingConfig, next_codes
+from dalle_pytorch.generation.sampling import next_codes
 from dalle_pytorch.generation.speculative import Window, sampling_distribution
-from dalle_pytorch.pipeline.text_to_image import Pipeline, batch_seeds, fresh_seed, generation_settings, preview_images
-from dalle_pytorch.serve.batch import PrefixCache, RunningBatch, Sequence, prefill
+from dalle_pytorch.pipeline.text_to_image import Pipeline, fresh_seed, generation_settings, preview_images
+from dalle_pytorch.serve.batch import PrefixCache, RunningBatch, prefill
+from dalle_pytorch.serve.groups import Group, split_groups, validate_request
 from dalle_pytorch.serve.metrics import Latencies
 from dalle_pytorch.serve.requests import (Event, ImageRequest, ImageResult, QueueFull, RequestFailed, ShuttingDown,
                                           Ticket)
@@ -48,24 +48,6 @@ from dalle_pytorch.serve.requests import (Event, ImageRequest, ImageResult, Queu
 __all__ = ["Event", "ImageRequest", "ImageResult", "QueueFull", "RequestFailed", "Scheduler", "ShuttingDown", "Ticket"]
 
 log = logging.getLogger("dalle_pytorch.serve")
-
-@dataclass(eq=False)
-class _Group:
-    """One generator's batch of a request: m images (2m rows when guided)."""
-
-    ticket: "Ticket"
-    index: int  # k: seed + k
-    seed: int
-    m: int
-    generator: torch.Generator
-    codes: torch.Tensor  # (m, I)
-    filled: int = 0
-    last: Optional[torch.Tensor] = None  # (rows, V) logits of the next code ((rows, K, V) of a speculative window)
-    seq: Optional[Sequence] = None
-    window: Optional[Window] = None  # the speculative state (--speculative K)
-    passes: int = 0  # the cached forward passes the group's rows took part in
-    images: Optional[torch.Tensor] = None  # (m, c, H, W) once finished
-
 
 class Scheduler:
     """Continuous batching over one `Pipeline`.
@@ -90,7 +72,7 @@ class Scheduler:
         self.window = speculative if speculative is not None and speculative > 1 else 0
         self.batch = RunningBatch(self.model, max_rows, rewind=self.window)
         self.prefixes = PrefixCache(prefix_cache_entries, int(prefix_cache_mb * 2**20))
-        self._running: list[_Group] = []  # in the batch's sequence order (loop thread only)
+        self._running: list[Group] = []  # in the batch's sequence order (loop thread only)
         self._waiting: deque[Ticket] = deque()  # requests with groups not admitted yet
         self._live: dict[int, Ticket] = {}  # every accepted, unfinished request
         self._lock = threading.Condition()
@@ -108,31 +90,7 @@ class Scheduler:
 
     def validate(self, request: ImageRequest) -> torch.Tensor:
         """The request's caption rows (u, T), or GenerationError with the one-line reason."""
-        if not isinstance(request.prompt, str) or not request.prompt.strip():
-            raise GenerationError("prompt is empty: give a caption")
-        if isinstance(request.n, bool) or not isinstance(request.n, int) or not 1 <= request.n <= self.max_images:
-            raise GenerationError(f"n must be an integer from 1 to {self.max_images}, got {request.n!r}")
-        if request.seed is not None and (isinstance(request.seed, bool) or not isinstance(request.seed, int)):
-            raise GenerationError(f"seed must be an integer, got {request.seed!r}")
-        if not isinstance(request.sampling, SamplingConfig):
-            raise GenerationError("sampling must be a SamplingConfig")
-        guided = request.sampling.guided
-        rows = request.batch_size * (2 if guided else 1) if isinstance(request.batch_size, int) else -1
-        if isinstance(request.batch_size, bool) or not 1 <= rows <= self.max_rows:
-            raise GenerationError(f"batch_size must be an integer from 1 to {self.max_rows // (2 if guided else 1)}"
-                                  f"{' (guidance doubles the rows)' if guided else ''}, got {request.batch_size!r}")
-        if request.seed is not None:
-            batch_seeds(request.seed, request.n, request.batch_size)  # seed + k must stay a torch seed
-        if not isinstance(request.preview_every, int) or request.preview_every < 0:
-            raise GenerationError(f"preview_every must be an integer >= 0, got {request.preview_every!r}")
-        if request.timeout is not None and not (isinstance(request.timeout, (int, float)) and request.timeout > 0):
-            raise GenerationError(f"timeout must be > 0 seconds, got {request.timeout!r}")
-        if request.negative_prompt is not None and not guided:
-            raise GenerationError("negative_prompt only has an effect with guidance: set cond_scale != 1 (e.g. 3)")
-        captions = [request.prompt]
-        if guided:
-            captions.append(request.negative_prompt if request.negative_prompt is not None else "")
-        return self.pipe.tokenize(captions)  # GenerationError: a caption longer than the model's text_seq_len
+        return validate_request(self.pipe, request, self.max_rows, self.max_images)
 
     def submit(self, request: ImageRequest, on_event: Optional[Callable[[Event], None]] = None) -> Ticket:
         """Accept a request (GenerationError: invalid; QueueFull; ShuttingDown).  `on_event` is called
@@ -145,11 +103,7 @@ class Scheduler:
         timeout = request.timeout if request.timeout is not None else self.timeout
         ticket = Ticket(next(self._ids), request, seed, text, settings, on_event, deadline=0.0)
         ticket.deadline = ticket.submitted + timeout
-        n_groups = math.ceil(request.n / request.batch_size)
-        for k in range(n_groups):
-            m = min(request.batch_size, request.n - k * request.batch_size)
-            group = _Group(ticket, k, seed + k, m, torch.Generator().manual_seed(seed + k),
-                           torch.zeros(m, self.model.image_seq_len, dtype=torch.long, device=self.pipe.device))
+        for group in split_groups(ticket, self.model.image_seq_len, self.pipe.device):
             ticket.groups.append(group)
             ticket.pending.append(group)
         with self._lock:
@@ -175,8 +129,7 @@ class Scheduler:
         waiting = [t for t in self._waiting if t.started is None]
         admitted = 0
         for t in waiting:  # the order _admit takes them in (the head first)
-            group = t.pending[0]
-            rows = group.m * (2 if t.guided else 1)
+            rows = t.pending[0].rows
             if rows > free:
                 break
             free -= rows
@@ -286,8 +239,7 @@ class Scheduler:
         self._finish()
         if self._running:
             try:
-                logits = self._step_window() if self.window else self.batch.step(
-                    [torch.cat((g.codes[:, g.filled - 1],) * (2 if g.ticket.guided else 1)) for g in self._running])
+                logits = self._step_window() if self.window else self.batch.step([g.feed() for g in self._running])
             except Exception as e:  # shared by every row: fail the requests in the batch, keep the loop
                 log.exception("decode step failed")
                 self._fail_running(f"the decode step failed: {e}")
@@ -301,16 +253,10 @@ class Scheduler:
 
     def _step_window(self) -> list[torch.Tensor]:
         """One speculative step for every running group: each feeds its window at its rows' own starts."""
-        tokens, starts = [], []
-        for g in self._running:
-            fed, first = g.window.feed()
-            first = first + self.model.text_len
-            copies = 2 if g.ticket.guided else 1
-            tokens.append(torch.cat((fed,) * copies))
-            starts.append(torch.cat((first,) * copies))
-        return self.batch.step_window(tokens, starts)
+        fed = [g.feed_window(self.model.text_len) for g in self._running]
+        return self.batch.step_window([tokens for tokens, _ in fed], [starts for _, starts in fed])
 
-    def _draw(self, g: _Group) -> None:
+    def _draw(self, g: Group) -> None:
         """The group's next codes from its last logits: one code per row, or a speculative window's accepted
         codes (its own generator and stream of random numbers, whatever else runs)."""
         t = g.ticket
@@ -346,8 +292,7 @@ class Scheduler:
                     return
                 ticket = self._waiting[0]
                 group = ticket.pending[0]
-                rows = group.m * (2 if ticket.guided else 1)
-                if rows > self.batch.free_rows:
+                if group.rows > self.batch.free_rows:
                     return  # the head waits for room: no request is overtaken forever
                 ticket.pending.popleft()
                 self._waiting.popleft()
@@ -359,7 +304,7 @@ class Scheduler:
                 log.exception("admitting request %d failed", ticket.id)
                 self._fail(ticket, f"prefill failed: {e}")
 
-    def _join(self, group: _Group) -> None:
+    def _join(self, group: Group) -> None:
         ticket = group.ticket
         key = tuple(tuple(row) for row in ticket.text.tolist())
         prefix = self.prefixes.get(key)
