@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle_pytorch.generation import decode
+from dalle_pytorch.generation import canvas as canvas_decode
 from dalle_pytorch.generation.sampling import SamplingConfig
 from dalle_pytorch.models.dalle_pytorch_keys import accept_their_keys
 from dalle_pytorch.models.config import DALLEConfig
@@ -379,6 +380,8 @@ class DALLE(nn.Module):
         callback: Callable[[int, torch.Tensor], None] | None = None,
         speculative: int | None = None,
         stats: decode.DecodeStats | None = None,
+        canvas: tuple[int, int] | None = None,
+        img_offset: tuple[int, int] = (0, 0),
     ):
         """Sample images for captions.
 
@@ -410,12 +413,25 @@ class DALLE(nn.Module):
         speculative: K > 1 verifies a window of K drafts per forward (speculative Jacobi decoding,
         `generation.speculative`): fewer forward passes than codes, exactly the same distribution;
         None or 1: one code per forward.  stats: a `generation.speculative.DecodeStats` to fill.
+        canvas: (H, W) codes, each >= fmap_size: a canvas larger than the trained grid, each code sampled
+        with the trained-size window around it (`generation.canvas`); images (b * num_images, c,
+        H * s, W * s) decoded as one image each, codes (b * num_images, H * W) in raster order.  With
+        `img` (the trained size) its codes are kept at `img_offset` (row, column) on the canvas
+        (outpainting), only its first num_init_img_tokens (priming) or what `mask` keeps.  Eager
+        cached steps only (no compile, no speculative decoding yet); stats: a `canvas.CanvasStats`.
         """
         sampling = SamplingConfig(filter_thres=filter_thres, top_p=top_p, temperature=temperature,
                                   cond_scale=cond_scale, filter_scope=filter_scope)
         was_training = self.training
         self.eval()
         try:
+            if canvas is not None:
+                return self._generate_canvas(text, sampling, canvas, img=img, img_offset=img_offset,
+                                             num_init_img_tokens=num_init_img_tokens, mask=mask, null_text=null_text,
+                                             use_cache=use_cache, num_images=num_images, generator=generator,
+                                             return_codes=return_codes, progress=progress, kv_dtype=kv_dtype,
+                                             pack_weights=pack_weights, callback=callback, stats=stats,
+                                             refused=dict(clip=clip, compile=compile, speculative=speculative))
             codes = decode.generate_codes(self, text, sampling, img=img, num_init_img_tokens=num_init_img_tokens,
                                           mask=mask, null_text=null_text, use_cache=use_cache, num_images=num_images,
                                           generator=generator, progress=progress, compile=compile, kv_dtype=kv_dtype,
@@ -434,6 +450,16 @@ class DALLE(nn.Module):
             return images
         finally:
             self.train(was_training)
+
+    def _generate_canvas(self, text, sampling, canvas, *, return_codes, refused, **kwargs):
+        for name, value in refused.items():
+            if value is not None and value is not False and not (name == "speculative" and value == 1):
+                raise ValueError(f"canvas does not combine with {name} yet (a canvas samples with eager cached steps)")
+        codes = canvas_decode.generate_canvas(self, text, sampling, canvas, **kwargs)
+        if return_codes:
+            return codes
+        h, w = canvas
+        return self.vae.decode_grid(codes.view(-1, h, w)).clamp(0.0, 1.0).float()
 
     @torch.inference_mode()
     def generate_texts(self, tokenizer, text: str | None = None, *, filter_thres: float = 0.5,

@@ -306,7 +306,16 @@ class OpenAIDiscreteVAE(CodeGrid, nn.Module):
         unmap_pixels(sigmoid(the first 3 statistics)), as DALLE-pytorch. Runs without autograd.
         """
         side = self.square_code_side(img_seq)
-        stats = self.dec.decode_codes(img_seq.long().view(-1, side, side)).float()
+        return self._decode_grid(img_seq.long().view(-1, side, side))
+
+    @torch.no_grad()
+    def decode_grid(self, codes: Tensor) -> Tensor:
+        """A grid of codes (b, h, w) -> images (b, 3, 8h, 8w) in [0, 1] (a canvas decodes as one image)."""
+        self.check_grid(codes)
+        return self._decode_grid(codes.long())
+
+    def _decode_grid(self, codes: Tensor) -> Tensor:
+        stats = self.dec.decode_codes(codes).float()
         return unmap_pixels(torch.sigmoid(stats[:, :3]))
 
     def forward(self, img: Tensor) -> Tensor:

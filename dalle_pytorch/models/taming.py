@@ -23,7 +23,7 @@ formula of the nearest-code search), so codes are identical and pixels equal to 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -441,9 +441,10 @@ class VQModel(nn.Module):
         """Images in [-1, 1] (b, in_channels, s, s) -> codes (b, (s / 2**(L-1))**2)."""
         return self.quantize.indices(self.quant_conv(self.encoder(x)))
 
-    def decode_indices(self, codes: Tensor, side: int) -> Tensor:
-        """Codes (b, side*side) -> images (b, out_ch, side * 2**(L-1), ...), unclamped (about [-1, 1])."""
+    def decode_indices(self, codes: Tensor, side: int, width: Optional[int] = None) -> Tensor:
+        """Codes (b, side * width) (width = side by default) -> images (b, out_ch, side * 2**(L-1),
+        width * 2**(L-1)), unclamped (about [-1, 1])."""
         z = F.embedding(codes, self.quantize.codebook())  # == one_hot(codes) @ codebook, exactly
-        z = rearrange(z, "b (h w) c -> b c h w", h=side, w=side)
+        z = rearrange(z, "b (h w) c -> b c h w", h=side, w=side if width is None else width)
         z = self.post_quant_conv(z)
         return self.decoder(z)

@@ -107,6 +107,15 @@ class CodeGrid:
             raise ValueError(f"codes must lie in [0, {self.num_tokens}), got [{int(img_seq.min())}, {int(img_seq.max())}]")
         return side
 
+    def check_grid(self, codes: Tensor) -> tuple[int, int]:
+        """(h, w) of integer codes (b, h, w) in [0, num_tokens) (a canvas: any grid of at least one code),
+        or a one-line ValueError."""
+        if codes.ndim != 3 or codes.dtype not in (torch.int64, torch.int32) or 0 in codes.shape[1:]:
+            raise ValueError(f"codes must be an integer grid (b, h, w), got {codes.dtype} {tuple(codes.shape)}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.num_tokens):
+            raise ValueError(f"codes must lie in [0, {self.num_tokens}), got [{int(codes.min())}, {int(codes.max())}]")
+        return codes.shape[1], codes.shape[2]
+
 
 class DiscreteVAE(CodeGrid, nn.Module):
     """Convolutional discrete VAE with a gumbel-softmax bottleneck over `num_tokens` codebook entries.
@@ -282,8 +291,16 @@ class DiscreteVAE(CodeGrid, nn.Module):
             if lo < 0 or hi >= self.num_tokens:
                 raise ValueError(f"codes must lie in [0, {self.num_tokens}), got values in [{lo}, {hi}]")
 
-        embeds = self.codebook(img_seq)
-        embeds = rearrange(embeds, "b (h w) d -> b d h w", h=self.fmap_size, w=self.fmap_size)
+        return self._decode_grid(img_seq.view(-1, self.fmap_size, self.fmap_size))
+
+    def decode_grid(self, codes: Tensor) -> Tensor:
+        """A grid of codes (b, h, w) long -> images (b, channels, h * 2**L, w * 2**L) (the decoder is
+        convolutional: a canvas larger than the trained grid decodes as one image, without seams)."""
+        self.check_grid(codes)
+        return self._decode_grid(codes)
+
+    def _decode_grid(self, codes: Tensor) -> Tensor:
+        embeds = self.codebook(codes).permute(0, 3, 1, 2)  # (b, d, h, w)
         return self.denorm(self.decoder(embeds))
 
     def _sample_one_hot(self, logits: Tensor, temp: float) -> Tensor:

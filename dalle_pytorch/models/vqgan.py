@@ -116,6 +116,14 @@ class VQGanVAE(CodeGrid, nn.Module):
         img = self.model.decode_indices(img_seq.long(), side)
         return (img.clamp(-1.0, 1.0) + 1) * 0.5
 
+    @torch.no_grad()
+    def decode_grid(self, codes: Tensor) -> Tensor:
+        """A grid of codes (b, h, w) -> images (b, out_ch, h * 2**(L-1), w * 2**(L-1)) in [0, 1]: a canvas
+        decodes as one image (convolutions, and the decoder's attention spans the whole grid)."""
+        h, w = self.check_grid(codes)
+        img = self.model.decode_indices(codes.long().flatten(1), h, w)
+        return (img.clamp(-1.0, 1.0) + 1) * 0.5
+
     def forward(self, img: Tensor) -> Tensor:
         raise NotImplementedError("VQGanVAE is frozen: use get_codebook_indices(images) and decode(codes)")
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from dalle_pytorch import OpenAIDiscreteVAE
 from dalle_pytorch.formats.safe_pickle import UnsafePickleError
-from tests.oracles.vae_oracles import build_dall_e, dalle_pytorch_dvae_codes, dalle_pytorch_dvae_decode
+from tests.oracles.vae_oracles import build_dall_e, dall_e_decode_grid, dalle_pytorch_dvae_codes, dalle_pytorch_dvae_decode
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pretrained_vae"
 
@@ -44,6 +44,15 @@ def test_decode_equals_dall_e(pair):
     assert out.shape == (2, 3, 32, 32)
     torch.testing.assert_close(out, dalle_pytorch_dvae_decode(dec, codes, vae.num_tokens), atol=1e-5, rtol=0)
     assert out.std() > 0.01
+
+
+def test_decode_grid_of_a_canvas_equals_dall_e(pair):
+    _, dec, vae, _ = pair
+    codes = torch.randint(0, vae.num_tokens, (2, 3, 7), generator=torch.Generator().manual_seed(2))
+    out = vae.decode_grid(codes)
+    assert out.shape == (2, 3, 24, 56)
+    torch.testing.assert_close(out, dall_e_decode_grid(dec, codes, vae.num_tokens), atol=1e-5, rtol=0)
+    torch.testing.assert_close(vae.decode_grid(codes[:, :, :3]), vae.decode(codes[:, :, :3].flatten(1)), atol=0, rtol=0)
 
 
 def test_modules_equal_dall_e_modules(pair):

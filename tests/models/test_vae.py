@@ -134,3 +134,25 @@ def test_fixture_decode(path):
 
 def test_fixtures_present():
     assert len(FIXTURES) >= 1
+
+
+def test_decode_grid_decodes_a_canvas_as_one_image():
+    """A grid wider than the trained one decodes in one pass (a convolutional decoder); two images
+    side by side come back as each image's own decoding away from where they meet, and blended (not
+    cut) within the decoder's receptive field of the join: no seam of the tiling."""
+    vae = tiny_vae(num_resnet_blocks=1).eval()
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randint(0, 64, (2, 1, 8, 8), generator=g)
+    with torch.no_grad():
+        canvas = vae.decode_grid(torch.cat((a, b), dim=2))
+        left, right = vae.decode(a.flatten(1)), vae.decode(b.flatten(1))
+    assert canvas.shape == (1, 3, 32, 64)
+    torch.testing.assert_close(vae.decode_grid(a), left, atol=0, rtol=0)
+    margin = 12  # three codes: the receptive field of this decoder (1 resnet block) reaches 11 px across the join
+    torch.testing.assert_close(canvas[..., : 32 - margin], left[..., : 32 - margin], atol=1e-6, rtol=0)
+    torch.testing.assert_close(canvas[..., 32 + margin :], right[..., margin:], atol=1e-6, rtol=0)
+    assert not torch.allclose(canvas[..., 30:32], left[..., 30:32], atol=1e-4)  # the join is decoded, not pasted
+    with pytest.raises(ValueError, match="integer grid"):
+        vae.decode_grid(a.flatten(1))
+    with pytest.raises(ValueError, match=r"lie in \[0, 64\)"):
+        vae.decode_grid(a + 64)

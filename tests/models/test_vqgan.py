@@ -13,7 +13,7 @@ from dalle_pytorch import VQGanVAE
 from dalle_pytorch.errors import NotRegularFileError
 from dalle_pytorch.models.taming import VQGanConfig, VQModel
 from tests.oracles.vae_oracles import (REAL_CONFIGS, build_taming, dalle_pytorch_vqgan_codes, dalle_pytorch_vqgan_decode,
-                               require, save_taming_files, taming_model_section)
+                               require, taming_decode_grid, save_taming_files, taming_model_section)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pretrained_vae"
 
@@ -73,6 +73,19 @@ def test_decode_equals_taming(pair):
     assert out.shape == (2, 3, ddconfig["resolution"], ddconfig["resolution"])
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
     assert 0.0 <= out.min() and out.max() <= 1.0 and out.std() > 0.01
+
+
+def test_decode_grid_of_a_canvas_equals_taming(pair):
+    """A canvas (a grid wider than tall, not square) decodes as one image, as taming's decoder does it."""
+    model, vae, ddconfig, gumbel = pair
+    side = ddconfig["resolution"] // 2 ** (len(ddconfig["ch_mult"]) - 1)
+    codes = torch.randint(0, vae.num_tokens, (2, side, 2 * side + 1), generator=torch.Generator().manual_seed(2))
+    out = vae.decode_grid(codes)
+    scale = 2 ** (len(ddconfig["ch_mult"]) - 1)
+    assert out.shape == (2, 3, side * scale, (2 * side + 1) * scale)
+    torch.testing.assert_close(out, taming_decode_grid(model, codes, vae.num_tokens, gumbel), atol=1e-5, rtol=0)
+    square = codes[:, :, :side]
+    torch.testing.assert_close(vae.decode_grid(square), vae.decode(square.flatten(1)), atol=0, rtol=0)
 
 
 def test_attributes_as_dalle_pytorch(pair):

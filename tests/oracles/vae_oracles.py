@@ -125,6 +125,23 @@ def dalle_pytorch_vqgan_decode(model: nn.Module, img_seq: torch.Tensor, num_toke
     return (img.clamp(-1.0, 1.0) + 1) * 0.5
 
 
+@torch.no_grad()
+def taming_decode_grid(model: nn.Module, codes: torch.Tensor, num_tokens: int, is_gumbel: bool) -> torch.Tensor:
+    """A (b, h, w) grid of codes through taming's own decode (one-hot @ codebook, as above, any h x w)."""
+    one_hot = F.one_hot(codes, num_classes=num_tokens).float()
+    z = one_hot @ (model.quantize.embed.weight if is_gumbel else model.quantize.embedding.weight)
+    return (model.decode(z.permute(0, 3, 1, 2)).clamp(-1.0, 1.0) + 1) * 0.5
+
+
+@torch.no_grad()
+def dall_e_decode_grid(dec: nn.Module, codes: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """A (b, h, w) grid of codes through dall_e's Decoder (as DALLE-pytorch decodes a square grid)."""
+    from dall_e.utils import unmap_pixels
+
+    z = F.one_hot(codes, num_classes=num_tokens).permute(0, 3, 1, 2).float()
+    return unmap_pixels(torch.sigmoid(dec(z).float()[:, :3]))
+
+
 # DALLE-pytorch 1.6.6 OpenAIDiscreteVAE.get_codebook_indices / decode, on dall_e modules
 @torch.no_grad()
 def dalle_pytorch_dvae_codes(enc: nn.Module, img: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,220 @@
+"""Sampling a canvas larger than the trained code grid with a sliding window (taming-transformers'
+`scripts/sample_conditional.py` rule, on our cached step).
+
+Dimensions: R image rows (2R with guidance: the conditional rows, then their null rows), F the trained
+grid's side (fmap_size), a canvas of H x W codes (H, W >= F), T' = text_len.
+
+The codes of the canvas are sampled in raster order. The code at (i, j) is drawn from the model run
+on the caption and on the F x F *window* of the canvas at rows i0 .. i0 + F - 1 and columns
+j0 .. j0 + F - 1, where
+
+    i0 = clamp(i - F // 2, 0, H - F),  j0 = clamp(j - F // 2, 0, W - F)
+
+(the window roughly centred on the code, pushed inside the canvas at its borders: taming's rule; for
+an odd F taming's window can reach one code past the far border, ours stops at it). Inside the window
+the code sits at local position p = (i - i0) * F + (j - j0), and the model sees the window's first p
+codes in the window's raster order: the window rows above the code (whole, already sampled, since
+they are earlier canvas rows) and the codes left of it in its row. So every window is an image of the
+trained size, with the trained positions, attention patterns and token shift: the model is never run
+outside what it was trained on.
+
+Cached wherever the window allows: when the next code's window is the same window, one step of the
+code just drawn continues the window's cache (the window does not move while a code's column is
+within F // 2 of the canvas's left or right edge, and on a canvas as wide as the grid it never moves
+sideways); when the window moves, its first p codes are run again as one multi-token step after the
+caption's cached prefix (the caption is prefilled once per call: its positions do not depend on the
+window). On a canvas of the trained size this is exactly plain decoding.
+
+`use_cache=False` is the reference the cached path is tested against: every code runs its whole
+window prefix again through the uncached forward.
+
+Kept codes (outpainting, masked completion and priming on a canvas): `known` (R, H, W) codes and
+`keep` (R, H, W) bool; a kept code is never drawn (no noise is drawn for a position every row keeps)
+and conditions the codes after it inside their windows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from dalle_pytorch.generation.decode import kept_codes, plan_rows, prime_codes
+from dalle_pytorch.generation.sampling import SamplingConfig, next_codes
+
+__all__ = ["CanvasStats", "canvas_codes", "canvas_kept", "check_canvas", "generate_canvas", "window_origin"]
+
+
+def check_canvas(canvas, fmap_size: int) -> tuple[int, int]:
+    """(H, W) codes from `canvas` (a pair of integers, each >= fmap_size), or a one-line ValueError."""
+    if (not isinstance(canvas, (tuple, list)) or len(canvas) != 2
+            or any(isinstance(s, bool) or not isinstance(s, int) for s in canvas)):
+        raise ValueError(f"canvas must be (height, width) in codes, two integers, got {canvas!r}")
+    h, w = canvas
+    if h < fmap_size or w < fmap_size:
+        raise ValueError(f"canvas must be at least the trained grid, {fmap_size}x{fmap_size} codes, got {h}x{w}")
+    return int(h), int(w)
+
+
+def window_origin(i: int, j: int, canvas: tuple[int, int], fmap_size: int) -> tuple[int, int]:
+    """The top-left code (i0, j0) of the window that samples canvas code (i, j) (the rule above)."""
+    half = fmap_size // 2
+    h, w = canvas
+    return min(max(i - half, 0), h - fmap_size), min(max(j - half, 0), w - fmap_size)
+
+
+@dataclass
+class CanvasStats:
+    """What a canvas call did: codes sampled, one-token steps (the window continued) and window
+    prefills (the window moved: its prefix run again as one multi-token step)."""
+
+    codes: int = 0
+    steps: int = 0
+    prefills: int = 0
+    prefill_tokens: int = 0
+
+
+def canvas_codes(model, ids: torch.Tensor, sampling: SamplingConfig, canvas: tuple[int, int], *, rows: int,
+                 generator: Optional[torch.Generator] = None, use_cache: bool = True,
+                 known: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None,
+                 kv_dtype: Optional[torch.dtype] = None, pack_weights=None, progress: bool = False,
+                 callback: Optional[Callable[[int, torch.Tensor], None]] = None,
+                 stats: Optional[CanvasStats] = None) -> torch.Tensor:
+    """The codes (R, H, W) of a canvas of `canvas` = (H, W) codes.
+
+    ids: model text ids (R or 2R, T') of every row (guided: the conditional rows, then their null
+    rows, `rows` = R); known, keep: (R, H, W) kept codes and where they are kept (or None).
+    callback(filled, codes): after every code, the number filled in raster order and the live
+    (R, H, W) buffer.  The model must be in eval mode.
+    """
+    f = model.fmap_size
+    h, w = canvas
+    guided = ids.shape[0] != rows
+    device = ids.device
+    codes = torch.zeros(rows, h, w, dtype=torch.long, device=device)
+    if keep is not None:
+        codes = torch.where(keep, known, codes)
+    stats = CanvasStats() if stats is None else stats
+    text_len = model.text_len
+
+    def window_prefix(i0: int, j0: int, p: int) -> torch.Tensor:  # (R or 2R, p) the window's first p codes
+        win = codes[:, i0 : i0 + f, j0 : j0 + f].reshape(rows, f * f)[:, :p]
+        return torch.cat((win, win)) if guided else win
+
+    if use_cache:
+        prefix = model.setup_cache(ids.shape[0], text_len, kv_dtype=kv_dtype, pack_weights=False)
+        text_last = model.prefill(ids, None, prefix)[:, model.num_text_tokens :]  # logits of window position 0
+        cache = model.setup_cache(ids.shape[0], kv_dtype=kv_dtype, pack_weights=pack_weights)
+    positions = torch.arange(model.text_len + model.image_seq_len, device=device)
+    current = None  # (i0, j0, p) of the window whose first p codes the cache holds
+    last = None
+    bar = tqdm(total=h * w, desc="canvas codes", disable=not progress, leave=False)
+    with bar:
+        for n in range(h * w):
+            i, j = divmod(n, w)
+            i0, j0 = window_origin(i, j, canvas, f)
+            p = (i - i0) * f + (j - j0)
+            if not use_cache:
+                prior = window_prefix(i0, j0, p)
+                last = model.last_logits(ids, prior)[:, model.num_text_tokens :]
+            elif current is not None and current == (i0, j0, p - 1):  # the window continues: one step
+                prev = codes[:, i0 + (p - 1) // f, j0 + (p - 1) % f]
+                pos = text_len + p - 1
+                last = model.decode_step(torch.cat((prev, prev)) if guided else prev, positions[pos], cache,
+                                         length=pos + 1)
+                stats.steps += 1
+            elif p == 0:
+                cache.copy_rows_from(prefix, torch.arange(ids.shape[0], device=device))
+                last = text_last
+            else:  # the window moved: the caption's prefix, then its first p codes in one step
+                cache.copy_rows_from(prefix, torch.arange(ids.shape[0], device=device))
+                last = model.step(window_prefix(i0, j0, p), positions[text_len], cache, length=text_len + p)[:, -1]
+                stats.prefills += 1
+                stats.prefill_tokens += p * ids.shape[0]
+            current = (i0, j0, p)
+            forced = None if keep is None else keep[:, i, j]
+            if forced is None or not bool(forced.all()):
+                drawn = next_codes(last, sampling, generator, rows=rows, vocab_size=model.total_tokens)
+                codes[:, i, j] = drawn if forced is None else torch.where(forced, codes[:, i, j], drawn)
+                stats.codes += rows if forced is None else int((~forced).sum())
+            if callback is not None:
+                callback(n + 1, codes)
+            bar.update(1)
+    return codes
+
+
+def canvas_kept(model, canvas: tuple[int, int], img: torch.Tensor, img_offset, num_init_img_tokens: Optional[int],
+                mask, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outpainting, priming and masked completion on a canvas: (known, keep) each (batch, H, W).
+
+    img: (1 or batch, c, S, S) pixels of the trained size (or (1 or batch, I) codes), placed with its
+    top-left code at `img_offset` = (row, column) on the canvas.  Its codes are all kept (outpainting)
+    unless `num_init_img_tokens` keeps only its first n codes in its raster order (priming) or `mask`
+    (as `decode.kept_codes`', over the image) keeps some; every code outside the image is sampled.
+    """
+    f, (h, w) = model.fmap_size, canvas
+    if (not isinstance(img_offset, (tuple, list)) or len(img_offset) != 2
+            or any(isinstance(o, bool) or not isinstance(o, int) for o in img_offset)):
+        raise ValueError(f"img_offset must be (row, column) in codes, two integers, got {img_offset!r}")
+    oi, oj = img_offset
+    if not (0 <= oi <= h - f and 0 <= oj <= w - f):
+        raise ValueError(f"img_offset must place the {f}x{f} codes of img inside the {h}x{w} canvas: row in "
+                         f"[0, {h - f}], column in [0, {w - f}], got {tuple(img_offset)}")
+    if mask is not None:
+        if num_init_img_tokens is not None:
+            raise ValueError("give num_init_img_tokens (keep the first codes) or mask, not both")
+        codes, keep_img = kept_codes(model, img, mask, batch)
+    elif num_init_img_tokens is not None:
+        if img is None:
+            raise ValueError("num_init_img_tokens needs img (the image whose first codes prime generation)")
+        codes = model.check_image(img, img.shape[0]).expand(batch, model.image_seq_len)
+        n = prime_codes(model, img, num_init_img_tokens, batch).shape[1]
+        keep_img = (torch.arange(model.image_seq_len, device=codes.device) < n).expand(batch, -1)
+    else:
+        codes = model.check_image(img, img.shape[0]).expand(batch, model.image_seq_len)
+        keep_img = torch.ones_like(codes, dtype=torch.bool)
+    known = torch.zeros(batch, h, w, dtype=torch.long, device=codes.device)
+    keep = torch.zeros(batch, h, w, dtype=torch.bool, device=codes.device)
+    known[:, oi : oi + f, oj : oj + f] = codes.reshape(batch, f, f)
+    keep[:, oi : oi + f, oj : oj + f] = keep_img.reshape(batch, f, f)
+    return known, keep
+
+
+def generate_canvas(model, text: torch.Tensor, sampling: SamplingConfig, canvas, *, img=None, img_offset=(0, 0),
+                    num_init_img_tokens: Optional[int] = None, mask=None, null_text: Optional[torch.Tensor] = None,
+                    use_cache: bool = True, num_images: int = 1, generator: Optional[torch.Generator] = None,
+                    progress: bool = False, kv_dtype: Optional[torch.dtype] = None, pack_weights=None,
+                    callback: Optional[Callable[[int, torch.Tensor], None]] = None,
+                    stats: Optional[CanvasStats] = None) -> torch.Tensor:
+    """The codes (b * num_images, H * W) in raster order of a canvas of (H, W) codes for the captions
+    `text` (b, T) (`DALLE.generate_images(canvas=)` documents the arguments; rows grouped by caption).
+    `img` (+ `img_offset`, `num_init_img_tokens`, `mask`): the codes kept on the canvas (`canvas_kept`)."""
+    text = model.check_text(text)
+    h, w = check_canvas(canvas, model.fmap_size)
+    if isinstance(num_images, bool) or int(num_images) != num_images or num_images < 1:
+        raise ValueError(f"num_images must be a positive integer, got {num_images}")
+    b, device = text.shape[0], text.device
+    if b == 0:
+        return torch.zeros(0, h * w, dtype=torch.long, device=device)
+    if null_text is not None:
+        if not sampling.guided:
+            raise ValueError("null_text only has an effect with cond_scale != 1")
+        null_text = model.check_text(null_text.to(device), "null_text")
+        if null_text.shape[0] not in (1, b):
+            raise ValueError(f"null_text batch must be 1 or {b}, got {null_text.shape[0]}")
+        null_text = null_text.expand(b, -1)
+    known = keep = None
+    if img is not None:
+        known, keep = canvas_kept(model, (h, w), img, img_offset, num_init_img_tokens, mask, b)
+    elif mask is not None or num_init_img_tokens is not None:
+        raise ValueError("mask and num_init_img_tokens need img (the image whose codes they keep)")
+    plan = plan_rows(text, num_images, null_text, None, sampling.guided)
+    ids = model.text_ids(plan.unique_text)[plan.expand]
+    if keep is not None:
+        rows_of = plan.expand[: plan.rows]
+        known, keep = known[rows_of], keep[rows_of]
+    codes = canvas_codes(model, ids, sampling, (h, w), rows=plan.rows, generator=generator, use_cache=use_cache,
+                         known=known, keep=keep, kv_dtype=kv_dtype, pack_weights=pack_weights, progress=progress,
+                         callback=callback, stats=stats)
+    return codes.reshape(plan.rows, h * w)
