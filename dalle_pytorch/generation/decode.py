@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 from dalle_pytorch.generation.sampling import SamplingConfig, next_codes, sample
 from dalle_pytorch.generation.speculative import DecodeStats, speculative_codes
 
-__all__ = ["COMPILE_MODES", "DecodeStats", "RowPlan", "compiled_step", "generate_codes", "generate_texts", "kept_codes", "plan_rows",
-           "prefill_rows", "prime_codes"]
+__all__ = ["COMPILE_MODES", "DecodeStats", "RowPlan", "compiled_step", "generate_codes", "generate_texts", "image_codes",
+           "kept_codes", "plan_rows", "prefill_rows", "prime_codes"]
 
 #: `compile=` values: False (eager), True / "prefix" (dynamic shapes over the filled prefix), "static"
 COMPILE_MODES = (False, True, "prefix", "static")
@@ -146,8 +146,17 @@ def prefill_rows(model, plan: RowPlan, *, kv_dtype=None, pack_weights=None, rewi
 # -- priming and masked completion ------------------------------------------------------------------
 
 
+def image_codes(model, img: torch.Tensor, batch: int) -> torch.Tensor:
+    """The codes (1 or batch, I) of `img`: pixels (1 or batch, c, H, W) in [0, 1], encoded by the VAE, or
+    the codes (1 or batch, I) of an earlier image (checked, not re-encoded)."""
+    if img.dim() not in (2, 4) or img.shape[0] not in (1, batch) or (img.dim() == 2 and img.shape[1] != model.image_seq_len):
+        raise ValueError(f"img must be (1 or {batch}, c, H, W) pixels in [0, 1] or (1 or {batch}, "
+                         f"{model.image_seq_len}) codes, got {tuple(img.shape)}")
+    return model.check_image(img, img.shape[0])
+
+
 def prime_codes(model, img: Optional[torch.Tensor], num_init_img_tokens: Optional[int], batch: int):
-    """The first codes of `img` (1 or batch, c, H, W) that prime every image (batch, n), or None.
+    """The first codes of `img` (pixels or codes: `image_codes`) that prime every image (batch, n), or None.
     n defaults to 43.75% of the codes (DALLE-pytorch's default)."""
     if img is None:
         if num_init_img_tokens:
@@ -156,14 +165,13 @@ def prime_codes(model, img: Optional[torch.Tensor], num_init_img_tokens: Optiona
     n = int(0.4375 * model.image_seq_len) if num_init_img_tokens is None else int(num_init_img_tokens)
     if not 0 <= n < model.image_seq_len:
         raise ValueError(f"num_init_img_tokens must be in [0, image_seq_len={model.image_seq_len}), got {n}")
-    if img.dim() != 4 or img.shape[0] not in (1, batch):
-        raise ValueError(f"img must be (1 or {batch}, c, H, W) pixels in [0, 1], got {tuple(img.shape)}")
-    codes = model.check_image(img, img.shape[0])[:, :n]
+    codes = image_codes(model, img, batch)[:, :n]
     return codes.expand(batch, n) if codes.shape[0] == 1 else codes
 
 
 def kept_codes(model, img: Optional[torch.Tensor], mask, batch: int):
-    """Masked completion: (known codes, keep) each (batch, I) from `img` and `mask`.
+    """Masked completion: (known codes, keep) each (batch, I) from `img` (pixels or codes: `image_codes`)
+    and `mask`.
 
     mask: 1 / True keeps, 0 / False generates; (H, W) or (1 or batch, [1,] H, W) at the image's
     resolution (a code is kept when at least half of its cell's pixels are) or at the code grid's
@@ -171,9 +179,7 @@ def kept_codes(model, img: Optional[torch.Tensor], mask, batch: int):
     """
     if img is None:
         raise ValueError("mask needs img (the image whose codes the mask keeps)")
-    if img.dim() != 4 or img.shape[0] not in (1, batch):
-        raise ValueError(f"img must be (1 or {batch}, c, H, W) pixels in [0, 1], got {tuple(img.shape)}")
-    known = model.check_image(img, img.shape[0]).expand(batch, model.image_seq_len)
+    known = image_codes(model, img, batch).expand(batch, model.image_seq_len)
     m = torch.as_tensor(mask, device=known.device)
     if not (m.dtype == torch.bool or m.is_floating_point() or m.dtype in (torch.uint8, torch.int64, torch.int32)):
         raise ValueError(f"mask must be a bool or numeric tensor, got {m.dtype}")

@@ -406,10 +406,11 @@ class DALLE(nn.Module):
         None: wherever available (the CPU in fp32 / bf16); False: plain F.linear, no extra memory; a
         `nn.packed.PackedLinears`: reuse its packs (a caller that generates again packs once).
         callback(filled, codes): called after every sampled code, see `generation.decode.generate_codes`.
-        img: (1 or b, c, H, W) pixels in [0, 1]: its first `num_init_img_tokens` codes (default 43.75%)
-        prime every image. With `mask` (masked completion: inpainting / outpainting) the codes the
-        mask keeps are fixed instead (mask 1 keeps, 0 generates; see `decode.kept_codes` for its shapes)
-        and the others sampled, in raster order: a kept code conditions only the codes after it.
+        img: (1 or b, c, H, W) pixels in [0, 1], or the codes (1 or b, I) of earlier images (not
+        re-encoded): its first `num_init_img_tokens` codes (default 43.75%) prime every image. With
+        `mask` (masked completion: inpainting / outpainting) the codes the mask keeps are fixed instead
+        (mask 1 keeps, 0 generates; see `decode.kept_codes` for its shapes) and the others sampled, in
+        raster order: a kept code conditions only the codes after it.
         speculative: K > 1 verifies a window of K drafts per forward (speculative Jacobi decoding,
         `generation.speculative`): fewer forward passes than codes, exactly the same distribution;
         None or 1: one code per forward.  stats: a `generation.speculative.DecodeStats` to fill.

@@ -27,7 +27,7 @@ from dalle_pytorch.version import __version__
 
 __all__ = ["CaptionResult", "INDEX_NAME", "append_index", "check_outputs_dir", "create_run_dir", "file_sha256", "load_image",
            "load_mask",
-           "make_run_dir", "plan_run_dirs", "read_prompts", "save_outputs", "slugify", "split_captions"]
+           "make_run_dir", "plan_run_dirs", "read_prompts", "save_outputs", "slugify", "split_captions", "square_pixels"]
 
 MAX_SLUG_LEN = 60
 INDEX_NAME = "generate-index.jsonl"
@@ -165,17 +165,27 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def load_image(path: str | os.PathLike, image_size: int, channels: int = 3) -> torch.Tensor:
-    """`--img`: read an image file, centre-crop it to a square, resize to `image_size`.
+def load_image(path: str | os.PathLike, image_size: int, channels: int = 3, what: str = "img") -> torch.Tensor:
+    """`--img` (or the setting `what`, e.g. `--variations_of`): read an image file, centre-crop it to a
+    square, resize to `image_size` (`square_pixels`).
 
     Returns (1, channels, image_size, image_size) float32 in [0, 1].
     """
     if channels not in MODES:
         raise GenerationError(f"cannot prime a model with {channels}-channel images")
     try:
-        im = read_image(path, MODES[channels], setting("img"))
+        im = read_image(path, MODES[channels], setting(what))
     except (ImageFileError, OSError) as e:
         raise GenerationError(str(e)) from None
+    return square_pixels(im, image_size, channels)
+
+
+def square_pixels(im: Image.Image, image_size: int, channels: int = 3) -> torch.Tensor:
+    """A PIL image, converted to `channels`, centre-cropped to a square and resized (bicubic) to `image_size`:
+    (1, channels, image_size, image_size) float32 in [0, 1]."""
+    if channels not in MODES:
+        raise GenerationError(f"cannot prime a model with {channels}-channel images")
+    im = im.convert(MODES[channels])
     w, h = im.size
     side = min(w, h)
     box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)

@@ -35,6 +35,7 @@ from dalle_pytorch.formats.images import tensor_to_pil
 from dalle_pytorch.generation.sampling import SamplingConfig
 from dalle_pytorch.generation.speculative import DecodeStats
 from dalle_pytorch.pipeline.resolve import DEMO, DTYPES, demo_path, resolve_checkpoint, resolve_device, resolve_dtype
+from dalle_pytorch.pipeline.variations import check_strength, plan_variation, source_codes
 from dalle_pytorch.nn.packed import PackedLinears, packing_available
 from dalle_pytorch.models.dalle import DALLE
 from dalle_pytorch.models.quantize import QUANTIZE_MODES, quantization_of
@@ -153,6 +154,7 @@ class GeneratedImages:
     scores: Optional[list[float]] = None  # CLIP scores, with a CLIP (see `Pipeline.clip`)
     order: list[int] = field(default_factory=list)  # index of each image before reranking
     forward_passes: list[int] = field(default_factory=list)  # the cached forward passes of each batch (after its prefill)
+    codes: Optional[torch.Tensor] = None  # (n, I) long on CPU, the images' codes in the same order (`Pipeline.variations`)
 
     def pil_images(self) -> list[Image.Image]:
         return [tensor_to_pil(im) for im in self.images]
@@ -312,8 +314,9 @@ class Pipeline:
 
         Batch k (of `batch_size` images) is sampled with a CPU generator seeded `seed + k`.
         negative_prompt: the caption guidance steers away from (needs sampling.cond_scale != 1).
-        img: (1, c, H, W) pixels in [0, 1] whose first `num_init_img_tokens` codes prime every image,
-        or, with `mask` (H, W) (1 keeps, 0 generates), whose kept codes are fixed (masked completion).
+        img: (1, c, H, W) pixels in [0, 1] (or the codes (1, I) of an earlier image, not re-encoded) whose
+        first `num_init_img_tokens` codes prime every image, or, with `mask` (H, W) (1 keeps, 0
+        generates), whose kept codes are fixed (masked completion).
         `use_cache`, `compile` and `pack_weights` (False: no packed copies of the weights, see
         `DALLE.generate_images`) change the speed and memory, never the images.  speculative: K > 1
         verifies K drafts per forward (speculative Jacobi decoding: the same distribution, other samples,
@@ -326,11 +329,12 @@ class Pipeline:
             raise GenerationError(f"callback_steps must be a positive integer, got {callback_steps}")
         text = self.tokenize([caption])
         null = self.tokenize([negative_prompt]) if negative_prompt is not None else None
-        prime = img.to(device=self.device, dtype=self.dtype) if img is not None else None
+        prime = None if img is None else img.to(self.device) if not img.is_floating_point() else img.to(
+            device=self.device, dtype=self.dtype)
         settings = generation_settings(sampling, negative_prompt, batch_size,
                                        num_init_img_tokens if img is not None else None, speculative,
                                        self.quantize)
-        images, seeds, scores, passes = [], [], [], []
+        images, seeds, scores, passes, all_codes = [], [], [], [], []
         packs = pack_weights
         if pack_weights is None and not compile and packing_available(self.device, self.dtype):
             rows = batch_size * (2 if sampling.guided else 1)  # every batch packs for the full batch's rows
@@ -341,20 +345,23 @@ class Pipeline:
             hook = None if callback is None else self._step_hook(callback, callback_steps, caption, k, batch_seed)
             stats = DecodeStats()
             try:
-                out = self.model.generate_images(
+                codes = self.model.generate_images(
                     text, filter_thres=sampling.filter_thres, filter_scope=sampling.filter_scope,
                     top_p=sampling.top_p,
                     temperature=sampling.temperature, img=prime, num_init_img_tokens=num_init_img_tokens,
                     mask=mask, cond_scale=sampling.cond_scale, null_text=null, use_cache=use_cache, num_images=n,
                     generator=generator, progress=progress, compile=compile, pack_weights=packs, callback=hook,
-                    speculative=speculative, stats=stats,
+                    speculative=speculative, stats=stats, return_codes=True,
                 )
             except ValueError as e:  # bad settings for this model (e.g. num_init_img_tokens too large)
                 raise GenerationError(str(e)) from None
+            with torch.inference_mode():  # as generate_images decodes them
+                out = self.model.vae.decode(codes).clamp(0.0, 1.0).float()
             if self.clip is not None:  # each image scored with its caption (the DALLE's tokens for our own CLIP)
                 batch_scores = self.clip.score([caption] * n, out, text.long().repeat_interleave(n, dim=0))
                 scores.extend(float(s) for s in batch_scores)
-            images.append(out.float().cpu())
+            images.append(out.cpu())
+            all_codes.append(codes.cpu())
             seeds.extend([batch_seed] * n)
             passes.append(stats.forward_passes)
             if on_batch is not None:
@@ -362,13 +369,47 @@ class Pipeline:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - start
-        pixels = torch.cat(images)
+        pixels, codes = torch.cat(images), torch.cat(all_codes)
         order = list(range(num_images))
         if self.clip is not None:
             order = sorted(order, key=lambda i: -scores[i])  # best CLIP score first
-            pixels, seeds, scores = pixels[order], [seeds[i] for i in order], [scores[i] for i in order]
+            pixels, codes, seeds, scores = pixels[order], codes[order], [seeds[i] for i in order], [scores[i] for i in order]
         return GeneratedImages(caption=caption, images=pixels, seeds=seeds, settings=settings, elapsed=elapsed,
-                               scores=scores or None, order=order, forward_passes=passes)
+                               scores=scores or None, order=order, forward_passes=passes, codes=codes)
+
+    def variations(self, image: Any, n: int = 4, strength: float = 0.5, *, caption: str = "", mode: str = "suffix",
+                   seed: int = 0, **kwargs: Any) -> GeneratedImages:
+        """`n` variations of `image`: round(strength * I) of its codes resampled for `caption`, the others
+        kept exactly; mode "suffix" resamples the bottom-right share in raster order (each new code sees
+        every kept one), "random" a random set of positions drawn from `seed` (`pipeline.variations`).
+
+        image: a PIL image or pixels (1, c, H, W) in [0, 1], encoded once by the VAE, or the codes (I,) /
+        (1, I) of an earlier result (`GeneratedImages.codes[i]`).  strength 0: the image's own codes n
+        times, nothing sampled; 1: free sampling, the images of `generate(caption, seed=seed)`.  Other
+        keyword arguments (sampling, batch_size, negative_prompt, speculative, ...) go to `generate`;
+        the settings record the variation under "variation".
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise GenerationError(f"{setting('n')} must be an integer >= 1 (the number of variations), got {n!r}")
+        taken = sorted({"img", "mask", "num_init_img_tokens", "num_images"} & set(kwargs))
+        if taken:
+            raise GenerationError(f"variations choose the kept codes themselves: leave out {', '.join(taken)}")
+        check_strength(strength, mode)  # before the image is encoded
+        self.tokenize([caption])
+        plan = plan_variation(source_codes(self.model, image), strength, mode, seed)
+        if plan.kept < plan.keep.numel():
+            result = self.generate(caption, num_images=n, seed=seed, **plan.generate_args(self.model.fmap_size), **kwargs)
+        else:  # nothing to resample (strength 0, or below half a code): the image itself, n times
+            start, batch_size = time.perf_counter(), kwargs.get("batch_size", 4)
+            codes = plan.codes.expand(n, -1)
+            with torch.inference_mode():
+                pixels = self.model.vae.decode(codes).clamp(0.0, 1.0).float().cpu()
+            settings = generation_settings(kwargs.get("sampling") or SamplingConfig(filter_thres=0.9),
+                                           kwargs.get("negative_prompt"), batch_size, quantize=self.quantize)
+            seeds = [s for s, m in batch_seeds(seed, n, batch_size) for _ in range(m)]
+            result = GeneratedImages(caption, pixels, seeds, settings, time.perf_counter() - start, codes=codes.cpu())
+        result.settings["variation"] = plan.settings()
+        return result
 
     def _step_hook(self, callback: Callable[[Step], None], every: int, caption: str, batch: int,
                    seed: int) -> Callable[[int, torch.Tensor], None]:
