@@ -40,6 +40,7 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
+from dalle_pytorch.errors import setting
 from dalle_pytorch.generation.decode import kept_codes, plan_rows, prime_codes
 from dalle_pytorch.generation.sampling import SamplingConfig, next_codes
 
@@ -50,10 +51,10 @@ def check_canvas(canvas, fmap_size: int) -> tuple[int, int]:
     """(H, W) codes from `canvas` (a pair of integers, each >= fmap_size), or a one-line ValueError."""
     if (not isinstance(canvas, (tuple, list)) or len(canvas) != 2
             or any(isinstance(s, bool) or not isinstance(s, int) for s in canvas)):
-        raise ValueError(f"canvas must be (height, width) in codes, two integers, got {canvas!r}")
+        raise ValueError(f"{setting('canvas')} must be (height, width) in codes, two integers, got {canvas!r}")
     h, w = canvas
     if h < fmap_size or w < fmap_size:
-        raise ValueError(f"canvas must be at least the trained grid, {fmap_size}x{fmap_size} codes, got {h}x{w}")
+        raise ValueError(f"{setting('canvas')} must be at least the trained grid, {fmap_size}x{fmap_size} codes, got {h}x{w}")
     return int(h), int(w)
 
 
@@ -86,7 +87,7 @@ def canvas_codes(model, ids: torch.Tensor, sampling: SamplingConfig, canvas: tup
     ids: model text ids (R or 2R, T') of every row (guided: the conditional rows, then their null
     rows, `rows` = R); known, keep: (R, H, W) kept codes and where they are kept (or None).
     callback(filled, codes): after every code, the number filled in raster order and the live
-    (R, H, W) buffer.  The model must be in eval mode.
+    buffer as (R, H * W) codes in raster order (as generate_codes').  The model must be in eval mode.
     """
     f = model.fmap_size
     h, w = canvas
@@ -95,6 +96,7 @@ def canvas_codes(model, ids: torch.Tensor, sampling: SamplingConfig, canvas: tup
     codes = torch.zeros(rows, h, w, dtype=torch.long, device=device)
     if keep is not None:
         codes = torch.where(keep, known, codes)
+    flat = codes.view(rows, h * w)  # the callback's view of the live buffer
     stats = CanvasStats() if stats is None else stats
     text_len = model.text_len
 
@@ -139,7 +141,7 @@ def canvas_codes(model, ids: torch.Tensor, sampling: SamplingConfig, canvas: tup
                 codes[:, i, j] = drawn if forced is None else torch.where(forced, codes[:, i, j], drawn)
                 stats.codes += rows if forced is None else int((~forced).sum())
             if callback is not None:
-                callback(n + 1, codes)
+                callback(n + 1, flat)
             bar.update(1)
     return codes
 
@@ -156,10 +158,10 @@ def canvas_kept(model, canvas: tuple[int, int], img: torch.Tensor, img_offset, n
     f, (h, w) = model.fmap_size, canvas
     if (not isinstance(img_offset, (tuple, list)) or len(img_offset) != 2
             or any(isinstance(o, bool) or not isinstance(o, int) for o in img_offset)):
-        raise ValueError(f"img_offset must be (row, column) in codes, two integers, got {img_offset!r}")
+        raise ValueError(f"{setting('img_offset')} must be (row, column) in codes, two integers, got {img_offset!r}")
     oi, oj = img_offset
     if not (0 <= oi <= h - f and 0 <= oj <= w - f):
-        raise ValueError(f"img_offset must place the {f}x{f} codes of img inside the {h}x{w} canvas: row in "
+        raise ValueError(f"{setting('img_offset')} must place the {f}x{f} codes of {setting('img')} inside the {h}x{w} canvas: row in "
                          f"[0, {h - f}], column in [0, {w - f}], got {tuple(img_offset)}")
     if mask is not None:
         if num_init_img_tokens is not None:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle_pytorch.errors import setting
 from dalle_pytorch.generation import decode
 from dalle_pytorch.generation import canvas as canvas_decode
 from dalle_pytorch.generation.sampling import SamplingConfig
@@ -455,7 +456,7 @@ class DALLE(nn.Module):
     def _generate_canvas(self, text, sampling, canvas, *, return_codes, refused, **kwargs):
         for name, value in refused.items():
             if value is not None and value is not False and not (name == "speculative" and value == 1):
-                raise ValueError(f"canvas does not combine with {name} yet (a canvas samples with eager cached steps)")
+                raise ValueError(f"{setting('canvas')} does not combine with {setting(name)} yet (a canvas samples with eager cached steps)")
         codes = canvas_decode.generate_canvas(self, text, sampling, canvas, **kwargs)
         if return_codes:
             return codes

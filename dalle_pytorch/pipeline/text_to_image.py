@@ -100,22 +100,27 @@ PREVIEW_GREY = 0.5
 
 
 @torch.inference_mode()
-def preview_images(vae: nn.Module, codes: torch.Tensor, filled: int) -> torch.Tensor:
+def preview_images(vae: nn.Module, codes: torch.Tensor, filled: int, grid: Optional[tuple[int, int]] = None) -> torch.Tensor:
     """Decode a partly sampled grid: (b, I) codes whose first `filled` are sampled -> (b, c, H, W) in [0, 1].
+    grid: (h, w) of a canvas's codes (b, h * w); None: the square grid.
 
     The unsampled codes are set to each row's most frequent sampled code (a cheap stand-in for the
     mean code, so the VAE's receptive field does not smear an arbitrary code into the filled part),
     and their cells are painted PREVIEW_GREY: the picture sharpens row by row as codes arrive.
     """
     b, n = codes.shape
-    side = math.isqrt(n)
+    h, w = (math.isqrt(n),) * 2 if grid is None else grid
+
+    def decode(c):
+        return (vae.decode(c) if grid is None else vae.decode_grid(c.view(b, h, w))).clamp(0.0, 1.0).float()
+
     if filled >= n:
-        return vae.decode(codes).clamp(0.0, 1.0).float()
+        return decode(codes)
     fill = codes[:, :filled].mode(dim=1).values if filled > 0 else torch.zeros(b, dtype=codes.dtype, device=codes.device)
     stand_in = torch.where(torch.arange(n, device=codes.device) < filled, codes, fill[:, None])
-    images = vae.decode(stand_in).clamp(0.0, 1.0).float()
-    cell = images.shape[-1] // side
-    empty = (torch.arange(n, device=images.device) >= filled).view(side, side)
+    images = decode(stand_in)
+    cell = images.shape[-1] // w
+    empty = (torch.arange(n, device=images.device) >= filled).view(h, w)
     empty = empty.repeat_interleave(cell, 0).repeat_interleave(cell, 1)  # (H, W)
     return images.masked_fill(empty, PREVIEW_GREY)
 
@@ -131,10 +136,11 @@ class Step:
     total: int  # image_seq_len
     codes: torch.Tensor  # (n, I) the batch's codes, live: positions >= filled are not sampled yet
     vae: nn.Module
+    grid: Optional[tuple[int, int]] = None  # a canvas's (H, W) codes (codes (n, H * W)); None: the trained grid
 
     def preview(self) -> torch.Tensor:
         """(n, c, H, W) the batch's partial images (see `preview_images`)."""
-        return preview_images(self.vae, self.codes, self.filled)
+        return preview_images(self.vae, self.codes, self.filled, self.grid)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -309,7 +315,8 @@ class Pipeline:
                  mask: Optional[torch.Tensor] = None, use_cache: bool = True, compile: bool | str = False,
                  pack_weights: Optional[bool] = None, speculative: Optional[int] = None,
                  progress: bool = False, on_batch: Optional[Callable[[int], None]] = None,
-                 callback: Optional[Callable[[Step], None]] = None, callback_steps: int = 1) -> GeneratedImages:
+                 callback: Optional[Callable[[Step], None]] = None, callback_steps: int = 1,
+                 canvas: Optional[tuple[int, int]] = None, img_offset: tuple[int, int] = (0, 0)) -> GeneratedImages:
         """Sample `num_images` images for `caption`.
 
         Batch k (of `batch_size` images) is sampled with a CPU generator seeded `seed + k`.
@@ -324,6 +331,8 @@ class Pipeline:
         callback(Step) is called every `callback_steps` sampled codes of a batch (at the first step
         that reaches each multiple: speculative steps fill several) and after its last one; it changes
         nothing that is sampled.
+        canvas: (H, W) codes, a canvas larger than the trained grid (`generation.canvas`; img is then
+        kept at img_offset); its codes (n, H * W) and images of H x W codes; recorded in the settings.
         """
         if int(callback_steps) != callback_steps or callback_steps < 1:
             raise GenerationError(f"callback_steps must be a positive integer, got {callback_steps}")
@@ -336,13 +345,19 @@ class Pipeline:
                                        self.quantize)
         images, seeds, scores, passes, all_codes = [], [], [], [], []
         packs = pack_weights
+        if canvas is not None:
+            if self.clip is not None:
+                raise GenerationError("canvas does not combine with CLIP reranking (CLIP scores images of the trained size)")
+            settings["canvas"] = list(canvas)
+            if img is not None:
+                settings["img_offset"] = list(img_offset)
         if pack_weights is None and not compile and packing_available(self.device, self.dtype):
             rows = batch_size * (2 if sampling.guided else 1)  # every batch packs for the full batch's rows
             packs = self.packs.setdefault(rows, PackedLinears(rows))
         start = time.perf_counter()
         for k, (batch_seed, n) in enumerate(batch_seeds(seed, num_images, batch_size)):
             generator = torch.Generator().manual_seed(batch_seed)
-            hook = None if callback is None else self._step_hook(callback, callback_steps, caption, k, batch_seed)
+            hook = None if callback is None else self._step_hook(callback, callback_steps, caption, k, batch_seed, canvas)
             stats = DecodeStats()
             try:
                 codes = self.model.generate_images(
@@ -351,12 +366,14 @@ class Pipeline:
                     temperature=sampling.temperature, img=prime, num_init_img_tokens=num_init_img_tokens,
                     mask=mask, cond_scale=sampling.cond_scale, null_text=null, use_cache=use_cache, num_images=n,
                     generator=generator, progress=progress, compile=compile, pack_weights=packs, callback=hook,
-                    speculative=speculative, stats=stats, return_codes=True,
+                    speculative=speculative, stats=None if canvas is not None else stats, return_codes=True,
+                    **({} if canvas is None else {"canvas": canvas, "img_offset": img_offset}),
                 )
             except ValueError as e:  # bad settings for this model (e.g. num_init_img_tokens too large)
                 raise GenerationError(str(e)) from None
             with torch.inference_mode():  # as generate_images decodes them
-                out = self.model.vae.decode(codes).clamp(0.0, 1.0).float()
+                out = (self.model.vae.decode(codes) if canvas is None
+                       else self.model.vae.decode_grid(codes.view(n, *canvas))).clamp(0.0, 1.0).float()
             if self.clip is not None:  # each image scored with its caption (the DALLE's tokens for our own CLIP)
                 batch_scores = self.clip.score([caption] * n, out, text.long().repeat_interleave(n, dim=0))
                 scores.extend(float(s) for s in batch_scores)
@@ -412,15 +429,16 @@ class Pipeline:
         return result
 
     def _step_hook(self, callback: Callable[[Step], None], every: int, caption: str, batch: int,
-                   seed: int) -> Callable[[int, torch.Tensor], None]:
+                   seed: int, canvas: Optional[tuple[int, int]] = None) -> Callable[[int, torch.Tensor], None]:
         """generate_codes' callback(filled, codes) -> callback(Step) every `every` codes and at the last."""
-        total, vae = self.model.image_seq_len, self.model.vae
+        total = self.model.image_seq_len if canvas is None else canvas[0] * canvas[1]
+        vae = self.model.vae
         shown = [0]  # the last multiple of `every` reported
 
         def hook(filled: int, codes: torch.Tensor) -> None:
             if filled // every > shown[0] or filled == total:
                 shown[0] = filled // every
-                callback(Step(caption, batch, seed, filled, total, codes, vae))
+                callback(Step(caption, batch, seed, filled, total, codes, vae, canvas))
 
         return hook
 

@@ -158,3 +158,18 @@ def test_priming_and_masks_on_a_canvas(model):
 def test_bad_canvases_are_refused(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         model.generate_images(random_text(), **kwargs)
+
+
+def test_pipeline_canvas_records_it_and_previews_the_whole_canvas():
+    from tests.helpers import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    previews = []
+    out = pipe.generate("a red circle", num_images=2, seed=1, canvas=(8, 12), callback_steps=40,
+                        callback=lambda step: previews.append((step.filled, step.total, step.preview().shape)))
+    assert out.images.shape == (2, 3, 32, 48) and out.codes.shape == (2, 96)
+    assert out.settings["canvas"] == [8, 12]
+    assert previews[-1] == (96, 96, (2, 3, 32, 48)) and previews[0][0] == 40
+    direct = pipe.model.generate_images(pipe.tokenize(["a red circle"]), canvas=(8, 12), num_images=2,
+                                        filter_thres=0.9, generator=torch.Generator().manual_seed(1), return_codes=True)
+    assert torch.equal(out.codes, direct)
