@@ -288,13 +288,18 @@ def generate_codes(model, text: torch.Tensor, sampling: SamplingConfig, *, img: 
     if keep is not None:
         known, keep = known[expand[:rows]], keep[expand[:rows]]
 
+    total = model.image_seq_len
+    # the guidance schedule: positions first <= t < end draw with the null rows, scale_at(t) each
+    first, end = sampling.guidance_span(total)
+
     def draw(img_logits, t):  # the code of every row at image position t
+        scale = sampling.scale_at(t, total)
         if keep is None:
-            return next_codes(img_logits, sampling, generator, rows=rows, vocab_size=model.total_tokens)
+            return next_codes(img_logits, sampling, generator, rows=rows, vocab_size=model.total_tokens, cond_scale=scale)
         forced = keep[:, t]
         if bool(forced.all()):  # nothing to sample at t: no noise drawn
             return known[:, t]
-        drawn = next_codes(img_logits, sampling, generator, rows=rows, vocab_size=model.total_tokens)
+        drawn = next_codes(img_logits, sampling, generator, rows=rows, vocab_size=model.total_tokens, cond_scale=scale)
         return torch.where(forced, known[:, t], drawn)
 
     if stats is not None:
@@ -305,8 +310,10 @@ def generate_codes(model, text: torch.Tensor, sampling: SamplingConfig, *, img: 
     if not use_cache:  # the reference: every step runs the whole sequence again
         all_ids = model.text_ids(plan.unique_text)[expand]
         for t in bar:
-            cur = torch.cat((codes[:, :t], codes[:, :t])) if guided else codes[:, :t]
-            codes[:, t] = draw(model.last_logits(all_ids, cur)[:, model.num_text_tokens :], t)
+            with_null = first <= t < end  # the schedule's rows, as the cached loop's
+            cur = torch.cat((codes[:, :t], codes[:, :t])) if with_null else codes[:, :t]
+            ids = all_ids if with_null else all_ids[:rows]
+            codes[:, t] = draw(model.last_logits(ids, cur)[:, model.num_text_tokens :], t)
             if callback is not None:
                 callback(t + 1, codes)
         return codes
@@ -337,20 +344,47 @@ def generate_codes(model, text: torch.Tensor, sampling: SamplingConfig, *, img: 
     else:
         step_fn = model.decode_step
     positions = torch.arange(model.text_len + model.image_seq_len, device=device)
+    # the rows each step feeds: 2R while the schedule needs the null rows, R (the first R rows of the cache,
+    # so the step costs an unguided one) before its span starts and after it ends; the null rows skipped
+    # before the span catch up in one multi-token step as it starts (`catch_up_rows`)
+    lead = cache.narrow_rows(0, rows) if guided else cache
+    null_fed = first <= start < end  # the null rows' cache is filled up to the position being drawn
     for t in bar:
         code = draw(last, t)
         codes[:, t] = code
         if callback is not None:
             callback(t + 1, codes)
         if t + 1 < model.image_seq_len:
-            token = torch.cat((code, code)) if guided else code
+            with_null = first <= t + 1 < end
             pos = model.text_len + t
             # "static" attends over the whole cache (shapes never change); otherwise the filled prefix
             length = None if mode == "static" else pos + 1
-            last = step_fn(token, positions[pos], cache, length=length)
+            if with_null and null_fed:
+                last = step_fn(torch.cat((code, code)), positions[pos], cache, length=length)
+            else:
+                last = step_fn(code, positions[pos], lead, length=length)
+                if with_null:  # the span starts at t + 1: the null rows take codes start..t in one step
+                    null = catch_up_rows(model, cache.narrow_rows(rows, rows), codes[:, start : t + 1],
+                                         model.text_len + start)
+                    last, null_fed = torch.cat((last, null)), True
+                    if stats is not None:
+                        stats.forward_passes += 1
             if stats is not None:
                 stats.forward_passes += 1
     return codes
+
+
+def catch_up_rows(model, cache, codes: torch.Tensor, pos: int) -> torch.Tensor:
+    """Feed image codes (r, n) into `cache` (r rows) at sequence positions pos .. pos + n - 1 with the
+    model's multi-token step (chunks of `model.PREFILL_CHUNK`, shared start); returns the image logits
+    (r, num_image_tokens) of the position after the last code.  A guidance interval's null rows, skipped
+    while their scale was 1, join the batch this way where the interval starts."""
+    last = None
+    for first in range(0, codes.shape[1], model.PREFILL_CHUNK):
+        part = codes[:, first : first + model.PREFILL_CHUNK]
+        start = pos + first
+        last = model.step(part, torch.tensor(start, device=codes.device), cache, length=start + part.shape[1])[:, -1]
+    return last
 
 
 @torch.inference_mode()

@@ -11,20 +11,43 @@ sharper filter of this package (0.9 keeps the top 10% of the codes).
 `SamplingConfig` holds the sampling settings, validated once where they enter (the Python API,
 generate.py, the server) and passed down as is. All randomness comes from an optional
 torch.Generator, so a seed reproduces a sample exactly.
+
+Guidance schedules (`cond_schedule`, issue #28; LlamaGen's `cfg_interval` is the prior art): the scale of
+classifier-free guidance may depend on the image code position t of I codes: "constant" (cond_scale
+everywhere), "interval:A:B" (cond_scale for A*I <= t < B*I, none elsewhere: the decode loop's null rows
+leave the batch at the interval's end) or "linear" (a ramp from 1 at the first code to cond_scale at the
+last).  `SamplingConfig.scale_at` and `guidance_span` are the one definition every loop reads.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Optional
 
 import torch
 
-__all__ = ["FILTER_SCOPES", "SamplingConfig", "sample", "sampling_probs", "filtered_logits", "next_codes", "guided_logits",
+__all__ = ["COND_SCHEDULES", "FILTER_SCOPES", "SamplingConfig", "sample", "sampling_probs", "filtered_logits", "next_codes", "guided_logits",
            "top_k_filter", "top_p_filter", "gumbel_sample", "categorical"]
 
 FILTER_SCOPES = ("vocab", "candidates")
+#: the forms of `SamplingConfig.cond_schedule` (A and B fractions of the image codes)
+COND_SCHEDULES = ("constant", "interval:A:B", "linear")
+
+
+def _interval(schedule: str) -> tuple[Fraction, Fraction]:
+    """(A, B) of "interval:A:B", exact fractions (0.3 is 3/10, so A*I is exact), or ValueError."""
+    parts = schedule.split(":")
+    try:
+        if len(parts) != 3 or parts[0] != "interval":
+            raise ValueError
+        a, b = Fraction(parts[1]), Fraction(parts[2])
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"cond_schedule must be one of {', '.join(COND_SCHEDULES)}, got {schedule!r}") from None
+    if not 0 <= a < b <= 1:
+        raise ValueError(f"cond_schedule interval:A:B needs 0 <= A < B <= 1, got {schedule!r}")
+    return a, b
 
 
 def _number(name: str, value) -> float:
@@ -46,6 +69,8 @@ class SamplingConfig:
     # what the fraction counts: "vocab" = the model's whole vocabulary (DALLE-pytorch), "candidates" =
     # the tokens that can be sampled at the position (the image codes, or the text tokens)
     filter_scope: str = "vocab"
+    # the guidance scale by image code position: "constant", "interval:A:B" or "linear" (see scale_at)
+    cond_schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if not 0.0 <= _number("filter_thres", self.filter_thres) < 1.0:
@@ -58,6 +83,12 @@ class SamplingConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not _number("cond_scale", self.cond_scale) >= 0:
             raise ValueError(f"cond_scale must be >= 0 (1 = no guidance), got {self.cond_scale}")
+        if not isinstance(self.cond_schedule, str):
+            raise ValueError(f"cond_schedule must be a string, got {self.cond_schedule!r}")
+        if self.cond_schedule not in ("constant", "linear"):
+            _interval(self.cond_schedule)
+        if self.cond_schedule != "constant" and not self.guided:
+            raise ValueError(f"cond_schedule {self.cond_schedule} only has an effect with guidance: set cond_scale != 1")
 
     @property
     def guided(self) -> bool:
@@ -65,6 +96,39 @@ class SamplingConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def guidance_span(self, total: int) -> tuple[int, int]:
+        """(first, end): the image code positions first <= t < end of `total` codes whose draw combines the
+        null rows' logits (an empty span is first == end); the null rows are needed from first to end - 1
+        and leave at `end`.  Unguided: (0, 0).  "interval:A:B" is A*I <= t < B*I for integer t, i.e.
+        ceil(A*I) <= t < ceil(B*I), with A*I exact (A a fraction): interval:0:1 is every position, as
+        "constant"; interval:0:0.5 of 256 codes is t < 128 and of 255 codes t < 128 (127.5 rounds up).
+        "linear" starts at scale 1, but its first position is counted guided: the rows are there anyway."""
+        if not self.guided:
+            return 0, 0
+        if self.cond_schedule in ("constant", "linear"):
+            return 0, total
+        a, b = _interval(self.cond_schedule)
+        return math.ceil(a * total), math.ceil(b * total)
+
+    def scale_at(self, t: int, total: int) -> float:
+        """The guidance scale of image code position t (0 <= t < total): 1.0 (no guidance) outside the span.
+
+        "linear" ramps 1 + (cond_scale - 1) * t / (total - 1): 1 at the first code, cond_scale at the last.
+        Increasing, not decreasing: the first codes are drawn with the least context and fix the layout,
+        so guiding them hard narrows the samples to the caption's most likely composition, while later
+        codes (details, and here the shape drawn over the background) are where the caption's content must
+        be followed (increasing schedules did best in Wang et al. 2024, "Analysis of Classifier-Free
+        Guidance Weight Schedulers", arXiv:2404.13040; Muse raises its scale during decoding too).
+        """
+        if not self.guided:
+            return 1.0
+        if self.cond_schedule == "constant":
+            return self.cond_scale
+        if self.cond_schedule == "linear":
+            return self.cond_scale if total <= 1 else 1.0 + (self.cond_scale - 1.0) * t / (total - 1)
+        first, end = self.guidance_span(total)
+        return self.cond_scale if first <= t < end else 1.0
 
     def top_k_vocab(self, vocab_size: int) -> Optional[int]:
         """The vocabulary size `top_k_filter` counts the fraction over for a model of `vocab_size` tokens."""
@@ -150,11 +214,14 @@ def categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -
 
 
 def next_codes(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None = None, *, rows: int,
-               vocab_size: Optional[int] = None) -> torch.Tensor:
+               vocab_size: Optional[int] = None, cond_scale: Optional[float] = None) -> torch.Tensor:
     """The next token of each of `rows` sampled rows from a step's logits (what the decode loop and the
-    server's scheduler both draw with).  logits: (rows, v), or (2 * rows, v) with guidance: the
-    conditional rows, then their null rows, combined by `guided_logits`.  Returns (rows,) long.
+    server's scheduler both draw with).  logits: (rows, v), unguided (or after a guidance interval's null
+    rows left), or (2 * rows, v) with guidance: the conditional rows, then their null rows, combined by
+    `guided_logits` with `cond_scale` (the schedule's scale at this position, `SamplingConfig.scale_at`;
+    None: config.cond_scale); at scale 1 the conditional rows are taken as they are.  Returns (rows,) long.
     """
-    if config.guided:
-        logits = guided_logits(logits, rows, config.cond_scale)
+    if logits.shape[0] == 2 * rows:
+        scale = config.cond_scale if cond_scale is None else cond_scale
+        logits = logits[:rows] if scale == 1.0 else guided_logits(logits, rows, scale)
     return sample(logits, config, generator, vocab_size=vocab_size)

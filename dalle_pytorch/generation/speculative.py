@@ -161,6 +161,11 @@ class Window:
         self._s = s
         return torch.where(index < f[:, None], self.codes.gather(1, index), from_window), s - 1
 
+    def fed_positions(self) -> torch.Tensor:
+        """(R, t) long: the code index each output of the last `feed` is the distribution of (start + 1 + j),
+        the positions a guidance schedule's scales are read at."""
+        return self._s[:, None] + self.arange_t[: self.t]
+
     def accept(self, p: torch.Tensor) -> int:
         """Verify the drafts with p (R, t, V), the step's sampling distributions at the fed tokens, and draft
         the next window.  Returns the codes newly accepted by every row (the increase of `filled`)."""
@@ -246,11 +251,27 @@ class Window:
 
 
 def sampling_distribution(model, sampling: SamplingConfig, rows: int, guided: bool) -> Callable:
-    """logits (R or 2R, ..., V) -> the final sampling distribution (R, ..., V): guidance combined,
-    top-k, top-p and temperature applied (`sampling.sampling_probs`)."""
-    def probs(logits):
-        if guided:
+    """probs(logits, positions=None): logits (R or 2R, ..., V) -> the final sampling distribution (R, ..., V):
+    guidance combined, top-k, top-p and temperature applied (`sampling.sampling_probs`).
+
+    positions (R, ...) long: the image code position of each distribution, where a guidance schedule
+    other than "constant" reads its scale (`SamplingConfig.scale_at`; at scale 1 the conditional logits
+    are taken as they are).  A window keeps the null rows in every step: after an interval's end they
+    are fed with scale 1 (the rows are not saved yet, unlike plain decoding's loop)."""
+    scales = None
+    if guided and sampling.cond_schedule != "constant":
+        total = model.image_seq_len
+        scales = torch.tensor([sampling.scale_at(t, total) for t in range(total)], dtype=torch.float32)
+
+    def probs(logits, positions=None):
+        if guided and scales is None:
             logits = guided_logits(logits, rows, sampling.cond_scale)
+        elif guided:
+            if positions is None:
+                raise ValueError(f"cond_schedule {sampling.cond_schedule} needs the code positions of the logits")
+            scale = scales.to(logits.device)[positions][..., None]  # (R, ..., 1)
+            cond, null = logits[:rows].float(), logits[rows:].float()
+            logits = torch.where(scale == 1.0, cond, null + (cond - null) * scale)
         return sampling_probs(logits, sampling, vocab_size=model.total_tokens)
     return probs
 
@@ -276,7 +297,7 @@ def speculative_codes(model, codes: torch.Tensor, filled: int, last: torch.Tenso
     probs = sampling_distribution(model, sampling, rows, guided)
     win = Window(codes, filled, window=window, v=model.num_image_tokens, fmap_size=model.fmap_size,
                  generator=generator, known=known, keep=keep, prior=prior, stats=stats)
-    win.first(probs(last))
+    win.first(probs(last, torch.full((rows,), filled, dtype=torch.long, device=codes.device)))
     if callback is not None:
         callback(win.filled, codes)
     if on_progress is not None:
@@ -290,7 +311,7 @@ def speculative_codes(model, codes: torch.Tensor, filled: int, last: torch.Tenso
             tokens, start = torch.cat((tokens, tokens)), torch.cat((start, start))
         length = int(start.max()) + win.t
         logits = model.step(tokens, start, cache, length=length) if step is None else step(tokens, start, cache, length)
-        gained = win.accept(probs(logits))
+        gained = win.accept(probs(logits, win.fed_positions()))
         if callback is not None:
             callback(win.filled, codes)
         if on_progress is not None and gained:

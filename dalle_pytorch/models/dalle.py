@@ -372,6 +372,7 @@ class DALLE(nn.Module):
         null_text: torch.Tensor | None = None,
         use_cache: bool = True,
         num_images: int = 1,
+        cond_schedule: str = "constant",
         generator: torch.Generator | None = None,
         return_codes: bool = False,
         progress: bool = False,
@@ -393,7 +394,10 @@ class DALLE(nn.Module):
         with `clip`, returns (images, scores) where scores (b * num_images,) are CLIP similarities.
         cond_scale: classifier-free guidance, logits = null + (cond - null) * cond_scale (>= 0;
         1 = no guidance); the conditional and null rows run as one batch. null_text: (1 or b, T)
-        caption for the null rows (a negative prompt); default the empty caption.
+        caption for the null rows (a negative prompt); default the empty caption.  cond_schedule: the
+        scale by code position, "constant", "interval:A:B" (guidance for A*I <= t < B*I only; the null
+        rows leave the batch at its end) or "linear" (1 at the first code to cond_scale at the last);
+        see `generation.sampling.SamplingConfig.scale_at`.
         compile: torch.compile the cached decode step (use_cache=True only). True or "prefix":
         dynamic shapes, each step attends over the filled prefix (fastest on CPU); "static": every
         step attends over the whole preallocated cache with fixed shapes (what CUDA graphs need).
@@ -423,7 +427,7 @@ class DALLE(nn.Module):
         cached steps only (no compile, no speculative decoding yet); stats: a `canvas.CanvasStats`.
         """
         sampling = SamplingConfig(filter_thres=filter_thres, top_p=top_p, temperature=temperature,
-                                  cond_scale=cond_scale, filter_scope=filter_scope)
+                                  cond_scale=cond_scale, filter_scope=filter_scope, cond_schedule=cond_schedule)
         was_training = self.training
         self.eval()
         try:
