@@ -11,6 +11,7 @@ grid.png and generation.json. See docs/generation.md for every flag.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -29,6 +30,7 @@ from dalle_pytorch.pipeline.outputs import (append_index, check_outputs_dir, cre
                                             load_mask, make_run_dir, plan_run_dirs, read_prompts, save_outputs,
                                             split_captions)
 from dalle_pytorch.pipeline.text_to_image import DEMO, DTYPES, Pipeline, batch_seeds, fresh_seed, resolve_checkpoint
+from dalle_pytorch.pipeline.variations import check_strength
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -99,6 +101,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                            "only the codes after it)")
     samp.add_argument("--num_init_img_tokens", type=int, default=None,
                       help="how many codes of --img to keep (default 43.75%% of the image's codes)")
+    samp.add_argument("--variations_of", default=None, metavar="IMAGE",
+                      help="variations of an image: an image file (encoded once by the VAE) or codes:C0,C1,... (an "
+                           "earlier image's codes, as the server's answers give them); --strength of its codes are "
+                           "resampled for --text (optional: the empty caption), the others kept exactly")
+    samp.add_argument("--strength", type=float, default=None,
+                      help="with --variations_of: the share of the codes resampled, in [0, 1] (default 0.5; 0 = the "
+                           "image itself, 1 = free sampling)")
+    samp.add_argument("--variation_mode", choices=["suffix", "random"], default=None,
+                      help="with --variations_of: resample the last codes in raster order, the bottom-right share "
+                           "(suffix, the default: each new code sees every kept one) or a random set of positions "
+                           "drawn from --seed (random)")
     samp.add_argument("--use_cache", dest="use_cache", action="store_true", default=True,
                       help="cached decoding (the default)")
     samp.add_argument("--no_use_cache", dest="use_cache", action="store_false",
@@ -147,6 +160,8 @@ def _captions(args) -> list:
         captions += read_prompts(args.prompts_file)
     if args.gentxt:
         return captions or [None]  # None: the model writes the whole caption
+    if not captions and args.variations_of is not None:
+        return [""]  # variations of an image for the empty caption
     if not captions:
         raise GenerationError("give a caption with --text \"...\" or --prompts_file FILE (or --gentxt)")
     return captions
@@ -213,6 +228,7 @@ def _main(args: argparse.Namespace) -> list:
         raise GenerationError("--mask needs --img (the image whose codes the mask keeps)")
     if args.mask is not None and args.num_init_img_tokens is not None:
         raise GenerationError("give --num_init_img_tokens (keep the first codes) or --mask, not both")
+    _check_variation_flags(args)
     if args.compile and not args.use_cache:
         raise GenerationError("--compile compiles the cached decode step: it cannot be used with --no_use_cache")
     if isinstance(args.speculative, int) and args.speculative < 1:
@@ -235,6 +251,34 @@ def _main(args: argparse.Namespace) -> list:
         return _run(args, captions, sampling, env)
     finally:
         env.close()
+
+
+def _check_variation_flags(args: argparse.Namespace) -> None:
+    """--variations_of, --strength and --variation_mode, before anything is loaded."""
+    if args.variations_of is None:
+        for flag, value in (("--strength", args.strength), ("--variation_mode", args.variation_mode)):
+            if value is not None:
+                raise GenerationError(f"{flag} needs --variations_of IMAGE (the image to vary)")
+        return
+    for flag, given in (("--img", args.img), ("--mask", args.mask), ("--num_init_img_tokens", args.num_init_img_tokens),
+                        ("--gentxt", args.gentxt), ("--canvas", getattr(args, "canvas", None))):
+        if given:
+            raise GenerationError(f"--variations_of chooses the kept codes itself: it does not combine with {flag}")
+    check_strength(0.5 if args.strength is None else args.strength, args.variation_mode or "suffix")
+
+
+def _variation_source(args: argparse.Namespace, model) -> tuple:
+    """(pixels (1, c, H, W) or codes (1, I), what generation.json records of the source) of --variations_of."""
+    value = args.variations_of
+    if value.startswith("codes:"):
+        try:
+            codes = torch.tensor([[int(c) for c in value[len("codes:"):].split(",")]])
+        except ValueError:
+            raise GenerationError("--variations_of codes:C0,C1,... must list integers separated by commas") from None
+        return codes, {"source": "codes", "source_sha256": hashlib.sha256(value.encode()).hexdigest(),
+                       "source_codes": codes[0].tolist()}
+    pixels = load_image(value, model.vae.image_size, model.vae.channels, what="variations_of")
+    return pixels, {"source": os.path.basename(value), "source_sha256": file_sha256(value)}
 
 
 def _pretrained_vae(args: argparse.Namespace):
@@ -268,6 +312,18 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
         img = load_image(args.img, model.vae.image_size, model.vae.channels)
     if args.mask is not None:
         mask = load_mask(args.mask, model.vae.image_size)
+    source, source_info = (None, None) if args.variations_of is None else _variation_source(args, model)
+    strength = 0.5 if args.strength is None else args.strength
+
+    def sample(caption: str, **kwargs):  # an ordinary run, or variations of --variations_of (no --img / --mask)
+        if source is None:
+            return pipe.generate(caption, **kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("img", "num_init_img_tokens", "mask")}
+        out = pipe.variations(source, kwargs.pop("num_images"), strength, caption=caption,
+                              mode=args.variation_mode or "suffix", **kwargs)
+        out.settings["variation"].update({k: v for k, v in source_info.items() if k != "source_codes"})
+        return out
+
     # folder names as one process would give them (planned on rank 0; with --gentxt the captions are sampled)
     planned = None if args.gentxt else _shared(env, lambda: plan_run_dirs(args.outputs_dir, captions))
 
@@ -284,6 +340,8 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
         "reranker": pipe.clip.describe() if pipe.clip is not None else None,
         "tokenizer": type(tokenizer).__name__,
         "img_path": os.path.abspath(args.img) if args.img else None,
+        "variations_of": None if source_info is None else dict(
+            source_info, path=os.path.abspath(args.variations_of) if "source" in source_info else None),
         "device": str(pipe.device),
         "dtype": str(pipe.dtype).replace("torch.", ""),
         "quantize": pipe.quantize,
@@ -314,7 +372,7 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
                 caption = texts[0].strip()
                 info["gentxt_prompt"] = prompt
                 tqdm.write(f"generated caption: {caption!r}")
-            generated = pipe.generate(
+            generated = sample(
                 caption, num_images=args.num_images, seed=seed, batch_size=args.batch_size, sampling=sampling,
                 negative_prompt=args.negative_prompt, img=img, num_init_img_tokens=args.num_init_img_tokens, mask=mask,
                 use_cache=args.use_cache, compile=args.compile or False, speculative=args.speculative,
