@@ -28,6 +28,8 @@ from typing import Optional
 
 import torch
 
+from dalle_pytorch.errors import setting
+
 __all__ = ["COND_SCHEDULES", "FILTER_SCOPES", "SamplingConfig", "sample", "sampling_probs", "filtered_logits", "next_codes", "guided_logits",
            "top_k_filter", "top_p_filter", "gumbel_sample", "categorical"]
 
@@ -44,9 +46,10 @@ def _interval(schedule: str) -> tuple[Fraction, Fraction]:
             raise ValueError
         a, b = Fraction(parts[1]), Fraction(parts[2])
     except (ValueError, ZeroDivisionError):
-        raise ValueError(f"cond_schedule must be one of {', '.join(COND_SCHEDULES)}, got {schedule!r}") from None
+        raise ValueError(f"{setting('cond_schedule')} must be one of {', '.join(COND_SCHEDULES)}, "
+                         f"got {schedule!r}") from None
     if not 0 <= a < b <= 1:
-        raise ValueError(f"cond_schedule interval:A:B needs 0 <= A < B <= 1, got {schedule!r}")
+        raise ValueError(f"{setting('cond_schedule')} interval:A:B needs 0 <= A < B <= 1, got {schedule!r}")
     return a, b
 
 
@@ -84,18 +87,25 @@ class SamplingConfig:
         if not _number("cond_scale", self.cond_scale) >= 0:
             raise ValueError(f"cond_scale must be >= 0 (1 = no guidance), got {self.cond_scale}")
         if not isinstance(self.cond_schedule, str):
-            raise ValueError(f"cond_schedule must be a string, got {self.cond_schedule!r}")
+            raise ValueError(f"{setting('cond_schedule')} must be a string, got {self.cond_schedule!r}")
         if self.cond_schedule not in ("constant", "linear"):
             _interval(self.cond_schedule)
         if self.cond_schedule != "constant" and not self.guided:
-            raise ValueError(f"cond_schedule {self.cond_schedule} only has an effect with guidance: set cond_scale != 1")
+            raise ValueError(f"{setting('cond_schedule')} {self.cond_schedule} only has an effect with guidance: "
+                             f"set {setting('cond_scale')} != 1")
 
     @property
     def guided(self) -> bool:
         return self.cond_scale != 1.0
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings as recorded (PNG chunks, generation.json, the server's answers); `cond_schedule` only
+        where it is not "constant", so records of constant guidance read as before and a record without it
+        (every earlier one) is constant guidance: `SamplingConfig(**d)` rebuilds either."""
+        d = dataclasses.asdict(self)
+        if self.cond_schedule == "constant":
+            del d["cond_schedule"]
+        return d
 
     def guidance_span(self, total: int) -> tuple[int, int]:
         """(first, end): the image code positions first <= t < end of `total` codes whose draw combines the

@@ -364,7 +364,8 @@ class Pipeline:
                     text, filter_thres=sampling.filter_thres, filter_scope=sampling.filter_scope,
                     top_p=sampling.top_p,
                     temperature=sampling.temperature, img=prime, num_init_img_tokens=num_init_img_tokens,
-                    mask=mask, cond_scale=sampling.cond_scale, null_text=null, use_cache=use_cache, num_images=n,
+                    mask=mask, cond_scale=sampling.cond_scale, cond_schedule=sampling.cond_schedule, null_text=null,
+                    use_cache=use_cache, num_images=n,
                     generator=generator, progress=progress, compile=compile, pack_weights=packs, callback=hook,
                     speculative=speculative, stats=None if canvas is not None else stats, return_codes=True,
                     **({} if canvas is None else {"canvas": canvas, "img_offset": img_offset}),
@@ -443,13 +444,15 @@ class Pipeline:
         return hook
 
     def sampling_config(self, *, top_k: float = 0.9, top_p: Optional[float] = None, temperature: float = 1.0,
-                        cond_scale: float = 1.0, negative_prompt: Optional[str] = None) -> SamplingConfig:
+                        cond_scale: float = 1.0, negative_prompt: Optional[str] = None,
+                        cond_schedule: str = "constant") -> SamplingConfig:
         """The validated SamplingConfig of these settings; GenerationError with the CLI's one-line reason.
 
         top_k is DALLE-pytorch's filter_thres (generate.py's --top_k): keep the top (1 - top_k) fraction.
         """
         try:
-            sampling = SamplingConfig(filter_thres=top_k, top_p=top_p, temperature=temperature, cond_scale=cond_scale)
+            sampling = SamplingConfig(filter_thres=top_k, top_p=top_p, temperature=temperature, cond_scale=cond_scale,
+                                      cond_schedule=cond_schedule)
         except ValueError as e:
             raise GenerationError(str(e)) from None
         if negative_prompt is not None and not sampling.guided:
@@ -459,14 +462,14 @@ class Pipeline:
 
     def __call__(self, captions: str | list[str], *, num_images: int = 4, seed: Optional[int] = None,
                  batch_size: int = 4, cond_scale: float = 1.0, top_k: float = 0.9, top_p: Optional[float] = None,
-                 temperature: float = 1.0, negative_prompt: Optional[str] = None,
+                 temperature: float = 1.0, negative_prompt: Optional[str] = None, cond_schedule: str = "constant",
                  callback: Optional[Callable[[Step], None]] = None, callback_steps: int = 1,
                  **kwargs: Any) -> PipelineOutput:
         """Sample `num_images` images for each caption (a string or a list of them).
 
         Captions are tokenized with the model's own tokenizer; every one is checked before any
         sampling.  seed: batch k of each caption uses seed + k (None: a fresh seed, in the output).
-        top_k (filter_thres), top_p, temperature, cond_scale, negative_prompt: as for generate.py.
+        top_k (filter_thres), top_p, temperature, cond_scale, negative_prompt, cond_schedule: as for generate.py.
         Other keyword arguments (use_cache, compile, img, ...) go to `generate`.
         """
         if isinstance(captions, str):
@@ -474,7 +477,7 @@ class Pipeline:
         if not captions:
             raise GenerationError("give at least one caption")
         sampling = self.sampling_config(top_k=top_k, top_p=top_p, temperature=temperature, cond_scale=cond_scale,
-                                        negative_prompt=negative_prompt)
+                                        negative_prompt=negative_prompt, cond_schedule=cond_schedule)
         self.tokenize(list(captions) + ([negative_prompt] if negative_prompt is not None else []))
         seed = fresh_seed() if seed is None else seed
         results = [self.generate(c, num_images=num_images, seed=seed, batch_size=batch_size, sampling=sampling,

@@ -68,6 +68,9 @@ class ImagesRequest(BaseModel):
     n: int = Field(4, description="number of images")
     seed: Optional[int] = Field(None, description="batch k of the images uses seed + k; omitted: a fresh seed")
     cond_scale: float = Field(1.0, description="classifier-free guidance scale (1 = none)")
+    cond_schedule: str = Field("constant", description='the guidance scale by code position: "constant", '
+                                                       '"interval:A:B" (guided for A*I <= t < B*I only) or "linear" '
+                                                       '(1 at the first code to cond_scale at the last)')
     top_k: float = Field(0.9, description="filter_thres, as generate.py --top_k and DALLE-pytorch: keep the top "
                                           "(1 - top_k) fraction of the model's whole vocabulary (at most every code)")
     top_p: Optional[float] = Field(None, description="nucleus sampling threshold in (0, 1]; omitted: off")
@@ -131,6 +134,8 @@ def _reproduce(body: ImagesRequest, result: ImageResult, dalle_path: str) -> str
         args += ["--top_p", str(s["top_p"])]
     if s["cond_scale"] != 1.0:
         args += ["--cond_scale", str(s["cond_scale"])]
+    if s.get("cond_schedule", "constant") != "constant":
+        args += ["--cond_schedule", s["cond_schedule"]]
     if s["null_text"] is not None:
         args += ["--negative_prompt", s["null_text"]]
     if s.get("speculative"):
@@ -223,7 +228,8 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
 
     def _submit(request: Request, body: ImagesRequest, scheduler: Scheduler, on_event, preview: int) -> Ticket:
         sampling = request.app.state.pipe.sampling_config(
-            top_k=body.top_k, top_p=body.top_p, temperature=body.temperature, cond_scale=body.cond_scale)
+            top_k=body.top_k, top_p=body.top_p, temperature=body.temperature, cond_scale=body.cond_scale,
+            cond_schedule=body.cond_schedule)
         return scheduler.submit(ImageRequest(body.prompt, n=body.n, seed=body.seed, sampling=sampling,
                                              negative_prompt=body.negative_prompt, batch_size=body.batch_size,
                                              preview_every=preview), on_event)

@@ -262,17 +262,19 @@ class Scheduler:
         t = g.ticket
         if not self.window:
             # the decode loop's own draw: guidance combined, the top-k fraction over the whole vocabulary
+            # the schedule's scale at this position; the null rows stay in the batch (scale 1 outside an interval)
+            scale = t.request.sampling.scale_at(g.filled, self.model.image_seq_len)
             g.codes[:, g.filled] = next_codes(g.last, t.request.sampling, g.generator, rows=g.m,
-                                              vocab_size=self.model.total_tokens)
+                                              vocab_size=self.model.total_tokens, cond_scale=scale)
             g.filled += 1
             return
         probs = sampling_distribution(self.model, t.request.sampling, g.m, t.guided)
         if g.window is None:
             g.window = Window(g.codes, 0, window=self.window, v=self.model.num_image_tokens,
                               fmap_size=self.model.fmap_size, generator=g.generator)
-            g.window.first(probs(g.last))
+            g.window.first(probs(g.last, torch.zeros(g.m, dtype=torch.long, device=g.codes.device)))
         else:
-            g.window.accept(probs(g.last))
+            g.window.accept(probs(g.last, g.window.fed_positions()))
         g.filled = g.window.filled
 
     def _reap(self) -> None:
