@@ -93,6 +93,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     samp.add_argument("--cond_scale", type=float, default=1.0,
                       help="classifier-free guidance scale (default 1 = none; > 1 follows the caption more "
                            "closely; the model must have been trained with caption dropout)")
+    samp.add_argument("--cond_schedule", default="constant", metavar="SCHEDULE",
+                      help="the guidance scale by code position (needs --cond_scale != 1): constant (the default), "
+                           "interval:A:B (guided for codes A*I <= t < B*I of I only: the null rows leave the batch "
+                           "at its end, so later codes cost unguided ones) or linear (1 at the first code to "
+                           "--cond_scale at the last)")
     samp.add_argument("--seed", type=int, default=None, help="random seed (default: a fresh one, printed and saved)")
     samp.add_argument("--img", default=None, help="image file whose first codes prime every generated image")
     samp.add_argument("--mask", default=None,
@@ -217,7 +222,8 @@ def _main(args: argparse.Namespace) -> list:
     captions = _captions(args)
     try:
         sampling = SamplingConfig(filter_thres=args.filter_thres, top_p=args.top_p, temperature=args.temperature,
-                                  cond_scale=args.cond_scale, filter_scope=args.filter_scope)
+                                  cond_scale=args.cond_scale, filter_scope=args.filter_scope,
+                                  cond_schedule=args.cond_schedule)
     except ValueError as e:  # checked before anything is loaded or sampled
         raise GenerationError(("--gentxt: " if args.gentxt else "") + str(e)) from None
     if args.negative_prompt is not None and args.cond_scale == 1.0:
