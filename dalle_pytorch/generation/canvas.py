@@ -28,6 +28,10 @@ window). On a canvas of the trained size this is exactly plain decoding.
 `use_cache=False` is the reference the cached path is tested against: every code runs its whole
 window prefix again through the uncached forward.
 
+A guidance schedule (`SamplingConfig.cond_schedule`) runs over the canvas's codes in raster order
+(position n of H * W); the null rows stay in the batch for the whole canvas (they do not leave at an
+interval's end here, as they do on the trained grid).
+
 Kept codes (outpainting, masked completion and priming on a canvas): `known` (R, H, W) codes and
 `keep` (R, H, W) bool; a kept code is never drawn (no noise is drawn for a position every row keeps)
 and conditions the codes after it inside their windows.
@@ -137,7 +141,8 @@ def canvas_codes(model, ids: torch.Tensor, sampling: SamplingConfig, canvas: tup
             current = (i0, j0, p)
             forced = None if keep is None else keep[:, i, j]
             if forced is None or not bool(forced.all()):
-                drawn = next_codes(last, sampling, generator, rows=rows, vocab_size=model.total_tokens)
+                drawn = next_codes(last, sampling, generator, rows=rows, vocab_size=model.total_tokens,
+                                   cond_scale=sampling.scale_at(n, h * w))
                 codes[:, i, j] = drawn if forced is None else torch.where(forced, codes[:, i, j], drawn)
                 stats.codes += rows if forced is None else int((~forced).sum())
             if callback is not None:

@@ -79,6 +79,32 @@ def test_cached_canvas_equals_uncached_for_every_pattern(attn_type, kwargs):
     assert torch.equal(cached, uncached)
 
 
+def test_a_guidance_schedule_runs_over_the_canvas(model, monkeypatch):
+    """cond_schedule over the canvas's H * W codes in raster order: interval:0:1 is the constant scale;
+    an interval guides only its positions, a ramp rises to cond_scale at the last code (the scale of
+    every draw recorded); cached == uncached."""
+    import dalle_pytorch.generation.canvas as canvas_module
+
+    text = random_text()
+    kw = dict(canvas=(8, 12), cond_scale=3.0, return_codes=True)
+    constant = model.generate_images(text, generator=seeded(), **kw)
+    assert torch.equal(model.generate_images(text, generator=seeded(), cond_schedule="interval:0:1", **kw), constant)
+    scales = []
+
+    def spy(*args, cond_scale=None, **kwargs):
+        scales.append(cond_scale)
+        return next_codes(*args, cond_scale=cond_scale, **kwargs)
+
+    monkeypatch.setattr(canvas_module, "next_codes", spy)
+    half = model.generate_images(text, generator=seeded(), cond_schedule="interval:0:0.5", **kw)
+    assert scales == [3.0] * 48 + [1.0] * 48
+    assert torch.equal(half, model.generate_images(text, generator=seeded(), cond_schedule="interval:0:0.5",
+                                                   use_cache=False, **kw))
+    scales.clear()
+    model.generate_images(text, generator=seeded(), cond_schedule="linear", **kw)
+    assert scales[0] == 1.0 and scales[-1] == 3.0 and scales == sorted(scales) and len(scales) == 96
+
+
 @pytest.mark.parametrize("cond_scale", [1.0, 3.0])
 def test_a_canvas_of_the_trained_size_is_plain_decoding(model, cond_scale):
     text = random_text()
