@@ -106,6 +106,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                            "only the codes after it)")
     samp.add_argument("--num_init_img_tokens", type=int, default=None,
                       help="how many codes of --img to keep (default 43.75%% of the image's codes)")
+    samp.add_argument("--canvas", type=_grid, default=None, metavar="HxW",
+                      help="sample a canvas of H x W codes, larger than the trained grid (each code with the "
+                           "trained-size window around it); with --img, its codes are kept at --img_offset "
+                           "(outpainting), or only its first --num_init_img_tokens, or what --mask keeps")
+    samp.add_argument("--img_offset", type=_offset, default=(0, 0), metavar="ROW,COL",
+                      help="with --canvas and --img: where the image's top-left code goes on the canvas (default 0,0)")
     samp.add_argument("--variations_of", default=None, metavar="IMAGE",
                       help="variations of an image: an image file (encoded once by the VAE) or codes:C0,C1,... (an "
                            "earlier image's codes, as the server's answers give them); --strength of its codes are "
@@ -145,6 +151,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="decode with the weights as they are instead of copies packed for oneDNN's CPU kernel: "
                           "slower, but saves as much memory as the transformer's weights (the same images)")
     return p.parse_args(argv)
+
+
+def _grid(text: str) -> tuple[int, int]:
+    """--canvas's value: HxW codes."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"must be HxW in codes, e.g. 16x32, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _offset(text: str) -> tuple[int, int]:
+    """--img_offset's value: ROW,COL codes."""
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"must be ROW,COL in codes, e.g. 0,16, got {text!r}")
+    return int(parts[0]), int(parts[1])
 
 
 def _window(text: str):
@@ -234,6 +256,13 @@ def _main(args: argparse.Namespace) -> list:
         raise GenerationError("--mask needs --img (the image whose codes the mask keeps)")
     if args.mask is not None and args.num_init_img_tokens is not None:
         raise GenerationError("give --num_init_img_tokens (keep the first codes) or --mask, not both")
+    if args.canvas is not None:
+        for flag, given in (("--compile", args.compile), ("--speculative", args.speculative not in (None, 1)),
+                            ("--clip_path", args.clip_path or args.clip_model)):
+            if given:
+                raise GenerationError(f"--canvas does not combine with {flag} yet")
+    elif args.img_offset != (0, 0):
+        raise GenerationError("--img_offset places --img on a --canvas: add --canvas HxW")
     _check_variation_flags(args)
     if args.compile and not args.use_cache:
         raise GenerationError("--compile compiles the cached decode step: it cannot be used with --no_use_cache")
@@ -383,7 +412,7 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
                 negative_prompt=args.negative_prompt, img=img, num_init_img_tokens=args.num_init_img_tokens, mask=mask,
                 use_cache=args.use_cache, compile=args.compile or False, speculative=args.speculative,
                 pack_weights=False if args.no_pack_weights else None, on_batch=bar.update, callback=show_codes,
-                callback_steps=4)
+                callback_steps=4, **({} if args.canvas is None else {"canvas": args.canvas, "img_offset": args.img_offset}))
             generated.settings["img"] = os.path.basename(args.img) if args.img else None
             generated.settings["mask"] = os.path.basename(args.mask) if args.mask else None
             folder = (make_run_dir(args.outputs_dir, caption) if planned is None

@@ -566,3 +566,38 @@ def test_quantize_flag_decodes_with_quantized_weights_and_is_recorded(tiny, tmp_
     assert files and all(torch.equal(pixels(f), pixels(again.folder / f.name)) for f in files)  # (the PNGs name their checkpoint)
     with pytest.raises(GenerationError, match="quantized to int8"):
         run("--dalle_path", saved, "--outputs_dir", tmp_path / "d", "--text", CAPTION, "--quantize", "int4")
+
+
+def test_canvas_samples_a_wider_image_and_outpaints_img(tiny, tmp_path):
+    """--canvas HxW: images of H x W codes, the canvas recorded; with --img at --img_offset the image's
+    codes are kept there (the kept half decodes as the image's own codes do, away from the join)."""
+    (wide,) = run_tiny(tiny, tmp_path / "a", "--text", CAPTION, "--seed", "1", "--num_images", "2", "--canvas", "8x16")
+    with Image.open(wide.folder / "000_seed1.png") as im:
+        assert im.size == (64, 32)
+    assert wide.record["settings"]["canvas"] == [8, 16]
+    img_path = tmp_path / "prime.png"
+    render("circle", "red", "blue", 32, rng=0).save(img_path)
+    (out,) = run_tiny(tiny, tmp_path / "b", "--text", CAPTION, "--seed", "1", "--num_images", "1", "--canvas", "8x12",
+                      "--img", str(img_path), "--img_offset", "0,4")
+    assert out.record["settings"]["img_offset"] == [0, 4]
+    model = load_checkpoint(tiny[0]).model.eval()
+    codes = model.vae.get_codebook_indices(pixels(img_path)[None])
+    with torch.no_grad():
+        expected = model.vae.decode(codes)
+        written = pixels(out.folder / "000_seed1.png")
+    assert written.shape == (3, 32, 48)
+    # the kept codes decode at the canvas's right end as the image alone does (quantized to 8 bits), away from the join
+    assert float((written[:, :, 24:] - expected[0, :, :, 8:]).abs().max()) <= 1.5 / 255
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--canvas", "16"], "must be HxW in codes"),
+    (["--canvas", "4x16"], "--canvas must be at least the trained grid, 8x8 codes, got 4x16"),
+    (["--canvas", "8x16", "--compile"], "--canvas does not combine with --compile"),
+    (["--canvas", "8x16", "--speculative", "4"], "--canvas does not combine with --speculative"),
+    (["--img_offset", "0,4"], "--img_offset places --img on a --canvas"),
+])
+def test_bad_canvas_flags(tiny, tmp_path, capsys, argv, message):
+    with pytest.raises((GenerationError, SystemExit)) as info:
+        run_tiny(tiny, tmp_path / "out", "--text", CAPTION, *argv)
+    assert message in (str(info.value) if info.type is GenerationError else capsys.readouterr().err)
