@@ -4,7 +4,9 @@
     uvicorn.run(app, host="127.0.0.1", port=8000)                  # or: python -m dalle_pytorch.serve
 
 Endpoints (docs/serving.md has examples):
-    POST /v1/images         JSON request -> {"images": [{"png": base64, "seed": int}, ...], settings, timings}
+    POST /v1/images         JSON request -> {"images": [{"png": base64, "seed": int, "codes": [int]}, ...],
+                            settings, timings}; with "variation_of": {"codes", "strength", "mode"} the
+                            variations of an earlier answer's image (its codes kept, no re-encoding)
     POST /v1/images/stream  the same request -> server-sent events: queued, started, progress,
                             preview, done (the POST answer), error
     POST /v1/images/generations  OpenAI's image endpoint (serve/openai_api.py), for its clients
@@ -45,7 +47,7 @@ from dalle_pytorch.serve.limits import (DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_PROM
                                        BodyLimit, timed_stream)
 from dalle_pytorch.serve.metrics import prometheus_text
 from dalle_pytorch.serve.openai_api import OPENAI_PATH, add_openai_routes, openai_error
-from dalle_pytorch.serve.requests import Refusal
+from dalle_pytorch.serve.requests import Refusal, Variation
 from dalle_pytorch.serve.scheduler import (Event, ImageRequest, ImageResult, QueueFull, RequestFailed, Scheduler,
                                            ShuttingDown, Ticket)
 
@@ -55,6 +57,19 @@ STATIC = resources.files("dalle_pytorch.serve").joinpath("static")
 STATUS = {"timed_out": 504, "cancelled": 503, "failed": 500}  # RequestFailed.kind -> HTTP status
 #: the request fields of library settings named otherwise (`errors.setting`: the library's messages say these)
 HTTP_FIELDS = {"filter_thres": "top_k", "num_images": "n"}
+
+
+class VariationOf(BaseModel):
+    """Variations of an earlier image: its codes as an answer gave them (no re-encoding)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    codes: list[int] = Field(description="the image's codes (image_seq_len integers), from an answer's `codes`")
+    strength: float = Field(0.5, description="the share of the codes resampled, in [0, 1] (0: the image itself, "
+                                             "1: free sampling)")
+    mode: str = Field("suffix", description='"suffix": the last codes in raster order (the bottom-right share; '
+                                            'each new code sees every kept one), or "random" positions drawn '
+                                            "from the seed")
 
 
 class ImagesRequest(BaseModel):
@@ -77,6 +92,8 @@ class ImagesRequest(BaseModel):
     temperature: float = Field(1.0, description="sampling temperature, > 0")
     negative_prompt: Optional[str] = Field(None, description="the caption guidance steers away from")
     batch_size: int = Field(4, description="images per generator, as generate.py's --batch_size")
+    variation_of: Optional[VariationOf] = Field(None, description="variations of an earlier image's codes, for "
+                                                                  "`prompt` (which may then be empty)")
 
     @field_validator("prompt", "negative_prompt")
     @classmethod
@@ -94,6 +111,8 @@ class ImagesRequest(BaseModel):
 class ImageOut(BaseModel):
     png: str = Field(description="base64 PNG with caption, seed and settings text chunks, as generate.py writes")
     seed: int = Field(description="the seed of the image's batch (generate.py --seed, with the same --batch_size)")
+    codes: list[int] = Field(description="the image's codes in raster order (image_seq_len integers): what a "
+                                         "variation request posts back as variation_of.codes")
 
 
 class ImagesResponse(BaseModel):
@@ -142,7 +161,16 @@ def _reproduce(body: ImagesRequest, result: ImageResult, dalle_path: str) -> str
         args += ["--speculative", str(s["speculative"])]
     if s.get("quantize"):
         args += ["--quantize", s["quantize"]]
+    if body.variation_of is not None:  # the codes themselves: generate.py keeps them exactly, as the server did
+        v = s["variation"]
+        args += ["--variations_of", "codes:" + ",".join(map(str, body.variation_of.codes)), "--strength",
+                 str(v["strength"]), "--variation_mode", v["mode"]]
     return shlex.join(args)
+
+
+def _variation(body: ImagesRequest) -> Optional[Variation]:
+    v = body.variation_of
+    return None if v is None else Variation(tuple(v.codes), v.strength, v.mode)
 
 
 # -- the app ------------------------------------------------------------------------------------------
@@ -232,15 +260,15 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
             cond_schedule=body.cond_schedule)
         return scheduler.submit(ImageRequest(body.prompt, n=body.n, seed=body.seed, sampling=sampling,
                                              negative_prompt=body.negative_prompt, batch_size=body.batch_size,
-                                             preview_every=preview), on_event)
+                                             preview_every=preview, variation=_variation(body)), on_event)
 
     def answer(body: ImagesRequest, result: ImageResult) -> dict:
         png_settings = {k: v for k, v in result.settings.items() if k != "seed"}
         png_settings["img"] = None
         if checkpoint_sha256:
             png_settings["checkpoint_sha256"] = checkpoint_sha256
-        images = [{"png": png_base64(im, caption=body.prompt, seed=seed, settings=png_settings), "seed": seed}
-                  for im, seed in zip(result.images, result.seeds)]
+        images = [{"png": png_base64(im, caption=body.prompt, seed=seed, settings=png_settings), "seed": seed,
+                   "codes": codes.tolist()} for im, seed, codes in zip(result.images, result.seeds, result.codes)]
         return {"images": images, "prompt": body.prompt, "settings": result.settings, "timings": result.timings,
                 "reproduce": _reproduce(body, result, shown_path)}
 

@@ -38,11 +38,13 @@ class Prefix:
 
 
 @torch.inference_mode()
-def prefill(model: DALLE, text: torch.Tensor) -> Prefix:
-    """Run the caption rows `text` (u, T) (user ids, 0 = pad) through the model: the same call as
+def prefill(model: DALLE, text: torch.Tensor, prime: Optional[torch.Tensor] = None) -> Prefix:
+    """Run the caption rows `text` (u, T) (user ids, 0 = pad), then each row's priming codes `prime` (u, n) if
+    given (a variation's kept first codes), through the model: the same call as
     `generation.decode.prefill_rows` makes for its unique rows, so the cache and logits are the same bits."""
-    cache = model.setup_cache(text.shape[0], model.text_len)
-    logits = model.prefill(model.text_ids(text), None, cache)[:, model.num_text_tokens :]
+    n = 0 if prime is None else prime.shape[1]
+    cache = model.setup_cache(text.shape[0], model.text_len + n)
+    logits = model.prefill(model.text_ids(text), prime, cache)[:, model.num_text_tokens :]
     return Prefix(cache, logits)
 
 

@@ -18,6 +18,7 @@ from dalle_pytorch.generation.speculative import Window
 from dalle_pytorch.pipeline.text_to_image import Pipeline, batch_seeds
 from dalle_pytorch.serve.batch import Sequence
 from dalle_pytorch.serve.requests import ImageRequest, Ticket
+from dalle_pytorch.serve.variations import check_variation, start_groups
 
 __all__ = ["Group", "split_groups", "validate_request"]
 
@@ -38,6 +39,8 @@ class Group:
     window: Optional[Window] = None  # the speculative state (--speculative K)
     passes: int = 0  # the cached forward passes the group's rows took part in
     images: Optional[torch.Tensor] = None  # (m, c, H, W) once finished
+    known: Optional[torch.Tensor] = None  # (m, I) a variation's codes, kept where `keep` (m, I) is True
+    keep: Optional[torch.Tensor] = None  # (masked completion; None: nothing kept after the filled prefix)
 
     @property
     def copies(self) -> int:
@@ -47,6 +50,14 @@ class Group:
     @property
     def rows(self) -> int:
         return self.m * self.copies
+
+    def keep_forced(self) -> bool:
+        """Set the kept code at `filled` (a variation's, nothing drawn) and advance; whether there was one."""
+        if self.keep is None or not bool(self.keep[0, self.filled]):
+            return False
+        self.codes[:, self.filled] = self.known[:, self.filled]
+        self.filled += 1
+        return True
 
     def feed(self) -> torch.Tensor:
         """The last drawn codes, one per row (rows,), for a plain step."""
@@ -60,8 +71,10 @@ class Group:
 
 def validate_request(pipe: Pipeline, request: ImageRequest, max_rows: int, max_images: int) -> torch.Tensor:
     """The request's caption rows (u, T), or GenerationError with the one-line reason."""
-    if not isinstance(request.prompt, str) or not request.prompt.strip():
+    if not isinstance(request.prompt, str) or (not request.prompt.strip() and request.variation is None):
         raise GenerationError("prompt is empty: give a caption")
+    if request.variation is not None:
+        check_variation(pipe.model, request.variation)
     if isinstance(request.n, bool) or not isinstance(request.n, int) or not 1 <= request.n <= max_images:
         raise GenerationError(f"n must be an integer from 1 to {max_images}, got {request.n!r}")
     if request.seed is not None and (isinstance(request.seed, bool) or not isinstance(request.seed, int)):
@@ -88,10 +101,13 @@ def validate_request(pipe: Pipeline, request: ImageRequest, max_rows: int, max_i
 
 
 def split_groups(ticket: Ticket, image_seq_len: int, device: torch.device) -> list[Group]:
-    """The ceil(n / B) groups of a submitted request, group k seeded with seed + k."""
+    """The ceil(n / B) groups of a submitted request, group k seeded with seed + k; a variation's start with
+    its kept codes (`variations.start_groups`)."""
     request, groups = ticket.request, []
     for k in range(math.ceil(request.n / request.batch_size)):
         m = min(request.batch_size, request.n - k * request.batch_size)
         groups.append(Group(ticket, k, ticket.seed + k, m, torch.Generator().manual_seed(ticket.seed + k),
                             torch.zeros(m, image_seq_len, dtype=torch.long, device=device)))
+    if request.variation is not None:
+        start_groups(ticket, groups, device)
     return groups

@@ -12,7 +12,8 @@ import torch
 
 from dalle_pytorch.generation.sampling import SamplingConfig
 
-__all__ = ["Event", "ImageRequest", "ImageResult", "QueueFull", "Refusal", "RequestFailed", "ShuttingDown", "Ticket"]
+__all__ = ["Event", "ImageRequest", "ImageResult", "QueueFull", "Refusal", "RequestFailed", "ShuttingDown", "Ticket",
+           "Variation"]
 
 
 class QueueFull(Exception):
@@ -45,6 +46,16 @@ class Refusal(NamedTuple):
 
 
 @dataclass(frozen=True)
+class Variation:
+    """Variations of an earlier image: its codes (I integers, from an answer), the share resampled and which
+    (`pipeline.variations`: "suffix", the last codes in raster order, or "random" positions drawn from the seed)."""
+
+    codes: tuple
+    strength: float
+    mode: str = "suffix"
+
+
+@dataclass(frozen=True)
 class ImageRequest:
     """One caption's images; validated by `Scheduler.submit` with the CLI's one-line reasons."""
 
@@ -56,6 +67,7 @@ class ImageRequest:
     batch_size: int = 4  # images per generator, as generate.py's --batch_size
     preview_every: int = 0  # codes between preview events of a group (0: no previews)
     timeout: Optional[float] = None  # seconds from submission (None: the scheduler's default)
+    variation: Optional[Variation] = None  # variations of an earlier image's codes (the prompt may then be empty)
 
 
 @dataclass
@@ -73,6 +85,7 @@ class ImageResult:
     seeds: list[int]  # each image's group seed
     settings: dict  # generation_settings + seed
     timings: dict  # queued_s, run_s, total_s (and forward_passes per group with speculative decoding)
+    codes: Optional[torch.Tensor] = None  # (n, I) long on CPU: each image's codes (what a variation posts back)
 
 
 @dataclass(eq=False)

@@ -261,6 +261,8 @@ class Scheduler:
         codes (its own generator and stream of random numbers, whatever else runs)."""
         t = g.ticket
         if not self.window:
+            if g.keep_forced():  # a variation's kept code: nothing drawn, as generate_codes' masked completion
+                return
             # the decode loop's own draw: guidance combined, the top-k fraction over the whole vocabulary
             # the schedule's scale at this position; the null rows stay in the batch (scale 1 outside an interval)
             scale = t.request.sampling.scale_at(g.filled, self.model.image_seq_len)
@@ -270,9 +272,9 @@ class Scheduler:
             return
         probs = sampling_distribution(self.model, t.request.sampling, g.m, t.guided)
         if g.window is None:
-            g.window = Window(g.codes, 0, window=self.window, v=self.model.num_image_tokens,
-                              fmap_size=self.model.fmap_size, generator=g.generator)
-            g.window.first(probs(g.last, torch.zeros(g.m, dtype=torch.long, device=g.codes.device)))
+            g.window = Window(g.codes, g.filled, window=self.window, v=self.model.num_image_tokens,
+                              fmap_size=self.model.fmap_size, generator=g.generator, known=g.known, keep=g.keep)
+            g.window.first(probs(g.last, torch.full((g.m,), g.filled, dtype=torch.long, device=g.codes.device)))
         else:
             g.window.accept(probs(g.last, g.window.fed_positions()))
         g.filled = g.window.filled
@@ -308,10 +310,11 @@ class Scheduler:
 
     def _join(self, group: Group) -> None:
         ticket = group.ticket
-        key = tuple(tuple(row) for row in ticket.text.tolist())
+        prime = group.codes[:1, : group.filled].expand(ticket.text.shape[0], -1)  # a variation's kept first codes
+        key = (tuple(tuple(row) for row in ticket.text.tolist()), tuple(prime[0].tolist()))
         prefix = self.prefixes.get(key)
         if prefix is None:
-            prefix = prefill(self.model, ticket.text)
+            prefix = prefill(self.model, ticket.text, prime if group.filled else None)
             self.prefixes.put(key, prefix)
         index = torch.zeros(group.m, dtype=torch.long)
         if ticket.guided:
@@ -390,7 +393,7 @@ class Scheduler:
             timings["forward_passes"] = [g.passes for g in t.groups]
         result = ImageResult(images=torch.cat([g.images for g in t.groups]),
                              seeds=[g.seed for g in t.groups for _ in range(g.m)], settings=t.settings,
-                             timings=timings)
+                             timings=timings, codes=torch.cat([g.codes for g in t.groups]).cpu())
         self._close(t)
         self.stats["completed"] += 1
         self.stats["images_served"] += t.request.n

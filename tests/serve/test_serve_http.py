@@ -293,14 +293,16 @@ def test_metrics_latencies_and_prometheus_text(client):
 def test_the_answer_is_bounded_by_the_prompt_limit(pipe):
     """The largest answer the limits allow: a prompt and a negative prompt of max_prompt_chars characters (4 bytes
     each in UTF-8) with n = max_images. The caption is in every PNG (as generate.py writes them), the settings and
-    the reproduce line: the answer stays within n x (image + 4/3 x 3 copies of both texts) plus a constant."""
+    the reproduce line, and every image carries its I codes (at most len(str(V - 1)) digits and ", " each): the
+    answer stays within n x (image + 4/3 x 3 copies of both texts + its codes) plus a constant."""
     limit, n = 1000, 4
     with TestClient(create_app(pipe, max_images=n, max_prompt_chars=limit)) as c:
         word = "\U0001F600" * limit  # one "word": one token for the word-level tokenizer, 4 bytes a character
         r = c.post("/v1/images", json={"prompt": word, "negative_prompt": word, "n": n, "cond_scale": 2.0})
         assert r.status_code == 200, r.text
         image = max(len(base64.b64decode(im["png"])) for im in r.json()["images"]) - 2 * 4 * limit
-        bound = n * (4 / 3 * (image + 3 * 2 * 4 * limit)) + 3 * 2 * 4 * limit * 2 + 16 * 1024
+        codes = pipe.model.image_seq_len * (len(str(pipe.model.num_image_tokens - 1)) + 2) + len('"codes": [], ')
+        bound = n * (4 / 3 * (image + 3 * 2 * 4 * limit) + codes) + 3 * 2 * 4 * limit * 2 + 16 * 1024
         assert len(r.content) <= bound, (len(r.content), bound)
         too_long = c.post("/v1/images", json={"prompt": word + "a", "n": 1})
         assert too_long.status_code == 422 and f"the limit is {limit}" in too_long.json()["detail"]

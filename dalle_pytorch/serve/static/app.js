@@ -82,7 +82,14 @@ function showImages(answer) {
     link.append(img);
     const caption = document.createElement("figcaption");
     caption.textContent = `seed ${image.seed}`;
-    figure.append(link, caption);
+    // variations: this image's codes posted back (the server keeps them, no re-encoding)
+    const vary = document.createElement("button");
+    vary.type = "button";
+    vary.className = "vary";
+    vary.textContent = "variations";
+    vary.title = "sample variations of this image (the strength below: the share of its codes resampled)";
+    vary.addEventListener("click", () => variationsOf(image.codes));
+    figure.append(link, caption, vary);
     grid.append(figure);
   });
   $("reproduce").textContent = answer.reproduce;
@@ -151,11 +158,23 @@ async function errorText(response) {
   return `Error ${response.status}: ${detail}`;
 }
 
-form.addEventListener("submit", async (event) => {
+function variationsOf(codes) {
+  if (controller) return;  // one request at a time, as the Generate button
+  const strength = number("strength", false);
+  const body = requestBody();
+  body.variation_of = { codes, strength: strength === null ? 0.5 : strength, mode: $("variation_mode").value };
+  window.dalleLog.push("variations");
+  run(body);
+}
+
+form.addEventListener("submit", (event) => {
   event.preventDefault();
+  run(requestBody());
+});
+
+async function run(body) {
   errorBox.hidden = true;
   $("reproduce-box").hidden = true;
-  const body = requestBody();
   controller = new AbortController();
   generateButton.disabled = true;
   cancelButton.disabled = false;
@@ -182,7 +201,7 @@ form.addEventListener("submit", async (event) => {
     cancelButton.disabled = true;
     controller = null;
   }
-});
+}
 
 cancelButton.addEventListener("click", () => controller && controller.abort());
 
