@@ -4,6 +4,9 @@
 
 * masked_completion.png: the demo model completing images under a mask (generate.py --img --mask):
   per row the original, the mask (white keeps), then four completions.
+* variations.png: Pipeline.variations of one image from the demo model (generate.py --variations_of): per row a
+  strength (0.25, 0.5, 0.75), the source, four variations resampling the bottom-right share (suffix), then four
+  resampling random positions (random).
 * curves.png: python -m dalle_pytorch.train.curves of a short real train_vae.py run on the synthetic shapes.
 """
 from __future__ import annotations
@@ -55,6 +58,39 @@ def masked_completion() -> Path:
     return path
 
 
+def variations() -> Path:
+    """The demo model's variations of one of its images at three strengths, both modes (see the docstring above)."""
+    from dalle_pytorch import Pipeline, SamplingConfig
+
+    pipe = Pipeline.from_checkpoint("demo")
+    size, scale, pad, top, left = 32, 4, 6, 22, 96
+    caption = "a yellow triangle on a blue background"
+    sampling = SamplingConfig(filter_thres=0.9)
+    # the source: image 1 of a batch of 16 (seed 0), whose triangle sits near the middle (most of the demo's
+    # shapes sit in the bottom half, which suffix variations at 0.5 resample whole)
+    first = pipe.generate(caption, num_images=16, batch_size=16, seed=0, sampling=sampling)
+    source = first.codes[1]
+    strengths = (0.25, 0.5, 0.75)
+    w = size * scale
+    sheet = Image.new("RGB", (left + 9 * (w + pad) + pad, top + len(strengths) * (w + pad)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for x, label in ((0, "source"), (1, "suffix: the last codes resampled (default)"), (5, "random: random codes resampled")):
+        draw.text((left + x * (w + pad) + (pad if x > 1 else 0), 6), label, fill=(0, 0, 0))
+    for r, strength in enumerate(strengths):
+        y = top + r * (w + pad)
+        draw.text((6, y + w // 2 - 6), f"strength {strength}", fill=(0, 0, 0))
+        tiles = first.pil_images()[1:2]
+        for mode in ("suffix", "random"):
+            tiles += pipe.variations(source, 4, strength, caption=caption, mode=mode, seed=1,
+                                     sampling=sampling).pil_images()
+        for c, tile in enumerate(tiles):
+            x = left + c * (w + pad) + (pad if c > 4 else 0)
+            sheet.paste(tile.convert("RGB").resize((w, w), Image.NEAREST), (x, y))
+    path = OUT / "variations.png"
+    sheet.save(path)
+    return path
+
+
 def curves() -> Path:
     from dalle_pytorch.synthetic import make_dataset
     from dalle_pytorch.train.curves import write_curves
@@ -73,4 +109,5 @@ def curves() -> Path:
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
     print(masked_completion())
+    print(variations())
     print(curves())
