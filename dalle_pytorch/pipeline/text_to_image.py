@@ -412,6 +412,8 @@ class Pipeline:
         taken = sorted({"img", "mask", "num_init_img_tokens", "num_images"} & set(kwargs))
         if taken:
             raise GenerationError(f"variations choose the kept codes themselves: leave out {', '.join(taken)}")
+        if kwargs.get("canvas") is not None:
+            raise GenerationError("variations do not combine with canvas yet (they vary an image of the trained grid)")
         check_strength(strength, mode)  # before the image is encoded
         self.tokenize([caption])
         plan = plan_variation(source_codes(self.model, image), strength, mode, seed)

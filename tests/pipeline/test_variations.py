@@ -95,6 +95,8 @@ def test_bad_input_is_one_line_before_any_work(pipe, source):
         pipe.variations("x.png", 2, 0.5)
     with pytest.raises(GenerationError, match="leave out mask, num_init_img_tokens"):
         pipe.variations(codes, 2, 0.5, mask=torch.ones(8, 8), num_init_img_tokens=3)
+    with pytest.raises(GenerationError, match="^variations do not combine with canvas yet"):
+        pipe.variations(codes, 2, 0.5, canvas=(8, 16))
 
 
 @pytest.mark.parametrize("mode", ["suffix", "random"])
