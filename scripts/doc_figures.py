@@ -4,6 +4,8 @@
 
 * masked_completion.png: the demo model completing images under a mask (generate.py --img --mask):
   per row the original, the mask (white keeps), then four completions.
+* canvas.png: canvases twice the demo model's trained width (generate.py --canvas 8x16): two captions, then
+  an image (left) outpainted to the right (--img, kept on the left half).
 * variations.png: Pipeline.variations of one image from the demo model (generate.py --variations_of): per row a
   strength (0.25, 0.5, 0.75), the source, four variations resampling the bottom-right share (suffix), then four
   resampling random positions (random).
@@ -58,6 +60,46 @@ def masked_completion() -> Path:
     return path
 
 
+def canvas() -> Path:
+    """Canvases twice the trained width (8 x 16 codes) from the demo model: two captions sampled freely,
+    then an image outpainted to the right (its codes kept on the left half)."""
+    from dalle_pytorch import Pipeline, SamplingConfig
+    from dalle_pytorch.pipeline.outputs import load_image
+    from dalle_pytorch.synthetic import render
+
+    pipe = Pipeline.from_checkpoint("demo")
+    size, scale, pad = 32, 4, 6
+    sampling = SamplingConfig(filter_thres=0.9)
+    rows = []
+    for caption in ("a red circle on a blue background", "a yellow triangle on a black background"):
+        rows.append([None] + pipe.generate(caption, num_images=3, seed=0, canvas=(8, 16), sampling=sampling).pil_images())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "img.png"
+        render("square", "green", "white", size, rng=1).save(path)
+        img = load_image(path, size)
+    caption = "a green square on a white background"
+    out = pipe.generate(caption, num_images=3, seed=0, canvas=(8, 16), img=img, sampling=sampling)
+    rows.append([path_image(img)] + out.pil_images())
+    w = size * scale
+    sheet = Image.new("RGB", (pad + (w + pad) + 3 * (2 * w + pad), pad + len(rows) * (w + pad)), (255, 255, 255))
+    for r, tiles in enumerate(rows):
+        x = pad
+        for tile in tiles:
+            if tile is not None:
+                sheet.paste(tile.convert("RGB").resize((tile.width * scale, tile.height * scale), Image.NEAREST),
+                            (x, pad + r * (w + pad)))
+            x += (w if tile is None or tile.width == size else 2 * w) + pad
+    path = OUT / "canvas.png"
+    sheet.save(path)
+    return path
+
+
+def path_image(img: torch.Tensor) -> Image.Image:
+    from dalle_pytorch.formats.images import tensor_to_pil
+
+    return tensor_to_pil(img[0])
+
+
 def variations() -> Path:
     """The demo model's variations of one of its images at three strengths, both modes (see the docstring above)."""
     from dalle_pytorch import Pipeline, SamplingConfig
@@ -109,5 +151,6 @@ def curves() -> Path:
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
     print(masked_completion())
+    print(canvas())
     print(variations())
     print(curves())
