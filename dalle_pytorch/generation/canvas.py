@@ -48,7 +48,7 @@ from dalle_pytorch.errors import setting
 from dalle_pytorch.generation.decode import kept_codes, plan_rows, prime_codes
 from dalle_pytorch.generation.sampling import SamplingConfig, next_codes
 
-__all__ = ["CanvasStats", "canvas_codes", "canvas_kept", "check_canvas", "generate_canvas", "window_origin"]
+__all__ = ["CanvasState", "CanvasStats", "canvas_codes", "draw_canvas_code", "canvas_kept", "check_canvas", "generate_canvas", "window_origin"]
 
 
 def check_canvas(canvas, fmap_size: int) -> tuple[int, int]:
@@ -80,75 +80,127 @@ class CanvasStats:
     prefill_tokens: int = 0
 
 
+class CanvasState:
+    """One canvas being sampled: its codes and the cache of its current window (the inference state of
+    `canvas_codes` and of the server's canvas requests, which advance it one code per loop iteration).
+
+    ids: model text ids (R or 2R, T') of every row (guided: the conditional rows, then their null rows;
+    `rows` = R); known, keep: (R, H, W) kept codes and where they are kept (or None).  `logits()` gives
+    the image logits (R or 2R, V) of the code at `filled` (its window's forward, cached where the window
+    allows); `put(codes (R,))` writes that code and moves on.  use_cache=False: the uncached reference.
+    """
+
+    def __init__(self, model, ids: torch.Tensor, canvas: tuple[int, int], *, rows: int, use_cache: bool = True,
+                 known: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None,
+                 kv_dtype: Optional[torch.dtype] = None, pack_weights=None, stats: Optional[CanvasStats] = None):
+        self.model, self.ids, self.canvas, self.rows, self.use_cache = model, ids, canvas, rows, use_cache
+        self.guided = ids.shape[0] != rows
+        h, w = canvas
+        codes = torch.zeros(rows, h, w, dtype=torch.long, device=ids.device)
+        self.codes = codes if keep is None else torch.where(keep, known, codes)  # (R, H, W)
+        self.keep = keep
+        self.filled = 0
+        self.stats = CanvasStats() if stats is None else stats
+        self._current = None  # (i0, j0, p) of the window whose first p codes the cache holds
+        self._positions = torch.arange(model.text_len + model.image_seq_len, device=ids.device)
+        if use_cache:
+            self._prefix = model.setup_cache(ids.shape[0], model.text_len, kv_dtype=kv_dtype, pack_weights=False)
+            self._text_last = model.prefill(ids, None, self._prefix)[:, model.num_text_tokens :]  # window position 0
+            self._cache = model.setup_cache(ids.shape[0], kv_dtype=kv_dtype, pack_weights=pack_weights)
+
+    @property
+    def total(self) -> int:
+        return self.canvas[0] * self.canvas[1]
+
+    @property
+    def flat(self) -> torch.Tensor:
+        """(R, H * W) a view of the live codes in raster order."""
+        return self.codes.view(self.rows, self.total)
+
+    def forced(self) -> Optional[torch.Tensor]:
+        """(R,) bool: the rows whose code at `filled` is kept, or None (nothing kept there)."""
+        if self.keep is None:
+            return None
+        i, j = divmod(self.filled, self.canvas[1])
+        return self.keep[:, i, j]
+
+    def _window_prefix(self, i0: int, j0: int, p: int) -> torch.Tensor:  # (R or 2R, p) the window's first p codes
+        f = self.model.fmap_size
+        win = self.codes[:, i0 : i0 + f, j0 : j0 + f].reshape(self.rows, f * f)[:, :p]
+        return torch.cat((win, win)) if self.guided else win
+
+    def logits(self) -> torch.Tensor:
+        """The image logits (R or 2R, V) of the code at `filled` (called once per position)."""
+        model, f, n = self.model, self.model.fmap_size, self.filled
+        i, j = divmod(n, self.canvas[1])
+        i0, j0 = window_origin(i, j, self.canvas, f)
+        p = (i - i0) * f + (j - j0)
+        text_len = model.text_len
+        if not self.use_cache:
+            last = model.last_logits(self.ids, self._window_prefix(i0, j0, p))[:, model.num_text_tokens :]
+        elif self._current == (i0, j0, p - 1):  # the window continues: one step of the code just drawn
+            prev = self.codes[:, i0 + (p - 1) // f, j0 + (p - 1) % f]
+            pos = text_len + p - 1
+            last = model.decode_step(torch.cat((prev, prev)) if self.guided else prev, self._positions[pos],
+                                     self._cache, length=pos + 1)
+            self.stats.steps += 1
+        else:  # a new window: the caption's prefix, then (p > 0) its first p codes in one step
+            self._cache.copy_rows_from(self._prefix, torch.arange(self.ids.shape[0], device=self.ids.device))
+            if p == 0:
+                last = self._text_last
+            else:
+                last = model.step(self._window_prefix(i0, j0, p), self._positions[text_len], self._cache,
+                                  length=text_len + p)[:, -1]
+                self.stats.prefills += 1
+                self.stats.prefill_tokens += p * self.ids.shape[0]
+        self._current = (i0, j0, p)
+        return last
+
+    def put(self, code: torch.Tensor) -> None:
+        """Write the code (R,) at `filled` (kept rows keep theirs) and move to the next position."""
+        i, j = divmod(self.filled, self.canvas[1])
+        forced = self.forced()
+        self.codes[:, i, j] = code if forced is None else torch.where(forced, self.codes[:, i, j], code)
+        self.stats.codes += self.rows if forced is None else int((~forced).sum())
+        self.filled += 1
+
+    def skip(self) -> None:
+        """Move past a position every row keeps (nothing drawn)."""
+        self.filled += 1
+
+
+def draw_canvas_code(state: CanvasState, logits: torch.Tensor, sampling: SamplingConfig,
+                     generator: Optional[torch.Generator]) -> None:
+    """Draw the state's code at `filled` from `logits` (its schedule's scale there; no noise drawn where every
+    row keeps its code) and move on: the one canvas draw of `canvas_codes` and the server."""
+    forced = state.forced()
+    if forced is not None and bool(forced.all()):
+        state.skip()
+        return
+    scale = sampling.scale_at(state.filled, state.total)
+    state.put(next_codes(logits, sampling, generator, rows=state.rows, vocab_size=state.model.total_tokens,
+                         cond_scale=scale))
+
+
 def canvas_codes(model, ids: torch.Tensor, sampling: SamplingConfig, canvas: tuple[int, int], *, rows: int,
                  generator: Optional[torch.Generator] = None, use_cache: bool = True,
                  known: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None,
                  kv_dtype: Optional[torch.dtype] = None, pack_weights=None, progress: bool = False,
                  callback: Optional[Callable[[int, torch.Tensor], None]] = None,
                  stats: Optional[CanvasStats] = None) -> torch.Tensor:
-    """The codes (R, H, W) of a canvas of `canvas` = (H, W) codes.
-
-    ids: model text ids (R or 2R, T') of every row (guided: the conditional rows, then their null
-    rows, `rows` = R); known, keep: (R, H, W) kept codes and where they are kept (or None).
-    callback(filled, codes): after every code, the number filled in raster order and the live
-    buffer as (R, H * W) codes in raster order (as generate_codes').  The model must be in eval mode.
+    """The codes (R, H, W) of a canvas of `canvas` = (H, W) codes (`CanvasState` documents ids, rows,
+    known and keep).  callback(filled, codes): after every code, the number filled in raster order and
+    the live buffer as (R, H * W) codes in raster order (as generate_codes').  The model must be in eval mode.
     """
-    f = model.fmap_size
-    h, w = canvas
-    guided = ids.shape[0] != rows
-    device = ids.device
-    codes = torch.zeros(rows, h, w, dtype=torch.long, device=device)
-    if keep is not None:
-        codes = torch.where(keep, known, codes)
-    flat = codes.view(rows, h * w)  # the callback's view of the live buffer
-    stats = CanvasStats() if stats is None else stats
-    text_len = model.text_len
-
-    def window_prefix(i0: int, j0: int, p: int) -> torch.Tensor:  # (R or 2R, p) the window's first p codes
-        win = codes[:, i0 : i0 + f, j0 : j0 + f].reshape(rows, f * f)[:, :p]
-        return torch.cat((win, win)) if guided else win
-
-    if use_cache:
-        prefix = model.setup_cache(ids.shape[0], text_len, kv_dtype=kv_dtype, pack_weights=False)
-        text_last = model.prefill(ids, None, prefix)[:, model.num_text_tokens :]  # logits of window position 0
-        cache = model.setup_cache(ids.shape[0], kv_dtype=kv_dtype, pack_weights=pack_weights)
-    positions = torch.arange(model.text_len + model.image_seq_len, device=device)
-    current = None  # (i0, j0, p) of the window whose first p codes the cache holds
-    last = None
-    bar = tqdm(total=h * w, desc="canvas codes", disable=not progress, leave=False)
-    with bar:
-        for n in range(h * w):
-            i, j = divmod(n, w)
-            i0, j0 = window_origin(i, j, canvas, f)
-            p = (i - i0) * f + (j - j0)
-            if not use_cache:
-                prior = window_prefix(i0, j0, p)
-                last = model.last_logits(ids, prior)[:, model.num_text_tokens :]
-            elif current is not None and current == (i0, j0, p - 1):  # the window continues: one step
-                prev = codes[:, i0 + (p - 1) // f, j0 + (p - 1) % f]
-                pos = text_len + p - 1
-                last = model.decode_step(torch.cat((prev, prev)) if guided else prev, positions[pos], cache,
-                                         length=pos + 1)
-                stats.steps += 1
-            elif p == 0:
-                cache.copy_rows_from(prefix, torch.arange(ids.shape[0], device=device))
-                last = text_last
-            else:  # the window moved: the caption's prefix, then its first p codes in one step
-                cache.copy_rows_from(prefix, torch.arange(ids.shape[0], device=device))
-                last = model.step(window_prefix(i0, j0, p), positions[text_len], cache, length=text_len + p)[:, -1]
-                stats.prefills += 1
-                stats.prefill_tokens += p * ids.shape[0]
-            current = (i0, j0, p)
-            forced = None if keep is None else keep[:, i, j]
-            if forced is None or not bool(forced.all()):
-                drawn = next_codes(last, sampling, generator, rows=rows, vocab_size=model.total_tokens,
-                                   cond_scale=sampling.scale_at(n, h * w))
-                codes[:, i, j] = drawn if forced is None else torch.where(forced, codes[:, i, j], drawn)
-                stats.codes += rows if forced is None else int((~forced).sum())
+    state = CanvasState(model, ids, canvas, rows=rows, use_cache=use_cache, known=known, keep=keep,
+                        kv_dtype=kv_dtype, pack_weights=pack_weights, stats=stats)
+    with tqdm(total=state.total, desc="canvas codes", disable=not progress, leave=False) as bar:
+        while state.filled < state.total:
+            draw_canvas_code(state, state.logits(), sampling, generator)
             if callback is not None:
-                callback(n + 1, flat)
+                callback(state.filled, state.flat)
             bar.update(1)
-    return codes
+    return state.codes
 
 
 def canvas_kept(model, canvas: tuple[int, int], img: torch.Tensor, img_offset, num_init_img_tokens: Optional[int],
