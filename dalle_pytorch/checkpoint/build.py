@@ -24,6 +24,7 @@ from torch import nn
 from dalle_pytorch.errors import CheckpointError
 from dalle_pytorch.models.config import DALLEConfig
 from dalle_pytorch.models.dalle import DALLE
+from dalle_pytorch.models.dalle_pytorch_keys import native_state_dict
 from dalle_pytorch.models.openai_dvae import OpenAIDiscreteVAE
 from dalle_pytorch.models.vae import DiscreteVAE
 from dalle_pytorch.models.vqgan import VQGanVAE
@@ -124,7 +125,8 @@ def check_state(path: str, model: nn.Module, shapes: dict[str, tuple], what: str
                 dtypes: Optional[dict[str, torch.dtype]] = None) -> None:
     """Strict check: every key of model.state_dict() present with the same shape, nothing extra; with
     `dtypes`, floating tensors must be stored floating and the others with their exact dtype."""
-    state = model.state_dict()
+    with native_state_dict():
+        state = model.state_dict()
     expected = {k: tuple(v.shape) for k, v in state.items()}
     missing = [k for k in expected if k not in shapes]
     unexpected = [k for k in shapes if k not in expected]

@@ -44,6 +44,7 @@ from dalle_pytorch.formats.files import PathLike, atomic_write, regular_file
 from dalle_pytorch.formats.integrity import INTEGRITY_KEY, check_header, check_tensors, integrity_record
 from dalle_pytorch.models.clip import CLIP
 from dalle_pytorch.models.dalle import DALLE
+from dalle_pytorch.models.dalle_pytorch_keys import native_state_dict
 from dalle_pytorch.models.quantize import INT4_GROUPS, QUANTIZE_MODES, quantization_of, quantize
 from dalle_pytorch.text.factory import tokenizer_from_description
 from dalle_pytorch.version import __version__
@@ -95,7 +96,9 @@ def _state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """model.state_dict() as contiguous CPU tensors that share no storage (as safetensors requires)."""
     out: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
-    for key, value in model.state_dict().items():
+    with native_state_dict():  # a DALLE's own module names (its state_dict() speaks DALLE-pytorch's)
+        state = model.state_dict()
+    for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"state dict entry '{key}' is a {type(value).__name__}, not a tensor")
         t = value.detach()

@@ -20,7 +20,7 @@ from dalle_pytorch.errors import setting
 from dalle_pytorch.generation import decode
 from dalle_pytorch.generation import canvas as canvas_decode
 from dalle_pytorch.generation.sampling import SamplingConfig
-from dalle_pytorch.models.dalle_pytorch_keys import accept_their_keys
+from dalle_pytorch.models.dalle_pytorch_keys import accept_their_keys, emit_their_layout
 from dalle_pytorch.models.config import DALLEConfig
 from dalle_pytorch.models.transformer import Transformer
 from dalle_pytorch.nn.cache import InferenceCache
@@ -116,6 +116,8 @@ class DALLE(nn.Module):
         if not c.rotary_emb:
             self.text_pos_emb = nn.Embedding(self.text_len, dim)
             self.image_pos_emb = AxialPositionalEmbedding(dim, self.fmap_size)
+        # state_dict() in DALLE-pytorch's names (its scripts torch.save it); ours inside native_state_dict()
+        self.register_state_dict_post_hook(emit_their_layout)
 
     # -- input checks --------------------------------------------------------------------------------
 

@@ -12,7 +12,9 @@ buffer); `text_emb.linear.*` / `image_emb.linear.*` repeat `to_logits.1.*` with 
 from __future__ import annotations
 
 import re
-from typing import Optional
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
@@ -21,7 +23,10 @@ from dalle_pytorch.errors import CheckpointError
 from dalle_pytorch.nn.rotary import rotary_table
 
 __all__ = ["legacy_key", "remap_state_dict", "check_rotary_table", "is_dalle_pytorch_layout", "accept_their_keys",
-           "dalle_pytorch_state_dict"]
+           "dalle_pytorch_state_dict", "their_layout", "native_state_dict", "emit_their_layout"]
+
+#: True inside `native_state_dict()`: DALLE.state_dict() then holds our module names
+_NATIVE: ContextVar[bool] = ContextVar("dalle_pytorch_native_state_dict", default=False)
 
 _AXIAL_WEIGHT = re.compile(r"^image_pos_emb\.weights_(\d+)$")
 _BLOCK = re.compile(r"^transformer\.layers\.(?:layers\.(\d+)\.([01])|blocks\.(\d+)\.([fg])\.net)\.(.+)$")
@@ -136,17 +141,56 @@ def check_rotary_table(weights: dict, transformer) -> None:
                               "VAE's image size do not match")
 
 
+@contextmanager
+def native_state_dict() -> Iterator[None]:
+    """Within the block (this thread or task), `DALLE.state_dict()` holds our module names, as our own
+    checkpoints, FSDP2's distributed state dicts and the optimizer-by-name code need; outside it, DALLE-pytorch's."""
+    token = _NATIVE.set(True)
+    try:
+        yield
+    finally:
+        _NATIVE.reset(token)
+
+
+def emit_their_layout(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
+    """DALLE's state-dict post-hook: its keys (under `prefix`) renamed in place to DALLE-pytorch 1.6.6's layout,
+    so `torch.save(dalle.state_dict())` (what DALLE-pytorch's train_dalle.py writes) loads in DALLE-pytorch too;
+    `load_state_dict` takes both layouts.  Not inside `native_state_dict()`, and not for a model DALLE-pytorch
+    cannot express (a quantized one): those keep our names."""
+    if _NATIVE.get():
+        return
+    keys = [k for k in state_dict if k.startswith(prefix)]
+    theirs = their_layout({k[len(prefix):]: state_dict[k] for k in keys}, module)
+    if theirs is None:
+        return
+    for k in keys:
+        del state_dict[k]
+    for k, v in theirs.items():
+        state_dict[prefix + k] = v
+
+
 def dalle_pytorch_state_dict(model: nn.Module, old_axial_names: bool = False) -> dict:
     """A DALLE's weights in DALLE-pytorch 1.6.6's layout, as its `DALLE.state_dict()` would hold them (every key
     it has, shared layers at each depth, the rotary table, the tied embeddings' copies), VAE included.
 
     old_axial_names: the image position embeddings as axial_positional_embedding <= 0.2.1 names them
     (`weights_0`), for a DALLE-pytorch installed beside that release; else `weights.0` (0.3 and later)."""
-    ours = model.state_dict()
+    with native_state_dict():
+        ours = model.state_dict()
+    theirs = their_layout(ours, model, old_axial_names)
+    if theirs is None:
+        raise ValueError("this DALLE has layers DALLE-pytorch does not have (a quantized model?): no layout of its")
+    return theirs
+
+
+def their_layout(ours: dict, model: nn.Module, old_axial_names: bool = False) -> Optional[dict]:
+    """`ours` (a DALLE's state dict in our names) in DALLE-pytorch 1.6.6's names (see `dalle_pytorch_state_dict`),
+    or None when a transformer tensor has no name there (a quantized layer's)."""
     if old_axial_names:
         ours = {re.sub(r"^image_pos_emb\.weights\.(\d+)$", r"image_pos_emb.weights_\1", k): v for k, v in ours.items()}
     t, c = model.transformer, model.config
     out: dict[str, torch.Tensor] = {}
+    placed: set[str] = set()  # our transformer keys given a name of theirs
     for key, value in ours.items():
         if not key.startswith(("transformer.", "to_logits.")):
             out[key] = value
@@ -164,11 +208,18 @@ def dalle_pytorch_state_dict(model: nn.Module, old_axial_names: bool = False) ->
                 if key.startswith(mine):
                     rest = key[len(mine):]
                     out[prefix + (rest if rest == "scale" else "fn." + rest)] = value
+                    placed.add(key)
             levels = "fn." * ((3 if branch == "attn" else 2) + shift)
             layer = f"transformer.{group}.{index}."
             for key, value in ours.items():
                 if key.startswith(layer):
-                    out[prefix + levels + _OURS[(group, key[len(layer):])]] = value
+                    inner = _OURS.get((group, key[len(layer):]))
+                    if inner is None:
+                        return None
+                    out[prefix + levels + inner] = value
+                    placed.add(key)
+    if any(k.startswith("transformer.") and k not in placed for k in ours):
+        return None
     for key, value in ours.items():
         if key.startswith("to_logits."):
             out[key] = value

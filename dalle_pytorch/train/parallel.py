@@ -18,6 +18,7 @@ from torch import nn
 from dalle_pytorch.distributed import DistEnv
 from dalle_pytorch.errors import TrainingError
 from dalle_pytorch.models.dalle import DALLE
+from dalle_pytorch.models.dalle_pytorch_keys import native_state_dict
 from dalle_pytorch.models.vae import DiscreteVAE
 from dalle_pytorch.train.loader import to_device
 
@@ -110,7 +111,8 @@ class ParallelModel:
             return self.model
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        with native_state_dict():  # FSDP2 maps the state dict's names onto the parameters' (ours)
+            sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.env.is_main:
             self.shadow.load_state_dict(sd)
         return self.shadow
@@ -120,8 +122,10 @@ class ParallelModel:
         if self.mode == "fsdp":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
-        return self.model.state_dict()
+            with native_state_dict():
+                return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+        with native_state_dict():
+            return self.model.state_dict()
 
     # -- optimizer state by parameter names --------------------------------------------------------
 
@@ -134,8 +138,9 @@ class ParallelModel:
         if self.mode == "fsdp":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-            return get_optimizer_state_dict(self.model, optimizer,
-                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            with native_state_dict():
+                return get_optimizer_state_dict(self.model, optimizer,
+                                                options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         sd = optimizer.state_dict()
         groups = self._param_names(optimizer)
         flat = [n for names in groups for n in names]
@@ -151,7 +156,8 @@ class ParallelModel:
         if self.mode == "fsdp":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-            set_optimizer_state_dict(self.model, optimizer, sd, options=StateDictOptions(full_state_dict=True))
+            with native_state_dict():
+                set_optimizer_state_dict(self.model, optimizer, sd, options=StateDictOptions(full_state_dict=True))
             return
         index = {n: i for i, n in enumerate(n for names in groups for n in names)}
         optimizer.load_state_dict({

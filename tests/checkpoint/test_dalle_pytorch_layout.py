@@ -16,7 +16,7 @@ from dalle_pytorch import DALLE, DiscreteVAE
 from dalle_pytorch.checkpoint import load_checkpoint
 from dalle_pytorch.cli import convert
 from dalle_pytorch.errors import CheckpointError
-from dalle_pytorch.models.dalle_pytorch_keys import dalle_pytorch_state_dict
+from dalle_pytorch.models.dalle_pytorch_keys import dalle_pytorch_state_dict, native_state_dict
 from dalle_pytorch.models.openai_dvae import OpenAIDiscreteVAE
 from dalle_pytorch.models.vqgan import VQGanVAE
 
@@ -39,6 +39,35 @@ def _same(a: dict, b: dict) -> None:
 def test_our_layout_of_their_model_is_their_state_dict(name):
     path = FIXTURES / f"{name}-v1.6.6.pt"
     _same(dalle_pytorch_state_dict(load_checkpoint(path).model), _weights(path)["weights"])
+
+
+@pytest.mark.parametrize("name", OURS_166)
+def test_state_dict_is_their_state_dict(name, tmp_path):
+    """`DALLE.state_dict()` holds what DALLE-pytorch's DALLE.state_dict() holds for the same weights (its
+    train_dalle.py torch.saves it as 'weights'): the same keys and tensors; our module names inside
+    native_state_dict(), and our files keep them."""
+    path = FIXTURES / f"{name}-v1.6.6.pt"
+    model = load_checkpoint(path).model
+    _same(model.state_dict(), _weights(path)["weights"])
+    with native_state_dict():
+        native = model.state_dict()
+    assert any(k.startswith("transformer.attns.") for k in native)
+    assert not any(k.startswith("transformer.layers.layers.") for k in native)
+    wrapped = torch.nn.ModuleDict({"module": model}).state_dict()  # nested, as under DDP: under its prefix
+    _same({k[len("module."):]: v for k, v in wrapped.items()}, _weights(path)["weights"])
+
+
+def test_state_dict_of_a_model_they_cannot_express_keeps_our_names():
+    from dalle_pytorch import quantize
+
+    model = DALLE(dim=32, vae=DiscreteVAE(image_size=32, num_layers=2, num_tokens=64, codebook_dim=16, hidden_dim=8),
+                  num_text_tokens=100, text_seq_len=8, depth=2, heads=2, dim_head=16).eval()
+    quantize(model, "int8")
+    with native_state_dict():
+        native = model.state_dict()
+    assert sorted(model.state_dict()) == sorted(native)
+    with pytest.raises(ValueError, match="quantized"):
+        dalle_pytorch_state_dict(model)
 
 
 @pytest.mark.parametrize("name, vae", [

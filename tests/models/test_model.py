@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dalle_pytorch import DALLE
+from dalle_pytorch.models.dalle_pytorch_keys import native_state_dict
 from dalle_pytorch.models.transformer import Transformer, layerscale_init
 from dalle_pytorch.nn.positions import StepPositions
 from dalle_pytorch.nn.shift import PreShiftToken, shift_tokens_full, shift_tokens_step
@@ -198,7 +199,11 @@ def test_shared_attention_with_two_types_is_an_error():
 
 def test_share_input_output_emb_uses_views_of_the_output_projection():
     model = tiny_dalle(share_input_output_emb=True)
-    assert not any(k.startswith(("text_emb", "image_emb")) for k in model.state_dict())
+    with native_state_dict():  # our names hold the shared projection once
+        assert not any(k.startswith(("text_emb", "image_emb")) for k in model.state_dict())
+    theirs = model.state_dict()  # DALLE-pytorch's repeat it under each embedding, as its DALLE's state_dict does
+    assert theirs["text_emb.linear.weight"] is theirs["to_logits.1.weight"]
+    assert theirs["image_emb.linear.bias"] is theirs["to_logits.1.bias"]
     w = model.to_logits[1].weight
     with torch.no_grad():
         w[model.num_text_tokens + 3].fill_(2.5)
