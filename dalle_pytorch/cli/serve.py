@@ -39,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="capacity of the running batch in rows; a guided image takes two (default 64)")
     p.add_argument("--max_queue", type=int, default=64, help="requests waiting to start before 429 (default 64)")
     p.add_argument("--max_images", type=int, default=16, help="the largest n of one request (default 16)")
+    p.add_argument("--max_canvas_codes", type=int, default=None,
+                   help="the most codes (H * W) of a request's canvas, a larger image than the model's trained grid "
+                        "(default: 4 times the grid's, twice as wide and tall; 0: canvases refused)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take (default 300)")
     p.add_argument("--api_key", default=os.environ.get("DALLE_SERVE_API_KEY"),
                    help="require `Authorization: Bearer KEY` on /v1/ (default: $DALLE_SERVE_API_KEY; none: open)")
@@ -96,7 +99,7 @@ def main(argv=None) -> int:
                      shutdown_grace=args.shutdown_grace, dalle_path=args.dalle_path,
                      max_body_bytes=args.max_body_bytes, max_prompt_chars=args.max_prompt_chars, send_timeout=args.send_timeout,
                      checkpoint_sha256=file_sha256(path), speculative=args.speculative,
-                     api_key=args.api_key, allowed_hosts=allowed_hosts(args))
+                     api_key=args.api_key, allowed_hosts=allowed_hosts(args), max_canvas_codes=args.max_canvas_codes)
     for line in startup_warnings(args):
         print(f"warning: {line}", file=sys.stderr, flush=True)
     print(f"serving {args.dalle_path} on http://{args.host}:{args.port}/ (API description at /openapi.json)", flush=True)

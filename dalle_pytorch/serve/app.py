@@ -94,6 +94,10 @@ class ImagesRequest(BaseModel):
     batch_size: int = Field(4, description="images per generator, as generate.py's --batch_size")
     variation_of: Optional[VariationOf] = Field(None, description="variations of an earlier image's codes, for "
                                                                   "`prompt` (which may then be empty)")
+    canvas: Optional[list[int]] = Field(None, description="[H, W] codes: a canvas larger than the trained grid, each "
+                                                          "code sampled with the trained-size window around it "
+                                                          "(generate.py --canvas HxW); at most the server's "
+                                                          "max_canvas_codes")
 
     @field_validator("prompt", "negative_prompt")
     @classmethod
@@ -161,6 +165,8 @@ def _reproduce(body: ImagesRequest, result: ImageResult, dalle_path: str) -> str
         args += ["--speculative", str(s["speculative"])]
     if s.get("quantize"):
         args += ["--quantize", s["quantize"]]
+    if body.canvas is not None:
+        args += ["--canvas", "x".join(map(str, body.canvas))]
     if body.variation_of is not None:  # the codes themselves: generate.py keeps them exactly, as the server did
         v = s["variation"]
         args += ["--variations_of", "codes:" + ",".join(map(str, body.variation_of.codes)), "--strength",
@@ -182,7 +188,7 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
                checkpoint_sha256: Optional[str] = None, speculative: Optional[int] = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS,
                api_key: Optional[str] = None, allowed_hosts: Optional[list[str]] = None,
-               send_timeout: float = DEFAULT_SEND_TIMEOUT) -> FastAPI:
+               send_timeout: float = DEFAULT_SEND_TIMEOUT, max_canvas_codes: Optional[int] = None) -> FastAPI:
     """The FastAPI app.  `pipe` is a Pipeline or a function that loads one (called once, at startup).
 
     max_rows: the running batch's capacity in rows (a guided image takes two); max_queue: requests
@@ -190,6 +196,8 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
     codes between previews on the stream; shutdown_grace: seconds in-flight work may take at shutdown.
     dalle_path and checkpoint_sha256 go into the PNG settings and the reproduce command line.
     speculative: every row decodes with speculative windows of K drafts (`Scheduler`).
+    max_canvas_codes: the most codes (H * W) of a `canvas` request (None: 4 times the trained grid's, a
+    canvas twice as wide and tall; 0: canvases refused).
     max_body_bytes: a larger request body is a 413, before it is read (`limits.BodyLimit`);
     max_prompt_chars: a longer prompt or negative prompt is a 422, before it is tokenized.
     api_key: when given, every /v1/ path needs `Authorization: Bearer <api_key>` (401 otherwise), as the
@@ -208,7 +216,9 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
     async def lifespan(app: FastAPI):
         loaded = pipe if isinstance(pipe, Pipeline) else await run_in_threadpool(pipe)
         scheduler = Scheduler(loaded, max_rows=max_rows, max_queue=max_queue, max_images=max_images, timeout=timeout,
-                              prefix_cache_entries=prefix_cache_entries, speculative=speculative).start()
+                              prefix_cache_entries=prefix_cache_entries, speculative=speculative,
+                              max_canvas_codes=4 * loaded.model.image_seq_len if max_canvas_codes is None
+                              else max_canvas_codes).start()
         app.state.scheduler, app.state.pipe, app.state.started = scheduler, loaded, time.time()
         try:
             yield
@@ -260,7 +270,8 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
             cond_schedule=body.cond_schedule)
         return scheduler.submit(ImageRequest(body.prompt, n=body.n, seed=body.seed, sampling=sampling,
                                              negative_prompt=body.negative_prompt, batch_size=body.batch_size,
-                                             preview_every=preview, variation=_variation(body)), on_event)
+                                             preview_every=preview, variation=_variation(body),
+                                             canvas=None if body.canvas is None else tuple(body.canvas)), on_event)
 
     def answer(body: ImagesRequest, result: ImageResult) -> dict:
         png_settings = {k: v for k, v in result.settings.items() if k != "seed"}
@@ -381,6 +392,7 @@ def create_app(pipe: Union[Pipeline, Callable[[], Pipeline]], *, max_rows: int =
         defaults = {k: v.default for k, v in ImagesRequest.model_fields.items() if k != "prompt"}
         return {"max_images": max_images, "max_rows": max_rows, "text_seq_len": model.text_seq_len,
                 "image_size": model.vae.image_size, "image_seq_len": model.image_seq_len, "preview_every": preview_every,
+                "fmap_size": model.fmap_size, "max_canvas_codes": request.app.state.scheduler.max_canvas_codes,
                 "dalle_path": shown_path, "defaults": defaults}
 
     @app.get("/", include_in_schema=False)

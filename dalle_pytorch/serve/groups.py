@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from dalle_pytorch.errors import GenerationError
+from dalle_pytorch.generation.canvas import CanvasState, check_canvas
 from dalle_pytorch.generation.sampling import SamplingConfig
 from dalle_pytorch.generation.speculative import Window
 from dalle_pytorch.pipeline.text_to_image import Pipeline, batch_seeds
@@ -20,7 +21,7 @@ from dalle_pytorch.serve.batch import Sequence
 from dalle_pytorch.serve.requests import ImageRequest, Ticket
 from dalle_pytorch.serve.variations import check_variation, start_groups
 
-__all__ = ["Group", "split_groups", "validate_request"]
+__all__ = ["Group", "check_canvas_request", "split_groups", "start_canvas", "validate_request"]
 
 
 @dataclass(eq=False)
@@ -41,6 +42,17 @@ class Group:
     images: Optional[torch.Tensor] = None  # (m, c, H, W) once finished
     known: Optional[torch.Tensor] = None  # (m, I) a variation's codes, kept where `keep` (m, I) is True
     keep: Optional[torch.Tensor] = None  # (masked completion; None: nothing kept after the filled prefix)
+    canvas: Optional[CanvasState] = None  # a canvas request's state (its own window cache, not the batch's rows)
+
+    @property
+    def total(self) -> int:
+        """Codes per image: image_seq_len, or H * W on a canvas."""
+        return self.codes.shape[1]
+
+    @property
+    def grid(self) -> Optional[tuple]:
+        """A canvas's (H, W) codes (for decoding and previews); None on the trained grid."""
+        return None if self.canvas is None else self.canvas.canvas
 
     @property
     def copies(self) -> int:
@@ -69,12 +81,16 @@ class Group:
         return torch.cat((fed,) * self.copies), torch.cat((first + text_len,) * self.copies)
 
 
-def validate_request(pipe: Pipeline, request: ImageRequest, max_rows: int, max_images: int) -> torch.Tensor:
-    """The request's caption rows (u, T), or GenerationError with the one-line reason."""
+def validate_request(pipe: Pipeline, request: ImageRequest, max_rows: int, max_images: int,
+                     max_canvas_codes: int = 0) -> torch.Tensor:
+    """The request's caption rows (u, T), or GenerationError with the one-line reason.  max_canvas_codes:
+    the most codes (H * W) a canvas request may ask for (0: no canvases)."""
     if not isinstance(request.prompt, str) or (not request.prompt.strip() and request.variation is None):
         raise GenerationError("prompt is empty: give a caption")
     if request.variation is not None:
         check_variation(pipe.model, request.variation)
+    if request.canvas is not None:
+        check_canvas_request(pipe, request, max_canvas_codes)
     if isinstance(request.n, bool) or not isinstance(request.n, int) or not 1 <= request.n <= max_images:
         raise GenerationError(f"n must be an integer from 1 to {max_images}, got {request.n!r}")
     if request.seed is not None and (isinstance(request.seed, bool) or not isinstance(request.seed, int)):
@@ -100,14 +116,45 @@ def validate_request(pipe: Pipeline, request: ImageRequest, max_rows: int, max_i
     return pipe.tokenize(captions)  # GenerationError: a caption longer than the model's text_seq_len
 
 
+def check_canvas_request(pipe: Pipeline, request: ImageRequest, max_canvas_codes: int) -> None:
+    """GenerationError in one line unless the request's canvas is (H, W) codes, each side at least the trained
+    grid's, H * W at most max_canvas_codes, and not a variation's."""
+    f = pipe.model.fmap_size
+    if max_canvas_codes < f * f:
+        raise GenerationError("this server samples the trained grid only: canvas is off (dalle-serve --max_canvas_codes)")
+    try:
+        h, w = check_canvas(tuple(request.canvas) if isinstance(request.canvas, list) else request.canvas, f)
+    except ValueError as e:
+        raise GenerationError(str(e)) from None
+    if h * w > max_canvas_codes:
+        raise GenerationError(f"canvas {h}x{w} is {h * w} codes; this server samples at most {max_canvas_codes} "
+                              "codes per image (dalle-serve --max_canvas_codes)")
+    if request.variation is not None:
+        raise GenerationError("variation_of varies an image of the trained grid: it does not combine with canvas")
+
+
+def start_canvas(group: Group, model, text: torch.Tensor, packs=None) -> None:
+    """Give a canvas group its state: the caption's rows (then the null caption's) prefilled into its own
+    cache, its codes the state's (m, H * W) view, `last` the logits of its first code.  packs: the running
+    batch's packed weights, shared (batch-invariant products: the codes a lone `Pipeline.generate` samples)."""
+    rows = torch.zeros(group.m, dtype=torch.long, device=text.device)
+    if group.ticket.guided:
+        rows = torch.cat((rows, torch.ones(group.m, dtype=torch.long, device=text.device)))
+    group.canvas = CanvasState(model, model.text_ids(text)[rows], group.ticket.request.canvas, rows=group.m,
+                               pack_weights=False if packs is None else packs)
+    group.codes = group.canvas.flat
+    group.last = group.canvas.logits()
+
+
 def split_groups(ticket: Ticket, image_seq_len: int, device: torch.device) -> list[Group]:
     """The ceil(n / B) groups of a submitted request, group k seeded with seed + k; a variation's start with
     its kept codes (`variations.start_groups`)."""
     request, groups = ticket.request, []
+    total = image_seq_len if request.canvas is None else request.canvas[0] * request.canvas[1]
     for k in range(math.ceil(request.n / request.batch_size)):
         m = min(request.batch_size, request.n - k * request.batch_size)
         groups.append(Group(ticket, k, ticket.seed + k, m, torch.Generator().manual_seed(ticket.seed + k),
-                            torch.zeros(m, image_seq_len, dtype=torch.long, device=device)))
+                            torch.zeros(m, total, dtype=torch.long, device=device)))
     if request.variation is not None:
         start_groups(ticket, groups, device)
     return groups

@@ -68,6 +68,7 @@ class ImageRequest:
     preview_every: int = 0  # codes between preview events of a group (0: no previews)
     timeout: Optional[float] = None  # seconds from submission (None: the scheduler's default)
     variation: Optional[Variation] = None  # variations of an earlier image's codes (the prompt may then be empty)
+    canvas: Optional[tuple] = None  # (H, W) codes: a canvas larger than the trained grid (generation.canvas)
 
 
 @dataclass

@@ -36,11 +36,12 @@ from typing import Callable, Optional
 
 import torch
 
+from dalle_pytorch.generation.canvas import draw_canvas_code
 from dalle_pytorch.generation.sampling import next_codes
 from dalle_pytorch.generation.speculative import Window, sampling_distribution
 from dalle_pytorch.pipeline.text_to_image import Pipeline, fresh_seed, generation_settings, preview_images
 from dalle_pytorch.serve.batch import PrefixCache, RunningBatch, prefill
-from dalle_pytorch.serve.groups import Group, split_groups, validate_request
+from dalle_pytorch.serve.groups import Group, split_groups, start_canvas, validate_request
 from dalle_pytorch.serve.metrics import Latencies
 from dalle_pytorch.serve.requests import (Event, ImageRequest, ImageResult, QueueFull, RequestFailed, ShuttingDown,
                                           Ticket)
@@ -55,12 +56,17 @@ class Scheduler:
     max_rows: capacity of the running batch in rows (guided images take two); max_queue: requests
     waiting to start before `submit` raises QueueFull; max_images: the largest n; timeout: default
     seconds a request may take from submission; prefix_cache_entries / prefix_cache_mb: bounds of
-    the LRU of prefilled captions (0 entries: no prefix cache).
+    the LRU of prefilled captions (0 entries: no prefix cache); max_canvas_codes: the most codes (H * W) of a
+    canvas request (0: canvases refused); max_canvas_groups: canvas groups sampled at once.
+
+    A canvas group (`generation.canvas`) does not take rows of the running batch: its window moves, so it
+    keeps its own cache (`CanvasState`) and runs its own forward at each iteration, one code per iteration
+    as every row; at most `max_canvas_groups` run at once (the others wait their turn).
     """
 
     def __init__(self, pipe: Pipeline, *, max_rows: int = 64, max_queue: int = 64, max_images: int = 16,
                  timeout: float = 300.0, prefix_cache_entries: int = 64, prefix_cache_mb: float = 256.0,
-                 speculative: Optional[int] = None):
+                 speculative: Optional[int] = None, max_canvas_codes: int = 0, max_canvas_groups: int = 1):
         if max_queue < 1 or max_images < 1:
             raise ValueError("max_queue and max_images must be >= 1")
         if speculative is not None and (isinstance(speculative, bool) or not isinstance(speculative, int)
@@ -68,6 +74,7 @@ class Scheduler:
             raise ValueError(f"speculative must be None or a window of at least 1 code, got {speculative!r}")
         self.pipe, self.model = pipe, pipe.model
         self.max_rows, self.max_queue, self.max_images, self.timeout = max_rows, max_queue, max_images, timeout
+        self.max_canvas_codes, self.max_canvas_groups = max_canvas_codes, max_canvas_groups
         #: the speculative window of every row (0: one code per step)
         self.window = speculative if speculative is not None and speculative > 1 else 0
         self.batch = RunningBatch(self.model, max_rows, rewind=self.window)
@@ -90,7 +97,7 @@ class Scheduler:
 
     def validate(self, request: ImageRequest) -> torch.Tensor:
         """The request's caption rows (u, T), or GenerationError with the one-line reason."""
-        return validate_request(self.pipe, request, self.max_rows, self.max_images)
+        return validate_request(self.pipe, request, self.max_rows, self.max_images, self.max_canvas_codes)
 
     def submit(self, request: ImageRequest, on_event: Optional[Callable[[Event], None]] = None) -> Ticket:
         """Accept a request (GenerationError: invalid; QueueFull; ShuttingDown).  `on_event` is called
@@ -101,6 +108,8 @@ class Scheduler:
                                             speculative=self.window or None,
                                             quantize=self.pipe.quantize), seed=seed)
         timeout = request.timeout if request.timeout is not None else self.timeout
+        if request.canvas is not None:
+            settings["canvas"] = list(request.canvas)  # as Pipeline.generate records it
         ticket = Ticket(next(self._ids), request, seed, text, settings, on_event, deadline=0.0)
         ticket.deadline = ticket.submitted + timeout
         for group in split_groups(ticket, self.model.image_seq_len, self.pipe.device):
@@ -126,13 +135,16 @@ class Scheduler:
         the requests that will take them are not "in the queue", so a client that resubmits as soon as
         its answer arrives is not refused while rows are free."""
         free = self.batch.free_rows
+        canvases = self.max_canvas_groups - sum(g.canvas is not None for g in self._running)
         waiting = [t for t in self._waiting if t.started is None]
         admitted = 0
         for t in waiting:  # the order _admit takes them in (the head first)
-            rows = t.pending[0].rows
-            if rows > free:
+            canvas = t.request.canvas is not None
+            rows = 0 if canvas else t.pending[0].rows  # a canvas takes a canvas turn, not rows
+            if rows > free or (canvas and canvases < 1):
                 break
             free -= rows
+            canvases -= canvas
             admitted += 1
         return len(waiting) - admitted
 
@@ -237,29 +249,46 @@ class Scheduler:
             return False
         self._sample()
         self._finish()
-        if self._running:
+        batched = [g for g in self._running if g.canvas is None]
+        if batched:
             try:
-                logits = self._step_window() if self.window else self.batch.step([g.feed() for g in self._running])
+                logits = self._step_window() if self.window else self.batch.step([g.feed() for g in batched])
             except Exception as e:  # shared by every row: fail the requests in the batch, keep the loop
                 log.exception("decode step failed")
                 self._fail_running(f"the decode step failed: {e}")
                 return True
-            for g, out in zip(self._running, logits):
+            for g, out in zip(batched, logits):
                 g.last = out
                 g.passes += 1
+        self._step_canvases()
+        if self._running:
             self.latencies.observe("step_seconds", time.perf_counter() - t0)
         self.stats["steps"] += 1
         return True
 
+    def _step_canvases(self) -> None:
+        """Each running canvas group's forward for its next code (its own window cache); a failure fails its request."""
+        for g in [g for g in self._running if g.canvas is not None]:
+            try:
+                g.last = g.canvas.logits()
+                g.passes += 1
+            except Exception as e:
+                log.exception("canvas step of request %d failed", g.ticket.id)
+                self._fail(g.ticket, f"the canvas step failed: {e}")
+
     def _step_window(self) -> list[torch.Tensor]:
         """One speculative step for every running group: each feeds its window at its rows' own starts."""
-        fed = [g.feed_window(self.model.text_len) for g in self._running]
+        fed = [g.feed_window(self.model.text_len) for g in self._running if g.canvas is None]
         return self.batch.step_window([tokens for tokens, _ in fed], [starts for _, starts in fed])
 
     def _draw(self, g: Group) -> None:
         """The group's next codes from its last logits: one code per row, or a speculative window's accepted
         codes (its own generator and stream of random numbers, whatever else runs)."""
         t = g.ticket
+        if g.canvas is not None:  # a canvas: one code per iteration (generation.canvas's draw)
+            draw_canvas_code(g.canvas, g.last, t.request.sampling, g.generator)
+            g.filled = g.canvas.filled
+            return
         if not self.window:
             if g.keep_forced():  # a variation's kept code: nothing drawn, as generate_codes' masked completion
                 return
@@ -296,7 +325,10 @@ class Scheduler:
                     return
                 ticket = self._waiting[0]
                 group = ticket.pending[0]
-                if group.rows > self.batch.free_rows:
+                if ticket.request.canvas is not None:
+                    if sum(g.canvas is not None for g in self._running) >= self.max_canvas_groups:
+                        return  # the head waits for a canvas's turn
+                elif group.rows > self.batch.free_rows:
                     return  # the head waits for room: no request is overtaken forever
                 ticket.pending.popleft()
                 self._waiting.popleft()
@@ -310,6 +342,10 @@ class Scheduler:
 
     def _join(self, group: Group) -> None:
         ticket = group.ticket
+        if ticket.request.canvas is not None:
+            start_canvas(group, self.model, ticket.text, self.batch.cache.linears)
+            self._started(group)
+            return
         prime = group.codes[:1, : group.filled].expand(ticket.text.shape[0], -1)  # a variation's kept first codes
         key = (tuple(tuple(row) for row in ticket.text.tolist()), tuple(prime[0].tolist()))
         prefix = self.prefixes.get(key)
@@ -320,6 +356,10 @@ class Scheduler:
         if ticket.guided:
             index = torch.cat((index, torch.ones(group.m, dtype=torch.long)))
         group.seq, group.last = self.batch.join(prefix, index, owner=group)
+        self._started(group)
+
+    def _started(self, group: Group) -> None:
+        ticket = group.ticket
         self._running.append(group)
         if ticket.started is None:
             ticket.started = time.perf_counter()
@@ -335,10 +375,9 @@ class Scheduler:
                 self._emit(t, "queued", position=position)
 
     def _sample(self) -> None:
-        total = self.model.image_seq_len
         sampled = 0
         for g in list(self._running):
-            t = g.ticket
+            t, total = g.ticket, g.total
             if t.closed:
                 continue
             try:
@@ -351,7 +390,8 @@ class Scheduler:
                 every = t.request.preview_every
                 if every and g.filled // every > before // every and g.filled < total:
                     self._emit(t, "preview", group=g.index, first_image=g.index * t.request.batch_size,
-                               filled=g.filled, total=total, images=preview_images(self.model.vae, g.codes, g.filled))
+                               filled=g.filled, total=total,
+                               images=preview_images(self.model.vae, g.codes, g.filled, g.grid))
                 done = sum(x.filled for x in t.groups)
                 percent = 100 * done // (len(t.groups) * total)
                 if percent != t.percent:
@@ -365,23 +405,25 @@ class Scheduler:
             self._rate.popleft()
 
     def _finish(self) -> None:
-        total = self.model.image_seq_len
-        gone = [g for g in self._running if g.ticket.closed or g.filled == total]
+        gone = [g for g in self._running if g.ticket.closed or g.filled == g.total]
         if not gone:
             return
-        self.batch.leave([g.seq for g in gone])
+        self._leave(gone)
         self._running = [g for g in self._running if g not in gone]
         for g in gone:
             t = g.ticket
             if t.closed:
                 continue
             try:
-                g.images = self.model.vae.decode(g.codes).clamp(0.0, 1.0).float().cpu()  # as generate_images
+                vae = self.model.vae  # as generate_images decodes (a canvas as one image)
+                pixels = vae.decode(g.codes) if g.canvas is None else vae.decode_grid(g.codes.view(g.m, *g.grid))
+                g.images = pixels.clamp(0.0, 1.0).float().cpu()
+                g.canvas = None  # its caches go now
                 if all(x.images is not None for x in t.groups):
                     self._complete(t)
                 elif t.request.preview_every:  # the group's final images, while the request's other groups run
                     self._emit(t, "preview", group=g.index, first_image=g.index * t.request.batch_size,
-                               filled=total, total=total, images=g.images)
+                               filled=g.total, total=g.total, images=g.images)
             except Exception as e:
                 log.exception("finishing request %d failed", t.id)
                 self._fail(t, f"decoding the images failed: {e}")
@@ -420,10 +462,14 @@ class Scheduler:
         self._emit(t, "error", message=message, kind=kind)
         t.future.set_exception(RequestFailed(message, kind))
 
+    def _leave(self, groups: list) -> None:
+        """The groups' rows leave the running batch (a canvas group holds none)."""
+        self.batch.leave([g.seq for g in groups if g.seq is not None])
+
     def _fail_running(self, message: str) -> None:
         for g in self._running:
             self._fail(g.ticket, message)
-        self.batch.leave([g.seq for g in self._running])
+        self._leave(self._running)
         self._running = []
 
     def _fail_everything(self, message: str, kind: str) -> None:
@@ -432,7 +478,7 @@ class Scheduler:
         for t in tickets:
             self._fail(t, message, kind)
         if self._running:
-            self.batch.leave([g.seq for g in self._running])
+            self._leave(self._running)
             self._running = []
 
     def _emit(self, t: Ticket, event: str, **data) -> None:

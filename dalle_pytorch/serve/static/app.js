@@ -11,6 +11,7 @@ window.dalleLog = [];
 window.dalleProgress = [];
 window.dalleQueue = [];
 let controller = null;
+let fmapSize = null;  // the trained code grid's side, from /v1/config (a canvas is a multiple of it)
 
 function showError(text) {
   errorBox.textContent = text;
@@ -34,6 +35,9 @@ function requestBody() {
   }
   const negative = $("negative_prompt").value;
   if (negative.trim() !== "") body.negative_prompt = negative;
+  if ($("canvas").value !== "" && fmapSize !== null) {  // "AxB": A times the grid's height, B times its width
+    body.canvas = $("canvas").value.split("x").map((k) => Number(k) * fmapSize);
+  }
   return body;
 }
 
@@ -89,6 +93,10 @@ function showImages(answer) {
     vary.textContent = "variations";
     vary.title = "sample variations of this image (the strength below: the share of its codes resampled)";
     vary.addEventListener("click", () => variationsOf(image.codes));
+    if (answer.settings.canvas) {  // variations vary an image of the trained size
+      vary.disabled = true;
+      vary.title = "variations work on images of the trained size, not on a canvas";
+    }
     figure.append(link, caption, vary);
     grid.append(figure);
   });
@@ -163,6 +171,7 @@ function variationsOf(codes) {
   const strength = number("strength", false);
   const body = requestBody();
   body.variation_of = { codes, strength: strength === null ? 0.5 : strength, mode: $("variation_mode").value };
+  delete body.canvas;
   window.dalleLog.push("variations");
   run(body);
 }
@@ -208,5 +217,10 @@ cancelButton.addEventListener("click", () => controller && controller.abort());
 // the server's limits and defaults
 fetch("/v1/config").then((r) => r.json()).then((config) => {
   $("n").max = config.max_images;
+  fmapSize = config.fmap_size;
+  for (const option of $("canvas").options) {  // the canvases this server allows
+    const [a, b] = option.value === "" ? [1, 1] : option.value.split("x").map(Number);
+    option.disabled = a * b * config.fmap_size ** 2 > Math.max(config.max_canvas_codes, config.image_seq_len);
+  }
   document.title = `dalle_pytorch: ${config.dalle_path}`;
 }).catch(() => {});
