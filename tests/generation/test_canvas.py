@@ -199,3 +199,17 @@ def test_pipeline_canvas_records_it_and_previews_the_whole_canvas():
     direct = pipe.model.generate_images(pipe.tokenize(["a red circle"]), canvas=(8, 12), num_images=2,
                                         filter_thres=0.9, generator=torch.Generator().manual_seed(1), return_codes=True)
     assert torch.equal(out.codes, direct)
+
+
+def test_a_canvas_with_a_quantized_model():
+    """Quantized decoding composes with a canvas: int8 and int4 layers run the window's steps and prefills
+    (cached == uncached)."""
+    from dalle_pytorch import quantize
+
+    for mode in ("int8", "int4"):
+        model = tiny_dalle("full").eval()
+        quantize(model, mode)
+        text = random_text()
+        cached = model.generate_images(text, canvas=(8, 12), generator=seeded(), return_codes=True)
+        uncached = model.generate_images(text, canvas=(8, 12), generator=seeded(), return_codes=True, use_cache=False)
+        assert torch.equal(cached, uncached), mode
