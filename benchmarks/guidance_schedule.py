@@ -12,7 +12,6 @@ the background / shape colour accuracy (tests/pipeline/test_demo.py's measure), 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -21,18 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.speculative import cpu_name  # noqa: E402
+
 SETTINGS = [("no guidance", 1.0, "constant"), ("constant 3", 3.0, "constant"), ("interval:0:0.5 at 3", 3.0, "interval:0:0.5"),
             ("interval:0.5:1 at 3", 3.0, "interval:0.5:1"), ("linear to 3", 3.0, "linear")]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv=None) -> None:

@@ -45,7 +45,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dalle_pytorch.errors import setting
-from dalle_pytorch.generation.decode import kept_codes, plan_rows, prime_codes
+from dalle_pytorch.generation.decode import check_null_text, kept_codes, plan_rows, prime_codes
 from dalle_pytorch.generation.sampling import SamplingConfig, next_codes
 
 __all__ = ["CanvasState", "CanvasStats", "canvas_codes", "draw_canvas_code", "canvas_kept", "check_canvas", "generate_canvas", "window_origin"]
@@ -256,13 +256,7 @@ def generate_canvas(model, text: torch.Tensor, sampling: SamplingConfig, canvas,
     b, device = text.shape[0], text.device
     if b == 0:
         return torch.zeros(0, h * w, dtype=torch.long, device=device)
-    if null_text is not None:
-        if not sampling.guided:
-            raise ValueError("null_text only has an effect with cond_scale != 1")
-        null_text = model.check_text(null_text.to(device), "null_text")
-        if null_text.shape[0] not in (1, b):
-            raise ValueError(f"null_text batch must be 1 or {b}, got {null_text.shape[0]}")
-        null_text = null_text.expand(b, -1)
+    null_text = check_null_text(model, null_text, sampling.guided, text)
     known = keep = None
     if img is not None:
         known, keep = canvas_kept(model, (h, w), img, img_offset, num_init_img_tokens, mask, b)

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from dalle_pytorch.generation.sampling import SamplingConfig, next_codes, sample
 from dalle_pytorch.generation.speculative import DecodeStats, speculative_codes
 
-__all__ = ["COMPILE_MODES", "DecodeStats", "RowPlan", "compiled_step", "generate_codes", "generate_texts", "image_codes",
+__all__ = ["COMPILE_MODES", "check_null_text", "DecodeStats", "RowPlan", "compiled_step", "generate_codes", "generate_texts", "image_codes",
            "kept_codes", "plan_rows", "prefill_rows", "prime_codes"]
 
 #: `compile=` values: False (eager), True / "prefix" (dynamic shapes over the filled prefix), "static"
@@ -141,6 +141,20 @@ def prefill_rows(model, plan: RowPlan, *, kv_dtype=None, pack_weights=None, rewi
     last = model.prefill(ids, plan.unique_prime, prefix)[plan.expand, model.num_text_tokens :]
     cache.copy_rows_from(prefix, plan.expand)
     return cache, last
+
+
+def check_null_text(model, null_text: Optional[torch.Tensor], guided: bool, text: torch.Tensor) -> Optional[torch.Tensor]:
+    """The null rows' captions (b, T) of a guided call for the captions `text` (b, T) from `null_text` (1 or
+    b, T), or None (the empty caption); ValueError in one line for a bad one, or for null_text without guidance."""
+    if null_text is None:
+        return None
+    if not guided:
+        raise ValueError("null_text only has an effect with cond_scale != 1")
+    batch = text.shape[0]
+    null_text = model.check_text(null_text.to(text.device), "null_text")
+    if null_text.shape[0] not in (1, batch):
+        raise ValueError(f"null_text batch must be 1 or {batch}, got {null_text.shape[0]}")
+    return null_text.expand(batch, -1)
 
 
 # -- priming and masked completion ------------------------------------------------------------------
@@ -261,13 +275,7 @@ def generate_codes(model, text: torch.Tensor, sampling: SamplingConfig, *, img: 
     if b == 0:  # no caption, no image
         return torch.zeros(0, model.image_seq_len, dtype=torch.long, device=device)
     guided = sampling.guided
-    if null_text is not None:
-        if not guided:
-            raise ValueError("null_text only has an effect with cond_scale != 1")
-        null_text = model.check_text(null_text.to(device), "null_text")
-        if null_text.shape[0] not in (1, b):
-            raise ValueError(f"null_text batch must be 1 or {b}, got {null_text.shape[0]}")
-        null_text = null_text.expand(b, -1)
+    null_text = check_null_text(model, null_text, guided, text)
     known = keep = None
     if mask is not None:
         if num_init_img_tokens is not None:
