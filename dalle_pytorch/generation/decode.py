@@ -327,6 +327,8 @@ def generate_codes(model, text: torch.Tensor, sampling: SamplingConfig, *, img: 
         return codes
 
     weight = model.to_logits[0].weight  # the activations' (the projection may be quantized)
+    if compile:
+        model.keep_kernel_layouts()  # int4: its kernel's layout inside the compiled graph
     if kv_dtype is None and not compile and weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16):
         kv_dtype = torch.float32  # eager CPU attention: fp32 reads faster (see generate_images' docstring)
     # a compiled step multiplies with inductor's kernels (dynamo does not trace packed tensors);

@@ -26,6 +26,7 @@ from dalle_pytorch.models.transformer import Transformer
 from dalle_pytorch.nn.cache import InferenceCache
 from dalle_pytorch.nn.packed import PackedLinears, packing_available
 from dalle_pytorch.nn.positions import StepPositions
+from dalle_pytorch.nn.quantized import QuantizedLinear
 
 
 class SharedEmbedding(nn.Module):
@@ -311,6 +312,16 @@ class DALLE(nn.Module):
         norm, proj = self.to_logits
         rows = slice(self.num_text_tokens, None) if image else slice(0, self.num_text_tokens)
         return cache.linear(norm(out), proj, rows)
+
+    def keep_kernel_layouts(self) -> None:
+        """Before compiled steps: int4 layers make their kernel's layout once and keep it (for the products a
+        step makes: every transformer layer, the image rows of the logits), so the compiled graph multiplies
+        with the int4 kernel (`QuantizedLinear.keep_kernel_layout`); nothing for a float or int8 model."""
+        for module in self.transformer.modules():
+            if isinstance(module, QuantizedLinear):
+                module.keep_kernel_layout()
+        if isinstance(self.to_logits[1], QuantizedLinear):
+            self.to_logits[1].keep_kernel_layout(slice(self.num_text_tokens, None))
 
     def decode_step(self, token: torch.Tensor, pos: torch.Tensor, cache: InferenceCache, image: bool = True,
                     length: int | None = None) -> torch.Tensor:

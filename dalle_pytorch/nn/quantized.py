@@ -19,8 +19,9 @@ over the memory bandwidth.  `QuantizedLinear` stores a Linear's weight in fewer 
 The model stores the portable form (int8 values, or two 4-bit values per byte, low nibble first,
 and the scales); the int4 kernel's own layout (its tiles) is inference state, made in a
 `PackedLinears` beside the KV cache (by the prefill) and reused by every step, or made afresh for a
-product without one (`forward`).  Either way the same kernel computes the product, so the bits are
-the same.
+product without one (`forward`); a compiled step, which cannot make it inside its graph, reads the
+layout the layer keeps (`keep_kernel_layout`, made before compiled steps by
+`DALLE.keep_kernel_layouts`).  Either way the same kernel computes the product, so the bits are the same.
 
 `layer_product(x, layer, rows, packs)` is the one weight product of a cached step: a Linear
 (through its packed weight where there is one) or a QuantizedLinear, optionally only some of its
@@ -101,6 +102,11 @@ def _all(rows: slice | None) -> slice:
     return slice(None) if rows is None else rows
 
 
+def _span(rows: slice | None) -> Optional[tuple]:
+    """A hashable key of an output-rows selection."""
+    return None if rows is None else (rows.start, rows.stop, rows.step)
+
+
 def _int4_available(device: torch.device) -> bool:
     return device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
 
@@ -132,6 +138,8 @@ class QuantizedLinear(nn.Module):
             self.register_buffer("scale", torch.ones(out_features, groups, dtype=torch.bfloat16, device=device))
             self.register_buffer("zero", torch.zeros(out_features, groups, dtype=torch.bfloat16, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
+        # int4: the kernel's layout of some output rows, kept for compiled steps (`keep_kernel_layout`; not saved)
+        self._layouts: dict = {}
 
     @classmethod
     @torch.no_grad()
@@ -154,7 +162,20 @@ class QuantizedLinear(nn.Module):
             layer.bias.copy_(linear.bias.detach())
         return layer
 
+    def keep_kernel_layout(self, rows: slice | None = None) -> None:
+        """int4 on the CPU: make the kernel's layout of output `rows` now and keep it on the layer, so that a
+        compiled step (which cannot make it inside its graph) multiplies with the int4 kernel instead of a
+        dequantized weight; dropped when the layer moves or loads weights. int8 needs none."""
+        if self.mode == "int4" and _int4_available(self.qweight.device):
+            with torch.inference_mode():
+                self._layouts[_span(rows)] = self._kernel_pack(rows)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._layouts = {}
+        super()._load_from_state_dict(*args, **kwargs)
+
     def _apply(self, fn, recurse=True):
+        self._layouts = {}
         # model.to(dtype) converts floating buffers: the scales keep their own dtype (moves still move them)
         pinned = {name: getattr(self, name).dtype for name in ("scale", "zero") if getattr(self, name, None) is not None}
         super()._apply(fn, recurse)
@@ -222,9 +243,12 @@ class QuantizedLinear(nn.Module):
             else:  # no integer kernel assumed: the integer values multiplied in float
                 acc = q.float() @ codes.float().t()
             out = acc.mul_(xs * self.scale[_all(rows)])  # fp32: the bias is added in fp32 too
-        elif _int4_available(x.device) and not compiling:
-            packed, tables = (self._kernel_pack(rows) if packs is None
-                              else packs.pack(self.qweight, rows, lambda: self._kernel_pack(rows)))
+        elif _int4_available(x.device) and (not compiling or _span(rows) in self._layouts):
+            if compiling:  # the layout kept by keep_kernel_layout (a graph input)
+                packed, tables = self._layouts[_span(rows)]
+            else:
+                packed, tables = (self._kernel_pack(rows) if packs is None
+                                  else packs.pack(self.qweight, rows, lambda: self._kernel_pack(rows)))
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(x2.to(torch.bfloat16).contiguous(), packed, self.group, tables)
             out = out[:, : len(range(*_all(rows).indices(self.out_features)))].to(x.dtype)
         else:

@@ -191,14 +191,27 @@ def test_a_compiled_quantized_step_samples_the_eager_codes():
     the eager codes, for both modes."""
     from torch._dynamo.utils import counters
 
+    from dalle_pytorch.nn.quantized import QuantizedLinear
+
+    dequantized = []
+    original = QuantizedLinear.dequantized
     for mode, group in MODES:
         model = quantize(_tiny(), mode, group)
         g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
         eager = model.generate_images(random_text(), generator=g(), return_codes=True)
         torch._dynamo.reset()
         counters.clear()
-        assert torch.equal(eager, model.generate_images(random_text(), generator=g(), return_codes=True, compile=True))
+        dequantized.clear()
+        QuantizedLinear.dequantized = lambda self, *a, **k: dequantized.append(self) or original(self, *a, **k)
+        try:
+            assert torch.equal(eager, model.generate_images(random_text(), generator=g(), return_codes=True, compile=True))
+        finally:
+            QuantizedLinear.dequantized = original
         assert not counters["graph_break"], dict(counters["graph_break"])
+        # int4: the compiled graph multiplies with the int4 kernel (its layout kept on the layer), not a dequantized weight
+        assert not dequantized, mode
+        if mode == "int4":
+            assert all(layer._layouts for layer in model.modules() if isinstance(layer, QuantizedLinear))
 
 
 def test_int4_weights_are_packed_once_by_the_prefill_for_every_step():
