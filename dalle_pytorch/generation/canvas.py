@@ -45,7 +45,8 @@ import torch
 from tqdm.auto import tqdm
 
 from dalle_pytorch.errors import setting
-from dalle_pytorch.generation.decode import check_null_text, kept_codes, plan_rows, prime_codes
+from dalle_pytorch.generation.decode import (check_null_text, check_num_images, image_codes, kept_codes, plan_rows,
+                                             prime_length)
 from dalle_pytorch.generation.sampling import SamplingConfig, next_codes
 
 __all__ = ["CanvasState", "CanvasStats", "canvas_codes", "draw_canvas_code", "canvas_kept", "check_canvas", "generate_canvas", "window_origin"]
@@ -227,11 +228,11 @@ def canvas_kept(model, canvas: tuple[int, int], img: torch.Tensor, img_offset, n
     elif num_init_img_tokens is not None:
         if img is None:
             raise ValueError("num_init_img_tokens needs img (the image whose first codes prime generation)")
-        codes = model.check_image(img, img.shape[0]).expand(batch, model.image_seq_len)
-        n = prime_codes(model, img, num_init_img_tokens, batch).shape[1]
+        n = prime_length(model, num_init_img_tokens)
+        codes = image_codes(model, img, batch).expand(batch, model.image_seq_len)
         keep_img = (torch.arange(model.image_seq_len, device=codes.device) < n).expand(batch, -1)
     else:
-        codes = model.check_image(img, img.shape[0]).expand(batch, model.image_seq_len)
+        codes = image_codes(model, img, batch).expand(batch, model.image_seq_len)
         keep_img = torch.ones_like(codes, dtype=torch.bool)
     known = torch.zeros(batch, h, w, dtype=torch.long, device=codes.device)
     keep = torch.zeros(batch, h, w, dtype=torch.bool, device=codes.device)
@@ -251,8 +252,7 @@ def generate_canvas(model, text: torch.Tensor, sampling: SamplingConfig, canvas,
     `img` (+ `img_offset`, `num_init_img_tokens`, `mask`): the codes kept on the canvas (`canvas_kept`)."""
     text = model.check_text(text)
     h, w = check_canvas(canvas, model.fmap_size)
-    if isinstance(num_images, bool) or int(num_images) != num_images or num_images < 1:
-        raise ValueError(f"num_images must be a positive integer, got {num_images}")
+    check_num_images(num_images)
     b, device = text.shape[0], text.device
     if b == 0:
         return torch.zeros(0, h * w, dtype=torch.long, device=device)

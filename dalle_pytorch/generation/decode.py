@@ -34,7 +34,7 @@ from dalle_pytorch.generation.sampling import SamplingConfig, next_codes, sample
 from dalle_pytorch.generation.speculative import DecodeStats, speculative_codes
 
 __all__ = ["COMPILE_MODES", "check_null_text", "DecodeStats", "RowPlan", "compiled_step", "generate_codes", "generate_texts", "image_codes",
-           "kept_codes", "plan_rows", "prefill_rows", "prime_codes"]
+           "kept_codes", "plan_rows", "prefill_rows", "prime_codes", "prime_length", "check_num_images"]
 
 #: `compile=` values: False (eager), True / "prefix" (dynamic shapes over the filled prefix), "static"
 COMPILE_MODES = (False, True, "prefix", "static")
@@ -169,6 +169,15 @@ def image_codes(model, img: torch.Tensor, batch: int) -> torch.Tensor:
     return model.check_image(img, img.shape[0])
 
 
+def prime_length(model, num_init_img_tokens: Optional[int]) -> int:
+    """How many of an image's first codes prime generation: `num_init_img_tokens`, checked to be in
+    [0, image_seq_len), or 43.75% of the codes when None (DALLE-pytorch's default)."""
+    n = int(0.4375 * model.image_seq_len) if num_init_img_tokens is None else int(num_init_img_tokens)
+    if not 0 <= n < model.image_seq_len:
+        raise ValueError(f"num_init_img_tokens must be in [0, image_seq_len={model.image_seq_len}), got {n}")
+    return n
+
+
 def prime_codes(model, img: Optional[torch.Tensor], num_init_img_tokens: Optional[int], batch: int):
     """The first codes of `img` (pixels or codes: `image_codes`) that prime every image (batch, n), or None.
     n defaults to 43.75% of the codes (DALLE-pytorch's default)."""
@@ -176,9 +185,7 @@ def prime_codes(model, img: Optional[torch.Tensor], num_init_img_tokens: Optiona
         if num_init_img_tokens:
             raise ValueError("num_init_img_tokens needs img (the image whose first codes prime generation)")
         return None
-    n = int(0.4375 * model.image_seq_len) if num_init_img_tokens is None else int(num_init_img_tokens)
-    if not 0 <= n < model.image_seq_len:
-        raise ValueError(f"num_init_img_tokens must be in [0, image_seq_len={model.image_seq_len}), got {n}")
+    n = prime_length(model, num_init_img_tokens)
     codes = image_codes(model, img, batch)[:, :n]
     return codes.expand(batch, n) if codes.shape[0] == 1 else codes
 
@@ -244,6 +251,11 @@ def _check_options(compile, use_cache, kv_dtype, num_images) -> None:
         raise ValueError(f"kv_dtype must be a floating torch.dtype, got {kv_dtype!r}")
     if kv_dtype is not None and not use_cache:
         raise ValueError("kv_dtype is the KV cache's dtype: it needs use_cache=True")
+    check_num_images(num_images)
+
+
+def check_num_images(num_images) -> None:
+    """ValueError unless `num_images` (images per caption) is a positive integer."""
     if isinstance(num_images, bool) or int(num_images) != num_images or num_images < 1:
         raise ValueError(f"num_images must be a positive integer, got {num_images}")
 
