@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 from typing import Any, Callable
 
@@ -87,7 +88,13 @@ class DistEnv:
         return result
 
     def close(self) -> None:
+        """Destroy the process group this environment made (callers on a clean exit `barrier()` first, so
+        every rank reaches teardown together).  Garbage (models, wrappers, their pending gloo work) is
+        collected first, while the interpreter is fully alive: gloo threads still holding such work at
+        interpreter exit abort the process ("terminate called without an active exception";
+        pytorch/pytorch#179291)."""
         if self.owns_group and dist.is_available() and dist.is_initialized():
+            gc.collect()
             dist.destroy_process_group()
             self.owns_group = False
 

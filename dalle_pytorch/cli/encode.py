@@ -102,6 +102,8 @@ def main(args: argparse.Namespace) -> dict:
         try:
             vae, given = vae_of_flags(args)
             summary = encode_dataset(config, vae, vae_class=vae_class_name(vae), vae_description=given, env=env)
+            vae = None
+            env.barrier()  # every rank reaches teardown together
         finally:
             env.close()
     if env.is_main:

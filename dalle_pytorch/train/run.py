@@ -11,7 +11,6 @@ the config from their flags and show its errors as one line (dalle_pytorch/cli/)
 from __future__ import annotations
 
 import dataclasses
-import gc
 import importlib.util
 import json
 import os
@@ -104,11 +103,7 @@ def run(config: TrainConfig, build_task: TaskBuilder, *, notes: Sequence[str] = 
         env.barrier()  # every rank reaches teardown together
         return result
     finally:
-        # Release the model, its DDP/FSDP wrapper and their pending gloo work while the interpreter
-        # is fully alive: gloo threads still holding such work at interpreter exit abort the process
-        # ("terminate called without an active exception"; see pytorch/pytorch#179291).
-        task = trainer = None
-        gc.collect()
+        task = trainer = None  # released before the group goes (env.close collects them)
         env.close()
 
 
