@@ -1,10 +1,15 @@
-"""A real uvicorn server on a free loopback port, for the HTTP and browser tests."""
+"""A real uvicorn server on a free loopback port, for the HTTP and browser tests; an answer's PNG as pixels."""
 from __future__ import annotations
 
+import base64
+import io
 import socket
 import threading
 import time
 from contextlib import contextmanager
+
+import numpy as np
+from PIL import Image
 
 
 def free_port() -> int:
@@ -33,3 +38,8 @@ def live_server(app, timeout: float = 60.0):
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def png_pixels(b64: str) -> np.ndarray:
+    """The RGB pixels (H, W, 3) of a base64 PNG from an answer."""
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))

@@ -2,13 +2,11 @@
 batch and advance one code per loop iteration: the images of Pipeline.generate(canvas=), bit for bit,
 alone or beside other requests (plain or speculative); bad canvases are 422s before any work."""
 import base64
-import io
 import shlex
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 pytest.importorskip("fastapi", reason="the server tests need the [serve] extra (fastapi, uvicorn)")
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
@@ -21,26 +19,11 @@ from dalle_pytorch.generation.sampling import SamplingConfig  # noqa: E402
 from dalle_pytorch.serve.app import create_app  # noqa: E402
 from dalle_pytorch.serve.requests import ImageRequest, Variation  # noqa: E402
 from dalle_pytorch.serve.scheduler import Scheduler  # noqa: E402
-from tests.helpers import tiny_pipeline, tiny_vae  # noqa: E402
+from tests.serve.helpers import png_pixels  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 RED = "a red circle on a blue background"
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline(vae=tiny_vae(num_layers=3))  # 4 x 4 codes
-
-
-@pytest.fixture(scope="module")
-def client(pipe):
-    with TestClient(create_app(pipe, max_rows=16, max_images=8)) as c:
-        yield c
-
-
-def _pixels(b64: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
 
 
 @pytest.mark.parametrize("speculative", [None, 4])
@@ -74,7 +57,7 @@ def test_a_canvas_request_over_http(client, pipe):
     want = pipe.generate(RED, num_images=2, seed=4, batch_size=2, canvas=(4, 8))
     assert torch.equal(torch.tensor([im["codes"] for im in answer["images"]]), want.codes)
     for image, expected in zip(answer["images"], want.pil_images()):
-        assert np.array_equal(_pixels(image["png"]), np.asarray(expected))
+        assert np.array_equal(png_pixels(image["png"]), np.asarray(expected))
     assert answer["settings"]["canvas"] == [4, 8]
     assert parse_args(shlex.split(answer["reproduce"])[2:]).canvas == (4, 8)
 

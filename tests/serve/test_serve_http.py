@@ -20,17 +20,11 @@ from dalle_pytorch.cli.serve import parse_args  # noqa: E402
 from dalle_pytorch.generation.sampling import SamplingConfig  # noqa: E402
 from dalle_pytorch.serve import scheduler as scheduler_module  # noqa: E402
 from dalle_pytorch.serve.app import create_app  # noqa: E402
-from tests.helpers import tiny_pipeline, tiny_vae  # noqa: E402
 from tests.serve.helpers import live_server  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 RED = "a red circle on a blue background"
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline(vae=tiny_vae(num_layers=3))  # 4 x 4 codes
 
 
 @pytest.fixture(scope="module")

@@ -28,12 +28,6 @@ PLAIN = SamplingConfig(filter_thres=0.9)
 GUIDED = SamplingConfig(filter_thres=0.9, cond_scale=3.0)
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    """A tiny model with a 4 x 4 grid: 16 codes per image, so a request takes 16 steps."""
-    return tiny_pipeline(vae=tiny_vae(num_layers=3))
-
-
 def alone(pipe, prompt, n, seed, sampling=PLAIN, batch_size=4, negative=None, speculative=None):
     return pipe.generate(prompt, num_images=n, seed=seed, batch_size=batch_size, sampling=sampling,
                          negative_prompt=negative, speculative=speculative).images

@@ -1,8 +1,6 @@
 """Variations on the server: every answer carries each image's codes, `variation_of` posts them back (no
 re-encoding) and the scheduler starts the rows with the kept codes filled: the images of
 Pipeline.variations, bit for bit, alone or beside other requests; bad fields are 422s before any work."""
-import base64
-import io
 import shlex
 
 import numpy as np
@@ -19,26 +17,11 @@ from dalle_pytorch.cli.generate import _variation_source, parse_args  # noqa: E4
 from dalle_pytorch.serve.app import create_app  # noqa: E402
 from dalle_pytorch.serve.requests import ImageRequest, Variation  # noqa: E402
 from dalle_pytorch.serve.scheduler import Scheduler  # noqa: E402
-from tests.helpers import tiny_pipeline, tiny_vae  # noqa: E402
+from tests.serve.helpers import png_pixels  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 RED = "a red circle on a blue background"
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_pipeline(vae=tiny_vae(num_layers=3))  # 4 x 4 codes
-
-
-@pytest.fixture(scope="module")
-def client(pipe):
-    with TestClient(create_app(pipe, max_rows=16, max_images=8)) as c:
-        yield c
-
-
-def _pixels(b64: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
 
 
 def _expected(images: torch.Tensor) -> list:
@@ -62,7 +45,7 @@ def test_answers_carry_codes_and_variations_post_them_back(client, pipe):
                                sampling=pipe.sampling_config(cond_scale=cond_scale))
         assert torch.equal(torch.tensor([im["codes"] for im in answer["images"]]), want.codes)
         for image, expected in zip(answer["images"], want.pil_images()):
-            assert np.array_equal(_pixels(image["png"]), np.asarray(expected))
+            assert np.array_equal(png_pixels(image["png"]), np.asarray(expected))
         assert answer["settings"]["variation"] == want.settings["variation"]
         assert answer["settings"].get("num_init_img_tokens") == want.settings["num_init_img_tokens"]
         # the reproduce line names the codes themselves: generate.py keeps exactly these
