@@ -24,7 +24,7 @@ from dalle_pytorch.models.dalle_pytorch_keys import accept_their_keys, emit_thei
 from dalle_pytorch.models.config import DALLEConfig
 from dalle_pytorch.models.transformer import Transformer
 from dalle_pytorch.nn.cache import InferenceCache
-from dalle_pytorch.nn.packed import PackedLinears, packing_available
+from dalle_pytorch.nn.packed import KernelChoices, PackedLinears, packing_available
 from dalle_pytorch.nn.positions import StepPositions
 from dalle_pytorch.nn.quantized import QuantizedLinear
 
@@ -273,22 +273,23 @@ class DALLE(nn.Module):
         """Preallocate the inference state for `batch` rows and up to `max_len` positions.
 
         kv_dtype: the keys' and values' dtype (default: the model's); steps attend in it.
-        pack_weights: run the steps' weight products through weights packed for oneDNN
-        (`nn.packed.PackedLinears`: the same products up to float rounding, faster on the CPU, most at
-        small batches: docs/benchmarks.md; packed at each weight's first use, held by the cache); None =
-        wherever it is available (`packing_available`: the CPU in float32 / bfloat16); a `PackedLinears`:
-        those packs (made once by the caller and reused by every generation it hands them to).
+        pack_weights: the steps' weight products through weights packed for oneDNN, held by the cache
+        (`nn.packed.PackedLinears`: docs/caching.md). None: on the CPU in fp32 / bf16, each weight shape
+        with the kernel this process measured faster (`nn.packed.KernelChoices`); True: every weight
+        packed; False: F.linear; a `PackedLinears`: those packs (reused by every generation given them).
         rewind: how many positions before the end of a step the next step may start (speculative
         decoding re-runs the positions of rejected drafts); the token-shift rings keep that many more.
         """
         t = self.transformer
         param = self.to_logits[0].weight  # the activations' dtype and device (the projection may be quantized)
+        if pack_weights is None:  # the measured kernel of each weight shape
+            pack_weights = (PackedLinears(batch, KernelChoices.for_process())
+                            if packing_available(param.device, param.dtype) else False)
         return InferenceCache.allocate(
             depth=t.depth, batch=batch, heads=t.heads, dim_head=t.dim_head,
             max_len=max_len or self.total_seq_len, shift_channels=t.shift_cache_channels,
             fmap_size=self.fmap_size, device=param.device, dtype=param.dtype, kv_dtype=kv_dtype,
-            pack_weights=packing_available(param.device, param.dtype) if pack_weights is None else pack_weights,
-            rewind=rewind,
+            pack_weights=pack_weights, rewind=rewind,
         )
 
     def step(self, tokens: torch.Tensor, start: torch.Tensor, cache: InferenceCache, *, length: int | None = None,
@@ -419,10 +420,8 @@ class DALLE(nn.Module):
         eagerly on CPU keeps a float32 cache (there SDPA reads fp32 faster than bf16; compiled steps
         read a bf16 cache fastest: docs/benchmarks.md). Reduced precision is opt-in: a model
         converted with `.to(torch.bfloat16)` samples in bf16; images come back as float32.
-        pack_weights: the eager cached steps multiply by weights packed for oneDNN (`setup_cache`;
-        faster on the CPU, for as much memory again as the transformer's weights during the call).
-        None: wherever available (the CPU in fp32 / bf16); False: plain F.linear, no extra memory; a
-        `nn.packed.PackedLinears`: reuse its packs (a caller that generates again packs once).
+        pack_weights: the eager cached steps' weight kernels (`setup_cache`: None measured per weight
+        shape, True every weight packed, False F.linear with no extra memory, a `PackedLinears` its packs).
         callback(filled, codes): called after every sampled code, see `generation.decode.generate_codes`.
         img: (1 or b, c, H, W) pixels in [0, 1], or the codes (1 or b, I) of earlier images (not
         re-encoded): its first `num_init_img_tokens` codes (default 43.75%) prime every image. With

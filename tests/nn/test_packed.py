@@ -3,7 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dalle_pytorch.nn.packed import PackedLinears, packing_available
+from dalle_pytorch.nn.packed import (REFERENCE_BATCHES, ROWWISE_MARGIN, KernelChoices, PackedLinears, packing_available,
+                                     rowwise_linear, time_pair)
 from tests.helpers import random_text, tiny_dalle
 
 pytestmark = pytest.mark.skipif(not packing_available(torch.device("cpu"), torch.float32),
@@ -70,8 +71,8 @@ def test_views_in_place_changes_and_gradients():
 
 
 def test_generation_with_packed_weights_draws_the_codes_of_plain_products():
-    """The cache packs by default on the CPU; the same seed draws the same codes as F.linear's steps
-    and as the uncached forward."""
+    """Packed steps (every weight, pack_weights=True; by default the shapes measured faster) draw the same
+    codes for a seed as F.linear's steps and as the uncached forward."""
     model = tiny_dalle().eval()
     text = random_text(batch=3)
     assert model.setup_cache(3).linears is not None and model.setup_cache(3, pack_weights=False).linears is None
@@ -84,12 +85,13 @@ def test_generation_with_packed_weights_draws_the_codes_of_plain_products():
     original = model.setup_cache
     model.setup_cache = lambda *a, **kw: made.append(original(*a, **kw)) or made[-1]
     try:
-        packed, plain = codes(), codes(pack_weights=False)
+        packed, plain = codes(pack_weights=True), codes(pack_weights=False)
     finally:
         del model.setup_cache
     assert len(made[0].linears) == 4 * model.transformer.depth + 1 and made[2].linears is None
     assert torch.equal(packed, plain)
     assert torch.equal(packed, codes(use_cache=False))
+    assert torch.equal(packed, codes())  # the default: the measured choice
 
 
 def test_a_pack_is_only_used_for_the_tensor_it_was_made_from():
@@ -121,6 +123,8 @@ def test_a_pipeline_packs_the_weights_once_for_all_its_batches(monkeypatch):
             return getattr(mkldnn, name)
 
     monkeypatch.setattr(torch.ops, "mkldnn", Spy(), raising=False)
+    # every shape measures faster packed (the timing's pack is its weight's: no weight is packed twice)
+    monkeypatch.setattr(KernelChoices, "for_process", lambda: KernelChoices(timer=lambda packed, rowwise: (1.0, 2.0)))
     first = pipe.generate("a red circle on a blue background", num_images=3, batch_size=2, seed=0)
     made = len(reorders)
     second = pipe.generate("a red circle on a blue background", num_images=3, batch_size=2, seed=0)
@@ -129,3 +133,86 @@ def test_a_pipeline_packs_the_weights_once_for_all_its_batches(monkeypatch):
     monkeypatch.undo()
     fresh = pipe.generate("a red circle on a blue background", num_images=3, batch_size=2, seed=0, pack_weights=True)
     assert torch.equal(first.images, fresh.images)
+
+
+def test_rowwise_products_are_f_linear_and_batch_invariant():
+    """`rowwise_linear` (the other kernel a measured choice can take) is F.linear's function, and a row's
+    product is the same in any batch and at any place in it (F.linear's is not, on the AMD EPYC of
+    docs/benchmarks.md: rows 2..4 of 6 moved to 0..2 round differently)."""
+    g = torch.Generator().manual_seed(6)
+    w, b = torch.randn(40, 32, generator=g), torch.randn(40, generator=g)
+    x = torch.randn(6, 1, 32, generator=g)
+    with torch.inference_mode():
+        full = rowwise_linear(x, w, b)
+        assert full.shape == (6, 1, 40) and torch.allclose(full, F.linear(x, w, b), atol=1e-5)
+        assert torch.allclose(rowwise_linear(x, w), F.linear(x, w), atol=1e-5)
+        for start, count in [(2, 3), (0, 1), (5, 1), (1, 4)]:
+            assert torch.equal(rowwise_linear(x[start:start + count], w, b), full[start:start + count])
+        moved = torch.zeros_like(x)  # the rows 2..4 moved up to 0..2 (the server's rows, after others left)
+        moved[:3] = x[2:5]
+        assert torch.equal(rowwise_linear(moved, w, b)[:3], full[2:5])
+
+
+def test_each_shape_takes_the_kernel_measured_faster_once_per_process():
+    """With `KernelChoices`, a shape takes the row-wise kernel only where its timing found it ROWWISE_MARGIN
+    faster than the packed one at every reference batch; each (shape, dtype, threads) is timed once per
+    KernelChoices, whatever the weights, batch or PackedLinears asking; the products stay F.linear's and
+    batch-invariant."""
+    g = torch.Generator().manual_seed(4)
+    big, big2, small = torch.randn(96, 32, generator=g), torch.randn(96, 32, generator=g), torch.randn(40, 32, generator=g)
+    tie = torch.randn(24, 32, generator=g)
+    b = torch.randn(96, generator=g)
+    x = torch.randn(6, 1, 32, generator=g)
+    calls = []
+    # (packed, row-wise) seconds at each reference batch: 96 rows packed 3x faster; 40 rows row-wise 2x
+    # faster at both; 24 row-wise faster at the first batch only (its cost grows with the rows)
+    times = {96: [(1.0, 3.0)] * 2, 40: [(2.0, 1.0)] * 2, 24: [(2.0, 1.0), (1.0, 1.0 / (ROWWISE_MARGIN - 0.1))]}
+    timed = []
+
+    def timer(packed, rowwise):
+        out = packed()
+        assert torch.allclose(rowwise(), out, atol=1e-5)  # the two timed kernels compute the same product
+        calls.append(out.shape[-1])
+        timed.append(out.shape[0])
+        return times[out.shape[-1]][calls.count(out.shape[-1]) - 1]
+
+    choices = KernelChoices(timer=timer)
+    packs = PackedLinears(6, choices)
+    with torch.inference_mode():
+        full = [packs.linear(x, big, b), packs.linear(x, big2, b), packs.linear(x, small), packs.linear(x, tie)]
+        for out, ref in zip(full, [F.linear(x, big, b), F.linear(x, big2, b), F.linear(x, small), F.linear(x, tie)]):
+            assert torch.allclose(out, ref, atol=1e-5)
+        # three shapes timed, at each reference batch (not the caller's 6 rows); both 96 x 32 weights packed
+        # (the timing's pack reused) and the 24 x 32 one; 40 x 32 not
+        assert len(calls) == 3 * len(REFERENCE_BATCHES) and len(packs) == 3
+        assert timed == list(REFERENCE_BATCHES) * 3
+        assert torch.equal(full[2], rowwise_linear(x, small))
+        for start, count in [(2, 1), (1, 4)]:  # batch-invariant either way
+            assert torch.equal(packs.linear(x[start:start + count], big, b), full[0][start:start + count])
+            assert torch.equal(packs.linear(x[start:start + count], small), full[2][start:start + count])
+        # a later generation, or the server's batch of other rows: the same kernels, not timed again
+        other = PackedLinears(16, choices)
+        assert torch.equal(other.linear(x, big, b), full[0]) and torch.equal(other.linear(x, small), full[2])
+        assert len(calls) == 3 * len(REFERENCE_BATCHES)
+    rows = {r["shape"]: r["packed"] for r in choices.table()}
+    assert rows == {(96, 32): True, (40, 32): False, (24, 32): True}
+    assert KernelChoices.for_process() is KernelChoices.for_process()
+
+
+def test_time_pair_times_both_kernels_without_drawing_random_numbers():
+    w = torch.randn(64, 32)
+    ran = {"packed": 0, "rowwise": 0}
+
+    def kernel(name):
+        def run():
+            ran[name] += 1
+            return w
+        return run
+
+    state = torch.random.get_rng_state()
+    t_packed, t_rowwise = time_pair(kernel("packed"), kernel("rowwise"), rounds=2, calls=3)
+    assert t_packed > 0 and t_rowwise > 0 and ran == {"packed": 8, "rowwise": 8}
+    packs = PackedLinears(2, KernelChoices())  # the real timing: a constant input, the global RNG untouched
+    with torch.inference_mode():
+        assert torch.allclose(packs.linear(torch.ones(2, 32), w), F.linear(torch.ones(2, 32), w), atol=1e-5)
+    assert torch.equal(torch.random.get_rng_state(), state)
