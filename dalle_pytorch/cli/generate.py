@@ -302,7 +302,7 @@ def _check_variation_flags(args: argparse.Namespace) -> None:
     check_strength(0.5 if args.strength is None else args.strength, args.variation_mode or "suffix")
 
 
-def _variation_source(args: argparse.Namespace, model) -> tuple:
+def variation_source(args: argparse.Namespace, model) -> tuple:
     """(pixels (1, c, H, W) or codes (1, I), what generation.json records of the source) of --variations_of."""
     value = args.variations_of
     if value.startswith("codes:"):
@@ -347,7 +347,7 @@ def _run(args: argparse.Namespace, captions: list, sampling: SamplingConfig, env
         img = load_image(args.img, model.vae.image_size, model.vae.channels)
     if args.mask is not None:
         mask = load_mask(args.mask, model.vae.image_size)
-    source, source_info = (None, None) if args.variations_of is None else _variation_source(args, model)
+    source, source_info = (None, None) if args.variations_of is None else variation_source(args, model)
     strength = 0.5 if args.strength is None else args.strength
 
     def sample(caption: str, **kwargs):  # an ordinary run, or variations of --variations_of (no --img / --mask)

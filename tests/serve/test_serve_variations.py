@@ -13,7 +13,7 @@ pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from dalle_pytorch.cli.generate import _variation_source, parse_args  # noqa: E402
+from dalle_pytorch.cli.generate import variation_source, parse_args  # noqa: E402
 from dalle_pytorch.serve.app import create_app  # noqa: E402
 from dalle_pytorch.serve.requests import ImageRequest, Variation  # noqa: E402
 from dalle_pytorch.serve.scheduler import Scheduler  # noqa: E402
@@ -52,7 +52,7 @@ def test_answers_carry_codes_and_variations_post_them_back(client, pipe):
         argv = shlex.split(answer["reproduce"])[2:]
         args = parse_args(argv)
         assert args.strength == strength and args.variation_mode == mode
-        assert _variation_source(args, pipe.model)[0].tolist() == [codes]
+        assert variation_source(args, pipe.model)[0].tolist() == [codes]
 
 
 def test_a_variation_beside_other_requests_equals_it_alone(pipe):
