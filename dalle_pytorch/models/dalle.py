@@ -24,7 +24,7 @@ from dalle_pytorch.models.dalle_pytorch_keys import accept_their_keys, emit_thei
 from dalle_pytorch.models.config import DALLEConfig
 from dalle_pytorch.models.transformer import Transformer
 from dalle_pytorch.nn.cache import InferenceCache
-from dalle_pytorch.nn.packed import KernelChoices, PackedLinears, packing_available
+from dalle_pytorch.nn.packed import PackedLinears, packing_available
 from dalle_pytorch.nn.positions import StepPositions
 from dalle_pytorch.nn.quantized import QuantizedLinear
 
@@ -283,7 +283,7 @@ class DALLE(nn.Module):
         t = self.transformer
         param = self.to_logits[0].weight  # the activations' dtype and device (the projection may be quantized)
         if pack_weights is None:  # the measured kernel of each weight shape
-            pack_weights = (PackedLinears(batch, KernelChoices.for_process())
+            pack_weights = (PackedLinears.measured(batch)
                             if packing_available(param.device, param.dtype) else False)
         return InferenceCache.allocate(
             depth=t.depth, batch=batch, heads=t.heads, dim_head=t.dim_head,

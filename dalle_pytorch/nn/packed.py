@@ -93,6 +93,17 @@ def time_pair(first: Callable[[], Tensor], second: Callable[[], Tensor], rounds:
     return best[0], best[1]
 
 
+def _packed_product(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Callable[[], Tensor]:
+    """x's product through `weight` packed for x's rows (packed at the first call, kept by the closure)."""
+    pack = []
+
+    def run() -> Tensor:
+        if not pack:
+            pack.append(torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), x.shape[0]))
+        return torch.ops.mkldnn._linear_pointwise(x, pack[0], bias, "none", [], "")
+    return run
+
+
 class KernelChoices:
     """Which batch-invariant kernel the products of each weight shape take: oneDNN's packed kernel, or
     `rowwise_linear` where a timing at first use found it `ROWWISE_MARGIN` faster at every batch of
@@ -121,22 +132,20 @@ class KernelChoices:
                 cls._process = cls()
             return cls._process
 
-    def packed(self, weight: Tensor, bias: Optional[Tensor], make: Callable[[], Tensor]) -> tuple[bool, Optional[Tensor]]:
-        """(whether `weight`'s products take the packed kernel, the pack `make()` built for the timing or
-        None when it was not timed now)."""
+    def packed(self, weight: Tensor, bias: Optional[Tensor] = None) -> bool:
+        """Whether `weight`'s products take the packed kernel (timed now if its key is new; the timing's
+        packs are made for each reference batch, so the caller's batch plays no part, and then dropped)."""
         key = (tuple(weight.shape), weight.dtype, torch.get_num_threads())
         with self._lock:
             if key in self._chosen:
-                return self._chosen[key][0], None
-            pack = make()
+                return self._chosen[key][0]
             times = []
             for batch in REFERENCE_BATCHES:
                 x = torch.full((batch, weight.shape[1]), 0.5, dtype=weight.dtype, device=weight.device)
-                times.append(self.timer(lambda: torch.ops.mkldnn._linear_pointwise(x, pack, bias, "none", [], ""),
-                                        lambda: rowwise_linear(x, weight, bias)))
+                times.append(self.timer(_packed_product(x, weight, bias), lambda: rowwise_linear(x, weight, bias)))
             use = not all(t_packed >= ROWWISE_MARGIN * t_rowwise for t_packed, t_rowwise in times)
             self._chosen[key] = (use, times)
-            return use, pack
+            return use
 
     def table(self) -> list[dict]:
         """What was measured: one dict per key (shape, dtype, threads, packed_us and rowwise_us: per
@@ -156,6 +165,11 @@ class PackedLinears:
     packed (the others' products are `rowwise_linear`'s).  Holds one packed copy of every weight it packed (as
     much memory again as those weights) until it is dropped.
     """
+
+    @classmethod
+    def measured(cls, batch: int) -> "PackedLinears":
+        """The default decode kernels: each weight shape's as this process measured it (`KernelChoices`)."""
+        return cls(batch, KernelChoices.for_process())
 
     def __init__(self, batch: int, choices: Optional[KernelChoices] = None) -> None:
         if int(batch) < 1:
@@ -182,18 +196,13 @@ class PackedLinears:
         # a view (the logit rows of DALLE.decode_step) is the same weight as long as it starts at the
         # same address with the same shape and strides; its version counter moves with every in-place change
         key = (weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype)
-        make = lambda: torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), self.batch)  # noqa: E731
         if self.choices is not None:
             kind = (tuple(weight.shape), weight.dtype)
-            use = self._use.get(kind)
-            if use is None:
-                use, timed = self.choices.packed(weight, bias, make)
-                self._use[kind] = use
-                if use and timed is not None:  # the timing's pack is this weight's: not packed twice
-                    self._get(key, weight, lambda: timed)
-            if not use:
+            if kind not in self._use:  # a dict lookup per product: the choices' lock is taken once per shape
+                self._use[kind] = self.choices.packed(weight, bias)
+            if not self._use[kind]:
                 return rowwise_linear(x, weight, bias)
-        packed = self._get(key, weight, make)
+        packed = self._get(key, weight, lambda: torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), self.batch))
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
     def pack(self, weight: Tensor, rows: Optional[slice], make):

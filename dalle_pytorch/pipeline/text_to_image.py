@@ -36,7 +36,7 @@ from dalle_pytorch.generation.sampling import SamplingConfig
 from dalle_pytorch.generation.speculative import DecodeStats
 from dalle_pytorch.pipeline.resolve import DEMO, DTYPES, demo_path, resolve_checkpoint, resolve_device, resolve_dtype
 from dalle_pytorch.pipeline.variations import check_strength, plan_variation, source_codes
-from dalle_pytorch.nn.packed import KernelChoices, PackedLinears, packing_available
+from dalle_pytorch.nn.packed import PackedLinears, packing_available
 from dalle_pytorch.models.dalle import DALLE
 from dalle_pytorch.models.quantize import QUANTIZE_MODES, quantization_of
 from dalle_pytorch.models.quantize import quantize as quantize_model
@@ -354,7 +354,7 @@ class Pipeline:
                 settings["img_offset"] = list(img_offset)
         if pack_weights is None and not compile and packing_available(self.device, self.dtype):
             rows = batch_size * (2 if sampling.guided else 1)  # every batch packs for the full batch's rows
-            packs = self.packs.setdefault(rows, PackedLinears(rows, KernelChoices.for_process()))
+            packs = self.packs.setdefault(rows, PackedLinears.measured(rows))
         start = time.perf_counter()
         for k, (batch_seed, n) in enumerate(batch_seeds(seed, num_images, batch_size)):
             generator = torch.Generator().manual_seed(batch_seed)

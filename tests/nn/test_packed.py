@@ -123,7 +123,7 @@ def test_a_pipeline_packs_the_weights_once_for_all_its_batches(monkeypatch):
             return getattr(mkldnn, name)
 
     monkeypatch.setattr(torch.ops, "mkldnn", Spy(), raising=False)
-    # every shape measures faster packed (the timing's pack is its weight's: no weight is packed twice)
+    # every shape measures faster packed (this timer runs neither kernel: the reorders counted are the packs')
     monkeypatch.setattr(KernelChoices, "for_process", lambda: KernelChoices(timer=lambda packed, rowwise: (1.0, 2.0)))
     first = pipe.generate("a red circle on a blue background", num_images=3, batch_size=2, seed=0)
     made = len(reorders)
@@ -183,7 +183,7 @@ def test_each_shape_takes_the_kernel_measured_faster_once_per_process():
         for out, ref in zip(full, [F.linear(x, big, b), F.linear(x, big2, b), F.linear(x, small), F.linear(x, tie)]):
             assert torch.allclose(out, ref, atol=1e-5)
         # three shapes timed, at each reference batch (not the caller's 6 rows); both 96 x 32 weights packed
-        # (the timing's pack reused) and the 24 x 32 one; 40 x 32 not
+        # and the 24 x 32 one; 40 x 32 not
         assert len(calls) == 3 * len(REFERENCE_BATCHES) and len(packs) == 3
         assert timed == list(REFERENCE_BATCHES) * 3
         assert torch.equal(full[2], rowwise_linear(x, small))
