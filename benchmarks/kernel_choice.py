@@ -64,5 +64,6 @@ def main() -> None:
         cells = " | ".join(f"{p:.1f} / {w:.1f}" for p, w in zip(r["packed_us"], r["rowwise_us"]))
         print(f"| {r['shape'][0]} x {r['shape'][1]} {r['dtype']} | {cells} | {'packed' if r['packed'] else 'row-wise'} |")
 
+
 if __name__ == "__main__":
     main()
