@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["KernelChoices", "PackedLinears", "REFERENCE_BATCHES", "ROWWISE_MARGIN", "packing_available", "rowwise_linear",
-           "time_pair"]
+__all__ = ["KernelChoices", "PackedLinears", "REFERENCE_BATCHES", "ROWWISE_MARGIN", "packed_kernel_runs", "packing_available",
+           "rowwise_linear", "time_pair"]
 
 
 def packing_available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -53,6 +53,17 @@ def packing_available(device: torch.device, dtype: torch.dtype) -> bool:
     return (torch.device(device).type == "cpu" and dtype in (torch.float32, torch.bfloat16)
             and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def packed_kernel_runs(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's packed kernel runs `dtype` on this CPU: float32 everywhere; bfloat16 only where
+    oneDNN has bf16 kernels (AVX-512 BW/VL/DQ or AVX-NE-CONVERT: not on an AVX2-only CPU, where packing a
+    bf16 weight raises).  Where it does not, `PackedLinears` multiplies with `rowwise_linear`, which is
+    batch-invariant too."""
+    if dtype == torch.float32:
+        return True
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return dtype == torch.bfloat16 and check is not None and bool(check())
 
 
 #: a shape leaves the packed kernel (today's, the fixed choice of `pack_weights=True`) for the row-wise
@@ -140,6 +151,9 @@ class KernelChoices:
             if key in self._chosen:
                 return self._chosen[key][0]
             times = []
+            if not packed_kernel_runs(weight.dtype):  # nothing to time: the row-wise kernel
+                self._chosen[key] = (False, times)
+                return False
             for batch in REFERENCE_BATCHES:
                 x = torch.full((batch, weight.shape[1]), 0.5, dtype=weight.dtype, device=weight.device)
                 times.append(self.timer(_packed_product(x, weight, bias), lambda: rowwise_linear(x, weight, bias)))
@@ -162,7 +176,8 @@ class PackedLinears:
 
     batch: the rows the products will have (oneDNN picks its blocking for it; any row count works).
     choices: None packs every float weight; a `KernelChoices` only those of the shapes it finds faster
-    packed (the others' products are `rowwise_linear`'s).  Holds one packed copy of every weight it packed (as
+    packed (the others' products are `rowwise_linear`'s).  Weights of a dtype the packed kernel does not
+    run on this CPU (`packed_kernel_runs`: bf16 without AVX-512) take `rowwise_linear` either way.  Holds one packed copy of every weight it packed (as
     much memory again as those weights) until it is dropped.
     """
 
@@ -196,12 +211,11 @@ class PackedLinears:
         # a view (the logit rows of DALLE.decode_step) is the same weight as long as it starts at the
         # same address with the same shape and strides; its version counter moves with every in-place change
         key = (weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype)
-        if self.choices is not None:
-            kind = (tuple(weight.shape), weight.dtype)
-            if kind not in self._use:  # a dict lookup per product: the choices' lock is taken once per shape
-                self._use[kind] = self.choices.packed(weight, bias)
-            if not self._use[kind]:
-                return rowwise_linear(x, weight, bias)
+        kind = (tuple(weight.shape), weight.dtype)
+        if kind not in self._use:  # a dict lookup per product: the choices' lock is taken once per shape
+            self._use[kind] = packed_kernel_runs(weight.dtype) and (self.choices is None or self.choices.packed(weight, bias))
+        if not self._use[kind]:
+            return rowwise_linear(x, weight, bias)
         packed = self._get(key, weight, lambda: torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), self.batch))
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 

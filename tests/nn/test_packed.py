@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dalle_pytorch.nn.packed import (REFERENCE_BATCHES, ROWWISE_MARGIN, KernelChoices, PackedLinears, packing_available,
-                                     rowwise_linear, time_pair)
+import dalle_pytorch.nn.packed as packed_module
+from dalle_pytorch.nn.packed import (REFERENCE_BATCHES, ROWWISE_MARGIN, KernelChoices, PackedLinears, packed_kernel_runs,
+                                     packing_available, rowwise_linear, time_pair)
 from tests.helpers import random_text, tiny_dalle
 
 pytestmark = pytest.mark.skipif(not packing_available(torch.device("cpu"), torch.float32),
@@ -23,11 +24,46 @@ def test_packed_products_equal_f_linear(dtype, bias, shape):
     with torch.inference_mode():
         out = packed.linear(x, w, b)
         ref = F.linear(x, w, b)
+    if not packed_kernel_runs(dtype):  # bf16 on a CPU without oneDNN's bf16 kernels: the row-wise product
+        assert out.shape == ref.shape and out.dtype == dtype and len(packed) == 0
+        assert torch.equal(out, rowwise_linear(x, w, b))
+        return
     assert out.shape == ref.shape and out.dtype == dtype and len(packed) == 1
     if dtype == torch.bfloat16:  # F.linear runs oneDNN's kernel for bf16 too: the same bits
         assert torch.equal(out, ref)
     else:  # fp32: the rounding of another summation order
         assert torch.allclose(out, ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("choices", [None, "measured"])
+def test_a_dtype_the_packed_kernel_does_not_run_takes_the_rowwise_kernel(monkeypatch, choices):
+    """An AVX2-only CPU has no oneDNN bf16 kernels (packing a bf16 weight raises there): its products are
+    row-wise, still batch-invariant, with and without measured choices, and nothing is timed or packed."""
+    monkeypatch.setattr(packed_module, "packed_kernel_runs", lambda dtype: dtype == torch.float32)
+    timed = []
+    kernels = KernelChoices(timer=lambda *fns: timed.append(fns) or (1.0, 1.0)) if choices else None
+    g = torch.Generator().manual_seed(3)
+    w, b = torch.randn(40, 24, generator=g).bfloat16(), torch.randn(40, generator=g).bfloat16()
+    x = torch.randn(6, 24, generator=g).bfloat16()
+    packed = PackedLinears(6, kernels)
+    with torch.inference_mode():
+        out = packed.linear(x, w, b)
+        assert torch.equal(out, rowwise_linear(x, w, b)) and len(packed) == 0 and not timed
+        assert torch.equal(packed.linear(x[2:5], w, b), out[2:5])
+        if kernels is not None:  # asked directly, the choices say row-wise without a timing
+            assert kernels.packed(w, b) is False and not timed
+            assert kernels.table()[0]["packed"] is False and kernels.table()[0]["packed_us"] == []
+        packed.linear(x.float(), w.float(), b.float())  # float32 still packs
+    assert len(packed) == 1
+
+
+def test_packed_kernel_runs_fp32_and_tells_bf16_by_the_cpu():
+    assert packed_kernel_runs(torch.float32) and not packed_kernel_runs(torch.float16)
+    if packed_kernel_runs(torch.bfloat16):  # where it says so, a bf16 weight packs
+        torch.ops.mkldnn._reorder_linear_weight(torch.ones(8, 8, dtype=torch.bfloat16), 1)
+    else:
+        with pytest.raises(RuntimeError):
+            torch.ops.mkldnn._reorder_linear_weight(torch.ones(8, 8, dtype=torch.bfloat16), 1)
 
 
 def test_a_row_does_not_depend_on_the_other_rows():
