@@ -10,7 +10,11 @@ over the memory bandwidth.  `QuantizedLinear` stores a Linear's weight in fewer 
   weight as stored) is both the faster kernel on the CPU and exact: no summation order can change
   an integer sum, so a row's result never depends on the batch it is in (docs/benchmarks.md has
   the kernels' timings; oneDNN's prepacked u8 x s8 product streams as fast but costs several times
-  more per call, which a decode step's 65 small products pay).
+  more per call, which a decode step's 65 small products pay).  That kernel is fast only on CPUs with
+  VNNI (its int8 dot products); elsewhere (an AVX2-only CPU) `torch._int_mm` is a reference loop,
+  2-25x slower than float32, and the same integer sums are computed as float32 products of the
+  integer values through the packed float kernel, in chunks of input channels small enough for
+  every sum to be exact (`int_mm_pays`): the same bits, at float32's speed.
 - "int4": asymmetric 4-bit weights in groups of `group` input channels (a scale and a zero point
   per output channel and group, kept in bfloat16), multiplied by bfloat16 activations through
   PyTorch's CPU int4 kernel (`_weight_int4pack_mm_for_cpu`); elsewhere the weight is dequantized
@@ -37,9 +41,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from dalle_pytorch.nn.packed import PackedLinears
+from dalle_pytorch.nn.packed import PackedLinears, packing_available
 
-__all__ = ["QUANTIZE_MODES", "INT4_GROUPS", "QuantizedLinear", "layer_product", "int_mm_exact"]
+__all__ = ["QUANTIZE_MODES", "INT4_GROUPS", "QuantizedLinear", "layer_product", "int_mm_exact", "int_mm_pays"]
 
 QUANTIZE_MODES = ("int8", "int4")
 INT4_GROUPS = (32, 64, 128)
@@ -95,6 +99,37 @@ def int_mm_exact() -> bool:
         return torch.equal(torch._int_mm(xq, w.t()).double(), xq.double() @ w.double().t())
     except RuntimeError:
         return False
+
+
+@functools.lru_cache(maxsize=None)
+def int_mm_pays() -> bool:
+    """Whether int8 products take `torch._int_mm`: on CPUs with VNNI (the int8 dot-product instructions its
+    fast kernel needs; where PyTorch cannot tell, assumed), not on an AVX2-only CPU, where it is a reference
+    loop (docs/benchmarks.md) and the integer sums are computed in float instead (`_integer_sums_in_float`)."""
+    check = getattr(torch.cpu, "_is_vnni_supported", None)
+    return check is None or bool(check())
+
+
+#: input channels per float32 product of int8 values: 127 * 127 * 1024 < 2**24, so every partial sum is an
+#: exactly represented integer, whatever the kernel's order of summation
+_EXACT_CHANNELS = 1024
+
+
+def _integer_sums_in_float(q: Tensor, codes: Tensor, make_pack, packs: Optional[PackedLinears]) -> Tensor:
+    """q (rows, in) int8 @ codes (out, in).T int8 as float32, exact: float32 products of the integer values,
+    _EXACT_CHANNELS input channels at a time (each an exact integer sum), added in float64 (exact) and
+    rounded once, as `_int_mm`'s int32 sums are.  On the CPU with `packs`, through the packed float kernel
+    over float copies of the codes made once (`make_pack`, kept by `packs`)."""
+    qf = q.float()
+    spans = [(s, min(s + _EXACT_CHANNELS, q.shape[1])) for s in range(0, q.shape[1], _EXACT_CHANNELS)]
+    if packs is not None and q.device.type == "cpu" and packing_available(q.device, torch.float32):
+        weights = make_pack(lambda: tuple(torch.ops.mkldnn._reorder_linear_weight(codes[:, a:b].float().contiguous(), packs.batch)
+                                          for a, b in spans))
+        parts = [torch.ops.mkldnn._linear_pointwise(qf[:, a:b].contiguous(), w, None, "none", [], "")
+                 for (a, b), w in zip(spans, weights)]
+    else:
+        parts = [F.linear(qf[:, a:b], codes[:, a:b].float()) for a, b in spans]
+    return parts[0] if len(parts) == 1 else torch.stack(parts).double().sum(0).float()
 
 
 def _all(rows: slice | None) -> slice:
@@ -237,11 +272,11 @@ class QuantizedLinear(nn.Module):
         if self.mode == "int8":
             q, xs = _token_scales(x2)
             codes = self.codes(rows)
-            # (a compiled step does not run the check, a graph break: the eager prefill before it has)
-            if x.device.type == "cpu" and (compiling or int_mm_exact()):
+            # (a compiled step does not run the checks, a graph break: the eager prefill before it has)
+            if x.device.type == "cpu" and (compiling or (int_mm_pays() and int_mm_exact())):
                 acc = torch._int_mm(q, codes.t()).float()  # an exact int32 sum, whatever the kernel's order
-            else:  # no integer kernel assumed: the integer values multiplied in float
-                acc = q.float() @ codes.float().t()
+            else:  # no fast (or exact) integer kernel: the integer values multiplied in float, as exactly
+                acc = _integer_sums_in_float(q, codes, lambda make: packs.pack(self.qweight, rows, make), packs)
             out = acc.mul_(xs * self.scale[_all(rows)])  # fp32: the bias is added in fp32 too
         elif _int4_available(x.device) and (not compiling or _span(rows) in self._layouts):
             if compiling:  # the layout kept by keep_kernel_layout (a graph input)

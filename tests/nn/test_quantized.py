@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle_pytorch.nn.packed import PackedLinears
-from dalle_pytorch.nn.quantized import QuantizedLinear, int_mm_exact, layer_product
+from dalle_pytorch.nn.quantized import QuantizedLinear, int_mm_exact, int_mm_pays, layer_product
 
 # relative error of a product (max |y - y_fp32| / max |y_fp32|) for Gaussian weights and activations:
 # int8 (per-channel weights, per-token activations) is well under 2%, int4 (grouped) under 15%
@@ -76,11 +76,13 @@ def test_a_row_does_not_depend_on_its_batch_and_packs_are_reused(mode):
         whole = layer_product(x, q, packs=packs)
         made = len(packs)
         rows = torch.cat([layer_product(x[i : i + 1], q, packs=packs) for i in range(9)])
-        assert len(packs) == made == (0 if mode == "int8" else 1)  # int8's kernel reads the weight as stored
+        # int8's integer kernel reads the weight as stored (without VNNI its float copy is packed)
+        reads_as_stored = mode == "int8" and int_mm_pays()
+        assert len(packs) == made == (0 if reads_as_stored else 1)
         assert torch.equal(whole, rows)
         assert torch.equal(whole, q(x))  # no packs: the same kernel, made for this product
         top = layer_product(x, q, slice(16, 48), packs)
-        assert len(packs) == (0 if mode == "int8" else 2) and torch.equal(top, whole[:, 16:48])
+        assert len(packs) == (0 if reads_as_stored else 2) and torch.equal(top, whole[:, 16:48])
 
 
 def test_int8_kernel_check_and_fallback_agree(monkeypatch):
@@ -96,6 +98,33 @@ def test_int8_kernel_check_and_fallback_agree(monkeypatch):
         monkeypatch.setattr(quantized, "int_mm_exact", lambda: False)
         assert torch.equal(q(x), fast)
     assert int_mm_exact() in (True, False)
+
+
+@pytest.mark.parametrize("inputs", [128, 2304])
+def test_int8_sums_in_float_are_the_integer_kernels_bits(monkeypatch, inputs):
+    """Without VNNI, int8 products are float32 products of the integer values, in chunks of 1024 input
+    channels (each sum exact) added in float64: the bits of torch._int_mm's int32 sums, packed or not,
+    batch-invariant, on extreme values too (every product 127 * 127: the largest sums)."""
+    import dalle_pytorch.nn.quantized as quantized
+
+    lin = nn.Linear(inputs, 48)
+    q = QuantizedLinear.from_linear(lin, "int8")
+    q.qweight.fill_(127)
+    q.qweight[1::2] = -127
+    x = torch.cat((torch.full((1, inputs), 3.0), torch.randn(6, inputs)))
+    with torch.no_grad():
+        # the integer kernel's exact sums, as a float64 reference where torch._int_mm is not exact
+        xq, xs = quantized._token_scales(x)
+        ref = (xq.double() @ q.qweight.double().t()).float().mul_(xs * q.scale) + q.bias
+        monkeypatch.setattr(quantized, "int_mm_pays", lambda: False)
+        packs = PackedLinears(7)
+        out = layer_product(x, q, packs=packs)
+        assert len(packs) == 1 and torch.equal(out, ref) and torch.equal(q(x), ref)
+        assert torch.equal(torch.cat([layer_product(x[i:i + 1], q, packs=packs) for i in range(7)]), ref)
+        assert len(packs) == 1  # the float copy of the codes is made once
+        if int_mm_exact():
+            monkeypatch.setattr(quantized, "int_mm_pays", lambda: True)
+            assert torch.equal(layer_product(x, q, packs=PackedLinears(7)), ref)
 
 
 def test_dtypes_buffers_and_errors():
