@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["KernelChoices", "PackedLinears", "REFERENCE_BATCHES", "ROWWISE_MARGIN", "packed_kernel_runs", "packing_available",
-           "rowwise_linear", "time_pair"]
+__all__ = ["KernelChoices", "PackedLinears", "REFERENCE_BATCHES", "ROWWISE_MARGIN", "pack_weight", "packed_kernel_runs",
+           "packed_linear", "packing_available", "rowwise_linear", "time_pair"]
 
 
 def packing_available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -64,6 +64,16 @@ def packed_kernel_runs(dtype: torch.dtype) -> bool:
         return True
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return dtype == torch.bfloat16 and check is not None and bool(check())
+
+
+def pack_weight(weight: Tensor, batch: int) -> Tensor:
+    """`weight` (out, in) reordered into oneDNN's blocked layout for products of `batch` rows."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch)
+
+
+def packed_linear(x: Tensor, packed: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """F.linear(x, weight, bias) through `pack_weight(weight, ...)`."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 #: a shape leaves the packed kernel (today's, the fixed choice of `pack_weights=True`) for the row-wise
@@ -110,8 +120,8 @@ def _packed_product(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Callab
 
     def run() -> Tensor:
         if not pack:
-            pack.append(torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), x.shape[0]))
-        return torch.ops.mkldnn._linear_pointwise(x, pack[0], bias, "none", [], "")
+            pack.append(pack_weight(weight, x.shape[0]))
+        return packed_linear(x, pack[0], bias)
     return run
 
 
@@ -177,8 +187,8 @@ class PackedLinears:
     batch: the rows the products will have (oneDNN picks its blocking for it; any row count works).
     choices: None packs every float weight; a `KernelChoices` only those of the shapes it finds faster
     packed (the others' products are `rowwise_linear`'s).  Weights of a dtype the packed kernel does not
-    run on this CPU (`packed_kernel_runs`: bf16 without AVX-512) take `rowwise_linear` either way.  Holds one packed copy of every weight it packed (as
-    much memory again as those weights) until it is dropped.
+    run on this CPU (`packed_kernel_runs`: bf16 without AVX-512) take `rowwise_linear` either way.  Holds
+    one packed copy of every weight it packed (as much memory again as those weights) until it is dropped.
     """
 
     @classmethod
@@ -216,8 +226,7 @@ class PackedLinears:
             self._use[kind] = packed_kernel_runs(weight.dtype) and (self.choices is None or self.choices.packed(weight, bias))
         if not self._use[kind]:
             return rowwise_linear(x, weight, bias)
-        packed = self._get(key, weight, lambda: torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), self.batch))
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        return packed_linear(x, self._get(key, weight, lambda: pack_weight(weight, self.batch)), bias)
 
     def pack(self, weight: Tensor, rows: Optional[slice], make):
         """The kernel layout `make()` builds for output `rows` (None: all) of `weight`, made once and kept

@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from dalle_pytorch.nn.packed import PackedLinears, packing_available
+from dalle_pytorch.nn.packed import PackedLinears, pack_weight, packed_linear, packing_available
 
 __all__ = ["QUANTIZE_MODES", "INT4_GROUPS", "QuantizedLinear", "layer_product", "int_mm_exact", "int_mm_pays"]
 
@@ -138,11 +138,9 @@ def _integer_sums_in_float(q: Tensor, codes: Tensor, make_pack, packs: Optional[
     over float copies of the codes made once (`make_pack`, kept by `packs`)."""
     qf = q.float()
     spans = [(s, min(s + _EXACT_CHANNELS, q.shape[1])) for s in range(0, q.shape[1], _EXACT_CHANNELS)]
-    if packs is not None and q.device.type == "cpu" and packing_available(q.device, torch.float32):
-        weights = make_pack(lambda: tuple(torch.ops.mkldnn._reorder_linear_weight(codes[:, a:b].float().contiguous(), packs.batch)
-                                          for a, b in spans))
-        parts = [torch.ops.mkldnn._linear_pointwise(qf[:, a:b].contiguous(), w, None, "none", [], "")
-                 for (a, b), w in zip(spans, weights)]
+    if packs is not None and packing_available(q.device, torch.float32):
+        weights = make_pack(lambda: tuple(pack_weight(codes[:, a:b].float(), packs.batch) for a, b in spans))
+        parts = [packed_linear(qf[:, a:b].contiguous(), w) for (a, b), w in zip(spans, weights)]
     else:
         parts = [F.linear(qf[:, a:b], codes[:, a:b].float()) for a, b in spans]
     return parts[0] if len(parts) == 1 else torch.stack(parts).double().sum(0).float()
