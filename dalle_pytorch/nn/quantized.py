@@ -14,7 +14,7 @@ over the memory bandwidth.  `QuantizedLinear` stores a Linear's weight in fewer 
   VNNI (its int8 dot products); elsewhere (an AVX2-only CPU) `torch._int_mm` is a reference loop,
   2-25x slower than float32, and the same integer sums are computed as float32 products of the
   integer values through the packed float kernel, in chunks of input channels small enough for
-  every sum to be exact (`int_mm_pays`): the same bits, at float32's speed.
+  every sum to be exact (`int_mm_pays`): the same bits, a little slower than float32 (docs/benchmarks.md).
 - "int4": asymmetric 4-bit weights in groups of `group` input channels (a scale and a zero point
   per output channel and group, kept in bfloat16), multiplied by bfloat16 activations through
   PyTorch's CPU int4 kernel (`_weight_int4pack_mm_for_cpu`); elsewhere the weight is dequantized
