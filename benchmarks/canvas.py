@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.speculative import cpu_name, load  # noqa: E402
+from benchmarks.generate import cpu_name  # noqa: E402
+from benchmarks.speculative import load  # noqa: E402
 from dalle_pytorch.generation.canvas import CanvasStats  # noqa: E402
 
 

@@ -305,16 +305,25 @@ def two_pass_guidance_time(model, text, scale: float) -> float:
     return now() - t0
 
 
+#: the vector and matrix units a decode kernel's speed depends on, as /proc/cpuinfo names them
+CPU_UNITS = ("avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+
+
 def cpu_name() -> str:
-    """The CPU's model name and the instruction set torch uses on it: runs on different machines
-    must not be compared number for number."""
-    name = "unknown CPU"
+    """The CPU's model name, which of CPU_UNITS it has, and the instruction set torch uses on it: runs
+    on different machines must not be compared number for number."""
+    name, flags = "unknown CPU", set()
     try:
         with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+            for line in f:
+                if line.startswith("model name") and name == "unknown CPU":
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+    units = " ".join(u for u in CPU_UNITS if u in flags) or "none of " + " ".join(CPU_UNITS)
+    return f"{name} ({units}), {torch.backends.cpu.get_cpu_capability()}"
 
 
 def main(argv=None):

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.speculative import cpu_name  # noqa: E402
+from benchmarks.generate import cpu_name  # noqa: E402
 
 SETTINGS = [("no guidance", 1.0, "constant"), ("constant 3", 3.0, "constant"), ("interval:0:0.5 at 3", 3.0, "interval:0:0.5"),
             ("interval:0.5:1 at 3", 3.0, "interval:0.5:1"), ("linear to 3", 3.0, "linear")]

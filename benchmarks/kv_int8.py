@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.speculative import cpu_name  # noqa: E402
+from benchmarks.generate import cpu_name  # noqa: E402
 
 HEADS, DIM_HEAD = 8, 64
 

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.speculative import cpu_name  # noqa: E402
+from benchmarks.generate import cpu_name  # noqa: E402
 
 
 def worker(mode: str, threads: int) -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -28,22 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.generate import cpu_name  # noqa: E402
 from dalle_pytorch import DALLE, DiscreteVAE  # noqa: E402
 from dalle_pytorch.checkpoint import load_checkpoint  # noqa: E402
 from dalle_pytorch.generation import decode  # noqa: E402
 from dalle_pytorch.generation.sampling import SamplingConfig  # noqa: E402
 from dalle_pytorch.generation.speculative import DRAFT_PRIORS, DecodeStats  # noqa: E402
 from dalle_pytorch.pipeline import demo_path  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load(name: str, checkpoint=None):
