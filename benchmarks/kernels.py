@@ -51,9 +51,19 @@ def batch_invariant(fn, x) -> bool:
     return bool(torch.equal(full[:1], fn(x[:1])) and torch.equal(full[:1], fn(x.flip(0))[-1:]))
 
 
-def kernels(weights: list, batch: int) -> dict:
-    """name -> fn(x, i): the product of x with weight i, for each kernel that runs on this CPU."""
-    bf = [w.to(torch.bfloat16) for w in weights]
+def quantized(weights: list, mode: str, group: int = 64) -> list:
+    """Each weight as a QuantizedLinear of `mode` (made once: the layers do not depend on the batch)."""
+    layers = []
+    for w in weights:
+        linear = nn.Linear(w.shape[1], w.shape[0], bias=False)
+        linear.weight.data.copy_(w)
+        layers.append(QuantizedLinear.from_linear(linear, mode, group))
+    return layers
+
+
+def kernels(weights: list, bf: list, quant: dict, batch: int) -> dict:
+    """name -> fn(x, i): the product of x with weight i, for each kernel that runs on this CPU.
+    bf: the weights in bf16; quant: (mode, group) -> `quantized(weights, mode, group)`."""
     out = {
         "fp32 `F.linear`": lambda x, i: F.linear(x, weights[i]),
         "fp32 `rowwise_linear`": lambda x, i: rowwise_linear(x, weights[i]),
@@ -65,31 +75,30 @@ def kernels(weights: list, batch: int) -> dict:
     if packed_kernel_runs(torch.bfloat16):
         packs16 = [pack_weight(w, batch) for w in bf]
         out["bf16 packed oneDNN"] = lambda x, i: packed_linear(x.to(torch.bfloat16), packs16[i])
-    for mode, group in (("int8", 64), ("int4", 32), ("int4", 64), ("int4", 128)):
-        layers, packs = [], PackedLinears(batch)
-        for w in weights:
-            linear = nn.Linear(w.shape[1], w.shape[0], bias=False)
-            linear.weight.data.copy_(w)
-            layers.append(QuantizedLinear.from_linear(linear, mode, group))
-        name = "int8 ours (per-token int8 activations, " + ("`torch._int_mm`)" if int_mm_pays() else "float sums)") \
-            if mode == "int8" else f"int4 ours, group {group} (`_weight_int4pack_mm_for_cpu`, bf16 activations)"
-        out[name] = (lambda layers, packs: lambda x, i: layer_product(x, layers[i], None, packs))(layers, packs)
-        if mode == "int8":
-            codes, scales, int8s = [layer.qweight.t() for layer in layers], [layer.scale for layer in layers], layers
-            q = torch.ones(batch, weights[0].shape[1], dtype=torch.int8)
-            out["int8 `torch._int_mm` alone (no activation quantization)"] = lambda x, i: torch._int_mm(q, codes[i])
-            out["int8 weight-only `_weight_int8pack_mm` (gpt-fast's CPU int8)"] = (
-                lambda x, i: torch.ops.aten._weight_int8pack_mm(x, int8s[i].qweight, scales[i]))
-            try:
-                onednn = [torch.ops.onednn.qlinear_prepack(layer.qweight, [batch, w.shape[1]])
-                          for layer, w in zip(layers, weights)]
-                u8 = torch.full((batch, weights[0].shape[1]), 128, dtype=torch.uint8)
-                zeros = torch.zeros(weights[0].shape[0], dtype=torch.int64)
-                out["int8 oneDNN `qlinear_pointwise` alone (u8 x s8, prepacked; fp32 out)"] = (
-                    lambda x, i: torch.ops.onednn.qlinear_pointwise(u8, 0.01, 128, onednn[i], scales[i], zeros, None,
-                                                                    1.0, 0, torch.float32, "none", [], ""))
-            except (RuntimeError, AttributeError):
-                pass
+
+    def ours(layers: list):
+        packs = PackedLinears(batch)  # the int4 kernel's layouts, made at the first product of each layer
+        return lambda x, i: layer_product(x, layers[i], None, packs)
+
+    int8 = quant[("int8", 64)]
+    out["int8 ours (per-token int8 activations, " + ("`torch._int_mm`)" if int_mm_pays() else "float sums)")] = ours(int8)
+    codes = [layer.qweight.t() for layer in int8]
+    q = torch.ones(batch, weights[0].shape[1], dtype=torch.int8)
+    out["int8 `torch._int_mm` alone (no activation quantization)"] = lambda x, i: torch._int_mm(q, codes[i])
+    out["int8 weight-only `_weight_int8pack_mm` (gpt-fast's CPU int8)"] = (
+        lambda x, i: torch.ops.aten._weight_int8pack_mm(x, int8[i].qweight, int8[i].scale))
+    try:
+        onednn = [torch.ops.onednn.qlinear_prepack(layer.qweight, [batch, weights[0].shape[1]]) for layer in int8]
+        u8 = torch.full((batch, weights[0].shape[1]), 128, dtype=torch.uint8)
+        zeros = torch.zeros(weights[0].shape[0], dtype=torch.int64)
+        out["int8 oneDNN `qlinear_pointwise` alone (u8 x s8, prepacked; fp32 out)"] = (
+            lambda x, i: torch.ops.onednn.qlinear_pointwise(u8, 0.01, 128, onednn[i], int8[i].scale, zeros, None,
+                                                            1.0, 0, torch.float32, "none", [], ""))
+    except (RuntimeError, AttributeError):  # no oneDNN int8 in this PyTorch
+        pass
+    for (mode, group), layers in quant.items():
+        if mode == "int4":
+            out[f"int4 ours, group {group} (`_weight_int4pack_mm_for_cpu`, bf16 activations)"] = ours(layers)
     return out
 
 
@@ -110,12 +119,14 @@ def main(argv=None) -> None:
     weights = [torch.randn(out_f, in_f, generator=g) / in_f ** 0.5 for _ in range(args.weights)]
     print(f"CPU: {cpu_name()}, {args.threads} threads, torch {torch.__version__}")
     print(f"one {out_f} x {in_f} product, {args.weights} weights in turn, median of {args.rounds} rounds, µs\n")
+    bf = [w.to(torch.bfloat16) for w in weights]
+    quant = {(mode, group): quantized(weights, mode, group) for mode, group in (("int8", 64), ("int4", 32), ("int4", 64), ("int4", 128))}
     table: dict = {}
     invariant: dict = {}
     with torch.inference_mode():
         for batch in args.batches:
             x = torch.randn(batch, in_f, generator=g)
-            for name, fn in kernels(weights, batch).items():
+            for name, fn in kernels(weights, bf, quant, batch).items():
                 try:
                     table.setdefault(name, {})[batch] = time_us(lambda i: fn(x, i), args.weights, args.rounds)
                     if batch == max(args.batches):
